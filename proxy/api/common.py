@@ -1,0 +1,86 @@
+"""Request parsing and list queries shared by the API routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from proxy.errors import BadRequest, InvalidField
+
+T = TypeVar("T")
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def json_response(data: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status_code)
+
+
+def query_list(request: Request, name: str) -> list[str]:
+    """`names[]=a&names[]=b` (the SDK's form) or `names=a`."""
+    return request.query_params.getlist(f"{name}[]") or request.query_params.getlist(name)
+
+
+def query_int(request: Request, name: str, minimum: int = 0) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidField(name, f"must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise InvalidField(name, f"must be at least {minimum}")
+    return value
+
+
+def paginate_sorted(
+    request: Request, items: Iterable[T], created_at: Callable[[T], str], default_desc: bool = True
+) -> list[T]:
+    """Sort by createdAt (`sort[]=createdAt&sort[]=asc|desc`), then apply offset and limit."""
+    sort = query_list(request, "sort")
+    descending = default_desc
+    if len(sort) >= 2 and sort[0] == "createdAt":
+        if sort[1].lower() not in ("asc", "desc"):
+            raise InvalidField("sort", f"order must be asc or desc, got {sort[1]!r}")
+        descending = sort[1].lower() == "desc"
+    ordered = sorted(items, key=created_at, reverse=descending)
+    offset = query_int(request, "offset") or 0
+    limit = query_int(request, "limit", minimum=1)
+    return ordered[offset : offset + limit if limit is not None else None]
+
+
+def created_between(request: Request, value: str) -> bool:
+    start = request.query_params.get("fromCreatedAt")
+    end = request.query_params.get("toCreatedAt")
+    return (not start or _cmp_iso(value) >= _cmp_iso(start)) and (not end or _cmp_iso(value) <= _cmp_iso(end))
+
+
+def _cmp_iso(value: str) -> str:
+    # ISO strings in UTC compare as text once their zone suffixes agree.
+    return value.replace("+00:00", "Z")
+
+
+def matches_any(value: str | None, allowed: Sequence[str], case_insensitive: bool = False) -> bool:
+    if not allowed:
+        return True
+    if value is None:
+        return False
+    if case_insensitive:
+        return value.upper() in {a.upper() for a in allowed}
+    return value in allowed

@@ -1,0 +1,118 @@
+"""Request headers: default auth header, custom headers with placeholders, inference id, traceparent.
+
+Placeholders in custom header values: `{{ name }}` or `{ name }`, case-insensitive. A custom
+`Authorization` or `X-API-Key` header replaces the default auth header.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets as random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.models import AuthType
+from proxy.settings import MASK
+
+INFERENCE_ID_HEADER = "X-Galtea-Inference-Id"
+TRACEPARENT_HEADER = "traceparent"
+AUTH_OVERRIDE_HEADERS = frozenset({"authorization", "x-api-key"})
+
+# `{{ x }}` first, so `{{ x }}` is not read as `{` + `{ x }` + `}`.
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}|\{\s*([A-Za-z_]+)\s*\}")
+CREDENTIAL_PLACEHOLDERS = frozenset({"auth_token", "api_key", "bearer_token", "username", "password"})
+CALL_PLACEHOLDERS = frozenset({"session_id", "trace_id"})
+# Words that may stand beside placeholders in a header value without making it a secret.
+_SCHEME_WORDS = re.compile(r"\b(bearer|basic|token|apikey|api-key|key)\b", re.IGNORECASE)
+_SECRETISH_NAME = re.compile(r"auth|key|token|secret|password|cookie|signature|credential|session", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    auth_type: AuthType
+    auth_token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def placeholder_values(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        if self.auth_type in (AuthType.BEARER, AuthType.API_KEY) and self.auth_token:
+            values.update(auth_token=self.auth_token, api_key=self.auth_token, bearer_token=self.auth_token)
+        if self.auth_type is AuthType.BASIC:
+            values.update(username=self.username or "", password=self.password or "")
+        return values
+
+    def default_header(self) -> tuple[str, str] | None:
+        if self.auth_type is AuthType.BEARER and self.auth_token:
+            return "Authorization", f"Bearer {self.auth_token}"
+        if self.auth_type is AuthType.API_KEY and self.auth_token:
+            return "X-API-Key", self.auth_token
+        if self.auth_type is AuthType.BASIC:
+            raw = f"{self.username or ''}:{self.password or ''}".encode()
+            return "Authorization", "Basic " + base64.b64encode(raw).decode()
+        return None
+
+    def secret_values(self) -> list[str]:
+        values = [v for v in (self.auth_token, self.password) if v]
+        default = self.default_header()
+        if default and self.auth_type is AuthType.BASIC:
+            values.append(default[1].removeprefix("Basic "))
+        return values
+
+
+def substitute(value: str, values: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = (match.group(1) or match.group(2)).lower()
+        return values[name] if name in values else match.group(0)
+
+    return PLACEHOLDER.sub(replace, value)
+
+
+def is_secret_header(name: str, value: str) -> bool:
+    """A value is secret when a credential-like header holds more than placeholders and scheme words."""
+    if value == MASK:
+        return True
+    if not _SECRETISH_NAME.search(name):
+        return False
+    literal = _SCHEME_WORDS.sub("", PLACEHOLDER.sub("", value)).strip(" :")
+    return bool(literal)
+
+
+def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: MASK if is_secret_header(name, value) else value for name, value in headers.items()}
+
+
+def new_trace_id() -> str:
+    return random.token_hex(16)
+
+
+def traceparent(trace_id: str) -> str:
+    return f"00-{trace_id}-{random.token_hex(8)}-01"
+
+
+def build_headers(
+    credentials: Credentials,
+    custom: Mapping[str, str],
+    *,
+    session_id: str | None,
+    inference_id: str,
+    trace_id: str | None,
+    send_traceparent: bool,
+) -> dict[str, str]:
+    values = credentials.placeholder_values()
+    values["session_id"] = session_id or ""
+    values["trace_id"] = inference_id
+    headers: dict[str, str] = {}
+    lowered = {name.lower() for name in custom}
+    default = credentials.default_header()
+    if default and not (lowered & AUTH_OVERRIDE_HEADERS):
+        headers[default[0]] = default[1]
+    for name, value in custom.items():
+        if name.lower() == TRACEPARENT_HEADER and send_traceparent:
+            continue  # replaced by ours below
+        headers[name] = substitute(value, values)
+    headers[INFERENCE_ID_HEADER] = inference_id
+    if send_traceparent and trace_id:
+        headers[TRACEPARENT_HEADER] = traceparent(trace_id)
+    return headers

@@ -1,0 +1,81 @@
+"""The YAML config file (SPEC 3): settings, connections, versions, connectors.
+
+`${VAR}` and `${VAR:-default}` are expanded in every string value after parsing, so a token
+never has to be written into the file, and a value with YAML-special characters stays intact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.errors import ConfigError
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SECTIONS = ("settings", "connections", "versions", "connectors")
+
+
+@dataclass
+class Config:
+    settings: dict[str, Any] = field(default_factory=dict)
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    connectors: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None
+
+
+def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any:
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:  # type: ignore[operator]
+                return env[name]  # type: ignore[index]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+
+        return ENV_REFERENCE.sub(replace, value)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}", env) for k, v in value.items()}
+    return value
+
+
+def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping with {', '.join(SECTIONS)}")
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    data = expand_env(raw, path.name, env)
+    config = Config(path=path)
+    config.settings = _mapping(data.get("settings"), "settings")
+    for section in SECTIONS[1:]:
+        items = data.get(section) or []
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ConfigError(f"config file {path}: {section} must be a list of mappings")
+        setattr(config, section, items)
+    return config
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config: {name} must be a mapping")
+    return value

@@ -1,0 +1,98 @@
+"""A stored endpoint connection, compiled once: templates, JSONPaths and credentials ready to use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonpath_ng import JSONPath
+
+from proxy.auth import Credentials, masked_headers
+from proxy.errors import InvalidField
+from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
+from proxy.models import ConnectionSpec, check_connection
+from proxy.templating import CompiledTemplate, TemplateRefused
+
+
+@dataclass
+class CompiledEndRule:
+    status_code: int
+    path: JSONPath | None
+    path_text: str | None
+    equals: str | None
+
+
+@dataclass
+class CompiledConnection:
+    id: str
+    spec: ConnectionSpec
+    created_at: str
+    body_template: CompiledTemplate | None
+    url_template: CompiledTemplate
+    mapping: CompiledMapping
+    end_rules: list[CompiledEndRule] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def credentials(self) -> Credentials:
+        s = self.spec
+        return Credentials(s.auth_type, s.auth_token, s.username, s.password)
+
+    def url_uses_session_id(self) -> bool:
+        return "session_id" in self.url_template.names
+
+
+def compile_connection(conn_id: str, spec: ConnectionSpec, created_at: str, allow_http: bool) -> CompiledConnection:
+    """Validate every rule and compile; raises InvalidField naming the first bad field."""
+    check_connection(spec, allow_http)
+    try:
+        body = CompiledTemplate(spec.input_template) if spec.input_template else None
+    except TemplateRefused as exc:
+        raise InvalidField("inputTemplate", str(exc)) from None
+    try:
+        url = CompiledTemplate(spec.url, url=True)
+    except TemplateRefused as exc:
+        raise InvalidField("url", str(exc)) from None
+    mapping_source = spec.output_mapping or {}
+    paths = {}
+    for key, expression in mapping_source.items():
+        try:
+            paths[key] = compile_jsonpath(expression)
+        except JsonPathRefused as exc:
+            raise InvalidField(f"outputMapping.{key}", str(exc)) from None
+    rules = []
+    for index, rule in enumerate(spec.conversation_end_rules):
+        path = None
+        if rule.body_match:
+            try:
+                path = compile_jsonpath(rule.body_match.path)
+            except JsonPathRefused as exc:
+                raise InvalidField(f"conversationEndRules[{index}].bodyMatch.path", str(exc)) from None
+        rules.append(
+            CompiledEndRule(
+                rule.status_code,
+                path,
+                rule.body_match.path if rule.body_match else None,
+                rule.body_match.equals if rule.body_match else None,
+            )
+        )
+    return CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
+
+
+def public_fields(conn: CompiledConnection) -> dict[str, Any]:
+    """The connection as the Galtea API reads it back: camelCase, secrets withheld, secret headers masked."""
+    data = conn.spec.model_dump(by_alias=True, mode="json")
+    data["authToken"] = None
+    data["password"] = None
+    data["headers"] = masked_headers(conn.spec.headers) if conn.spec.headers is not None else None
+    data.update(
+        id=conn.id,
+        hasAuthToken=bool(conn.spec.auth_token),
+        hasPassword=bool(conn.spec.password),
+        createdAt=conn.created_at,
+        deletedAt=None,
+    )
+    return data

@@ -1,0 +1,383 @@
+"""One upstream call: render → auth → rate limit → retry loop → transport → output mapping.
+
+The engine knows nothing of Starlette or of record/replay: it sends `httpx.Request`s through
+one `httpx.AsyncClient` whose transport is injected. A failed call is a result, not an
+exception, because a failed turn is data the user wants to inspect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+
+from proxy.auth import build_headers, masked_headers, new_trace_id
+from proxy.connection import CompiledConnection
+from proxy.mapping import (
+    OUTPUT,
+    RETRIEVAL_CONTEXT,
+    SESSION_ID,
+    TRACES,
+    first_scalar_text,
+    normalise_traces,
+    output_text,
+)
+from proxy.models import ConnectionType, HttpMethod
+from proxy.ratelimit import RateLimiters
+from proxy.retry import RetryPolicy
+from proxy.secrets import REDACTOR
+from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
+from proxy.templating import TemplateRefused
+
+CASSETTE_EXTENSION = "proxy.cassette"  # request extension: which cassette a call belongs to
+OUTCOME_EXTENSION = "proxy.outcome"  # response extension: hit | recorded | miss | live
+REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
+
+
+@dataclass
+class CallContext:
+    """Everything a template, URL or header may refer to, plus where the call is recorded."""
+
+    input: Any = None
+    context: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None  # external, from INITIALIZATION
+    galtea_session_id: str | None = None
+    test_case_id: str | None = None
+    test_id: str | None = None
+    inference_result_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    past_turns: list[dict[str, Any]] = field(default_factory=list)
+    trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
+    cassette: str | None = None
+
+    def template_vars(self) -> dict[str, Any]:
+        return {
+            **self.metadata,
+            "input": self.input,
+            "context": self.context,
+            "session_id": self.session_id,
+            "galtea_session_id": self.galtea_session_id,
+            "test_case_id": self.test_case_id,
+            "test_id": self.test_id,
+            "inference_result_id": self.inference_result_id,
+            "dataset_id": self.inference_result_id,
+            "trace_id": self.inference_result_id,
+            "past_turns": self.past_turns,
+        }
+
+
+@dataclass
+class Attempt:
+    number: int
+    status: int | None
+    latency_ms: float
+    error: str | None = None
+    waited_ms: float = 0.0  # backoff or rate-limit wait before this attempt
+    outcome: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "status": self.status,
+            "latencyMs": round(self.latency_ms, 3),
+            "waitedMs": round(self.waited_ms, 3),
+            "error": self.error,
+            "cassette": self.outcome,
+        }
+
+
+@dataclass
+class UpstreamReply:
+    status: int
+    reason: str
+    headers: dict[str, str]
+    text: str
+    json: Any = None
+    is_json: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": self.headers,
+            "body": self.json if self.is_json else self.text,
+        }
+
+
+@dataclass
+class RenderedRequest:
+    method: str
+    url: str
+    headers: dict[str, str]  # masked
+    body: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "headers": self.headers, "body": self.body}
+
+
+@dataclass
+class CallResult:
+    request: RenderedRequest | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    reply: UpstreamReply | None = None
+    extracted: dict[str, Any] = field(default_factory=dict)
+    misses: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    extraction_error: str | None = None
+    ended_by_rule: int | None = None  # index of the conversation end rule that matched
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency_ms(self) -> float:
+        return self.attempts[-1].latency_ms if self.attempts else 0.0
+
+    @property
+    def outcome(self) -> str | None:
+        return self.attempts[-1].outcome if self.attempts else None
+
+    @property
+    def output(self) -> str | None:
+        value = self.extracted.get(OUTPUT)
+        return None if value is None else output_text(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": self.request.to_json() if self.request else None,
+            "attempts": [a.to_json() for a in self.attempts],
+            "response": self.reply.to_json() if self.reply else None,
+            "extracted": self.extracted,
+            "extractionErrors": self.misses,
+            "error": self.error,
+            "endedByRule": self.ended_by_rule,
+            "cassette": self.outcome,
+        }
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def http_error_text(reply: UpstreamReply) -> str:
+    try:
+        reason = HTTPStatus(reply.status).phrase
+    except ValueError:
+        reason = reply.reason or "Unknown Status"
+    body = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+    return f"External API responded with HTTP {reply.status}: {reason} — {body}"
+
+
+def _wants_json(headers: dict[str, str]) -> bool:
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    return content_type is None or "json" in content_type.lower()
+
+
+class Engine:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        send_traceparent: bool = True,
+        limiters: RateLimiters | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
+    ) -> None:
+        self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self.send_traceparent = send_traceparent
+        self.limiters = limiters or RateLimiters()
+        self.sleep = sleep
+        self.max_body_bytes = max_body_bytes
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
+        result = CallResult()
+        spec = conn.spec
+        REDACTOR.add(*conn.credentials.secret_values())
+        try:
+            request = self._build_request(conn, ctx, result)
+        except TemplateRefused as exc:
+            result.error = REDACTOR.redact(str(exc))
+            return result
+        if request is None:
+            return result
+
+        policy = RetryPolicy.of(spec)
+        limiter = self.limiters.get(conn.id, spec.rate_limit)
+        waited_ms = 0.0
+        for number in range(1, policy.max_calls + 1):
+            if limiter:
+                waited_ms += await limiter.acquire() * 1000
+            attempt, reply, retryable = await self._attempt(number, request, spec.timeout)
+            attempt.waited_ms = waited_ms
+            result.attempts.append(attempt)
+            waited_ms = 0.0
+            if reply is not None:
+                result.reply = reply
+                rule = self._matching_end_rule(conn, reply)
+                if rule is not None:
+                    result.ended_by_rule = rule
+                    result.error = None
+                    return result
+                if 200 <= reply.status < 300:
+                    result.error = None
+                    break
+                result.error = REDACTOR.redact(http_error_text(reply))
+                retryable = reply.status in policy.retryable_statuses
+            else:
+                result.error = attempt.error
+            if not retryable or number == policy.max_calls:
+                return result
+            retry_after = reply.headers.get("retry-after") if reply else None
+            delay_ms = policy.delay_ms(number, reply.status if reply else None, retry_after)
+            await self.sleep(delay_ms / 1000)
+            waited_ms = delay_ms
+        self._map(conn, result)
+        return result
+
+    def _build_request(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> httpx.Request | None:
+        """The request to send, or None with `result.error` saying why it cannot be sent."""
+        spec = conn.spec
+        variables = ctx.template_vars()
+        url = conn.url_template.render(variables)
+        body: str | None = None
+        if conn.body_template is not None and spec.http_method is not HttpMethod.GET:
+            body = conn.body_template.render(variables)
+        headers = build_headers(
+            conn.credentials,
+            spec.headers or {},
+            session_id=ctx.session_id,
+            inference_id=ctx.inference_result_id,
+            trace_id=ctx.trace_id,
+            send_traceparent=self.send_traceparent,
+        )
+        if body is not None and _wants_json(headers):
+            try:
+                json.loads(body)
+            except json.JSONDecodeError as exc:
+                result.error = REDACTOR.redact(
+                    f"the rendered body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {body}"
+                )
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
+        result.request = RenderedRequest(
+            spec.http_method.value, REDACTOR.redact(url), masked_headers(headers), REDACTOR.redact(body or "") or None
+        )
+        if result.error:
+            return None
+        try:
+            return self.client.build_request(
+                spec.http_method.value,
+                url,
+                headers=headers,
+                content=body.encode() if body is not None else None,
+                timeout=spec.timeout,
+                extensions={CASSETTE_EXTENSION: ctx.cassette},
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+            result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
+            return None
+
+    async def _attempt(
+        self, number: int, request: httpx.Request, timeout_s: float
+    ) -> tuple[Attempt, UpstreamReply | None, bool]:
+        """One call; returns the attempt, the reply (if any) and whether a failure without reply may retry."""
+        started = time.perf_counter()
+        try:
+            # The timeout covers the whole attempt, body included: a trickling body must not hang a turn.
+            async with asyncio.timeout(timeout_s):
+                response = await self.client.send(request, stream=True)
+                try:
+                    raw = await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            return self._failed(number, started, f"timed out after {timeout_s:g}s"), None, True
+        except BodyTooLarge:
+            message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
+            return self._failed(number, started, message), None, False
+        except httpx.TransportError as exc:
+            kind = "connection refused" if isinstance(exc, httpx.ConnectError) else type(exc).__name__
+            return self._failed(number, started, f"{kind}: {exc or 'no detail'} ({request.url})"), None, True
+        latency = (time.perf_counter() - started) * 1000
+        outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
+        recorded_latency = response.extensions.get("proxy.recorded_latency_ms")
+        if recorded_latency is not None:
+            latency = float(recorded_latency)
+        reply = _reply(response, raw)
+        return Attempt(number, reply.status, latency, outcome=outcome), reply, False
+
+    def _failed(self, number: int, started: float, message: str) -> Attempt:
+        return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        chunks = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
+        for index, rule in enumerate(conn.end_rules):
+            if rule.status_code != reply.status:
+                continue
+            if rule.path is None:
+                return index
+            if reply.is_json and first_scalar_text(rule.path, reply.json) == rule.equals:
+                return index
+        return None
+
+    def _map(self, conn: CompiledConnection, result: CallResult) -> None:
+        reply = result.reply
+        if reply is None or not conn.mapping.paths:
+            return
+        if not reply.is_json:
+            preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+            result.error = REDACTOR.redact(
+                f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
+            )
+            return
+        mapped = conn.mapping.apply(reply.json)
+        result.extracted = mapped.values
+        result.misses = {k: REDACTOR.redact(v) for k, v in mapped.misses.items()}
+        if TRACES in result.extracted:
+            traces, trace_error = normalise_traces(result.extracted[TRACES])
+            result.extracted[TRACES] = traces
+            if trace_error:
+                result.misses[TRACES] = trace_error
+        if RETRIEVAL_CONTEXT in result.extracted:
+            result.extracted[RETRIEVAL_CONTEXT] = output_text(result.extracted[RETRIEVAL_CONTEXT])
+        if SESSION_ID in result.extracted:
+            result.extracted[SESSION_ID] = output_text(result.extracted[SESSION_ID])
+        required = REQUIRED_KEYS.get(conn.spec.type, ())
+        failed = [key for key in required if key in result.misses]
+        if result.misses:
+            result.extraction_error = "; ".join(f"{k}: {v}" for k, v in result.misses.items())
+        if failed:
+            key = failed[0]
+            result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:
+    # An upstream that echoes a credential back must not leak it into results, logs or cassettes.
+    text = REDACTOR.redact(raw.decode(response.encoding or "utf-8", errors="replace"))
+    headers = {k.lower(): REDACTOR.redact(v) for k, v in response.headers.items()}
+    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
+    try:
+        reply.json = json.loads(text) if text.strip() else None
+        reply.is_json = bool(text.strip())
+    except ValueError:
+        pass
+    return reply

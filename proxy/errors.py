@@ -1,0 +1,78 @@
+"""The exception hierarchy. The API maps each class to exactly one HTTP status.
+
+ProxyError                      base; never escapes as a 500
+├── BadRequest          400     malformed JSON, a body that is not an object
+├── Unauthorized        401     missing or wrong API key
+├── NotFound            404     unknown id
+├── PayloadTooLarge     413     API body over the cap
+├── InvalidField        422     a field failed validation (names the field and the reason)
+└── ConfigError         -       the config file is unusable (CLI exits with the message)
+
+Engine failures are not exceptions at the API boundary: a failed upstream call is a result
+(`CallResult.error`), because a failed turn is data the user wants to inspect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message}
+
+
+class BadRequest(ProxyError):
+    status_code = 400
+
+
+class Unauthorized(ProxyError):
+    status_code = 401
+
+
+class NotFound(ProxyError):
+    status_code = 404
+
+
+class PayloadTooLarge(ProxyError):
+    status_code = 413
+
+
+class InvalidField(ProxyError):
+    """A field failed validation. `field` is the API (camelCase) name."""
+
+    status_code = 422
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{describe_field(field)}: {reason}")
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "errors": [{"field": self.field, "reason": self.reason}]}
+
+
+class ConfigError(ProxyError):
+    pass
+
+
+def describe_field(field: str) -> str:
+    """`authToken (auth_token)`: both spellings, since the API is camelCase and the config snake_case."""
+    snake = camel_to_snake(field)
+    return field if snake == field else f"{field} ({snake})"
+
+
+def camel_to_snake(name: str) -> str:
+    out = []
+    for ch in name:
+        if ch.isupper():
+            out.append("_" + ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -1,0 +1,152 @@
+"""Output mapping: JSONPath expressions compiled once, applied to an upstream JSON reply.
+
+Special keys: `output` (the turn's output; non-strings become JSON text), `session_id` (the
+external session id), `retrieval_context`, `traces` (a list of span objects); any other key
+becomes session metadata. When a path matches nothing, `explain_miss` says which step failed
+and which keys exist there, because that is the question a user debugging a mapping asks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonpath_ng import Child, Fields, Index, JSONPath, Root, Slice
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.jsonpath import Wildcard
+from jsonpath_ng.parser import parse as parse_jsonpath
+
+OUTPUT = "output"
+SESSION_ID = "session_id"
+RETRIEVAL_CONTEXT = "retrieval_context"
+TRACES = "traces"
+SPECIAL_KEYS = (OUTPUT, SESSION_ID, RETRIEVAL_CONTEXT, TRACES)
+
+TRACE_FIELDS = (
+    "name",
+    "type",
+    "description",
+    "inputData",
+    "outputData",
+    "error",
+    "latencyMs",
+    "metadata",
+    "startTime",
+    "endTime",
+)
+
+
+class JsonPathRefused(ValueError):
+    pass
+
+
+def compile_jsonpath(expression: str) -> JSONPath:
+    if not isinstance(expression, str) or not expression.strip().startswith("$"):
+        raise JsonPathRefused(f"JSONPath must start with '$', got {expression!r}")
+    try:
+        return parse_jsonpath(expression)
+    except (JsonPathLexerError, JsonPathParserError, Exception) as exc:  # the parser raises bare Exceptions too
+        raise JsonPathRefused(f"JSONPath {expression!r} does not parse: {exc}") from exc
+
+
+def _steps(path: JSONPath) -> list[JSONPath]:
+    """Flatten Child(Child(Root, a), b) into [Root, a, b]."""
+    if isinstance(path, Child):
+        return [*_steps(path.left), *_steps(path.right)]
+    return [path]
+
+
+def _step_text(step: JSONPath) -> str:
+    if isinstance(step, Root):
+        return "$"
+    if isinstance(step, Fields):
+        return "." + ".".join(step.fields)
+    if isinstance(step, Index):
+        return "[" + ",".join(str(i) for i in step.indices) + "]"
+    if isinstance(step, Wildcard | Slice):
+        return "[*]"
+    return str(step)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = ", ".join(list(value)[:20]) or "none"
+        return f"an object with keys: {keys}"
+    if isinstance(value, list):
+        return f"an array of length {len(value)}"
+    return f"a {type(value).__name__} ({json.dumps(value, default=str)[:60]})"
+
+
+def explain_miss(path: JSONPath, document: Any) -> str:
+    """Walk the path step by step and say where the first empty match happened."""
+    steps = _steps(path)
+    current = [document]
+    walked = ""
+    for step in steps:
+        if isinstance(step, Root):
+            walked = "$"
+            continue
+        found = [m.value for value in current for m in step.find(value)]
+        if not found:
+            where = walked or "$"
+            return f"'{_step_text(step)}' matched nothing after '{where}', which is " + _describe(current[0])
+        current = found
+        walked += _step_text(step)
+    return "matched nothing"
+
+
+@dataclass
+class MappingResult:
+    values: dict[str, Any] = field(default_factory=dict)
+    misses: dict[str, str] = field(default_factory=dict)  # key → why it extracted nothing
+
+
+class CompiledMapping:
+    def __init__(self, mapping: dict[str, str], paths: dict[str, JSONPath] | None = None) -> None:
+        self.source = dict(mapping)
+        self.paths = paths if paths is not None else {key: compile_jsonpath(expr) for key, expr in mapping.items()}
+
+    def apply(self, document: Any) -> MappingResult:
+        result = MappingResult()
+        for key, path in self.paths.items():
+            matches = [m.value for m in path.find(document)]
+            if not matches:
+                result.misses[key] = f"{self.source[key]}: " + explain_miss(path, document)
+                continue
+            # A wildcard path yields a list; a plain path yields its one value.
+            value: Any = matches if _is_multi(path) else matches[0]
+            result.values[key] = value
+        return result
+
+
+def _is_multi(path: JSONPath) -> bool:
+    return any(isinstance(step, Wildcard | Slice) for step in _steps(path))
+
+
+def output_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def normalise_traces(value: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """Traces must be a list of objects with a `name`; returns (traces, error)."""
+    items = value if isinstance(value, list) else [value]
+    traces = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            return [], f"traces[{index}] must be an object with a non-empty 'name'"
+        traces.append({k: item[k] for k in TRACE_FIELDS if k in item})
+    return traces, None
+
+
+def first_scalar_text(path: JSONPath, document: Any) -> str | None:
+    """The text of the first value a path finds, if it is a string, number or boolean (end rules)."""
+    matches = [m.value for m in path.find(document)]
+    if not matches:
+        return None
+    value = matches[0]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None

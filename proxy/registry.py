@@ -1,0 +1,194 @@
+"""Endpoint connections: validated, compiled once, kept in memory, persisted write-through.
+
+The Galtea API, the config loader and the CLI all change connections through here, so the
+rules of SPEC 5 (validation, credential keeping on PATCH, masked header write-back) live in one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.auth import Credentials, is_secret_header
+from proxy.connection import CompiledConnection, compile_connection
+from proxy.errors import InvalidField, NotFound
+from proxy.models import (
+    CREDENTIALS_BY_AUTH,
+    NULLABLE_TO_DEFAULT,
+    AuthType,
+    ConnectionSpec,
+    normalise_keys,
+    parse_spec,
+)
+from proxy.secrets import REDACTOR
+from proxy.settings import MASK
+from proxy.store import Store
+
+SECRET_SPEC_FIELDS = ("auth_token", "password", "headers")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def _register_secrets(spec: ConnectionSpec) -> None:
+    REDACTOR.add(spec.auth_token, spec.password)
+    REDACTOR.add(*Credentials(spec.auth_type, spec.auth_token, spec.username, spec.password).secret_values())
+    for name, value in (spec.headers or {}).items():
+        if is_secret_header(name, value):
+            REDACTOR.add(value)
+
+
+class ConnectionRegistry:
+    def __init__(self, store: Store, allow_http: bool) -> None:
+        self.store = store
+        self.allow_http = allow_http
+        self._by_id: dict[str, CompiledConnection] = {}
+        self._seq = itertools.count(1)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        for row in self.store.call(self.store.live_connections):
+            data = json.loads(row["spec"]) | self.store.unseal(row["secrets"])
+            spec = ConnectionSpec.model_validate(data)
+            _register_secrets(spec)
+            # Stored connections were valid when saved; --allow-http may have been on then.
+            self._by_id[row["id"]] = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
+            next(self._seq)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def all(self) -> list[CompiledConnection]:
+        return list(self._by_id.values())
+
+    def get(self, conn_id: str) -> CompiledConnection:
+        conn = self._by_id.get(conn_id)
+        if conn is None:
+            raise NotFound(f"Endpoint connection {conn_id} not found")
+        return conn
+
+    def by_name(self, name: str, product_id: str | None = None) -> CompiledConnection | None:
+        for conn in self._by_id.values():
+            if conn.spec.name == name and (product_id is None or conn.spec.product_id == product_id):
+                return conn
+        return None
+
+    def resolve(self, ref: str) -> CompiledConnection:
+        """A connection by id, else by name."""
+        conn = self._by_id.get(ref) or self.by_name(ref)
+        if conn is None:
+            raise NotFound(f"Endpoint connection {ref} not found")
+        return conn
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create(self, data: dict[str, Any]) -> CompiledConnection:
+        conn = self.build(data)
+        self._check_unique(conn.spec)
+        await self._persist(conn)
+        return conn
+
+    def build(
+        self, data: dict[str, Any], conn_id: str | None = None, created_at: str | None = None
+    ) -> CompiledConnection:
+        """Validate and compile without storing (creation, and testConnection without an id)."""
+        for name, value in (data.get("headers") or {}).items():
+            if value == MASK:
+                raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
+        spec = parse_spec(data)
+        conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
+        _register_secrets(spec)
+        return conn
+
+    async def update(self, conn_id: str, patch: dict[str, Any]) -> CompiledConnection:
+        current = self.get(conn_id)
+        conn = self.build_patched(current, patch)
+        self._check_unique(conn.spec, exclude=conn_id)
+        await self._persist(conn)
+        return conn
+
+    def build_patched(self, current: CompiledConnection, patch: dict[str, Any]) -> CompiledConnection:
+        """The stored connection with a PATCH (or testConnection overrides) applied and re-validated."""
+        merged = merge_patch(current.spec, normalise_keys(patch))
+        spec = parse_spec(merged)
+        conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
+        _register_secrets(spec)
+        return conn
+
+    async def upsert_by_name(self, data: dict[str, Any]) -> CompiledConnection:
+        """Config-file connections: create, or replace the one with the same name and product."""
+        probe = parse_spec(data)
+        existing = self.by_name(probe.name, probe.product_id)
+        if existing is None:
+            return await self.create(data)
+        conn = self.build(data, conn_id=existing.id, created_at=existing.created_at)
+        await self._persist(conn)
+        return conn
+
+    async def delete(self, conn_id: str) -> None:
+        self.get(conn_id)
+        del self._by_id[conn_id]
+        await self.store.run(self.store.delete_connection, conn_id, now_iso())
+
+    def _check_unique(self, spec: ConnectionSpec, exclude: str | None = None) -> None:
+        clash = self.by_name(spec.name, spec.product_id)
+        if clash is not None and clash.id != exclude:
+            raise InvalidField("name", f"an endpoint connection named {spec.name!r} already exists in this product")
+
+    async def _persist(self, conn: CompiledConnection) -> None:
+        everything = conn.spec.model_dump(mode="json")
+        secret = {k: everything.pop(k) for k in SECRET_SPEC_FIELDS}
+        seq = next(self._seq)
+        row = {
+            "id": conn.id,
+            "seq": seq,
+            "product_id": conn.spec.product_id,
+            "name": conn.spec.name,
+            "created_at": conn.created_at,
+            "deleted_at": None,
+            "spec": json.dumps(everything),
+            "secrets": self.store.seal(secret),
+        }
+        await self.store.run(self.store.save_connection, row)
+        self._by_id[conn.id] = conn
+
+
+def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:
+    """SPEC 5 write rules: empty credentials keep the stored ones, masked headers keep stored values,
+    changing authType drops the credentials the new type does not use."""
+    merged = current.model_dump(mode="json")
+    for key, value in patch.items():
+        if key not in merged:
+            continue
+        if key in ("auth_token", "password") and not value:
+            continue
+        if key == "headers" and isinstance(value, dict):
+            stored = current.headers or {}
+            value = {name: stored.get(name, v) if v == MASK else v for name, v in value.items()}
+            for name, v in value.items():
+                if v == MASK:
+                    raise InvalidField(f"headers.{name}", "'••••••••' stands for a stored value, and none is stored")
+        if value is None and key in NULLABLE_TO_DEFAULT:
+            merged.pop(key)
+            continue
+        merged[key] = value
+    if "auth_type" in patch and patch["auth_type"] is not None:
+        new_type = AuthType.parse(patch["auth_type"], "authType")
+        if new_type is not current.auth_type:
+            kept = CREDENTIALS_BY_AUTH[new_type]
+            for credential in ("auth_token", "username", "password"):
+                if credential not in kept and credential not in _explicit(patch, credential):
+                    merged[credential] = None
+    return merged
+
+
+def _explicit(patch: dict[str, Any], key: str) -> set[str]:
+    return {key} if patch.get(key) else set()

@@ -1,0 +1,37 @@
+"""The long-lived pieces the server and the CLI share: store, registries, engine."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from proxy.config import Config
+from proxy.engine import Engine
+from proxy.registry import ConnectionRegistry
+from proxy.secrets import Vault, load_fernet
+from proxy.settings import Settings
+from proxy.store import Store
+
+log = logging.getLogger("proxy")
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, config: Config | None = None, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.config = config or Config()
+        self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
+        self.connections = ConnectionRegistry(self.store, settings.allow_http)
+        self.engine = Engine(transport, send_traceparent=settings.traceparent)
+
+    async def start(self) -> None:
+        self.connections.load()
+        for data in self.config.connections:
+            conn = await self.connections.upsert_by_name(data)
+            log.info("connection %s (%s) loaded from config", conn.name, conn.id)
+
+    async def close(self) -> None:
+        await self.engine.aclose()
+        self.store.close()

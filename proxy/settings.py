@@ -1,0 +1,50 @@
+"""Every default and cap in one place, and the server-wide settings value object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+DEFAULT_DATA_DIR = ".proxy"
+DEFAULT_CASSETTES_DIR = "cassettes"
+
+# Endpoint connection defaults and caps (SPEC 5).
+DEFAULT_TIMEOUT_S = 15.0
+MAX_TIMEOUT_S = 120.0
+DEFAULT_RETRY_MAX_ATTEMPTS = 3
+MAX_RETRY_MAX_ATTEMPTS = 10
+DEFAULT_RETRY_INITIAL_DELAY_MS = 1000
+DEFAULT_RETRY_MAX_DELAY_MS = 30000
+MAX_RETRY_DELAY_MS = 60000
+DEFAULT_RETRYABLE_STATUS_CODES = (429, 500, 502, 503, 504)
+MAX_CONVERSATION_END_RULES = 20
+RATE_LIMIT_WINDOW_S = 60.0
+
+# Bodies.
+MAX_API_BODY_BYTES = 10 * 1024 * 1024
+MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
+ERROR_BODY_PREVIEW_CHARS = 1000
+
+# What testConnection sends when the caller gives no input.
+DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
+
+MASK = "••••••••"
+# Secrets shorter than this are not scrubbed from free text (they would shred every message).
+MIN_REDACTABLE_SECRET_LEN = 4
+
+LATEST_SDK_VERSION = "5.12.0"
+MINIMUM_SDK_VERSION = "5.0.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    cassettes_dir: Path = Path(DEFAULT_CASSETTES_DIR)
+    record_mode: str = "once"
+    allow_http: bool = False
+    traceparent: bool = True
+    api_key: str | None = None

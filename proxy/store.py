@@ -1,0 +1,98 @@
+"""SQLite persistence through sqlite-utils, in WAL mode, behind one writer thread.
+
+Every database call runs on a single dedicated thread, so the event loop never waits on disk
+and SQLite never sees two writers. Reads of hot data (connections) are served from memory by
+the registry; the database is the durable copy. Secrets are stored Fernet-encrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from proxy.secrets import Vault
+
+T = TypeVar("T")
+DB_FILE_NAME = "proxy.db"
+
+
+class Store:
+    def __init__(self, data_dir: Path, vault: Vault) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_FILE_NAME
+        self.vault = vault
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-store")
+        self._db: sqlite_utils.Database | None = None
+        self.call(self._open)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the writer thread and wait (start-up, shutdown and CLI use)."""
+        return self._executor.submit(fn, *args).result()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the writer thread without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        assert self._db is not None, "store is closed"
+        return self._db
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._db = db
+        self._migrate()
+
+    def _migrate(self) -> None:
+        connections = self.db.table("connections")
+        if not connections.exists():
+            connections.create(
+                {
+                    "id": str,
+                    "seq": int,
+                    "product_id": str,
+                    "name": str,
+                    "created_at": str,
+                    "deleted_at": str,
+                    "spec": str,  # non-secret fields, JSON
+                    "secrets": str,  # Fernet token of {auth_token, password, headers}
+                },
+                pk="id",
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.call(self._db.conn.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # -- secrets -----------------------------------------------------------------------------
+
+    def seal(self, values: dict[str, Any]) -> str:
+        return self.vault.encrypt(json.dumps(values))
+
+    def unseal(self, token: str | None) -> dict[str, Any]:
+        return json.loads(self.vault.decrypt(token)) if token else {}
+
+    # -- connections (writer thread only) ----------------------------------------------------
+
+    def save_connection(self, row: dict[str, Any]) -> None:
+        self.db.table("connections").upsert(row, pk="id")
+
+    def delete_connection(self, conn_id: str, deleted_at: str) -> None:
+        self.db.table("connections").update(conn_id, {"deleted_at": deleted_at})
+
+    def live_connections(self) -> list[dict[str, Any]]:
+        return list(self.db.table("connections").rows_where("deleted_at is null", order_by="seq"))
