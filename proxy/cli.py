@@ -13,7 +13,6 @@ import click
 
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
-from proxy.secrets import install_log_redaction
 from proxy.settings import DEFAULT_CASSETTES_DIR, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
 
 RECORD_MODES = ("none", "once", "new_episodes", "all", "off")
@@ -96,9 +95,11 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     settings = build_settings(config, **flags)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full upstream URLs
-    install_log_redaction()
     try:
         runtime = Runtime(settings, config)
+        runtime.check_config()
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     app = create_app(runtime)

@@ -39,13 +39,13 @@ def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any
                 return env[name]  # type: ignore[index]
             if default is not None:
                 return default
-            raise ConfigError(f"{where}: environment variable {name} is not set")
+            raise ConfigError(f"config {where}: environment variable {name} is not set")
 
         return ENV_REFERENCE.sub(replace, value)
     if isinstance(value, list):
         return [expand_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}", env) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
     return value
 
 
@@ -62,7 +62,7 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
-    data = expand_env(raw, path.name, env)
+    data = expand_env(raw, "", env)
     config = Config(path=path)
     config.settings = _mapping(data.get("settings"), "settings")
     for section in SECTIONS[1:]:

@@ -8,8 +8,9 @@ import httpx
 
 from proxy.config import Config
 from proxy.engine import Engine
+from proxy.errors import ConfigError, ProxyError
 from proxy.registry import ConnectionRegistry
-from proxy.secrets import Vault, load_fernet
+from proxy.secrets import Vault, install_log_redaction, load_fernet
 from proxy.settings import Settings
 from proxy.store import Store
 
@@ -20,11 +21,22 @@ class Runtime:
     def __init__(
         self, settings: Settings, config: Config | None = None, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
+        install_log_redaction()
         self.settings = settings
         self.config = config or Config()
         self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
         self.connections = ConnectionRegistry(self.store, settings.allow_http)
         self.engine = Engine(transport, send_traceparent=settings.traceparent)
+
+    def check_config(self) -> None:
+        """Validate the config file's connections before serving, so a bad one stops start-up with
+        its place and reason instead of a traceback."""
+        for index, data in enumerate(self.config.connections):
+            try:
+                self.connections.build(data)
+            except ProxyError as exc:
+                name = data.get("name", "?")
+                raise ConfigError(f"config connections[{index}] ({name}): {exc.message}") from None
 
     async def start(self) -> None:
         self.connections.load()

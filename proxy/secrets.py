@@ -97,22 +97,38 @@ REDACTOR = Redactor()
 
 
 class RedactingLogFilter(logging.Filter):
-    """Scrubs registered secrets from every log record that passes through a handler."""
+    """Scrubs registered secrets from a record (for handlers set up outside this process's factory)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = REDACTOR.redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        _scrub(record)
         return True
 
 
+def _scrub(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):
+        return
+    cleaned = REDACTOR.redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+
+
+_installed = False
+
+
 def install_log_redaction() -> None:
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if not any(isinstance(f, RedactingLogFilter) for f in handler.filters):
-            handler.addFilter(RedactingLogFilter())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "proxy"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingLogFilter) for f in logger.filters):
-            logger.addFilter(RedactingLogFilter())
+    """Scrub every log record when it is created, whichever library logs it (httpcore's DEBUG
+    lines carry raw headers) and whichever handler prints it."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        _scrub(record)
+        return record
+
+    logging.setLogRecordFactory(redacting_factory)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
@@ -23,8 +23,19 @@ class TemplateRefused(ValueError):
     """The template does not compile or reaches outside the sandbox."""
 
 
+class _Undefined(ChainableUndefined):
+    """Undefined names render empty, but a name the sandbox hid is refused, not silently dropped."""
+
+    def __str__(self) -> str:
+        if issubclass(self._undefined_exception, SecurityError):
+            self._fail_with_undefined_error()
+        return ""
+
+
 def _scalar_text(value: Any) -> str | None:
-    if value is None or isinstance(value, ChainableUndefined):
+    if isinstance(value, Undefined):
+        return str(value)
+    if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -54,7 +65,7 @@ def _finalize_url(value: Any) -> Any:
 
 
 def _environment(finalize: Callable[[Any], Any]) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=ChainableUndefined, finalize=finalize, autoescape=False)
+    env = ImmutableSandboxedEnvironment(undefined=_Undefined, finalize=finalize, autoescape=False)
     return env
 
 

@@ -1,0 +1,9 @@
+"""make bench: every benchmark, each printing ratios measured within one run."""
+
+from __future__ import annotations
+
+from tests.bench import bench_engine, bench_test_connection
+
+for bench in (bench_engine, bench_test_connection):
+    print("\n".join(bench.run()), flush=True)
+    print(flush=True)

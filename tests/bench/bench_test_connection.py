@@ -1,0 +1,66 @@
+"""testConnection throughput through the proxy vs calling the test upstream directly with httpx.
+Upstream and proxy each run in their own process; one load generator drives both in one run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from tests.bench.harness import drive, process, upstream_process
+from tests.servers import free_port
+
+CONCURRENCY = 16
+REQUESTS = 3000
+
+
+def run() -> list[str]:
+    with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(
+            "settings: {allow_http: true}\n"
+            "connections:\n"
+            f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: BEARER,\n"
+            '      auth_token: bench-token, input_template: \'{"message": "{{ input.user_message }}"}\',\n'
+            "      output_mapping: {output: $.reply, retrieval_context: $.docs}}\n"
+        )
+        port = free_port()
+        proxy_url = f"http://127.0.0.1:{port}"
+        args = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(Path(tmp) / "data"),
+        ]
+        with process(args, f"{proxy_url}/healthz"):
+            conn_id = httpx.get(f"{proxy_url}/endpointConnections").json()[0]["id"]
+            payload = {"message": "hello"}
+
+            async def direct(client: httpx.AsyncClient) -> httpx.Response:
+                return await client.post(f"{upstream}/chat", json=payload, headers={"Authorization": "Bearer x"})
+
+            async def through(client: httpx.AsyncClient) -> httpx.Response:
+                return await client.post(
+                    f"{proxy_url}/endpointConnections/testConnection",
+                    json={"id": conn_id, "input": {"user_message": "hello"}},
+                )
+
+            asyncio.run(drive(direct, CONCURRENCY, 300))  # warm-up
+            asyncio.run(drive(through, CONCURRENCY, 300))
+            direct_load = asyncio.run(drive(direct, CONCURRENCY, REQUESTS))
+            proxy_load = asyncio.run(drive(through, CONCURRENCY, REQUESTS))
+    return [
+        f"testConnection throughput ({CONCURRENCY} concurrent clients, {REQUESTS} requests each)",
+        "  " + direct_load.line("upstream direct (httpx)"),
+        "  " + proxy_load.line("through proxy testConnection"),
+        f"  ratio proxy/direct: {proxy_load.per_second / direct_load.per_second:.2f}",
+    ]

@@ -1,0 +1,95 @@
+"""Shared pieces: start a server process on a free port, drive it with N concurrent clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from tests.servers import free_port
+
+
+@contextlib.contextmanager
+def process(args: list[str], health_url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(health_url, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{args} did not start")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def upstream_process() -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "tests.bench.apps:upstream", "--port", str(port), "--log-level", "warning"]
+    with process(args, f"http://127.0.0.1:{port}/chat"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Load:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+    def line(self, label: str) -> str:
+        p50 = statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
+        return (
+            f"{label:<44} {self.per_second:8.0f} req/s   p50 {p50:6.1f} ms   p99 {self.pct(0.99):6.1f} ms"
+            f"   errors {self.errors}"
+        )
+
+
+async def drive(send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]], concurrency: int, total: int) -> Load:
+    """`total` requests from `concurrency` clients; each client has its own connection pool."""
+    latencies: list[float] = []
+    errors = 0
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining, errors
+        async with httpx.AsyncClient(timeout=30) as client:
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                try:
+                    response = await send(client)
+                    ok = response.status_code < 400 and b'"success":false' not in response.content
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += not ok
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Load(total, errors, time.perf_counter() - started, latencies)

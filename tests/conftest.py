@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.app import create_app
+from proxy.config import Config
+from proxy.runtime import Runtime
+from proxy.settings import Settings
+from tests.servers import serve_in_thread
+from tests.upstream import Upstream
+
+TEST_TOKEN = "tok-Sup3rSecret-4242"
+TEST_PASSWORD = "pw-Hunter2-ZZZ"
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[tuple[Upstream, str]]:
+    upstream = Upstream()
+    with serve_in_thread(upstream.app) as url:
+        yield upstream, url
+
+
+@pytest.fixture
+def upstream(upstream_server: tuple[Upstream, str]) -> Upstream:
+    upstream_server[0].clear()
+    return upstream_server[0]
+
+
+@pytest.fixture
+def upstream_url(upstream_server: tuple[Upstream, str]) -> str:
+    return upstream_server[1]
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    runtime: Runtime
+    data_dir: Path
+
+
+@contextlib.contextmanager
+def running_proxy(tmp_path: Path, config: Config | None = None, **settings: Any) -> Iterator[RunningProxy]:
+    settings.setdefault("data_dir", tmp_path / "data")
+    settings.setdefault("cassettes_dir", tmp_path / "cassettes")
+    settings.setdefault("allow_http", True)
+    runtime = Runtime(Settings(**settings), config)
+    with serve_in_thread(create_app(runtime)) as url:
+        yield RunningProxy(url, runtime, settings["data_dir"])
+
+
+@pytest.fixture
+def proxy_server(tmp_path: Path) -> Iterator[RunningProxy]:
+    with running_proxy(tmp_path) as running:
+        yield running
+
+
+def chat_connection(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A valid CONVERSATION connection to the test upstream's /chat."""
+    data: dict[str, Any] = {
+        "name": "chat",
+        "productId": "prod-1",
+        "url": f"{upstream_url}/chat",
+        "type": "CONVERSATION",
+        "authType": "BEARER",
+        "authToken": TEST_TOKEN,
+        "inputTemplate": '{"message": "{{ input.user_message }}"}',
+        "outputMapping": {"output": "$.reply"},
+        "acknowledgedInsecureHttp": True,
+    }
+    data.update(overrides)
+    return data

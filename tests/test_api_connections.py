@@ -1,0 +1,232 @@
+"""The Galtea connection API in-process (httpx.ASGITransport): validation, masking, write-back rules."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.app import create_app
+from proxy.runtime import Runtime
+from proxy.settings import MASK, Settings
+from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection
+
+UP = "https://upstream.test"
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    runtime = Runtime(Settings(data_dir=tmp_path / "data", cassettes_dir=tmp_path / "c"))
+    await runtime.start()
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy.test") as client:
+        yield client
+    await runtime.close()
+
+
+async def create(api: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
+    return await api.post("/endpointConnections", json=chat_connection(UP, **overrides))
+
+
+async def test_create_applies_spec_defaults_and_hides_secrets(api: httpx.AsyncClient) -> None:
+    response = await create(api)
+    assert response.status_code == 201
+    body = response.json()
+    assert body["authToken"] is None and body["hasAuthToken"] is True and body["hasPassword"] is False
+    assert (body["httpMethod"], body["timeout"], body["retryEnabled"], body["retryMaxAttempts"]) == (
+        "POST",
+        15,
+        False,
+        3,
+    )
+    assert (body["retryInitialDelayMs"], body["retryBackoffStrategy"], body["retryMaxDelayMs"]) == (
+        1000,
+        "EXPONENTIAL",
+        30000,
+    )
+    assert body["retryableStatusCodes"] == [429, 500, 502, 503, 504]
+    assert body["createdAt"].endswith("Z") and body["id"]
+    assert TEST_TOKEN not in response.text
+
+
+async def test_snake_case_and_lowercase_enums_are_accepted(api: httpx.AsyncClient) -> None:
+    data = {
+        "name": "snake",
+        "product_id": "p",
+        "url": f"{UP}/x",
+        "type": "conversation",
+        "auth_type": "api_key",
+        "auth_token": "k",
+        "http_method": "put",
+        "input_template": '{"q": "{{ input.q }}"}',
+        "output_mapping": {"output": "$.a"},
+        "retry_backoff_strategy": "linear",
+    }
+    body = (await api.post("/endpointConnections", json=data)).json()
+    assert (body["type"], body["authType"], body["httpMethod"], body["retryBackoffStrategy"]) == (
+        "CONVERSATION",
+        "API_KEY",
+        "PUT",
+        "LINEAR",
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        ({"authToken": None}, "authToken", "is required when authType is BEARER"),
+        ({"authType": "API_KEY", "authToken": ""}, "authToken", "is required when authType is API_KEY"),
+        ({"authType": "BASIC", "username": "u"}, "password", "is required when authType is BASIC"),
+        ({"inputTemplate": '{"q": "static"}'}, "inputTemplate", "{{ input… }} placeholder"),
+        ({"outputMapping": {"reply": "$.a"}}, "outputMapping.output", "must map 'output'"),
+        ({"outputMapping": {"output": "$.[["}}, "outputMapping.output", "does not parse"),
+        ({"inputTemplate": '{"q": "{{ input.q }"}'}, "inputTemplate", "does not compile"),
+        ({"inputTemplate": "{{ input.__class__.__mro__ }}"}, "inputTemplate", "not allowed"),
+        ({"url": "http://plain.test/x", "acknowledgedInsecureHttp": False}, "url", "must be https"),
+        ({"url": "not a url"}, "url", "not an absolute http(s) URL"),
+        ({"timeout": 121}, "timeout", "less than or equal to 120"),
+        ({"retryMaxAttempts": 11}, "retryMaxAttempts", "less than or equal to 10"),
+        ({"retryMaxDelayMs": 60001}, "retryMaxDelayMs", "less than or equal to 60000"),
+        ({"retryableStatusCodes": [429, 700]}, "retryableStatusCodes", "700 is not an HTTP status code"),
+        ({"type": "SOMETHING"}, "type", "INITIALIZATION"),
+        ({"authType": "OAUTH"}, "authType", "BEARER"),
+        ({"conversationEndRules": [{"statusCode": 200}]}, "conversationEndRules[0].bodyMatch", "needs a bodyMatch"),
+        ({"conversationEndRules": [{"statusCode": 409}] * 21}, "conversationEndRules", "at most 20"),
+        ({"headers": {"Bad Header": "x"}}, "headers.Bad Header", "not a valid HTTP header name"),
+        ({"name": ""}, "name", "at least 1 character"),
+    ],
+)
+async def test_validation_answers_422_naming_the_field_and_reason(
+    api: httpx.AsyncClient, overrides: dict[str, Any], field: str, reason: str
+) -> None:
+    response = await create(api, **overrides)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["errors"][0]["field"] == field
+    assert reason in body["message"] and body["message"].startswith(field)
+
+
+async def test_initialization_needs_session_id_mapping(api: httpx.AsyncClient) -> None:
+    response = await create(api, type="INITIALIZATION", inputTemplate=None, outputMapping={"other": "$.id"})
+    assert response.status_code == 422
+    assert "outputMapping.session_id" in response.json()["message"]
+
+
+async def test_duplicate_name_in_product_is_refused(api: httpx.AsyncClient) -> None:
+    assert (await create(api)).status_code == 201
+    clash = await create(api)
+    assert clash.status_code == 422 and "already exists" in clash.json()["message"]
+    assert (await create(api, productId="other")).status_code == 201
+
+
+async def test_secret_headers_read_back_masked_and_masked_value_keeps_the_stored_one(api: httpx.AsyncClient) -> None:
+    headers = {"X-Api-Key": "hdr-Secret-777", "X-Tenant": "acme", "X-Auth": "Token {{ auth_token }}"}
+    created = (await create(api, headers=headers)).json()
+    assert created["headers"] == {"X-Api-Key": MASK, "X-Tenant": "acme", "X-Auth": "Token {{ auth_token }}"}
+    patched = await api.patch(f"/endpointConnections/{created['id']}", json={"headers": created["headers"]})
+    assert patched.status_code == 200
+    runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.connections.get(created["id"]).spec.headers == headers
+
+
+async def test_masked_header_value_without_a_stored_one_is_refused(api: httpx.AsyncClient) -> None:
+    response = await create(api, headers={"X-Api-Key": MASK})
+    assert response.status_code == 422 and "headers.X-Api-Key" in response.json()["message"]
+
+
+async def test_patch_keeps_credentials_on_null_or_empty_and_drops_them_when_auth_type_changes(
+    api: httpx.AsyncClient,
+) -> None:
+    conn_id = (await create(api)).json()["id"]
+    runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
+    for value in (None, ""):
+        body = (await api.patch(f"/endpointConnections/{conn_id}", json={"authToken": value})).json()
+        assert body["hasAuthToken"] is True
+    assert runtime.connections.get(conn_id).spec.auth_token == TEST_TOKEN
+    basic = await api.patch(
+        f"/endpointConnections/{conn_id}", json={"authType": "BASIC", "username": "ann", "password": TEST_PASSWORD}
+    )
+    assert basic.status_code == 200, basic.text
+    assert basic.json()["hasAuthToken"] is False and basic.json()["hasPassword"] is True
+    assert runtime.connections.get(conn_id).spec.auth_token is None
+    none = (await api.patch(f"/endpointConnections/{conn_id}", json={"authType": "NONE"})).json()
+    assert none["hasPassword"] is False and none["username"] is None
+
+
+async def test_patch_revalidates_the_merged_connection(api: httpx.AsyncClient) -> None:
+    conn_id = (await create(api)).json()["id"]
+    response = await api.patch(f"/endpointConnections/{conn_id}", json={"outputMapping": {"x": "$.a"}})
+    assert response.status_code == 422 and "outputMapping.output" in response.json()["message"]
+
+
+async def test_list_filters_sort_and_paginate(api: httpx.AsyncClient) -> None:
+    for i in range(3):
+        await create(api, name=f"c{i}", productId="p1" if i < 2 else "p2")
+    all_p1 = (await api.get("/endpointConnections?productIds[]=p1")).json()
+    assert sorted(c["name"] for c in all_p1) == ["c0", "c1"]
+    by_name = (await api.get("/endpointConnections?names[]=c2&types[]=conversation")).json()
+    assert [c["name"] for c in by_name] == ["c2"]
+    asc = (await api.get("/endpointConnections?sort[]=createdAt&sort[]=asc&offset=1&limit=1")).json()
+    assert [c["name"] for c in asc] == ["c1"]
+    assert (await api.get("/endpointConnections?limit=abc")).status_code == 422
+
+
+async def test_unknown_id_is_404_with_message(api: httpx.AsyncClient) -> None:
+    for method in ("GET", "PATCH", "DELETE"):
+        response = await api.request(method, "/endpointConnections/nope", json={} if method == "PATCH" else None)
+        assert response.status_code == 404 and response.json() == {"message": "Endpoint connection nope not found"}
+
+
+async def test_delete_removes_the_connection(api: httpx.AsyncClient) -> None:
+    conn_id = (await create(api)).json()["id"]
+    assert (await api.delete(f"/endpointConnections/{conn_id}")).status_code == 200
+    assert (await api.get(f"/endpointConnections/{conn_id}")).status_code == 404
+    assert (await create(api)).status_code == 201  # the name is free again
+
+
+async def test_malformed_json_is_400_and_non_object_is_400(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/endpointConnections", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["message"]
+    assert (await api.post("/endpointConnections", json=[1, 2])).status_code == 400
+
+
+async def test_bodies_over_10mb_are_413(api: httpx.AsyncClient) -> None:
+    big = b'{"name": "' + b"x" * (10 * 1024 * 1024 + 10) + b'"}'
+    response = await api.post("/endpointConnections", content=big)
+    assert response.status_code == 413 and "10 MB" in response.json()["message"]
+
+    async def chunked():  # type: ignore[no-untyped-def]
+        for _ in range(11):
+            yield b"x" * (1024 * 1024)
+
+    response = await api.post("/endpointConnections", content=chunked())
+    assert response.status_code == 413
+
+
+async def test_unknown_route_is_404_json(api: httpx.AsyncClient) -> None:
+    response = await api.get("/nothing/here")
+    assert response.status_code == 404 and "no such route" in response.json()["message"]
+
+
+async def test_openapi_lists_the_connection_routes(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    assert {"/endpointConnections", "/endpointConnections/{id}", "/endpointConnections/testConnection"} <= set(
+        spec["paths"]
+    )
+    assert "authToken" in spec["components"]["schemas"]["EndpointConnection"]["properties"]
+
+
+async def test_api_key_guards_every_route_but_healthz(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(data_dir=tmp_path / "d", api_key="k-123456"))
+    await runtime.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://t") as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/endpointConnections")).status_code == 401
+        assert (await c.get("/endpointConnections", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await c.get("/endpointConnections", headers={"Authorization": "Bearer k-123456"})).status_code == 200
+    await runtime.close()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import build_settings
+from proxy.config import load_config
+from proxy.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_env_references_are_expanded_with_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "settings: {record_mode: none, traceparent: false}\n"
+        "connections:\n"
+        "  - {name: a, auth_token: '${TOKEN}', url: '${BASE:-https://x.test}/chat', note: 'a: b ${TOKEN}'}\n",
+    )
+    config = load_config(path, env={"TOKEN": "t: 'quoted'"})
+    assert config.connections[0]["auth_token"] == "t: 'quoted'"
+    assert config.connections[0]["url"] == "https://x.test/chat"
+    assert config.connections[0]["note"] == "a: b t: 'quoted'"
+    settings = build_settings(config, record_mode=None, port=9000)
+    assert (settings.record_mode, settings.traceparent, settings.port) == ("none", False, 9000)
+
+
+def test_missing_env_variable_names_the_place(tmp_path: Path) -> None:
+    path = write(tmp_path, "connections:\n  - {name: a, auth_token: '${NOPE_TOKEN}'}\n")
+    with pytest.raises(
+        ConfigError, match=r"^config connections\[0\]\.auth_token: environment variable NOPE_TOKEN is not set$"
+    ):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("connections: {a: 1}", "connections must be a list"),
+        ("bogus: 1", "unknown section"),
+        ("a: [", "not valid YAML"),
+    ],
+)
+def test_bad_config_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

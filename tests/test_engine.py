@@ -1,0 +1,120 @@
+"""The engine driven through httpx.MockTransport: rendering, request shape, reply handling."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from proxy.engine import CallContext, Engine
+from tests.test_retry import connection
+
+
+def capture(*responses: httpx.Response) -> tuple[Engine, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return Engine(httpx.MockTransport(handler)), seen
+
+
+async def test_template_context_offers_every_documented_name() -> None:
+    template = (
+        '{"i": "{{ input.q }}", "c": "{{ context.k }}", "s": "{{ session_id }}", "g": "{{ galtea_session_id }}",'
+        ' "tc": "{{ test_case_id }}", "t": "{{ test_id }}", "ir": "{{ inference_result_id }}",'
+        ' "d": "{{ dataset_id }}", "tr": "{{ trace_id }}", "m": "{{ plan }}", "n": {{ past_turns | length }}}'
+    )
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    ctx = CallContext(
+        input={"q": "Q"},
+        context={"k": "K"},
+        session_id="S",
+        galtea_session_id="G",
+        test_case_id="TC",
+        test_id="T",
+        inference_result_id="IR",
+        metadata={"plan": "gold"},
+        past_turns=[{"input": "a", "output": "b"}],
+    )
+    await engine.call(connection(inputTemplate=template), ctx)
+    assert json.loads(seen[0].content) == {
+        "i": "Q",
+        "c": "K",
+        "s": "S",
+        "g": "G",
+        "tc": "TC",
+        "t": "T",
+        "ir": "IR",
+        "d": "IR",
+        "tr": "IR",
+        "m": "gold",
+        "n": 1,
+    }
+
+
+async def test_url_is_rendered_with_escaped_session_id() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    await engine.call(
+        connection(url="https://up.test/threads/{{ session_id }}/m"), CallContext(input={}, session_id="a b/c")
+    )
+    assert str(seen[0].url) == "https://up.test/threads/a%20b%2Fc/m"
+
+
+async def test_get_sends_no_body() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    await engine.call(connection(httpMethod="GET"), CallContext(input={"m": "x"}))
+    assert seen[0].method == "GET" and seen[0].content == b""
+
+
+async def test_a_body_that_renders_to_invalid_json_fails_with_the_parse_error_and_text() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    result = await engine.call(
+        connection(inputTemplate='{"m": {{ input.m }}}'), CallContext(input={"m": "plain words"})
+    )
+    assert not seen and result.error is not None
+    assert result.error.startswith("the rendered body is not valid JSON (Expecting value at line 1 column 7)")
+    assert result.error.endswith('{"m": plain words}')
+
+
+async def test_non_json_content_type_skips_the_json_check() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    conn = connection(inputTemplate="q={{ input.m }}", headers={"Content-Type": "text/plain"})
+    result = await engine.call(conn, CallContext(input={"m": "x"}))
+    assert result.ok and seen[0].content == b"q=x"
+
+
+async def test_body_over_the_cap_fails_cleanly() -> None:
+    engine = Engine(httpx.MockTransport(lambda r: httpx.Response(200, content=b"x" * 2048)), max_body_bytes=1024)
+    result = await engine.call(connection(), CallContext(input={"m": "x"}))
+    assert result.error == "the upstream body is larger than the 1024 byte cap"
+
+
+async def test_end_rule_with_body_match_completes_on_2xx() -> None:
+    rules = [{"statusCode": 200, "bodyMatch": {"path": "$.status", "equals": "closed"}}]
+    engine, _ = capture(httpx.Response(200, json={"status": "closed"}))
+    result = await engine.call(connection(conversationEndRules=rules), CallContext(input={"m": "x"}))
+    assert result.ok and result.ended_by_rule == 0
+    engine, _ = capture(httpx.Response(200, json={"status": "open", "reply": "r"}))
+    result = await engine.call(connection(conversationEndRules=rules), CallContext(input={"m": "x"}))
+    assert result.ended_by_rule is None and result.output == "r"
+
+
+async def test_non_string_output_is_stored_as_json_text_and_optional_misses_are_reported() -> None:
+    engine, _ = capture(httpx.Response(200, json={"reply": {"a": [1, 2]}}))
+    result = await engine.call(
+        connection(outputMapping={"output": "$.reply", "plan": "$.plan"}), CallContext(input={"m": "x"})
+    )
+    assert result.ok and result.output == '{"a": [1, 2]}'
+    assert "plan" in result.misses and result.extraction_error is not None
+
+
+async def test_exchange_masks_secret_headers() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    conn = connection(authType="BEARER", authToken="engine-tok-123", headers={"X-Key": "raw-key-456"})
+    result = await engine.call(conn, CallContext(input={"m": "x"}))
+    assert seen[0].headers["authorization"] == "Bearer engine-tok-123"
+    exchange = json.dumps(result.to_json())
+    assert "engine-tok-123" not in exchange and "raw-key-456" not in exchange

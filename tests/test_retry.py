@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.connection import compile_connection
+from proxy.engine import CallContext, Engine
+from proxy.models import BackoffStrategy, parse_spec
+from proxy.retry import RetryPolicy, parse_retry_after
+
+
+def policy(strategy: str, initial: int = 100, cap: int = 30000, retries: int = 5) -> RetryPolicy:
+    return RetryPolicy(True, retries, initial, BackoffStrategy(strategy), cap, frozenset({500}))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [("FIXED", [100, 100, 100, 100]), ("LINEAR", [100, 200, 300, 400]), ("EXPONENTIAL", [100, 200, 400, 800])],
+)
+def test_backoff_delays_per_strategy(strategy: str, expected: list[int]) -> None:
+    assert [policy(strategy).backoff_ms(k) for k in range(1, 5)] == expected
+
+
+def test_backoff_is_capped_by_max_delay() -> None:
+    assert [policy("EXPONENTIAL", cap=300).backoff_ms(k) for k in range(1, 5)] == [100, 200, 300, 300]
+
+
+def test_retry_after_seconds_and_http_date_are_honoured_up_to_the_cap() -> None:
+    p = policy("FIXED", cap=5000)
+    assert p.delay_ms(1, 429, "2") == 2000
+    assert p.delay_ms(1, 503, "60") == 5000  # capped
+    now = time.time()
+    assert p.delay_ms(1, 429, formatdate(now + 3, usegmt=True), now=now) == pytest.approx(3000, abs=1000)
+    assert p.delay_ms(1, 500, "2") == 100  # only 429/503 carry Retry-After meaning
+    assert parse_retry_after("garbage") is None
+
+
+def connection(**fields: Any):  # type: ignore[no-untyped-def]
+    data = {
+        "name": "c",
+        "productId": "p",
+        "url": "https://up.test/chat",
+        "type": "CONVERSATION",
+        "authType": "NONE",
+        "inputTemplate": '{"m": "{{ input.m }}"}',
+        "outputMapping": {"output": "$.reply"},
+    }
+    data.update(fields)
+    return compile_connection("ec_1", parse_spec(data), "2026-01-01T00:00:00Z", allow_http=False)
+
+
+class Script:
+    """A MockTransport handler that answers from a list and counts calls."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def engine_with(script: Script, sleeps: list[float]) -> Engine:
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    return Engine(httpx.MockTransport(script), sleep=fake_sleep)
+
+
+async def test_retries_retryable_status_with_exponential_backoff_then_succeeds() -> None:
+    script = Script(httpx.Response(500), httpx.Response(502), httpx.Response(200, json={"reply": "ok"}))
+    sleeps: list[float] = []
+    conn = connection(retryEnabled=True, retryMaxAttempts=3, retryInitialDelayMs=100, retryableStatusCodes=[500, 502])
+    result = await engine_with(script, sleeps).call(conn, CallContext(input={"m": "x"}))
+    assert result.ok and result.output == "ok"
+    assert script.calls == 3 and sleeps == [0.1, 0.2]
+    assert [a.status for a in result.attempts] == [500, 502, 200]
+
+
+async def test_max_attempts_means_retries_after_the_first_call() -> None:
+    script = Script(httpx.Response(503, text="down"))
+    sleeps: list[float] = []
+    conn = connection(retryEnabled=True, retryMaxAttempts=2, retryInitialDelayMs=10, retryBackoffStrategy="fixed")
+    result = await engine_with(script, sleeps).call(conn, CallContext(input={"m": "x"}))
+    assert script.calls == 3 and sleeps == [0.01, 0.01]
+    assert result.error == "External API responded with HTTP 503: Service Unavailable — down"
+
+
+async def test_non_retryable_status_and_disabled_retry_call_once() -> None:
+    for conn in (connection(retryEnabled=True), connection(retryEnabled=False)):
+        script = Script(httpx.Response(422 if conn.spec.retry_enabled else 500, json={"detail": "bad"}))
+        result = await engine_with(script, []).call(conn, CallContext(input={"m": "x"}))
+        assert script.calls == 1 and not result.ok
+
+
+async def test_connection_errors_and_timeouts_are_retried() -> None:
+    request = httpx.Request("POST", "https://up.test/chat")
+    script = Script(
+        httpx.ConnectError("refused", request=request),
+        httpx.ReadTimeout("slow", request=request),
+        httpx.Response(200, json={"reply": "ok"}),
+    )
+    conn = connection(retryEnabled=True, retryMaxAttempts=3, retryInitialDelayMs=1, retryBackoffStrategy="LINEAR")
+    sleeps: list[float] = []
+    result = await engine_with(script, sleeps).call(conn, CallContext(input={"m": "x"}))
+    assert result.ok and script.calls == 3 and sleeps == [0.001, 0.002]
+    assert result.attempts[0].error is not None and "connection refused" in result.attempts[0].error
+
+
+async def test_retry_after_header_drives_the_wait() -> None:
+    script = Script(httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200, json={"reply": "ok"}))
+    sleeps: list[float] = []
+    conn = connection(retryEnabled=True, retryInitialDelayMs=10)
+    result = await engine_with(script, sleeps).call(conn, CallContext(input={"m": "x"}))
+    assert result.ok and sleeps == [2.0]
+    assert result.attempts[1].waited_ms == 2000
+
+
+async def test_end_rule_match_is_never_retried() -> None:
+    script = Script(httpx.Response(500, json={"error": {"code": "conversation_ended"}}))
+    conn = connection(
+        retryEnabled=True,
+        conversationEndRules=[
+            {"statusCode": 500, "bodyMatch": {"path": "$.error.code", "equals": "conversation_ended"}}
+        ],
+    )
+    result = await engine_with(script, []).call(conn, CallContext(input={"m": "x"}))
+    assert script.calls == 1 and result.ok and result.ended_by_rule == 0

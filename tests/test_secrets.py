@@ -1,0 +1,92 @@
+"""No credential in an API response, a log line or the database files — even when the upstream echoes it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.secrets import REDACTOR, Redactor, Vault, load_fernet
+from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection, running_proxy
+from tests.upstream import Reply, Upstream
+
+HEADER_SECRET = "hdr-Secret-Value-9911"
+SECRETS = (TEST_TOKEN, TEST_PASSWORD, HEADER_SECRET)
+
+
+def test_no_secret_in_responses_logs_or_database(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        bearer = client.post(
+            "/endpointConnections", json=chat_connection(upstream_url, headers={"X-Api-Key": HEADER_SECRET})
+        )
+        basic = client.post(
+            "/endpointConnections",
+            json=chat_connection(upstream_url, name="basic", authType="BASIC", username="ann", password=TEST_PASSWORD),
+        )
+        texts += [bearer.text, basic.text]
+        # The upstream echoes every credential back, in its body and a header.
+        upstream.script(
+            "/chat",
+            Reply(json={"reply": f"your token is {TEST_TOKEN}", "seen": list(SECRETS)}, headers={"x-echo": TEST_TOKEN}),
+        )
+        for conn in (bearer.json(), basic.json()):
+            texts.append(client.get(f"/endpointConnections/{conn['id']}").text)
+            texts.append(client.post("/endpointConnections/testConnection", json={"id": conn["id"]}).text)
+            texts.append(client.patch(f"/endpointConnections/{conn['id']}", json={"timeout": 20}).text)
+        texts.append(client.get("/endpointConnections").text)
+        upstream.script("/chat", Reply(status=500, json={"detail": f"bad token {TEST_TOKEN}"}))
+        texts.append(client.post("/endpointConnections/testConnection", json={"id": bearer.json()["id"]}).text)
+        assert upstream.requests_to("/chat")[0].headers["x-api-key"] == HEADER_SECRET  # it was really sent
+    assert "your token is ••••••••" in texts[3]
+    for secret in SECRETS:
+        for text in texts:
+            assert secret not in text
+        assert secret not in caplog.text
+        for path in (tmp_path / "data").iterdir():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_key_file_is_private_and_secrets_survive_a_restart(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        conn_id = client.post("/endpointConnections", json=chat_connection(upstream_url)).json()["id"]
+    key_file = tmp_path / "data" / "secret.key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        assert client.post("/endpointConnections/testConnection", json={"id": conn_id}).json()["success"]
+    assert upstream.received[-1].headers["authorization"] == f"Bearer {TEST_TOKEN}"
+
+
+def test_env_key_is_used_instead_of_a_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROXY_SECRET_KEY", "any passphrase works")
+    vault = Vault(load_fernet(tmp_path))
+    assert not (tmp_path / "secret.key").exists()
+    token = vault.encrypt("s3cret")
+    assert "s3cret" not in token and Vault(load_fernet(tmp_path)).decrypt(token) == "s3cret"
+
+
+def test_redactor_masks_longest_first_and_ignores_tiny_values() -> None:
+    redactor = Redactor()
+    redactor.add("abcd", "abcdefgh", "x", None)
+    assert redactor.redact("abcdefgh abcd x") == "•••••••• •••••••• x"
+
+
+def test_log_filter_scrubs_registered_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.secrets import RedactingLogFilter
+
+    REDACTOR.add("log-secret-123")
+    logger = logging.getLogger("proxy.test")
+    handler_filter = RedactingLogFilter()
+    caplog.handler.addFilter(handler_filter)
+    logger.warning("calling with %s", "log-secret-123")
+    caplog.handler.removeFilter(handler_filter)
+    assert "log-secret-123" not in caplog.text and "••••••••" in caplog.text

@@ -1,0 +1,98 @@
+"""A real upstream test server that records every request it receives and answers from a script.
+
+Tests assert on exactly what arrived (method, path, query, headers, body). A script is a list of
+replies for a path, used in order (the last one repeats); without one, the server echoes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    json: Any = None
+    text: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before the headers
+    trickle: float = 0.0  # between body chunks (slow body)
+    chunks: int = 1
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._scripts: dict[str, list[Reply]] = {}
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+        )
+
+    def script(self, path: str, *replies: Reply) -> None:
+        with self._lock:
+            self._scripts[path] = list(replies)
+
+    def requests_to(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.received.clear()
+            self._scripts.clear()
+
+    def _next_reply(self, path: str) -> Reply | None:
+        with self._lock:
+            replies = self._scripts.get(path)
+            if not replies:
+                return None
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    async def _handle(self, request: Request) -> Response:
+        body = await request.body()
+        path = "/" + request.path_params["path"]
+        with self._lock:
+            self.received.append(Received(request.method, path, request.url.query, dict(request.headers), body))
+        reply = self._next_reply(path)
+        if reply is None:
+            return Response(
+                json.dumps({"reply": f"echo {body.decode(errors='replace')}", "path": path}),
+                media_type="application/json",
+            )
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        content = reply.text if reply.text is not None else json.dumps(reply.json)
+        media = "application/json" if reply.text is None else "text/plain"
+        if reply.trickle:
+            data = content.encode()
+            size = max(1, len(data) // reply.chunks)
+
+            async def pieces() -> Any:
+                for start in range(0, len(data), size):
+                    yield data[start : start + size]
+                    await asyncio.sleep(reply.trickle)
+
+            return StreamingResponse(pieces(), status_code=reply.status, headers=reply.headers, media_type=media)
+        return Response(content, status_code=reply.status, headers=reply.headers, media_type=media)
