@@ -34,7 +34,7 @@ from proxy.ratelimit import RateLimiters
 from proxy.retry import RetryPolicy
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
-from proxy.templating import TemplateRefused
+from proxy.templating import TemplateRefused, as_template_input
 
 CASSETTE_EXTENSION = "proxy.cassette"  # request extension: which cassette a call belongs to
 OUTCOME_EXTENSION = "proxy.outcome"  # response extension: hit | recorded | miss | live
@@ -60,7 +60,7 @@ class CallContext:
     def template_vars(self) -> dict[str, Any]:
         return {
             **self.metadata,
-            "input": self.input,
+            "input": as_template_input(self.input),
             "context": self.context,
             "session_id": self.session_id,
             "galtea_session_id": self.galtea_session_id,
@@ -69,7 +69,7 @@ class CallContext:
             "inference_result_id": self.inference_result_id,
             "dataset_id": self.inference_result_id,
             "trace_id": self.inference_result_id,
-            "past_turns": self.past_turns,
+            "past_turns": [{**turn, "input": as_template_input(turn.get("input"))} for turn in self.past_turns],
         }
 
 

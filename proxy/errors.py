@@ -4,6 +4,7 @@ ProxyError                      base; never escapes as a 500
 ├── BadRequest          400     malformed JSON, a body that is not an object
 ├── Unauthorized        401     missing or wrong API key
 ├── NotFound            404     unknown id
+├── Conflict            409     the entity's state refuses the action (a turn on a finished session)
 ├── PayloadTooLarge     413     API body over the cap
 ├── InvalidField        422     a field failed validation (names the field and the reason)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
@@ -38,6 +39,10 @@ class Unauthorized(ProxyError):
 
 class NotFound(ProxyError):
     status_code = 404
+
+
+class Conflict(ProxyError):
+    status_code = 409
 
 
 class PayloadTooLarge(ProxyError):

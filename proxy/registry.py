@@ -81,9 +81,13 @@ class ConnectionRegistry:
                 return conn
         return None
 
+    def find(self, ref: str, product_id: str | None = None) -> CompiledConnection | None:
+        """By id, else by name in the product, else by name anywhere."""
+        return self._by_id.get(ref) or self.by_name(ref, product_id) or self.by_name(ref)
+
     def resolve(self, ref: str) -> CompiledConnection:
         """A connection by id, else by name."""
-        conn = self._by_id.get(ref) or self.by_name(ref)
+        conn = self.find(ref)
         if conn is None:
             raise NotFound(f"Endpoint connection {ref} not found")
         return conn

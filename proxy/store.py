@@ -21,6 +21,8 @@ from proxy.secrets import Vault
 
 T = TypeVar("T")
 DB_FILE_NAME = "proxy.db"
+# Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
+ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls")
 
 
 class Store:
@@ -48,7 +50,7 @@ class Store:
         return self._db
 
     def _open(self) -> None:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(self.path, check_same_thread=False)
         db = sqlite_utils.Database(conn)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -71,6 +73,10 @@ class Store:
                 },
                 pk="id",
             )
+
+        for table in ENTITY_TABLES:
+            if not self.db.table(table).exists():
+                self.db.table(table).create({"id": str, "seq": int, "data": str}, pk="id")
 
     def close(self) -> None:
         if self._db is not None:
@@ -96,3 +102,21 @@ class Store:
 
     def live_connections(self) -> list[dict[str, Any]]:
         return list(self.db.table("connections").rows_where("deleted_at is null", order_by="seq"))
+
+    # -- JSON entities (writer thread only) --------------------------------------------------
+
+    def put(self, table: str, entity_id: str, seq: int, data: dict[str, Any]) -> None:
+        self.put_many([(table, entity_id, seq, data)])
+
+    def put_many(self, rows: list[tuple[str, str, int, dict[str, Any]]]) -> None:
+        """Several entities in one transaction (a turn and its session change together)."""
+        with self.db.conn:
+            for table, entity_id, seq, data in rows:
+                assert table in ENTITY_TABLES
+                self.db.conn.execute(
+                    f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)",
+                    (entity_id, seq, json.dumps(data)),
+                )
+
+    def load(self, table: str) -> list[dict[str, Any]]:
+        return [json.loads(row["data"]) for row in self.db.table(table).rows_where(order_by="seq")]

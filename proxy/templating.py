@@ -23,6 +23,22 @@ class TemplateRefused(ValueError):
     """The template does not compile or reaches outside the sandbox."""
 
 
+class MessageInput(dict[str, Any]):
+    """A structured input with a `user_message`. Rendered bare (`{{ input }}`, `{{ turn.input }}`, as the
+    Galtea docs' chat examples do inside a JSON string) it is that message; its fields and `| tojson`
+    work as for any object."""
+
+    @property
+    def message(self) -> str:
+        return str(self["user_message"])
+
+
+def as_template_input(value: Any) -> Any:
+    if isinstance(value, dict) and isinstance(value.get("user_message"), str):
+        return MessageInput(value)
+    return value
+
+
 class _Undefined(ChainableUndefined):
     """Undefined names render empty, but a name the sandbox hid is refused, not silently dropped."""
 
@@ -47,6 +63,8 @@ def _scalar_text(value: Any) -> str | None:
 def _finalize_json(value: Any) -> Any:
     if isinstance(value, Markup):  # `| tojson` output is already JSON
         return value
+    if isinstance(value, MessageInput):
+        value = value.message
     text = _scalar_text(value)
     if text is not None:
         return text
@@ -56,6 +74,8 @@ def _finalize_json(value: Any) -> Any:
 
 
 def _finalize_url(value: Any) -> Any:
+    if isinstance(value, MessageInput):
+        value = value.message
     text = _scalar_text(value)
     if text is not None:
         return text

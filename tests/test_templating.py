@@ -98,3 +98,20 @@ def test_syntax_error_names_the_line() -> None:
 def test_url_rendering_percent_escapes_values() -> None:
     url = CompiledTemplate("https://api/threads/{{ session_id }}/m?u={{ input.u }}", url=True)
     assert url.render({"session_id": "a/b c?d", "input": {"u": "x&y"}}) == "https://api/threads/a%2Fb%20c%3Fd/m?u=x%26y"
+
+
+def test_galtea_docs_openai_template_with_structured_input() -> None:
+    from proxy.engine import CallContext
+
+    template = CompiledTemplate(
+        '{"model": "gpt-4", "messages": [{"role": "system", "content": "You are a helpful assistant."},'
+        ' {% for turn in past_turns %}{"role": "user", "content": "{{ turn.input }}"},'
+        ' {"role": "assistant", "content": "{{ turn.output }}"}, {% endfor %}'
+        ' {"role": "user", "content": "{{ input }}"}], "raw": {{ input | tojson }}, "f": "{{ input.user_message }}"}'
+    )
+    ctx = CallContext(
+        input={"user_message": 'a "q"', "tier": 1}, past_turns=[{"input": {"user_message": "hi"}, "output": "yo"}]
+    )
+    body = json.loads(template.render(ctx.template_vars()))
+    assert [m["content"] for m in body["messages"]] == ["You are a helpful assistant.", "hi", "yo", 'a "q"']
+    assert body["raw"] == {"user_message": 'a "q"', "tier": 1} and body["f"] == 'a "q"'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class Upstream:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
+        self._handlers: list[tuple[str, Callable[[Received], Reply]]] = []
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
@@ -55,6 +57,11 @@ class Upstream:
         with self._lock:
             self._scripts[path] = list(replies)
 
+    def handle(self, prefix: str, handler: Callable[[Received], Reply]) -> None:
+        """Answer every request under `prefix` with `handler(received)` (stateful fake APIs)."""
+        with self._lock:
+            self._handlers.append((prefix, handler))
+
     def requests_to(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
 
@@ -62,6 +69,7 @@ class Upstream:
         with self._lock:
             self.received.clear()
             self._scripts.clear()
+            self._handlers.clear()
 
     def _next_reply(self, path: str) -> Reply | None:
         with self._lock:
@@ -73,9 +81,12 @@ class Upstream:
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
         path = "/" + request.path_params["path"]
+        received = Received(request.method, path, request.url.query, dict(request.headers), body)
         with self._lock:
-            self.received.append(Received(request.method, path, request.url.query, dict(request.headers), body))
-        reply = self._next_reply(path)
+            self.received.append(received)
+            matching = [(len(prefix), h) for prefix, h in self._handlers if path.startswith(prefix)]
+            handler = max(matching, key=lambda m: m[0])[1] if matching else None  # the most specific prefix
+        reply = handler(received) if handler else self._next_reply(path)
         if reply is None:
             return Response(
                 json.dumps({"reply": f"echo {body.decode(errors='replace')}", "path": path}),

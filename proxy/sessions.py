@@ -1,0 +1,470 @@
+"""Sessions and turns: what Galtea's platform does when it runs a conversation against an endpoint.
+
+Lifecycle: create → INITIALIZATION (before the first turn) → CONVERSATION per turn → FINALIZATION when
+the session finishes (explicitly, by a conversation end rule, or by a failed turn), exactly once.
+Turns of one session run in order (a lock per session); different sessions run concurrently.
+State lives in memory and is written through the store's writer thread before a call answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from proxy.auth import new_trace_id
+from proxy.engine import CallContext, CallResult, Engine
+from proxy.errors import Conflict, InvalidField, NotFound
+from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
+from proxy.models import ConnectionType
+from proxy.registry import new_id, now_iso
+from proxy.store import Store
+from proxy.versions import Version, VersionRegistry
+
+PENDING, COMPLETED, FAILED = "PENDING", "COMPLETED", "FAILED"
+GENERATED, SKIPPED = "GENERATED", "SKIPPED"  # turn statuses besides FAILED
+SESSION_STATUSES = (PENDING, COMPLETED, FAILED)
+TURN_STATUSES = ("PENDING", GENERATED, FAILED, SKIPPED)
+DEFAULT_STOPPING_REASON = "COMPLETED"
+
+
+@dataclass
+class Session:
+    id: str
+    version_id: str
+    product_id: str
+    created_at: str
+    cassette_key: str  # fixed at creation: test case id, else customId, else connection name
+    trace_id: str = field(default_factory=new_trace_id)
+    custom_id: str | None = None
+    external_session_id: str | None = None
+    test_case_id: str | None = None
+    test_id: str | None = None
+    context: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    status: str = PENDING
+    stopping_reason: str | None = None
+    error: str | None = None
+    is_production: bool = True
+    initialized: bool = False
+    finalized: bool = False
+    deleted: bool = False
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "versionId": self.version_id,
+            "productId": self.product_id,
+            "customId": self.custom_id,
+            "externalSessionId": self.external_session_id,
+            "testCaseId": self.test_case_id,
+            "testId": self.test_id,
+            "context": self.context,
+            "metadata": self.metadata,
+            "status": self.status,
+            "stoppingReason": self.stopping_reason,
+            "error": self.error,
+            "isProduction": self.is_production,
+            "createdAt": self.created_at,
+            "deletedAt": None,
+        }
+
+
+@dataclass
+class Turn:
+    """An inference result: one CONVERSATION call, or a turn the client logged itself."""
+
+    id: str
+    session_id: str
+    index: int
+    created_at: str
+    input: Any = None
+    actual_output: str | None = None
+    retrieval_context: str | None = None
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    latency: float | None = None
+    status: str = GENERATED
+    error: str | None = None
+    exchange: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "id": self.id,
+            "sessionId": self.session_id,
+            "index": self.index,
+            "input": self.input,
+            "actualOutput": self.actual_output,
+            "retrievalContext": self.retrieval_context,
+            "traces": self.traces,
+            "latency": self.latency,
+            "status": self.status,
+            "error": self.error,
+            "exchange": self.exchange,
+            "createdAt": self.created_at,
+        }
+
+
+@dataclass
+class LifecycleCall:
+    """An INITIALIZATION or FINALIZATION call, kept so the inspector can show it."""
+
+    id: str
+    session_id: str
+    phase: str
+    created_at: str
+    exchange: dict[str, Any]
+
+
+class SessionService:
+    def __init__(self, store: Store, versions: VersionRegistry, engine: Engine) -> None:
+        self.store = store
+        self.versions = versions
+        self.engine = engine
+        self._sessions: dict[str, Session] = {}
+        self._turns: dict[str, Turn] = {}
+        self._turns_by_session: dict[str, list[Turn]] = {}
+        self._calls_by_session: dict[str, list[LifecycleCall]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._seq = itertools.count(1)
+
+    def load(self) -> None:
+        for data in self.store.call(self.store.load, "sessions"):
+            session = Session(**data)
+            self._sessions[session.id] = session
+        for data in self.store.call(self.store.load, "inference_results"):
+            self._index_turn(Turn(**data))
+        for data in self.store.call(self.store.load, "lifecycle_calls"):
+            call = LifecycleCall(**data)
+            self._calls_by_session.setdefault(call.session_id, []).append(call)
+        self._seq = itertools.count(len(self._sessions) + len(self._turns) + 1)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def all(self) -> list[Session]:
+        return [s for s in self._sessions.values() if not s.deleted]
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.deleted:
+            raise NotFound(f"Session {session_id} not found")
+        return session
+
+    def turns(self, session_id: str) -> list[Turn]:
+        return list(self._turns_by_session.get(session_id, []))
+
+    def all_turns(self) -> list[Turn]:
+        return [t for t in self._turns.values() if not self._sessions[t.session_id].deleted]
+
+    def turn(self, turn_id: str) -> Turn:
+        turn = self._turns.get(turn_id)
+        if turn is None or self._sessions[turn.session_id].deleted:
+            raise NotFound(f"Inference result {turn_id} not found")
+        return turn
+
+    def lifecycle_calls(self, session_id: str) -> list[LifecycleCall]:
+        return list(self._calls_by_session.get(session_id, []))
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def create(self, data: dict[str, Any]) -> Session:
+        version = self._version_for(data)
+        test_case_id = _optional_str(data, "testCaseId")
+        is_production = data.get("isProduction")
+        if is_production is not None and not isinstance(is_production, bool):
+            raise InvalidField("isProduction", "must be true or false")
+        if is_production and test_case_id:
+            raise InvalidField("testCaseId", "is refused on a production session (isProduction: true)")
+        if test_case_id and data.get("context") is not None:
+            raise InvalidField("context", "is refused when testCaseId is set (the test case provides it)")
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InvalidField("metadata", "must be an object")
+        custom_id = _optional_str(data, "customId")
+        conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
+        session = Session(
+            id=new_id("ses"),
+            version_id=version.id,
+            product_id=version.product_id,
+            created_at=now_iso(),
+            cassette_key=test_case_id or custom_id or (conversation.name if conversation else version.name),
+            custom_id=custom_id,
+            test_case_id=test_case_id,
+            test_id=_optional_str(data, "testId") or _optional_str(data, "datasetId"),
+            context=data.get("context"),
+            metadata=dict(metadata),
+            is_production=is_production if is_production is not None else test_case_id is None,
+        )
+        self._sessions[session.id] = session
+        await self._save(session)
+        return session
+
+    def _version_for(self, data: dict[str, Any]) -> Version:
+        version_id = _optional_str(data, "versionId")
+        if version_id:
+            return self.versions.get(version_id)
+        product_id = _optional_str(data, "productId")
+        if not product_id:
+            raise InvalidField("versionId", "is required (or productId, to use that product's latest version)")
+        version = self.versions.latest_for_product(product_id)
+        if version is None:
+            raise NotFound(f"Product {product_id} has no version")
+        return version
+
+    async def update(self, session_id: str, data: dict[str, Any]) -> Session:
+        session = self.get(session_id)
+        if "customId" in data:
+            session.custom_id = _optional_str(data, "customId")
+        if "metadata" in data:
+            if not isinstance(data["metadata"], dict | None):
+                raise InvalidField("metadata", "must be an object")
+            session.metadata = dict(data["metadata"] or {})
+        if "context" in data:
+            session.context = data["context"]
+        if "status" in data:
+            status = str(data["status"]).upper()
+            if status not in SESSION_STATUSES:
+                raise InvalidField("status", f"{data['status']!r} is not one of {', '.join(SESSION_STATUSES)}")
+            session.status = status
+        for key, attr in (("stoppingReason", "stopping_reason"), ("error", "error")):
+            if key in data:
+                setattr(session, attr, _optional_str(data, key))
+        await self._save(session)
+        return session
+
+    async def delete(self, session_id: str) -> None:
+        session = self.get(session_id)
+        session.deleted = True
+        await self._save(session)
+
+    async def finish(self, session_id: str, data: dict[str, Any]) -> Session:
+        """COMPLETED with a stoppingReason, or FAILED with an error; FINALIZATION runs once either way."""
+        session = self.get(session_id)
+        async with self._lock(session_id):
+            error = _optional_str(data, "error")
+            if session.status == PENDING:
+                if error:
+                    session.status, session.error = FAILED, error
+                else:
+                    session.status = COMPLETED
+                    session.stopping_reason = _optional_str(data, "stoppingReason") or DEFAULT_STOPPING_REASON
+            await self._finalize(session)
+            await self._save(session)
+        return session
+
+    # -- turns -------------------------------------------------------------------------------
+
+    async def run_turn(self, session_id: str, data: dict[str, Any]) -> Turn:
+        session = self.get(session_id)
+        if "input" not in data or data["input"] is None:
+            raise InvalidField("input", 'is required: an object such as {"user_message": "Hi"}, or a string')
+        turn_input = data["input"]
+        if not isinstance(turn_input, dict | str):
+            raise InvalidField("input", "must be an object or a string")
+        turn_context = data.get("context")
+        if turn_context is not None and not isinstance(turn_context, dict):
+            raise InvalidField("context", "must be an object")
+        async with self._lock(session_id):
+            if session.status != PENDING:
+                raise Conflict(f"Session {session_id} is {session.status}: it takes no more turns")
+            version = self.versions.get(session.version_id)
+            conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
+            if conversation is None:
+                raise InvalidField("versionId", f"version {version.name!r} has no CONVERSATION connection")
+            turn = Turn(
+                id=uuid.uuid4().hex,
+                session_id=session.id,
+                index=len(self._turns_by_session.get(session.id, [])),
+                created_at=now_iso(),
+                input=turn_input,
+            )
+            if not session.initialized:
+                init_error = await self._initialize(session, version, turn_input, turn_context)
+                if init_error is not None:
+                    turn.status, turn.error = FAILED, init_error
+                    session.status, session.error = FAILED, init_error
+                    await self._finish_turn(session, turn)
+                    return turn
+            result = await self.engine.call(conversation, self._context(session, turn.id, turn_input, turn_context))
+            self._apply_turn_result(session, turn, result)
+            await self._finish_turn(session, turn)
+            return turn
+
+    async def log_turn(self, data: dict[str, Any]) -> Turn:
+        """POST /inferenceResults: a turn the client ran itself."""
+        session_id = _optional_str(data, "sessionId")
+        if not session_id:
+            raise InvalidField("sessionId", "is required")
+        session = self.get(session_id)
+        status = str(data.get("status") or GENERATED).upper()
+        if status not in TURN_STATUSES:
+            raise InvalidField("status", f"{data['status']!r} is not one of {', '.join(TURN_STATUSES)}")
+        latency = data.get("latency")
+        if latency is not None and not isinstance(latency, int | float):
+            raise InvalidField("latency", "must be a number")
+        known = {"sessionId", "input", "actualOutput", "retrievalContext", "latency", "status", "error", "traces"}
+        async with self._lock(session_id):
+            turn = Turn(
+                id=uuid.uuid4().hex,
+                session_id=session.id,
+                index=len(self._turns_by_session.get(session.id, [])),
+                created_at=now_iso(),
+                input=data.get("input"),
+                actual_output=_text_or_none(data.get("actualOutput")),
+                retrieval_context=_text_or_none(data.get("retrievalContext")),
+                latency=latency,
+                status=status,
+                error=_optional_str(data, "error"),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+            self._index_turn(turn)
+            await self._save_turn(turn, session)
+        return turn
+
+    # -- lifecycle internals -----------------------------------------------------------------
+
+    async def _initialize(
+        self, session: Session, version: Version, turn_input: Any, turn_context: dict[str, Any] | None
+    ) -> str | None:
+        """Run INITIALIZATION if the version has one; returns the error that failed it, if any."""
+        session.initialized = True
+        conn = self.versions.connection(version, ConnectionType.INITIALIZATION)
+        if conn is None:
+            return None
+        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, turn_input, turn_context))
+        await self._record_call(session, ConnectionType.INITIALIZATION.value, result)
+        if not result.ok:
+            return result.error
+        self._absorb_mapped_keys(session, result)
+        return None
+
+    async def _finalize(self, session: Session) -> None:
+        if session.finalized:
+            return
+        session.finalized = True
+        version = self.versions.get(session.version_id)
+        conn = self.versions.connection(version, ConnectionType.FINALIZATION)
+        if conn is None:
+            return
+        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None))
+        await self._record_call(session, ConnectionType.FINALIZATION.value, result)
+
+    def _apply_turn_result(self, session: Session, turn: Turn, result: CallResult) -> None:
+        turn.exchange = result.to_json()
+        turn.latency = round(result.latency_ms, 3)
+        extracted = result.extracted
+        if result.ended_by_rule is not None:
+            # The endpoint ended the conversation: the session completes with the turns so far.
+            turn.status = SKIPPED
+            status = result.reply.status if result.reply else "?"
+            session.status = COMPLETED
+            session.stopping_reason = (
+                f"Conversation ended by the endpoint (end rule {result.ended_by_rule + 1}: HTTP {status})"
+            )
+            return
+        if not result.ok:
+            turn.status, turn.error = FAILED, result.error
+            session.status, session.error = FAILED, result.error
+            return
+        turn.status = GENERATED
+        turn.actual_output = result.output
+        if RETRIEVAL_CONTEXT in extracted:
+            turn.retrieval_context = output_text(extracted[RETRIEVAL_CONTEXT])
+        turn.traces = list(extracted.get(TRACES) or [])
+        self._absorb_mapped_keys(session, result)
+
+    def _absorb_mapped_keys(self, session: Session, result: CallResult) -> None:
+        """`session_id` becomes the external id (and the customId when there is none); any key that is
+        not special becomes session metadata for later templates and URLs."""
+        extracted = result.extracted
+        if SESSION_ID in extracted and extracted[SESSION_ID] is not None:
+            session.external_session_id = output_text(extracted[SESSION_ID])
+            if not session.custom_id:
+                session.custom_id = session.external_session_id
+        for key, value in extracted.items():
+            if key not in SPECIAL_KEYS and key != OUTPUT:
+                session.metadata[key] = value
+
+    def _context(
+        self, session: Session, inference_id: str, turn_input: Any, turn_context: dict[str, Any] | None
+    ) -> CallContext:
+        context = session.context
+        if isinstance(context, str):
+            context = _maybe_json_object(context)
+        if turn_context:
+            context = {**(context if isinstance(context, dict) else {}), **turn_context}
+        past = [
+            {"input": t.input, "output": t.actual_output}
+            for t in self._turns_by_session.get(session.id, [])
+            if t.status == GENERATED
+        ]
+        return CallContext(
+            input=turn_input,
+            context=context if context is not None else {},
+            session_id=session.external_session_id or session.custom_id,
+            galtea_session_id=session.id,
+            test_case_id=session.test_case_id,
+            test_id=session.test_id,
+            inference_result_id=inference_id,
+            metadata=dict(session.metadata),
+            past_turns=past,
+            trace_id=session.trace_id,
+            cassette=session.cassette_key,
+        )
+
+    async def _finish_turn(self, session: Session, turn: Turn) -> None:
+        self._index_turn(turn)
+        if session.status != PENDING:
+            await self._finalize(session)
+        await self._save_turn(turn, session)
+
+    async def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
+        call = LifecycleCall(uuid.uuid4().hex, session.id, phase, now_iso(), result.to_json())
+        self._calls_by_session.setdefault(session.id, []).append(call)
+        await self.store.run(self.store.put, "lifecycle_calls", call.id, next(self._seq), asdict(call))
+
+    def _index_turn(self, turn: Turn) -> None:
+        self._turns[turn.id] = turn
+        self._turns_by_session.setdefault(turn.session_id, []).append(turn)
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    async def _save(self, session: Session) -> None:
+        await self.store.run(self.store.put, "sessions", session.id, next(self._seq), asdict(session))
+
+    async def _save_turn(self, turn: Turn, session: Session) -> None:
+        rows = [
+            ("inference_results", turn.id, next(self._seq), asdict(turn)),
+            ("sessions", session.id, next(self._seq), asdict(session)),
+        ]
+        await self.store.run(self.store.put_many, rows)
+
+
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidField(key, "must be a string")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else output_text(value)
+
+
+def _maybe_json_object(text: str) -> Any:
+    """A string context that holds a JSON object is usable as `context.<field>`."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text

@@ -1,0 +1,176 @@
+"""Versions: wire a session's lifecycle to its INITIALIZATION, CONVERSATION and FINALIZATION connections."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from proxy.connection import CompiledConnection
+from proxy.errors import InvalidField, NotFound
+from proxy.models import ConnectionType, normalise_keys
+from proxy.registry import ConnectionRegistry, new_id, now_iso
+from proxy.store import Store
+
+# API field → (config shorthand, connection type the slot takes)
+SLOTS = {
+    "conversation_endpoint_connection_id": ("conversation", ConnectionType.CONVERSATION),
+    "initialization_endpoint_connection_id": ("initialization", ConnectionType.INITIALIZATION),
+    "finalization_endpoint_connection_id": ("finalization", ConnectionType.FINALIZATION),
+}
+SHORTHANDS = {shorthand for shorthand, _ in SLOTS.values()}
+KNOWN_FIELDS = {"id", "name", "product_id", "number", "created_at", "deleted_at", "endpoint_connection_id", *SLOTS}
+
+
+@dataclass
+class Version:
+    id: str
+    product_id: str
+    name: str
+    number: int
+    created_at: str
+    conversation_endpoint_connection_id: str | None = None
+    initialization_endpoint_connection_id: str | None = None
+    finalization_endpoint_connection_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the SDK's other fields, kept and echoed back
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "id": self.id,
+            "productId": self.product_id,
+            "name": self.name,
+            "number": self.number,
+            "conversationEndpointConnectionId": self.conversation_endpoint_connection_id,
+            "initializationEndpointConnectionId": self.initialization_endpoint_connection_id,
+            "finalizationEndpointConnectionId": self.finalization_endpoint_connection_id,
+            "createdAt": self.created_at,
+            "deletedAt": None,
+        }
+
+
+class VersionRegistry:
+    def __init__(self, store: Store, connections: ConnectionRegistry) -> None:
+        self.store = store
+        self.connections = connections
+        self._by_id: dict[str, Version] = {}
+        self._seq = itertools.count(1)
+
+    def load(self) -> None:
+        for data in self.store.call(self.store.load, "versions"):
+            version = Version(**data)
+            self._by_id[version.id] = version
+            next(self._seq)
+
+    def all(self) -> list[Version]:
+        return list(self._by_id.values())
+
+    def get(self, version_id: str) -> Version:
+        version = self._by_id.get(version_id)
+        if version is None:
+            raise NotFound(f"Version {version_id} not found")
+        return version
+
+    def latest_for_product(self, product_id: str) -> Version | None:
+        versions = [v for v in self._by_id.values() if v.product_id == product_id]
+        return max(versions, key=lambda v: v.number) if versions else None
+
+    def connection(self, version: Version, connection_type: ConnectionType) -> CompiledConnection | None:
+        slot = next(name for name, (_, kind) in SLOTS.items() if kind is connection_type)
+        conn_id = getattr(version, slot)
+        if conn_id is None:
+            return None
+        return self.connections.get(conn_id)
+
+    async def create(self, data: dict[str, Any]) -> Version:
+        version = self._build(normalise_keys(data))
+        await self._persist(version)
+        return version
+
+    async def upsert_by_name(self, data: dict[str, Any]) -> Version:
+        """Config-file versions: connections named rather than referenced by id."""
+        fields = normalise_keys(data)
+        existing = next(
+            (
+                v
+                for v in self._by_id.values()
+                if v.name == fields.get("name") and v.product_id == fields.get("product_id")
+            ),
+            None,
+        )
+        version = self._build(fields, existing)
+        await self._persist(version)
+        return version
+
+    def _build(self, fields: dict[str, Any], existing: Version | None = None) -> Version:
+        product_id = fields.get("product_id")
+        if not isinstance(product_id, str) or not product_id:
+            raise InvalidField("productId", "is required")
+        fields.setdefault("conversation_endpoint_connection_id", fields.get("endpoint_connection_id"))
+        number = (
+            existing.number
+            if existing
+            else 1 + max((v.number for v in self._by_id.values() if v.product_id == product_id), default=0)
+        )
+        name = fields.get("name") or f"v{number}"
+        if not isinstance(name, str):
+            raise InvalidField("name", "must be a string")
+        clash = next((v for v in self._by_id.values() if v.name == name and v.product_id == product_id), None)
+        if clash is not None and clash is not existing:
+            raise InvalidField("name", f"a version named {name!r} already exists in product {product_id!r}")
+        slots = {slot: self._resolve_slot(fields, slot, product_id) for slot in SLOTS}
+        self._check_session_id_urls(slots)
+        extra = {
+            k: v
+            for k, v in fields.items()
+            if k not in KNOWN_FIELDS and k not in ("conversation", "initialization", "finalization")
+        }
+        return Version(
+            id=existing.id if existing else new_id("ver"),
+            product_id=product_id,
+            name=name,
+            number=number,
+            created_at=existing.created_at if existing else now_iso(),
+            extra={_camel(k): v for k, v in extra.items()},
+            **slots,
+        )
+
+    def _resolve_slot(self, fields: dict[str, Any], slot: str, product_id: str) -> str | None:
+        shorthand, wanted = SLOTS[slot]
+        ref = fields.get(slot) or fields.get(shorthand)
+        if ref is None:
+            return None
+        api_field = _camel(slot)
+        if not isinstance(ref, str):
+            raise InvalidField(api_field, "must be a connection id or name")
+        conn = (
+            self.connections._by_id.get(ref)
+            or self.connections.by_name(ref, product_id)
+            or self.connections.by_name(ref)
+        )
+        if conn is None:
+            raise InvalidField(api_field, f"no endpoint connection {ref!r}")
+        if conn.spec.type is not wanted:
+            raise InvalidField(api_field, f"connection {conn.name!r} is {conn.spec.type.value}, not {wanted.value}")
+        return conn.id
+
+    def _check_session_id_urls(self, slots: dict[str, str | None]) -> None:
+        if slots["initialization_endpoint_connection_id"]:
+            return
+        for slot in ("conversation_endpoint_connection_id", "finalization_endpoint_connection_id"):
+            conn_id = slots[slot]
+            if conn_id and self.connections.get(conn_id).url_uses_session_id():
+                raise InvalidField(
+                    "initializationEndpointConnectionId",
+                    f"is required: the {SLOTS[slot][0]} connection's URL uses {{{{ session_id }}}}, "
+                    "which only an INITIALIZATION connection provides",
+                )
+
+    async def _persist(self, version: Version) -> None:
+        await self.store.run(self.store.put, "versions", version.id, next(self._seq), asdict(version))
+        self._by_id[version.id] = version
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
