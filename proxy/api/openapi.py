@@ -1,60 +1,78 @@
-"""GET /openapi.json: every route, with request schemas taken from the pydantic models."""
+"""GET /openapi.json, built from the application's own route table so every route is described."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from proxy import __version__
 from proxy.models import ConnectionSpec
 
 ERROR_SCHEMA = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
+OBJECT = {"type": "object"}
+CREATED = {"POST"}  # routes answering 201 when they create something
+NOT_CREATING = {"/endpointConnections/testConnection", "/openapi.json"}
 
 
-def _op(summary: str, body: dict[str, Any] | None = None, params: list[str] = (), ok: str = "200") -> dict[str, Any]:  # type: ignore[assignment]
-    op: dict[str, Any] = {
-        "summary": summary,
+def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    connection = ConnectionSpec.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    components = {"EndpointConnection": connection, **connection.pop("$defs", {})}
+    bodies = {
+        ("/endpointConnections", "POST"): {"$ref": "#/components/schemas/EndpointConnection"},
+        ("/sessions/{id}/turns", "POST"): {
+            "type": "object",
+            "required": ["input"],
+            "properties": {"input": {"oneOf": [OBJECT, {"type": "string"}]}, "context": OBJECT},
+        },
+    }
+    return bodies, components
+
+
+def _operation(route: Route, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    doc = (route.endpoint.__doc__ or route.name.replace("_", " ")).strip().splitlines()[0]
+    ok = "201" if method in CREATED and route.path not in NOT_CREATING and not route.path.startswith("/demo") else "200"
+    operation: dict[str, Any] = {
+        "operationId": f"{route.name}_{method.lower()}",
+        "summary": doc,
         "responses": {
             ok: {"description": "OK", "content": {"application/json": {"schema": {}}}},
             "4XX": {"description": "Client error", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
         },
     }
+    params = re.findall(r"\{(\w+)(?::\w+)?\}", route.path)
     if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
+        operation["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+        ]
+    if method in ("POST", "PATCH", "PUT"):
+        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body or OBJECT}}}
+    return operation
 
 
-def build_spec() -> dict[str, Any]:
-    connection = ConnectionSpec.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
-    defs = connection.pop("$defs", {})
-    schemas = {"EndpointConnection": connection, **defs}
-    ref = {"$ref": "#/components/schemas/EndpointConnection"}
-    obj = {"type": "object"}
-    paths: dict[str, Any] = {
-        "/healthz": {"get": _op("Liveness")},
-        "/minimum-sdk-version": {"get": _op("SDK versions this server supports")},
-        "/endpointConnections": {
-            "get": _op("List endpoint connections"),
-            "post": _op("Create an endpoint connection", ref, ok="201"),
-        },
-        "/endpointConnections/testConnection": {"post": _op("Test a stored or unsaved connection", obj)},
-        "/endpointConnections/{id}": {
-            "get": _op("Get an endpoint connection", params=["id"]),
-            "patch": _op("Update an endpoint connection", obj, params=["id"]),
-            "delete": _op("Delete an endpoint connection", params=["id"]),
-        },
-    }
+def build_spec(routes: list[Any]) -> dict[str, Any]:
+    bodies, components = _request_schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(route, method, bodies.get((path, method)))
     return {
         "openapi": "3.0.3",
         "info": {"title": "proxy", "version": __version__},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": components},
     }
 
 
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(build_spec())
+    """OpenAPI description of every route."""
+    spec = getattr(request.app.state, "openapi", None)
+    if spec is None:
+        spec = request.app.state.openapi = build_spec(request.app.routes)
+    return JSONResponse(spec)
