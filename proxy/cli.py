@@ -53,17 +53,15 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         allow_http=bool(flags.get("allow_http") or file.get("allow_http", False)),
         traceparent=bool(file.get("traceparent", True)),
         api_key=pick("api_key", None) or os.environ.get("PROXY_API_KEY"),
+        replay_latency=str(pick("replay_latency", "none")).lower(),
     )
 
 
-def read_config(path: Path | None, server_url: str | None = None) -> Config:
+def read_config(path: Path | None) -> Config:
     if path is None:
         return Config()
-    env = dict(os.environ)
-    if server_url:
-        env.setdefault("PROXY_URL", server_url)  # lets the bundled example point at this server's /demo
     try:
-        return load_config(path, env)
+        return load_config(path)
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
 
@@ -89,9 +87,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     from proxy.app import create_app
     from proxy.runtime import Runtime
 
-    host = flags.get("host") or DEFAULT_HOST
-    port = flags.get("port") or DEFAULT_PORT
-    config = read_config(config_path, f"http://{host}:{port}")
+    config = read_config(config_path)
     settings = build_settings(config, **flags)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full upstream URLs

@@ -30,14 +30,14 @@ from proxy.mapping import (
     output_text,
 )
 from proxy.models import ConnectionType, HttpMethod
-from proxy.ratelimit import RateLimiters
 from proxy.retry import RetryPolicy
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
+from proxy.transports.library import CassetteHandle, CassetteMiss
+from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
+from proxy.transports.record_replay import CASSETTE_EXTENSION, OUTCOME_EXTENSION, RECORDED_LATENCY_EXTENSION
 
-CASSETTE_EXTENSION = "proxy.cassette"  # request extension: which cassette a call belongs to
-OUTCOME_EXTENSION = "proxy.outcome"  # response extension: hit | recorded | miss | live
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
 
@@ -55,7 +55,7 @@ class CallContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     past_turns: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
-    cassette: str | None = None
+    cassette: CassetteHandle | None = None
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -186,13 +186,11 @@ class Engine:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         send_traceparent: bool = True,
-        limiters: RateLimiters | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
     ) -> None:
         self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
         self.send_traceparent = send_traceparent
-        self.limiters = limiters or RateLimiters()
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
 
@@ -200,8 +198,8 @@ class Engine:
         await self.client.aclose()
 
     async def call(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
+        """Render the connection's request for this context, send it with retries, map the reply."""
         result = CallResult()
-        spec = conn.spec
         REDACTOR.add(*conn.credentials.secret_values())
         try:
             request = self._build_request(conn, ctx, result)
@@ -210,39 +208,90 @@ class Engine:
             return result
         if request is None:
             return result
+        await self._send(conn, request, result)
+        if result.ok and result.ended_by_rule is None:
+            self._map(conn, result)
+        return result
 
-        policy = RetryPolicy.of(spec)
-        limiter = self.limiters.get(conn.id, spec.rate_limit)
-        waited_ms = 0.0
+    async def forward(
+        self,
+        conn: CompiledConnection,
+        method: str,
+        url: str,
+        client_headers: dict[str, str],
+        body: bytes,
+        handle: CassetteHandle | None,
+    ) -> CallResult:
+        """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
+        headers, retries, rate limit and record/replay. No templating, no output mapping."""
+        result = CallResult()
+        REDACTOR.add(*conn.credentials.secret_values())
+        inference_id = uuid.uuid4().hex
+        headers = {**client_headers}
+        added = build_headers(
+            conn.credentials,
+            conn.spec.headers or {},
+            session_id=None,
+            inference_id=inference_id,
+            trace_id=new_trace_id(),
+            send_traceparent=self.send_traceparent,
+        )
+        if any(k.lower() in ("authorization", "x-api-key") for k in added):
+            headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
+        headers.update(added)
+        result.request = RenderedRequest(method, REDACTOR.redact(url), masked_headers(headers), _text_preview(body))
+        try:
+            request = self.client.build_request(
+                method,
+                url,
+                headers=headers,
+                content=body,
+                timeout=conn.spec.timeout,
+                extensions=self._extensions(conn, handle),
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+            result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
+            return result
+        await self._send(conn, request, result, end_rules=False)
+        return result
+
+    @staticmethod
+    def _extensions(conn: CompiledConnection, handle: CassetteHandle | None) -> dict[str, Any]:
+        limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
+        return {CASSETTE_EXTENSION: handle, RATE_LIMIT_EXTENSION: limit}
+
+    async def _send(
+        self, conn: CompiledConnection, request: httpx.Request, result: CallResult, end_rules: bool = True
+    ) -> None:
+        """The retry loop: retryable statuses, timeouts and connection errors, backoff or Retry-After."""
+        policy = RetryPolicy.of(conn.spec)
+        backoff_ms = 0.0
         for number in range(1, policy.max_calls + 1):
-            if limiter:
-                waited_ms += await limiter.acquire() * 1000
-            attempt, reply, retryable = await self._attempt(number, request, spec.timeout)
-            attempt.waited_ms = waited_ms
+            attempt, reply, retryable = await self._attempt(number, request, conn.spec.timeout)
+            attempt.waited_ms += backoff_ms
             result.attempts.append(attempt)
-            waited_ms = 0.0
             if reply is not None:
                 result.reply = reply
-                rule = self._matching_end_rule(conn, reply)
+                rule = self._matching_end_rule(conn, reply) if end_rules else None
                 if rule is not None:
                     result.ended_by_rule = rule
                     result.error = None
-                    return result
-                if 200 <= reply.status < 300:
-                    result.error = None
-                    break
-                result.error = REDACTOR.redact(http_error_text(reply))
+                    return
                 retryable = reply.status in policy.retryable_statuses
+                # The forward route passes any final answer through; only a turn treats non-2xx as failure.
+                if 200 <= reply.status < 300 or (not end_rules and not retryable):
+                    result.error = None
+                    return
+                result.error = REDACTOR.redact(http_error_text(reply))
             else:
                 result.error = attempt.error
             if not retryable or number == policy.max_calls:
-                return result
+                return
             retry_after = reply.headers.get("retry-after") if reply else None
-            delay_ms = policy.delay_ms(number, reply.status if reply else None, retry_after)
-            await self.sleep(delay_ms / 1000)
-            waited_ms = delay_ms
-        self._map(conn, result)
-        return result
+            backoff_ms = policy.delay_ms(number, reply.status if reply else None, retry_after)
+            # A replayed attempt is followed by a replayed one: the recording has no wait to repeat.
+            if attempt.outcome != "hit":
+                await self.sleep(backoff_ms / 1000)
 
     def _build_request(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> httpx.Request | None:
         """The request to send, or None with `result.error` saying why it cannot be sent."""
@@ -281,7 +330,7 @@ class Engine:
                 headers=headers,
                 content=body.encode() if body is not None else None,
                 timeout=spec.timeout,
-                extensions={CASSETTE_EXTENSION: ctx.cassette},
+                extensions=self._extensions(conn, ctx.cassette),
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
             result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
@@ -302,6 +351,10 @@ class Engine:
                     await response.aclose()
         except TimeoutError:
             return self._failed(number, started, f"timed out after {timeout_s:g}s"), None, True
+        except CassetteMiss as exc:
+            attempt = self._failed(number, started, f"cassette miss: {exc}")
+            attempt.outcome = "miss"
+            return attempt, None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, message), None, False
@@ -310,11 +363,12 @@ class Engine:
             return self._failed(number, started, f"{kind}: {exc or 'no detail'} ({request.url})"), None, True
         latency = (time.perf_counter() - started) * 1000
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
-        recorded_latency = response.extensions.get("proxy.recorded_latency_ms")
+        recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
-            latency = float(recorded_latency)
+            latency = float(recorded_latency)  # in replay, the latency the recording measured
+        waited = float(response.extensions.get(RATE_WAITED_EXTENSION, 0.0))
         reply = _reply(response, raw)
-        return Attempt(number, reply.status, latency, outcome=outcome), reply, False
+        return Attempt(number, reply.status, latency - waited, outcome=outcome, waited_ms=waited), reply, False
 
     def _failed(self, number: int, started: float, message: str) -> Attempt:
         return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
@@ -368,6 +422,12 @@ class Engine:
         if failed:
             key = failed[0]
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+def _text_preview(body: bytes) -> str | None:
+    if not body:
+        return None
+    return REDACTOR.redact(body.decode("utf-8", errors="replace"))
 
 
 def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 
+from proxy.api.demo import DemoHostTransport
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.errors import ConfigError, ProxyError
+from proxy.record_mode import RecordMode
 from proxy.registry import ConnectionRegistry
-from proxy.secrets import Vault, install_log_redaction, load_fernet
+from proxy.secrets import REDACTOR, Vault, install_log_redaction, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import Settings
 from proxy.store import Store
+from proxy.transports.library import CassetteLibrary
+from proxy.transports.live import PacedTransport
+from proxy.transports.matching import MatchRules
+from proxy.transports.record_replay import RecordReplayTransport
 from proxy.versions import VersionRegistry
 
 log = logging.getLogger("proxy")
@@ -28,26 +35,43 @@ class Runtime:
         self.config = config or Config()
         self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
         self.connections = ConnectionRegistry(self.store, settings.allow_http)
-        self.engine = Engine(transport, send_traceparent=settings.traceparent)
+        self.library = CassetteLibrary(
+            settings.cassettes_dir,
+            self.store,
+            MatchRules.from_settings(self.config.settings),
+            RecordMode.parse(settings.record_mode),
+            replay_latency=settings.replay_latency == "recorded",
+        )
+        REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
+        live = PacedTransport(DemoHostTransport(transport or httpx.AsyncHTTPTransport()))
+        self.engine = Engine(RecordReplayTransport(live, self.library), send_traceparent=settings.traceparent)
         self.versions = VersionRegistry(self.store, self.connections)
-        self.sessions = SessionService(self.store, self.versions, self.engine)
+        self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
 
     def check_config(self) -> None:
         """Validate the config file's connections before serving, so a bad one stops start-up with
         its place and reason instead of a traceback."""
         for index, data in enumerate(self.config.connections):
             try:
-                self.connections.build(data)
+                self.connections.build(self._without_proxy_fields(data))
             except ProxyError as exc:
                 name = data.get("name", "?")
                 raise ConfigError(f"config connections[{index}] ({name}): {exc.message}") from None
 
+    def _without_proxy_fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A config connection may carry this server's own `record_mode` beside the Galtea fields."""
+        mode = data.get("record_mode", data.get("recordMode"))
+        if mode is not None:
+            self.library.connection_modes[str(data.get("name"))] = RecordMode.parse(mode, "record_mode")
+        return {k: v for k, v in data.items() if k not in ("record_mode", "recordMode")}
+
     async def start(self) -> None:
+        self.library.recover()
         self.connections.load()
         self.versions.load()
         self.sessions.load()
         for data in self.config.connections:
-            conn = await self.connections.upsert_by_name(data)
+            conn = await self.connections.upsert_by_name(self._without_proxy_fields(data))
             log.info("connection %s (%s) loaded from config", conn.name, conn.id)
         for index, data in enumerate(self.config.versions):
             try:
@@ -55,7 +79,9 @@ class Runtime:
             except ProxyError as exc:
                 raise ConfigError(f"config versions[{index}] ({data.get('name', '?')}): {exc.message}") from None
             log.info("version %s (%s) loaded from config", version.name, version.id)
+        self.library.start_periodic_flush()
 
     async def close(self) -> None:
+        await self.library.close()
         await self.engine.aclose()
         self.store.close()

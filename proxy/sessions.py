@@ -22,6 +22,7 @@ from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, T
 from proxy.models import ConnectionType
 from proxy.registry import new_id, now_iso
 from proxy.store import Store
+from proxy.transports.library import CassetteHandle, CassetteLibrary
 from proxy.versions import Version, VersionRegistry
 
 PENDING, COMPLETED, FAILED = "PENDING", "COMPLETED", "FAILED"
@@ -121,10 +122,12 @@ class LifecycleCall:
 
 
 class SessionService:
-    def __init__(self, store: Store, versions: VersionRegistry, engine: Engine) -> None:
+    def __init__(self, store: Store, versions: VersionRegistry, engine: Engine, library: CassetteLibrary) -> None:
         self.store = store
         self.versions = versions
         self.engine = engine
+        self.library = library
+        self._handles: dict[str, CassetteHandle] = {}  # open cassette per session (not persisted)
         self._sessions: dict[str, Session] = {}
         self._turns: dict[str, Turn] = {}
         self._turns_by_session: dict[str, list[Turn]] = {}
@@ -200,8 +203,20 @@ class SessionService:
             is_production=is_production if is_production is not None else test_case_id is None,
         )
         self._sessions[session.id] = session
+        self._handle(session)  # the cassette is opened, and `once` decided, when the session is created
         await self._save(session)
         return session
+
+    def _handle(self, session: Session) -> CassetteHandle:
+        handle = self._handles.get(session.id)
+        if handle is None:
+            conversation = self.versions.connection(self.versions.get(session.version_id), ConnectionType.CONVERSATION)
+            mode = self.library.mode_for(conversation.name if conversation else None)
+            handle = self._handles[session.id] = self.library.open("sessions", session.cassette_key, mode)
+        return handle
+
+    def cassette_handle(self, session_id: str) -> CassetteHandle:
+        return self._handle(self.get(session_id))
 
     def _version_for(self, data: dict[str, Any]) -> Version:
         version_id = _optional_str(data, "versionId")
@@ -254,6 +269,7 @@ class SessionService:
                     session.stopping_reason = _optional_str(data, "stoppingReason") or DEFAULT_STOPPING_REASON
             await self._finalize(session)
             await self._save(session)
+            await self.library.flush(self._handle(session).name)
         return session
 
     # -- turns -------------------------------------------------------------------------------
@@ -413,7 +429,7 @@ class SessionService:
             metadata=dict(session.metadata),
             past_turns=past,
             trace_id=session.trace_id,
-            cassette=session.cassette_key,
+            cassette=self._handle(session),
         )
 
     async def _finish_turn(self, session: Session, turn: Turn) -> None:
@@ -421,6 +437,8 @@ class SessionService:
         if session.status != PENDING:
             await self._finalize(session)
         await self._save_turn(turn, session)
+        if session.status != PENDING:
+            await self.library.flush(self._handle(session).name)
 
     async def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
         call = LifecycleCall(uuid.uuid4().hex, session.id, phase, now_iso(), result.to_json())

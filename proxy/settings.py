@@ -48,3 +48,4 @@ class Settings:
     allow_http: bool = False
     traceparent: bool = True
     api_key: str | None = None
+    replay_latency: str = "none"  # or "recorded": sleep each replayed answer's recorded latency

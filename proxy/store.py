@@ -78,6 +78,12 @@ class Store:
             if not self.db.table(table).exists():
                 self.db.table(table).create({"id": str, "seq": int, "data": str}, pk="id")
 
+        if not self.db.table("journal").exists():
+            self.db.execute(
+                "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, cassette TEXT NOT NULL,"
+                " kind TEXT NOT NULL, data TEXT NOT NULL)"
+            )
+
     def close(self) -> None:
         if self._db is not None:
             self.call(self._db.conn.close)
@@ -120,3 +126,24 @@ class Store:
 
     def load(self, table: str) -> list[dict[str, Any]]:
         return [json.loads(row["data"]) for row in self.db.table(table).rows_where(order_by="seq")]
+
+    # -- cassette journal (writer thread only) -----------------------------------------------
+
+    def journal_append(self, cassette: str, kind: str, data: str) -> int:
+        """Commit one recorded interaction (or a `reset`); returns its sequence number."""
+        with self.db.conn:
+            cursor = self.db.conn.execute(
+                "INSERT INTO journal (cassette, kind, data) VALUES (?, ?, ?)", (cassette, kind, data)
+            )
+        return int(cursor.lastrowid or 0)
+
+    def journal_rows(self) -> dict[str, list[tuple[int, str, str]]]:
+        rows: dict[str, list[tuple[int, str, str]]] = {}
+        for seq, cassette, kind, data in self.db.execute("SELECT seq, cassette, kind, data FROM journal ORDER BY seq"):
+            rows.setdefault(cassette, []).append((seq, kind, data))
+        return rows
+
+    def journal_forget(self, cassette: str, upto_seq: int) -> None:
+        """The cassette file now holds everything up to `upto_seq`."""
+        with self.db.conn:
+            self.db.conn.execute("DELETE FROM journal WHERE cassette = ? AND seq <= ?", (cassette, upto_seq))

@@ -41,7 +41,6 @@ def test_python_dash_m_works() -> None:
 def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PROXY_URL", None)
     cmd = [
         sys.executable,
         "-m",
@@ -53,6 +52,8 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
         str(port),
         "--data-dir",
         str(tmp_path / "data"),
+        "--cassettes",
+        str(tmp_path / "cassettes"),
     ]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -7,6 +7,7 @@ import httpx
 
 from proxy.engine import CallContext, Engine
 from proxy.ratelimit import RateLimiter, RateLimiters
+from proxy.transports.live import PacedTransport
 from tests.test_retry import connection
 
 
@@ -46,9 +47,8 @@ async def test_limit_is_shared_by_every_caller_of_a_connection() -> None:
 
 
 async def test_engine_call_waits_rather_than_fails_when_over_the_limit() -> None:
-    engine = Engine(
-        httpx.MockTransport(lambda r: httpx.Response(200, json={"reply": "ok"})), limiters=RateLimiters(0.4)
-    )
+    answer = httpx.MockTransport(lambda r: httpx.Response(200, json={"reply": "ok"}))
+    engine = Engine(PacedTransport(answer, RateLimiters(0.4)))
     conn = connection(rateLimit=2)
     started = time.perf_counter()
     results = await asyncio.gather(*(engine.call(conn, CallContext(input={"m": str(i)})) for i in range(3)))

@@ -1,9 +1,12 @@
-"""A small demo upstream served by the same process under /demo, so the bundled example answers
-out of the box. It behaves like a typical chat API: bearer auth, a JSON reply with the answer,
-retrieval context and a trace."""
+"""A small demo upstream, answered in-process at the virtual host `http://demo.local` (never on the
+network), so the bundled example works out of the box for `serve` and `run` alike, and cassettes
+recorded against it are portable. It behaves like a typical chat API: bearer auth, a JSON reply
+with the answer, retrieval context and a trace."""
 
 from __future__ import annotations
 
+import httpx
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -30,4 +33,21 @@ async def demo_chat(request: Request) -> JSONResponse:
     )
 
 
-ROUTES = [Route("/demo/chat", demo_chat, methods=["POST"])]
+DEMO_HOST = "demo.local"
+demo_app = Starlette(routes=[Route("/chat", demo_chat, methods=["POST"])])
+
+
+class DemoHostTransport(httpx.AsyncBaseTransport):
+    """Routes requests for the demo host to the in-process demo app; everything else goes on."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.demo = httpx.ASGITransport(app=demo_app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == DEMO_HOST:
+            return await self.demo.handle_async_request(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -96,7 +96,8 @@ async def test_connection(request: Request) -> JSONResponse:
         data.setdefault("productId", data.pop("product_id", "connection-test"))
         data.setdefault("type", "CONVERSATION")
         conn = rt.connections.build(data)
-    ctx = CallContext(input=test_input, context=test_context if isinstance(test_context, dict) else {})
+    handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
+    ctx = CallContext(input=test_input, context=test_context if isinstance(test_context, dict) else {}, cassette=handle)
     result = await rt.engine.call(conn, ctx)
     return json_response(test_result(result))
 

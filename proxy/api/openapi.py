@@ -21,7 +21,7 @@ NOT_CREATING = {"/endpointConnections/testConnection", "/openapi.json"}
 def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
     connection = ConnectionSpec.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     components = {"EndpointConnection": connection, **connection.pop("$defs", {})}
-    bodies = {
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("/endpointConnections", "POST"): {"$ref": "#/components/schemas/EndpointConnection"},
         ("/sessions/{id}/turns", "POST"): {
             "type": "object",

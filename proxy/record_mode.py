@@ -1,0 +1,23 @@
+"""Record modes, with vcrpy's names and meanings, plus `off`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RecordMode(StrEnum):
+    NONE = "none"  # replay only; a miss fails
+    ONCE = "once"  # replay a cassette that existed when opened; record every call into a new one
+    NEW_EPISODES = "new_episodes"  # replay hits, record misses
+    ALL = "all"  # always call live and re-record
+    OFF = "off"  # live; cassettes untouched
+
+    @classmethod
+    def parse(cls, value: object, field: str = "record_mode") -> RecordMode:
+        from proxy.errors import InvalidField
+
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise InvalidField(field, f"{value!r} is not a valid record mode; valid modes are: {valid}") from None

@@ -1,0 +1,2 @@
+"""The transport seam: every upstream call goes through one httpx transport that is live, recording
+or replaying per cassette. Nothing above it branches on the mode."""

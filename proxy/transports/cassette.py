@@ -1,0 +1,173 @@
+"""A cassette: vcrpy's YAML format on disk, a list of interactions plus a hash index in memory.
+
+Read and written with vcrpy's own pieces (its `Request` and its libyaml-backed serializer), so a
+plain `vcr.use_cassette(path, record_mode="none")` test loads what we write. Lookup is a dict keyed
+by the match key, so its cost does not grow with the cassette. Each interaction carries a `proxy`
+section vcrpy ignores: id, recorded time, latency, session key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from vcr.request import Request as VcrRequest
+from vcr.serialize import CASSETTE_FORMAT_VERSION
+from vcr.serializers import compat, yamlserializer
+
+from proxy.transports.matching import MatchRules, RecordedRequest
+
+TEMP_MARKER = ".tmp-"
+# Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
+WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
+
+
+@dataclass
+class Interaction:
+    request: dict[str, Any]  # vcrpy's Request._to_dict(): method, uri, body, headers {name: [values]}
+    response: dict[str, Any]  # {status: {code, message}, headers: {name: [values]}, body: {string}}
+    proxy: dict[str, Any]  # id, recorded_at, latency_ms, session_key
+
+    def recorded_request(self) -> RecordedRequest:
+        body = self.request.get("body") or b""
+        if isinstance(body, str):
+            body = body.encode()
+        headers = {
+            k.lower(): (v[0] if isinstance(v, list) and v else str(v)) for k, v in self.request["headers"].items()
+        }
+        return RecordedRequest(self.request["method"], self.request["uri"], body, headers)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return {
+            "request": compat.convert_to_unicode(dict(self.request)),
+            "response": compat.convert_to_unicode(_copy_response(self.response)),
+            "proxy": self.proxy,
+        }
+
+
+def _copy_response(response: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "body": dict(response["body"])}
+
+
+def make_interaction(
+    method: str,
+    uri: str,
+    body: bytes,
+    request_headers: dict[str, str],
+    status: int,
+    reason: str,
+    response_headers: list[tuple[str, str]],
+    content: bytes,
+    proxy: dict[str, Any],
+) -> Interaction:
+    request = VcrRequest(method, uri, body, dict(request_headers))._to_dict()
+    headers: dict[str, list[str]] = {}
+    for name, value in response_headers:
+        if name.lower() not in WIRE_HEADERS:
+            headers.setdefault(name, []).append(value)
+    headers["content-length"] = [str(len(content))]
+    response = {"status": {"code": status, "message": reason}, "headers": headers, "body": {"string": content}}
+    return Interaction(request, response, proxy)
+
+
+@dataclass
+class Cassette:
+    name: str  # the layout-relative name, e.g. "sessions/tc-1"
+    path: Path
+    rules: MatchRules
+    interactions: list[Interaction] = field(default_factory=list)
+    index: dict[tuple[str, str, str, str], list[int]] = field(default_factory=dict)
+    existed: bool = False  # a file was there when we first opened it
+    dirty: bool = False
+    flushed_count: int = 0
+    journal_seq: int = 0  # the newest journal row this cassette's memory holds
+
+    def add(self, interaction: Interaction) -> int:
+        position = len(self.interactions)
+        self.interactions.append(interaction)
+        self.index.setdefault(self.rules.key(interaction.recorded_request()), []).append(position)
+        self.dirty = True
+        return position
+
+    def clear(self) -> None:
+        self.interactions.clear()
+        self.index.clear()
+        self.dirty = True
+
+    def ids(self) -> set[str]:
+        return {str(i.proxy.get("id")) for i in self.interactions}
+
+    def serialize(self, interactions: list[Interaction] | None = None) -> str:
+        items = self.interactions if interactions is None else interactions
+        data = {"version": CASSETTE_FORMAT_VERSION, "interactions": [i.to_yaml_dict() for i in items]}
+        return str(yamlserializer.serialize(data))
+
+
+def load_interactions(path: Path) -> list[Interaction]:
+    """Parse a cassette file (libyaml when present); raises ValueError naming the file when it cannot."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cassette {path} cannot be read: {exc}") from None
+    return parse_interactions(text, f"cassette {path}")
+
+
+def parse_interactions(text: str, source: str) -> list[Interaction]:
+    path = source
+    try:
+        data = yamlserializer.deserialize(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
+        raise ValueError(f"{path} is not in vcrpy's format (no 'interactions' list)")
+    interactions = []
+    for number, item in enumerate(data["interactions"]):
+        try:
+            request = VcrRequest._from_dict(item["request"])._to_dict()
+            response = compat.convert_to_bytes(item["response"])
+            response["status"]["code"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: interaction {number} is malformed ({exc})") from None
+        interactions.append(Interaction(request, response, dict(item.get("proxy") or {})))
+    return interactions
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def remove_temp_files(root: Path) -> int:
+    removed = 0
+    if root.exists():
+        for temp in root.rglob(f".*{TEMP_MARKER}*"):
+            temp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_name(key: str) -> str:
+    """A safe, readable file name for a session key; a short hash keeps distinct keys distinct."""
+    safe = _UNSAFE.sub("_", key).strip("._") or "cassette"
+    if safe != key or len(safe) > 100:
+        safe = f"{safe[:80]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+    return safe

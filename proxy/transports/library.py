@@ -1,0 +1,252 @@
+"""The cassettes of one server: opening (where record modes decide), recording with a journal, flushing.
+
+Durability: a recorded interaction is committed to the SQLite journal before its response returns;
+cassette files are rewritten atomically when a session finishes, periodically and on shutdown;
+start-up folds whatever the journal holds into the files. A `kill -9` therefore loses no
+acknowledged exchange and never leaves half a cassette.
+
+Layout under the cassettes folder: `sessions/<session key>.yaml` (test case id, else customId, else
+connection name), `connections/<connection name>.yaml` (testConnection and the forward route),
+`connectors/<connector name>.yaml`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.record_mode import RecordMode
+from proxy.store import Store
+from proxy.transports.cassette import (
+    Cassette,
+    Interaction,
+    atomic_write,
+    file_name,
+    load_interactions,
+    parse_interactions,
+    remove_temp_files,
+)
+from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
+
+log = logging.getLogger("proxy.cassettes")
+DEFAULT_FLUSH_INTERVAL_S = 5.0
+
+
+class CassetteMiss(Exception):
+    """No recording answers this request and the mode forbids calling live."""
+
+
+@dataclass
+class CassetteHandle:
+    """One opening of a cassette: its mode, whether the cassette existed then, and its own play-back
+    positions, so every new session of a test case replays its cassette from the start."""
+
+    name: str
+    mode: RecordMode
+    existed: bool
+    session_key: str
+    repeat_last: bool = False  # forward route: once a request's answers are used up, the last one repeats
+    positions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+
+    @property
+    def replays(self) -> bool:
+        return self.mode in (RecordMode.NONE, RecordMode.NEW_EPISODES) or (
+            self.mode is RecordMode.ONCE and self.existed
+        )
+
+    @property
+    def records(self) -> bool:
+        return self.mode in (RecordMode.NEW_EPISODES, RecordMode.ALL) or (
+            self.mode is RecordMode.ONCE and not self.existed
+        )
+
+    def next_hit(self, cassette: Cassette, key: tuple[str, str, str, str]) -> Interaction | None:
+        recorded = cassette.index.get(key)
+        if not recorded:
+            return None
+        position = self.positions.get(key, 0)
+        if position < len(recorded):
+            self.positions[key] = position + 1
+            return cassette.interactions[recorded[position]]
+        return cassette.interactions[recorded[-1]] if self.repeat_last else None
+
+    def skip_own_recording(self, cassette: Cassette, key: tuple[str, str, str, str]) -> None:
+        """What this handle just recorded is not for it to replay (a retry must reach the server)."""
+        self.positions[key] = len(cassette.index.get(key, ()))
+
+
+class CassetteLibrary:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        rules: MatchRules | None = None,
+        default_mode: RecordMode = RecordMode.ONCE,
+        replay_latency: bool = False,
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.rules = rules or MatchRules()
+        self.default_mode = default_mode
+        self.replay_latency = replay_latency
+        self._cassettes: dict[str, Cassette] = {}
+        self._loading: dict[str, asyncio.Future[Cassette]] = {}
+        self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
+        self._reset_this_run: set[str] = set()
+        self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
+        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
+        self.connection_modes: dict[str, RecordMode] = {}  # per-connection overrides from the config file
+        self._flush_task: asyncio.Task[None] | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def path_of(self, name: str) -> Path:
+        return self.root / f"{name}.yaml"
+
+    def exists(self, name: str) -> bool:
+        cassette = self._cassettes.get(name)
+        if cassette is not None and cassette.interactions:
+            return True
+        return self.path_of(name).exists()
+
+    def mode_for(self, connection_name: str | None) -> RecordMode:
+        return self.connection_modes.get(connection_name or "", self.default_mode)
+
+    def open(self, kind: str, key: str, mode: RecordMode | None = None, repeat_last: bool = False) -> CassetteHandle:
+        """Open a cassette now: `once` looks at whether it exists at this moment."""
+        name = f"{kind}/{file_name(key)}"
+        handle = CassetteHandle(name, mode or self.default_mode, self.exists(name), key, repeat_last)
+        if handle.mode is RecordMode.ALL and name not in self._reset_this_run:
+            self._reset_this_run.add(name)
+            self._pending_reset.add(name)
+        return handle
+
+    def server_handle(self, kind: str, key: str, purpose: str, mode: RecordMode | None = None) -> CassetteHandle:
+        """A handle that lives as long as the server (testConnection, forward, connector search)."""
+        slot = (f"{kind}/{key}", purpose)
+        handle = self._server_handles.get(slot)
+        if handle is None or (mode is not None and handle.mode is not mode):
+            handle = self._server_handles[slot] = self.open(kind, key, mode, repeat_last=purpose == "forward")
+        return handle
+
+    async def cassette(self, name: str) -> Cassette:
+        cassette = self._cassettes.get(name)
+        if cassette is None:
+            loading = self._loading.get(name)
+            if loading is None:
+                loading = self._loading[name] = asyncio.ensure_future(self._load(name))
+            cassette = await asyncio.shield(loading)
+        if name in self._pending_reset:
+            self._pending_reset.discard(name)
+            cassette.clear()
+            seq = await self.store.run(self.store.journal_append, name, "reset", "")
+            cassette.journal_seq = max(cassette.journal_seq, seq)
+        return cassette
+
+    async def _load(self, name: str) -> Cassette:
+        path = self.path_of(name)
+        loop = asyncio.get_running_loop()
+        cassette = Cassette(name, path, self.rules)
+        if path.exists():
+            # Parsing a large cassette is CPU work: off the event loop.
+            interactions = await loop.run_in_executor(self._files, load_interactions, path)
+            for interaction in interactions:
+                cassette.add(interaction)
+            cassette.existed = True
+        cassette.dirty = False
+        cassette.flushed_count = len(cassette.interactions)
+        self._cassettes[name] = cassette
+        self._loading.pop(name, None)
+        return cassette
+
+    # -- recording ---------------------------------------------------------------------------
+
+    async def record(self, handle: CassetteHandle, cassette: Cassette, interaction: Interaction) -> None:
+        """Append, and commit to the journal before the caller answers anyone."""
+        interaction.proxy.setdefault("id", uuid.uuid4().hex)
+        interaction.proxy.setdefault("session_key", handle.session_key)
+        key = self.rules.key(interaction.recorded_request())
+        cassette.add(interaction)
+        handle.skip_own_recording(cassette, key)
+        seq = await self.store.run(
+            self.store.journal_append, cassette.name, "interaction", cassette.serialize([interaction])
+        )
+        cassette.journal_seq = max(cassette.journal_seq, seq)
+
+    def explain_miss(self, cassette: Cassette, request: RecordedRequest) -> str:
+        """The cassette, the nearest recorded request and where they differ. A scan, but only on a miss."""
+        head = f"cassette {cassette.name} has no recording for {request.method} {request.uri}"
+        if not cassette.interactions:
+            where = "is empty" if cassette.existed or cassette.path.exists() else "does not exist"
+            return f"{head} (the cassette {where}: {cassette.path})"
+        nearest = max(cassette.interactions, key=lambda i: similarity(self.rules, i.recorded_request(), request))
+        recorded = nearest.recorded_request()
+        difference = describe_difference(self.rules, recorded, request)
+        return f"{head}; nearest recorded: {recorded.method} {recorded.uri}, differing at {difference}"
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    async def flush(self, name: str | None = None) -> None:
+        names = [name] if name else [n for n, c in self._cassettes.items() if c.dirty]
+        for cassette_name in names:
+            cassette = self._cassettes.get(cassette_name)
+            if cassette is None or not cassette.dirty:
+                continue
+            cassette.dirty = False
+            snapshot, journaled_upto = list(cassette.interactions), cassette.journal_seq
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._files, self._write, cassette, snapshot)
+            except Exception:
+                cassette.dirty = True
+                raise
+            await self.store.run(self.store.journal_forget, cassette_name, journaled_upto)
+
+    def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
+        atomic_write(cassette.path, cassette.serialize(snapshot))
+        cassette.flushed_count = len(snapshot)
+
+    def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.flush()
+                except Exception as exc:  # keep flushing later; the journal still holds everything
+                    log.error("periodic cassette flush failed: %s", exc)
+
+        self._flush_task = asyncio.create_task(loop())
+
+    async def close(self) -> None:
+        if self._flush_task:
+            self._flush_task.cancel()
+        await self.flush()
+        self._files.shutdown(wait=True)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Fold the journal into the cassette files (after a crash) and remove temporary files."""
+        removed = remove_temp_files(self.root)
+        recovered: dict[str, int] = {}
+        for name, rows in self.store.call(self.store.journal_rows).items():
+            path = self.path_of(name)
+            interactions = load_interactions(path) if path.exists() else []
+            for _seq, kind, text in rows:
+                if kind == "reset":
+                    interactions = []
+                    continue
+                known = {str(i.proxy.get("id")) for i in interactions}
+                for item in parse_interactions(text, f"journal entry of {name}"):
+                    if str(item.proxy.get("id")) not in known:
+                        interactions.append(item)
+                        recovered[name] = recovered.get(name, 0) + 1
+            atomic_write(path, Cassette(name, path, self.rules).serialize(interactions))
+            self.store.call(self.store.journal_forget, name, rows[-1][0])
+        if removed or recovered:
+            log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
+        return recovered

@@ -1,0 +1,136 @@
+"""The record/replay transport: per request, the cassette handle it carries decides live, record or replay.
+
+Redaction happens here, before anything is stored: credential headers are masked and every secret
+the process knows is scrubbed from the URL, headers and bodies, both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+from proxy.auth import is_secret_header
+from proxy.secrets import REDACTOR
+from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
+from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
+from proxy.transports.matching import RecordedRequest
+
+CASSETTE_EXTENSION = "proxy.cassette"  # request: the CassetteHandle, or None for plain live calls
+OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live
+RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"
+ALWAYS_MASKED = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"})
+
+
+class RecordReplayTransport(httpx.AsyncBaseTransport):
+    def __init__(self, live: httpx.AsyncBaseTransport, library: CassetteLibrary) -> None:
+        self.live = live
+        self.library = library
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        handle: CassetteHandle | None = request.extensions.get(CASSETTE_EXTENSION)
+        if handle is None or not (handle.replays or handle.records):  # mode off
+            return _tag(await self.live.handle_async_request(request), "live")
+        cassette = await self.library.cassette(handle.name)
+        body = await request.aread()
+        recorded_request = _redacted_request(request, body)
+        key = self.library.rules.key(recorded_request)
+        if handle.replays:
+            hit = handle.next_hit(cassette, key)
+            if hit is not None:
+                return await self._replay(hit)
+        if not handle.records:
+            raise CassetteMiss(self.library.explain_miss(cassette, recorded_request))
+        started = time.perf_counter()
+        response = await self.live.handle_async_request(request)
+        try:
+            content = await _read_capped(response)
+        finally:
+            await response.aclose()
+        latency_ms = (time.perf_counter() - started) * 1000
+        interaction = _redacted_interaction(recorded_request, response, content, latency_ms)
+        await self.library.record(handle, cassette, interaction)
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
+        extensions = {**response.extensions, OUTCOME_EXTENSION: "recorded"}
+        return httpx.Response(response.status_code, headers=headers, content=content, extensions=extensions)
+
+    async def _replay(self, interaction: Interaction) -> httpx.Response:
+        latency_ms = float(interaction.proxy.get("latency_ms") or 0.0)
+        if self.library.replay_latency and latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        recorded = interaction.response
+        headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
+        message = recorded["status"].get("message")
+        extensions = {
+            OUTCOME_EXTENSION: "hit",
+            RECORDED_LATENCY_EXTENSION: latency_ms,
+            **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
+        }
+        return httpx.Response(
+            recorded["status"]["code"],
+            headers=headers,
+            content=recorded["body"]["string"] or b"",
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.live.aclose()
+
+
+def _tag(response: httpx.Response, outcome: str) -> httpx.Response:
+    response.extensions = {**response.extensions, OUTCOME_EXTENSION: outcome}
+    return response
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_UPSTREAM_BODY_BYTES:
+            break  # the engine fails the call on its own cap; nothing this size is worth recording whole
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _mask_header(name: str, value: str) -> str:
+    if name.lower() in ALWAYS_MASKED or is_secret_header(name, value):
+        return MASK
+    return REDACTOR.redact(value)
+
+
+def _redact_bytes(body: bytes) -> bytes:
+    if not body:
+        return body
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return body
+    return REDACTOR.redact(text).encode("utf-8")
+
+
+def _redacted_request(request: httpx.Request, body: bytes) -> RecordedRequest:
+    headers = {k.lower(): _mask_header(k, v) for k, v in request.headers.items()}
+    return RecordedRequest(request.method, REDACTOR.redact(str(request.url)), _redact_bytes(body), headers)
+
+
+def _redacted_interaction(
+    request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float
+) -> Interaction:
+    response_headers = [(k, _mask_header(k, v)) for k, v in response.headers.multi_items()]
+    return make_interaction(
+        request.method,
+        request.uri,
+        request.body,
+        request.headers,
+        response.status_code,
+        response.reason_phrase,
+        response_headers,
+        _redact_bytes(content),
+        {
+            "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "latency_ms": round(latency_ms, 3),
+        },
+    )
