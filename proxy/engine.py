@@ -36,7 +36,12 @@ from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
-from proxy.transports.record_replay import CASSETTE_EXTENSION, OUTCOME_EXTENSION, RECORDED_LATENCY_EXTENSION
+from proxy.transports.record_replay import (
+    CASSETTE_EXTENSION,
+    OUTCOME_EXTENSION,
+    PER_RUN_EXTENSION,
+    RECORDED_LATENCY_EXTENSION,
+)
 
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
@@ -56,6 +61,10 @@ class CallContext:
     past_turns: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
     cassette: CassetteHandle | None = None
+
+    def per_run_values(self) -> dict[str, str | None]:
+        """Ids that differ on every run: they never take part in cassette matching."""
+        return {"galtea_session_id": self.galtea_session_id, "inference_result_id": self.inference_result_id}
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -256,9 +265,11 @@ class Engine:
         return result
 
     @staticmethod
-    def _extensions(conn: CompiledConnection, handle: CassetteHandle | None) -> dict[str, Any]:
+    def _extensions(
+        conn: CompiledConnection, handle: CassetteHandle | None, per_run: dict[str, str | None] | None = None
+    ) -> dict[str, Any]:
         limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
-        return {CASSETTE_EXTENSION: handle, RATE_LIMIT_EXTENSION: limit}
+        return {CASSETTE_EXTENSION: handle, RATE_LIMIT_EXTENSION: limit, PER_RUN_EXTENSION: per_run or {}}
 
     async def _send(
         self, conn: CompiledConnection, request: httpx.Request, result: CallResult, end_rules: bool = True
@@ -330,7 +341,7 @@ class Engine:
                 headers=headers,
                 content=body.encode() if body is not None else None,
                 timeout=spec.timeout,
-                extensions=self._extensions(conn, ctx.cassette),
+                extensions=self._extensions(conn, ctx.cassette, ctx.per_run_values()),
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
             result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.app import create_app
@@ -45,11 +46,13 @@ class RunningProxy:
 
 
 @contextlib.contextmanager
-def running_proxy(tmp_path: Path, config: Config | None = None, **settings: Any) -> Iterator[RunningProxy]:
+def running_proxy(
+    tmp_path: Path, config: Config | None = None, transport: httpx.AsyncBaseTransport | None = None, **settings: Any
+) -> Iterator[RunningProxy]:
     settings.setdefault("data_dir", tmp_path / "data")
     settings.setdefault("cassettes_dir", tmp_path / "cassettes")
     settings.setdefault("allow_http", True)
-    runtime = Runtime(Settings(**settings), config)
+    runtime = Runtime(Settings(**settings), config, transport)
     with serve_in_thread(create_app(runtime)) as url:
         yield RunningProxy(url, runtime, settings["data_dir"])
 
@@ -75,3 +78,14 @@ def chat_connection(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
+
+
+class NoNetwork(httpx.AsyncBaseTransport):
+    """A live transport that counts calls and refuses them: proves a replay touched no network."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        raise httpx.ConnectError(f"network disabled in this test: {request.url}", request=request)

@@ -217,7 +217,7 @@ async def test_openapi_describes_every_route(api: httpx.AsyncClient) -> None:
     spec = (await api.get("/openapi.json")).json()
     app = api._transport.app  # type: ignore[attr-defined]
     described = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
-    served = {(r.path, m) for r in app.routes for m in r.methods if m != "HEAD"}
+    served = {(r.path.replace(":path}", "}"), m) for r in app.routes for m in r.methods if m != "HEAD"}
     assert described == served
     assert "authToken" in spec["components"]["schemas"]["EndpointConnection"]["properties"]
 

@@ -20,8 +20,10 @@ from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMi
 from proxy.transports.matching import RecordedRequest
 
 CASSETTE_EXTENSION = "proxy.cassette"  # request: the CassetteHandle, or None for plain live calls
+PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
 OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live
 RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"
+MIN_PER_RUN_LEN = 8  # shorter values could occur by chance in a body
 ALWAYS_MASKED = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"})
 
 
@@ -36,7 +38,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             return _tag(await self.live.handle_async_request(request), "live")
         cassette = await self.library.cassette(handle.name)
         body = await request.aread()
-        recorded_request = _redacted_request(request, body)
+        recorded_request = _redacted_request(request, body, request.extensions.get(PER_RUN_EXTENSION) or {})
         key = self.library.rules.key(recorded_request)
         if handle.replays:
             hit = handle.next_hit(cassette, key)
@@ -54,7 +56,11 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         interaction = _redacted_interaction(recorded_request, response, content, latency_ms)
         await self.library.record(handle, cassette, interaction)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
-        extensions = {**response.extensions, OUTCOME_EXTENSION: "recorded"}
+        extensions = {
+            **response.extensions,
+            OUTCOME_EXTENSION: "recorded",
+            RECORDED_LATENCY_EXTENSION: interaction.proxy["latency_ms"],  # what a replay will report
+        }
         return httpx.Response(response.status_code, headers=headers, content=content, extensions=extensions)
 
     async def _replay(self, interaction: Interaction) -> httpx.Response:
@@ -111,9 +117,17 @@ def _redact_bytes(body: bytes) -> bytes:
     return REDACTOR.redact(text).encode("utf-8")
 
 
-def _redacted_request(request: httpx.Request, body: bytes) -> RecordedRequest:
+def _redacted_request(request: httpx.Request, body: bytes, per_run: dict[str, str]) -> RecordedRequest:
+    """What is matched and stored: secrets masked, and per-run ids (a Galtea session id rendered into the
+    body, say) replaced by a stable `<name>` so a replay in another run still matches."""
     headers = {k.lower(): _mask_header(k, v) for k, v in request.headers.items()}
-    return RecordedRequest(request.method, REDACTOR.redact(str(request.url)), _redact_bytes(body), headers)
+    uri, text = REDACTOR.redact(str(request.url)), _redact_bytes(body)
+    for name, value in per_run.items():
+        if value and len(value) >= MIN_PER_RUN_LEN:
+            token = f"<{name}>"
+            uri = uri.replace(value, token)
+            text = text.replace(value.encode(), token.encode())
+    return RecordedRequest(request.method, uri, text, headers)
 
 
 def _redacted_interaction(

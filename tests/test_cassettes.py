@@ -1,0 +1,103 @@
+"""The cassette library: journal recovery, resets, atomic files, the vcrpy format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.record_mode import RecordMode
+from proxy.secrets import Vault, load_fernet
+from proxy.store import Store
+from proxy.transports.cassette import TEMP_MARKER, file_name, load_interactions, make_interaction
+from proxy.transports.library import CassetteLibrary
+
+
+def interaction(n: int):  # type: ignore[no-untyped-def]
+    return make_interaction(
+        "POST",
+        "https://up.test/chat",
+        f'{{"n": {n}}}'.encode(),
+        {"content-type": "application/json"},
+        200,
+        "OK",
+        [("content-type", "application/json"), ("content-encoding", "gzip")],
+        f'{{"r": {n}}}'.encode(),
+        {"latency_ms": 1.0},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
+    yield store
+    store.close()
+
+
+async def record(library: CassetteLibrary, key: str, numbers: range, mode: RecordMode = RecordMode.ONCE) -> None:
+    handle = library.open("sessions", key, mode)
+    cassette = await library.cassette(handle.name)
+    for n in numbers:
+        await library.record(handle, cassette, interaction(n))
+
+
+def bodies(path: Path) -> list[bytes]:
+    return [i.request["body"] for i in load_interactions(path)]
+
+
+async def test_recovery_folds_the_journal_in_without_duplicates(tmp_path: Path, store: Store) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(2))
+    await library.flush()
+    await record(library, "tc", range(2, 4), RecordMode.NEW_EPISODES)
+    # Crash: 2 and 3 are only in the journal, and 1 is in both (the crash hit between writing the
+    # file and forgetting the journal rows).
+    path = tmp_path / "c" / "sessions" / "tc.yaml"
+    assert bodies(path) == [b'{"n": 0}', b'{"n": 1}']
+    flushed = await library.cassette("sessions/tc")
+    store.call(store.journal_append, "sessions/tc", "interaction", flushed.serialize([flushed.interactions[1]]))
+    recovered = CassetteLibrary(tmp_path / "c", store).recover()
+    assert recovered == {"sessions/tc": 2}
+    assert bodies(path) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert store.call(store.journal_rows) == {}
+    assert CassetteLibrary(tmp_path / "c", store).recover() == {}  # idempotent
+
+
+async def test_all_mode_reset_is_journaled_too(tmp_path: Path, store: Store) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(3))
+    await library.flush()
+    fresh = CassetteLibrary(tmp_path / "c", store)
+    await record(fresh, "tc", range(7, 8), RecordMode.ALL)  # crash before any flush
+    CassetteLibrary(tmp_path / "c", store).recover()
+    assert bodies(tmp_path / "c" / "sessions" / "tc.yaml") == [b'{"n": 7}']
+
+
+def test_temp_files_from_an_interrupted_write_are_removed(tmp_path: Path, store: Store) -> None:
+    leftover = tmp_path / "c" / "sessions" / f".tc.yaml{TEMP_MARKER}123"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("interactions: [half")
+    CassetteLibrary(tmp_path / "c", store).recover()
+    assert not leftover.exists()
+
+
+def test_wire_headers_are_not_recorded_and_length_matches_the_stored_body() -> None:
+    recorded = interaction(5)
+    assert "content-encoding" not in recorded.response["headers"]
+    assert recorded.response["headers"]["content-length"] == [str(len(b'{"r": 5}'))]
+
+
+def test_file_names_are_safe_and_distinct() -> None:
+    assert file_name("tc-1") == "tc-1"
+    assert file_name("../etc/passwd") != file_name("..-etc-passwd")
+    assert "/" not in file_name("a/b") and file_name("a/b") != file_name("a_b")
+
+
+def test_unparseable_cassette_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("interactions: [")
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
+        load_interactions(bad)
+    bad.write_text("just: text")
+    with pytest.raises(ValueError, match="no 'interactions' list"):
+        load_interactions(bad)

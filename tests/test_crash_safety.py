@@ -1,0 +1,102 @@
+"""kill -9 a recording server: every acknowledged exchange survives in the cassettes, which all parse."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from vcr.serialize import deserialize
+from vcr.serializers import yamlserializer
+
+from proxy.transports.cassette import TEMP_MARKER
+from tests.servers import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def write_config(path: Path, upstream_url: str) -> None:
+    path.write_text(
+        "settings: {allow_http: true}\n"
+        "connections:\n"
+        f"  - {{name: chat, product_id: p, type: CONVERSATION, url: '{upstream_url}/chat', auth_type: NONE,\n"
+        '      input_template: \'{"message": "{{ input.user_message }}"}\', output_mapping: {output: $.reply}}\n'
+        "versions:\n  - {name: v1, product_id: p, conversation: chat}\n"
+    )
+
+
+@contextmanager
+def server(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(tmp_path / "proxy.yaml"),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--cassettes",
+        str(tmp_path / "cassettes"),
+    ]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def cassette_bodies(root: Path) -> dict[str, list[str]]:
+    found = {}
+    for path in sorted((root / "sessions").glob("*.yaml")):
+        requests, _responses = deserialize(path.read_text(), yamlserializer)  # vcrpy's own loader: it parses
+        found[path.stem] = [r.body.decode() for r in requests]
+    return found
+
+
+def test_kill_minus_nine_loses_no_acknowledged_exchange(tmp_path: Path, upstream_url: str) -> None:
+    write_config(tmp_path / "proxy.yaml", upstream_url)
+    port = free_port()
+    acknowledged: dict[str, list[str]] = {}
+    for round_number in range(3):
+        with server(tmp_path, port) as process:
+            base = f"http://127.0.0.1:{port}"
+            version = httpx.get(f"{base}/versions").json()[0]["id"]
+            for case in range(2):
+                key = f"r{round_number}-c{case}"
+                session = httpx.post(f"{base}/sessions", json={"versionId": version, "testCaseId": key}).json()
+                for turn in range(3):
+                    message = f"{key}-t{turn}"
+                    answer = httpx.post(
+                        f"{base}/sessions/{session['id']}/turns", json={"input": {"user_message": message}}
+                    )
+                    assert answer.status_code == 201 and answer.json()["exchange"]["cassette"] == "recorded"
+                    acknowledged.setdefault(key, []).append(f'{{"message": "{message}"}}')
+            os.kill(process.pid, signal.SIGKILL)  # no shutdown, no flush: only the journal has them
+            process.wait(timeout=10)
+            if round_number == 0:
+                assert not list((tmp_path / "cassettes").rglob("r0-*.yaml"))  # so recovery is what brings them back
+    with server(tmp_path, port):
+        pass  # start-up folds the journal into the cassettes
+    assert cassette_bodies(tmp_path / "cassettes") == acknowledged
+    assert not list((tmp_path / "cassettes").rglob(f"*{TEMP_MARKER}*"))
