@@ -56,12 +56,14 @@ def own_upstream() -> Iterator[tuple[Upstream, str]]:
         yield upstream, url
 
 
-def test_record_then_replay_offline_with_identical_outputs(tmp_path: Path, own_upstream: tuple[Upstream, str]) -> None:
-    upstream, url = own_upstream
-    cassettes = tmp_path / "cassettes"
-    with running_proxy(tmp_path / "a", chat_config(url), cassettes_dir=cassettes) as proxy:
-        with httpx.Client(base_url=proxy.url) as client:
-            recorded = run_session(client, ["hello", "and then?"], testCaseId="tc-1")
+def test_record_then_replay_offline_with_identical_outputs(tmp_path: Path) -> None:
+    upstream = Upstream()
+    with serve_in_thread(upstream.app) as url:
+        cassettes = tmp_path / "cassettes"
+        with running_proxy(tmp_path / "a", chat_config(url), cassettes_dir=cassettes) as proxy:
+            with httpx.Client(base_url=proxy.url) as client:
+                recorded = run_session(client, ["hello", "and then?"], testCaseId="tc-1")
+    # The upstream is stopped now; the replaying server also has no network at all.
     assert [t["exchange"]["cassette"] for t in recorded] == ["recorded", "recorded"]
     assert (cassettes / "sessions" / "tc-1.yaml").exists()
 
