@@ -101,3 +101,17 @@ def test_unparseable_cassette_names_the_file(tmp_path: Path) -> None:
     bad.write_text("just: text")
     with pytest.raises(ValueError, match="no 'interactions' list"):
         load_interactions(bad)
+
+
+def test_sidecar_speeds_loading_and_a_hand_edit_invalidates_it(tmp_path: Path) -> None:
+    from proxy.transports.cassette import Cassette, sidecar_path, write_cassette
+    from proxy.transports.matching import MatchRules
+
+    path = tmp_path / "tc.yaml"
+    cassette = Cassette("tc", path, MatchRules())
+    cassette.add(interaction(1))
+    write_cassette(path, cassette.serialize(), cassette.interactions)
+    assert sidecar_path(path).exists() and bodies(path) == [b'{"n": 1}']
+    path.write_text(path.read_text().replace('{"n": 1}', '{"n": 2}'))  # edited by hand
+    assert bodies(path) == [b'{"n": 2}']  # the YAML wins, and the sidecar is rewritten
+    assert '{\\"n\\": 2}' in sidecar_path(path).read_text()

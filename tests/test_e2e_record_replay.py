@@ -285,3 +285,26 @@ def test_forward_route_records_replays_repeats_and_misses(
     assert {a.headers["x-proxy-cassette"] for a in answers} == {"hit"}
     assert miss.status_code == 404 and miss.headers["x-proxy-cassette"] == "miss"
     assert 'body $.q: "a" recorded, "b" now' in miss.json()["message"]
+
+
+def test_bundled_demo_cassettes_replay_with_record_mode_none(tmp_path: Path) -> None:
+    import json
+
+    from proxy.cli import read_config
+
+    root = Path(__file__).resolve().parent.parent
+    config = read_config(root / "examples" / "demo.yaml")
+    cassettes = tmp_path / "cassettes"
+    import shutil
+
+    shutil.copytree(root / "cassettes", cassettes)
+    with running_proxy(tmp_path, config, NoNetwork(), cassettes_dir=cassettes, record_mode="none") as proxy:
+        with httpx.Client(base_url=proxy.url) as client:
+            version = client.get("/versions", params={"names[]": "demo-v1"}).json()[0]["id"]
+            for line in (root / "examples" / "dataset.jsonl").read_text().splitlines():
+                case = json.loads(line)
+                session = post(client, "/sessions", {"versionId": version, "testCaseId": case["id"]})
+                for turn in case.get("turns") or [case["input"]]:
+                    answer = post(client, f"/sessions/{session['id']}/turns", {"input": turn})
+                    assert answer["exchange"]["cassette"] == "hit", answer["error"]
+                    assert answer["actualOutput"] == f"You said: {turn['user_message']}"

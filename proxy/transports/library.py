@@ -24,11 +24,11 @@ from proxy.store import Store
 from proxy.transports.cassette import (
     Cassette,
     Interaction,
-    atomic_write,
     file_name,
     load_interactions,
     parse_interactions,
     remove_temp_files,
+    write_cassette,
 )
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
 
@@ -207,7 +207,7 @@ class CassetteLibrary:
             await self.store.run(self.store.journal_forget, cassette_name, journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
-        atomic_write(cassette.path, cassette.serialize(snapshot))
+        write_cassette(cassette.path, cassette.serialize(snapshot), snapshot)
         cassette.flushed_count = len(snapshot)
 
     def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
@@ -245,7 +245,7 @@ class CassetteLibrary:
                     if str(item.proxy.get("id")) not in known:
                         interactions.append(item)
                         recovered[name] = recovered.get(name, 0) + 1
-            atomic_write(path, Cassette(name, path, self.rules).serialize(interactions))
+            write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions)
             self.store.call(self.store.journal_forget, name, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
