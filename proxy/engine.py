@@ -222,6 +222,15 @@ class Engine:
             self._map(conn, result)
         return result
 
+    def render(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
+        """The request a call would send, without sending it (`proxy check --dry-run`)."""
+        result = CallResult()
+        try:
+            self._build_request(conn, ctx, result)
+        except TemplateRefused as exc:
+            result.error = REDACTOR.redact(str(exc))
+        return result
+
     async def forward(
         self,
         conn: CompiledConnection,

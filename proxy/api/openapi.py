@@ -15,7 +15,7 @@ from proxy.models import ConnectionSpec
 ERROR_SCHEMA = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
 OBJECT = {"type": "object"}
 CREATED = {"POST"}  # routes answering 201 when they create something
-NOT_CREATING = {"/endpointConnections/testConnection", "/openapi.json"}
+NOT_CREATING = {"/endpointConnections/testConnection", "/openapi.json", "/inspector/connections/{id}/test"}
 
 
 def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
@@ -35,11 +35,12 @@ def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str,
 def _operation(route: Route, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
     doc = (route.endpoint.__doc__ or route.name.replace("_", " ")).strip().splitlines()[0]
     ok = "201" if method in CREATED and route.path not in NOT_CREATING and not route.path.startswith("/demo") else "200"
+    media = "text/html" if route.path == "/" or route.path.startswith("/inspector") else "application/json"
     operation: dict[str, Any] = {
         "operationId": f"{route.name}_{method.lower()}",
         "summary": doc,
         "responses": {
-            ok: {"description": "OK", "content": {"application/json": {"schema": {}}}},
+            ok: {"description": "OK", "content": {media: {"schema": {}}}},
             "4XX": {"description": "Client error", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
         },
     }
@@ -49,7 +50,9 @@ def _operation(route: Route, method: str, body: dict[str, Any] | None) -> dict[s
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
         ]
     if method in ("POST", "PATCH", "PUT"):
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body or OBJECT}}}
+        form = route.path.startswith("/inspector")
+        content_type = "application/x-www-form-urlencoded" if form else "application/json"
+        operation["requestBody"] = {"required": False, "content": {content_type: {"schema": body or OBJECT}}}
     return operation
 
 

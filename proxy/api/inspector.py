@@ -1,0 +1,125 @@
+"""The inspector at GET /: server-rendered HTML, no front-end build. Connections, versions, sessions, and
+for each turn the rendered request (masked), every attempt, the response and what each key extracted;
+a form to test a connection that shows the same explanation as `proxy check`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
+
+from proxy.api.galtea import runtime
+from proxy.connection import public_fields
+from proxy.engine import CallContext
+from proxy.explain import explain
+from proxy.settings import DEFAULT_TEST_INPUT
+
+RECENT_SESSIONS = 200
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+templates = Environment(loader=PackageLoader("proxy", "templates"), autoescape=select_autoescape(["html"]))
+templates.globals.update(pretty=_pretty, short=_short)
+
+
+def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(templates.get_template(name).render(**context), status_code=status_code)
+
+
+async def overview(request: Request) -> HTMLResponse:
+    """Inspector: connections, versions and recent sessions."""
+    rt = runtime(request)
+    sessions = sorted(rt.sessions.all(), key=lambda s: s.created_at, reverse=True)[:RECENT_SESSIONS]
+    return page(
+        "overview.html",
+        connections=rt.connections.all(),
+        connection_names={c.id: c.name for c in rt.connections.all()},
+        versions=rt.versions.all(),
+        sessions=sessions,
+        turn_counts={s.id: len(rt.sessions.turns(s.id)) for s in sessions},
+        record_mode=rt.settings.record_mode,
+        cassettes_dir=rt.settings.cassettes_dir,
+    )
+
+
+async def session_page(request: Request) -> HTMLResponse:
+    """Inspector: one session, turn by turn."""
+    rt = runtime(request)
+    session = rt.sessions.get(request.path_params["id"])
+    version = rt.versions.get(session.version_id)
+    return page(
+        "session.html",
+        session=session,
+        version_name=version.name,
+        cassette=rt.sessions.cassette_handle(session.id).name,
+        turns=rt.sessions.turns(session.id),
+        calls=rt.sessions.lifecycle_calls(session.id),
+    )
+
+
+async def connection_page(request: Request) -> HTMLResponse:
+    """Inspector: one connection and its test form."""
+    conn = runtime(request).connections.get(request.path_params["id"])
+    return page(
+        "connection.html",
+        conn=conn,
+        fields=public_fields(conn),
+        input_text=json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
+        context_text="",
+    )
+
+
+async def test_from_form(request: Request) -> HTMLResponse:
+    """Inspector: run the test form, show what `proxy check` would print."""
+    rt = runtime(request)
+    conn = rt.connections.get(request.path_params["id"])
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+    input_text, context_text = form.get("input", ""), form.get("context", "")
+    dry_run = bool(form.get("dry_run"))
+    shown: dict[str, Any] = {
+        "conn": conn,
+        "fields": public_fields(conn),
+        "input_text": input_text,
+        "context_text": context_text,
+        "dry_run": dry_run,
+    }
+    try:
+        test_input = json.loads(input_text) if input_text.strip() else DEFAULT_TEST_INPUT
+        context = json.loads(context_text) if context_text.strip() else {}
+    except json.JSONDecodeError as exc:
+        return page("connection.html", 400, problem=f"Input or context is not valid JSON: {exc}", **shown)
+    if not isinstance(context, dict):
+        return page("connection.html", 400, problem="Context must be a JSON object.", **shown)
+    handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
+    ctx = CallContext(input=test_input, context=context, cassette=handle)
+    result = rt.engine.render(conn, ctx) if dry_run else await rt.engine.call(conn, ctx)
+    explanation = "\n".join(explain(conn, result, sent=not dry_run))
+    return page("connection.html", explanation=explanation, **shown)
+
+
+ROUTES = [
+    Route("/", overview, methods=["GET"]),
+    Route("/inspector/sessions/{id}", session_page, methods=["GET"]),
+    Route("/inspector/connections/{id}", connection_page, methods=["GET"]),
+    Route("/inspector/connections/{id}/test", test_from_form, methods=["POST"]),
+]

@@ -1,0 +1,123 @@
+"""The cassette folder as a user sees it: list, show, verify (parses, loads in vcrpy, holds no secret)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vcr.serialize import deserialize
+from vcr.serializers import yamlserializer
+
+from proxy.secrets import REDACTOR
+from proxy.settings import MASK
+from proxy.transports.cassette import Interaction, load_interactions
+from proxy.transports.record_replay import ALWAYS_MASKED
+
+# Shapes of credentials worth flagging even when this server never saw them.
+SECRET_SHAPES = re.compile(
+    r"Bearer\s+(?!•)[A-Za-z0-9\-._~+/]{12,}=*|Basic\s+(?!•)[A-Za-z0-9+/]{12,}=*|\bsk-[A-Za-z0-9_-]{16,}"
+    r"|\bghp_[A-Za-z0-9]{20,}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bAKIA[0-9A-Z]{16}\b"
+)
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    interactions: int | None
+    error: str | None = None
+
+
+def cassette_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.yaml") if not p.name.startswith("."))
+
+
+def name_of(root: Path, path: Path) -> str:
+    return str(path.relative_to(root).with_suffix(""))
+
+
+def inventory(root: Path) -> list[Entry]:
+    entries = []
+    for path in cassette_files(root):
+        try:
+            entries.append(Entry(name_of(root, path), path, len(load_interactions(path))))
+        except ValueError as exc:
+            entries.append(Entry(name_of(root, path), path, None, str(exc)))
+    return entries
+
+
+def find(root: Path, name: str) -> Path | None:
+    for candidate in (root / f"{name}.yaml", root / name, Path(name)):
+        if candidate.is_file():
+            return candidate
+    matches = [p for p in cassette_files(root) if p.stem == name]
+    return matches[0] if len(matches) == 1 else None
+
+
+def show(path: Path) -> list[str]:
+    lines = []
+    for number, item in enumerate(load_interactions(path)):
+        request, response = item.request, item.response
+        status = response["status"]
+        latency = item.proxy.get("latency_ms")
+        lines.append(
+            f"#{number}  {request['method']} {request['uri']}  →  {status['code']} {status.get('message') or ''}"
+            + (f"  ({latency} ms)" if latency is not None else "")
+        )
+        for label, body in (("request", request.get("body")), ("response", response["body"]["string"])):
+            lines.append(f"  {label}:")
+            lines += [f"    {line}" for line in _pretty(body)]
+    return lines
+
+
+def _pretty(body: object) -> list[str]:
+    if not body:
+        return ["(empty)"]
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body)
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False).splitlines()
+    except ValueError:
+        return text.splitlines()
+
+
+def verify(root: Path) -> tuple[list[Entry], list[str]]:
+    """Every cassette: parses, loads in vcrpy's own loader, holds no credential. Returns (entries, problems)."""
+    problems: list[str] = []
+    entries = inventory(root)
+    for entry in entries:
+        if entry.error:
+            problems.append(f"{entry.name}: {entry.error}")
+            continue
+        text = entry.path.read_text(encoding="utf-8")
+        try:
+            deserialize(text, yamlserializer)
+        except Exception as exc:  # vcrpy raises several kinds; any of them means plain vcrpy cannot load it
+            problems.append(f"{entry.name}: vcrpy cannot load it: {exc}")
+        for number, interaction in enumerate(load_interactions(entry.path)):
+            problems += [f"{entry.name} #{number}: {p}" for p in _secrets_in(interaction)]
+    return entries, problems
+
+
+def _secrets_in(interaction: Interaction) -> list[str]:
+    found = []
+    for side, headers in (("request", interaction.request["headers"]), ("response", interaction.response["headers"])):
+        for name, values in headers.items():
+            for value in values if isinstance(values, list) else [values]:
+                if name.lower() in ALWAYS_MASKED and value != MASK:
+                    found.append(f"{side} header {name} is not masked")
+                elif REDACTOR.contains_secret(str(value)) or SECRET_SHAPES.search(str(value)):
+                    found.append(f"{side} header {name} holds a credential")
+    for side, body in (
+        ("request", interaction.request.get("body")),
+        ("response", interaction.response["body"]["string"]),
+    ):
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body or "")
+        if REDACTOR.contains_secret(text):
+            found.append(f"{side} body holds a credential this server knows")
+        elif match := SECRET_SHAPES.search(text):
+            found.append(f"{side} body holds something shaped like a credential ({match.group(0)[:12]}…)")
+    if REDACTOR.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
+        found.append("request URL holds a credential")
+    return found

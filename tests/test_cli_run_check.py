@@ -1,0 +1,196 @@
+"""`proxy run`, `proxy check` and `proxy cassettes` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from proxy.cli import main
+from tests.conftest import TEST_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def chat_config(tmp_path: Path, upstream_url: str, mapping: str = "$.reply") -> Path:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "settings": {"allow_http": True},
+                "connections": [
+                    {
+                        "name": "chat",
+                        "product_id": "p",
+                        "type": "CONVERSATION",
+                        "url": f"{upstream_url}/chat",
+                        "auth_type": "BEARER",
+                        "auth_token": TEST_TOKEN,
+                        "input_template": '{"message": "{{ input.user_message }}", "tier": "{{ context.tier }}"}',
+                        "output_mapping": {"output": mapping},
+                    }
+                ],
+                "versions": [{"name": "v1", "product_id": "p", "conversation": "chat"}],
+            }
+        )
+    )
+    return path
+
+
+def dirs(tmp_path: Path) -> list[str]:
+    return ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes")]
+
+
+def test_run_records_then_replays_byte_identically(tmp_path: Path, upstream_url: str) -> None:
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"tc-{n}",
+                    "turns": [{"user_message": f"q{n}"}, {"user_message": "more"}],
+                    "context": {"tier": "gold"},
+                }
+            )
+            + "\n"
+            for n in range(12)
+        )
+    )
+    config = str(chat_config(tmp_path, upstream_url))
+    code, output = invoke(
+        "run",
+        str(dataset),
+        "--version",
+        "v1",
+        "--config",
+        config,
+        *dirs(tmp_path),
+        "--out",
+        str(tmp_path / "rec.jsonl"),
+        "--concurrency",
+        "4",
+    )
+    assert code == 0, output
+    assert "12 (12 passed, 0 failed)" in output and "0 hits, 24 recorded, 0 misses" in output
+    outs = []
+    for n in (1, 2):
+        code, output = invoke(
+            "run",
+            str(dataset),
+            "--version",
+            "v1",
+            "--config",
+            config,
+            *dirs(tmp_path),
+            "--record-mode",
+            "none",
+            "--out",
+            str(tmp_path / f"rep{n}.jsonl"),
+        )
+        assert code == 0 and "24 hits, 0 recorded, 0 misses" in output
+        outs.append((tmp_path / f"rep{n}.jsonl").read_bytes())
+    assert outs[0] == outs[1]
+    lines = [json.loads(line) for line in outs[0].decode().splitlines()]
+    assert [line["testCaseId"] for line in lines] == [f"tc-{n}" for n in range(12)]  # dataset order
+    first = lines[0]
+    assert first["status"] == "COMPLETED" and first["turns"][0]["output"].startswith("echo ")
+    assert json.loads(first["turns"][0]["output"].removeprefix("echo ")) == {"message": "q0", "tier": "gold"}
+    assert TEST_TOKEN not in outs[0].decode()
+
+
+def test_run_exits_1_when_a_session_fails_and_2_on_a_bad_dataset(tmp_path: Path, upstream_url: str) -> None:
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"id": "tc-x", "input": {"user_message": "hi"}}\n')
+    config = str(chat_config(tmp_path, upstream_url))
+    code, output = invoke(
+        "run", str(dataset), "--version", "v1", "--config", config, *dirs(tmp_path), "--record-mode", "none"
+    )
+    assert code == 1 and "FAILED tc-x: cassette miss" in output
+    dataset.write_text('{"id": "tc-x", "input": {"user_message": "hi"}}\n{"id": "tc-y"}\n')
+    code, output = invoke("run", str(dataset), "--version", "v1", "--config", config, *dirs(tmp_path))
+    assert code == 2 and "line 2: give either 'input'" in output
+    code, output = invoke("run", str(dataset), "--config", config)
+    assert code == 2 and "exactly one of --version NAME or --connection NAME" in output
+    dataset.write_text('{"id": "tc-x", "input": {"user_message": "hi"}}\n')
+    code, output = invoke("run", str(dataset), "--version", "nope", "--config", config, *dirs(tmp_path))
+    assert code == 1 and "--version: no version 'nope' (known: v1)" in output
+
+
+def test_run_with_a_connection_and_a_json_array(tmp_path: Path, upstream_url: str) -> None:
+    dataset = tmp_path / "d.json"
+    dataset.write_text('[{"id": "a", "input": {"user_message": "hi"}}]')
+    code, output = invoke(
+        "run",
+        str(dataset),
+        "--connection",
+        "chat",
+        "--config",
+        str(chat_config(tmp_path, upstream_url)),
+        *dirs(tmp_path),
+        "--record-mode",
+        "off",
+    )
+    assert code == 0 and "1 (1 passed, 0 failed)" in output and "1 live" in output
+
+
+def test_check_explains_a_broken_mapping_and_exits_1(tmp_path: Path, upstream_url: str) -> None:
+    config = str(chat_config(tmp_path, upstream_url, mapping="$.answer.text"))
+    code, output = invoke("check", "chat", "--config", config, *dirs(tmp_path), "--input", '{"user_message": "hi"}')
+    assert code == 1
+    assert f"Request  POST {upstream_url}/chat" in output and "Authorization: ••••••••" in output
+    assert "#1  200" in output and '"reply": "echo' in output
+    assert (
+        "✗ output" in output
+        and "'.answer' matched nothing after '$', which is an object with keys: reply, path" in output
+    )
+    assert TEST_TOKEN not in output
+
+
+def test_check_ok_dry_run_and_bad_input(tmp_path: Path, upstream_url: str) -> None:
+    config = str(chat_config(tmp_path, upstream_url))
+    code, output = invoke("check", "chat", "--config", config, *dirs(tmp_path), "--input", '{"user_message": "hi"}')
+    assert code == 0 and "✓ output" in output and output.rstrip().endswith("Result: OK")
+    code, output = invoke("check", "chat", "--config", config, *dirs(tmp_path), "--dry-run", "--context", '{"tier": 1}')
+    assert code == 0 and "Dry run: nothing was sent." in output and '"tier": "1"' in output
+    code, output = invoke("check", "chat", "--config", config, *dirs(tmp_path), "--input", "{oops")
+    assert code == 2 and "--input" in output and "not valid JSON" in output
+    code, output = invoke("check", "ghost", "--config", config, *dirs(tmp_path))
+    assert code == 1 and "no connection 'ghost' (known: chat)" in output
+
+
+def test_cassettes_list_show_verify(tmp_path: Path) -> None:
+    cassettes = tmp_path / "cassettes"
+    shutil.copytree(ROOT / "cassettes", cassettes)
+    code, output = invoke("cassettes", "list", "--cassettes", str(cassettes))
+    assert code == 0 and "     2 interactions  sessions/demo-followup" in output
+    code, output = invoke("cassettes", "show", "demo-greeting", "--cassettes", str(cassettes))
+    assert (
+        code == 0
+        and "#0  POST http://demo.local/chat  →  200 OK" in output
+        and '"response": "You said: Hello!' in output
+    )
+    code, output = invoke("cassettes", "verify", "--cassettes", str(cassettes))
+    assert code == 0 and output.strip().endswith("3 cassettes, 4 interactions, 0 problems")
+    leaky = cassettes / "sessions" / "leaky.yaml"
+    leaky.write_text(
+        (cassettes / "sessions" / "demo-greeting.yaml")
+        .read_text()
+        .replace('"\\u2022\\u2022\\u2022\\u2022\\u2022\\u2022\\u2022\\u2022"', "Bearer sk-live-abcdefghijklmnopqrstuv")
+    )
+    (cassettes / "sessions" / "broken.yaml").write_text("interactions: [")
+    code, output = invoke("cassettes", "verify", "--cassettes", str(cassettes))
+    assert code == 1
+    assert "PROBLEM  sessions/leaky #0: request header authorization is not masked" in output
+    assert "PROBLEM  sessions/broken: cassette" in output and "not valid YAML" in output
+    code, output = invoke("cassettes", "show", "nothing-here", "--cassettes", str(cassettes))
+    assert code == 1 and "no cassette 'nothing-here'" in output

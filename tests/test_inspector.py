@@ -1,0 +1,122 @@
+"""The inspector: server-rendered pages, checked as HTML and in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_TOKEN, RunningProxy, running_proxy
+from tests.test_e2e_sessions import Threads, post, thread_version
+from tests.upstream import Upstream
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, upstream: Upstream, upstream_url: str) -> Iterator[tuple[RunningProxy, dict[str, str]]]:
+    """A server holding one finished thread-style session of two turns."""
+    Threads(upstream)
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        version_id = thread_version(client, upstream_url)
+        conv = client.get("/endpointConnections", params={"names[]": "conv"}).json()[0]
+        client.patch(f"/endpointConnections/{conv['id']}", json={"authType": "BEARER", "authToken": TEST_TOKEN})
+        session = post(client, "/sessions", {"versionId": version_id, "testCaseId": "tc-inspect"})
+        for text in ("Where is my parcel?", "Thanks!"):
+            post(client, f"/sessions/{session['id']}/turns", {"input": {"user_message": text}})
+        client.patch(f"/sessions/{session['id']}/finish", json={})
+        yield proxy, {"session": session["id"], "conv": conv["id"]}
+
+
+def test_overview_and_session_pages_show_what_happened(recorded: tuple[RunningProxy, dict[str, str]]) -> None:
+    proxy, ids = recorded
+    with httpx.Client(base_url=proxy.url) as client:
+        overview = client.get("/")
+        session = client.get(f"/inspector/sessions/{ids['session']}")
+    assert overview.status_code == 200 and overview.headers["content-type"].startswith("text/html")
+    for text in (
+        "init",
+        "conv",
+        "fin",
+        "v-threads",
+        f'href="/inspector/sessions/{ids["session"]}"',
+        "tc-inspect",
+        "COMPLETED",
+    ):
+        assert text in overview.text
+    page = session.text
+    for text in (
+        "Turn 0",
+        "Turn 1",
+        "INITIALIZATION",
+        "FINALIZATION",
+        "[th_1#1] Where is my parcel?",
+        "Authorization: ••••••••",
+        "/threads/th_1/messages",
+        "recorded",
+        "sessions/tc-inspect",
+        "retrieval_context",
+        "doc-th_1",
+    ):
+        assert text in page, text
+    assert TEST_TOKEN not in page and TEST_TOKEN not in overview.text
+
+
+def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProxy, dict[str, str]]) -> None:
+    proxy, ids = recorded
+    with httpx.Client(base_url=proxy.url) as client:
+        form = client.get(f"/inspector/connections/{ids['conv']}")
+        assert form.status_code == 200 and "<form" in form.text and "hasAuthToken" in form.text
+        dry = client.post(
+            f"/inspector/connections/{ids['conv']}/test",
+            data={"input": '{"user_message": "<b>hi</b>"}', "context": "", "dry_run": "1"},
+        )
+        bad = client.post(f"/inspector/connections/{ids['conv']}/test", data={"input": "{nope", "context": ""})
+    assert "Dry run: nothing was sent." in dry.text
+    assert "&lt;b&gt;hi&lt;/b&gt;" in dry.text and "<b>hi</b>" not in dry.text  # escaped, never injected
+    assert bad.status_code == 400 and "not valid JSON" in bad.text
+    with httpx.Client(base_url=proxy.url) as client:
+        assert client.get("/inspector/sessions/nope").status_code == 404
+
+
+def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
+    proxy, ids = recorded
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{proxy.url}/")
+        page.click(f"text={ids['session']}")
+        page.wait_for_selector("#turn-1")
+        assert page.locator("#turn-0").inner_text().count("Where is my parcel?") >= 1
+        assert page.is_visible("text=[th_1#2] Thanks!")
+        shot = Path(os.environ.get("PROXY_SCREENSHOT_DIR", str(tmp_path))) / "session.png"
+        page.screenshot(path=str(shot), full_page=True)
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a real rendering, not a blank page
+        height = int.from_bytes(png[20:24], "big")
+        assert height > 900  # the whole session, below the fold included
+
+        page.goto(f"{proxy.url}/inspector/connections/{ids['conv']}")
+        page.fill("textarea[name=input]", '{"user_message": "from the browser"}')
+        page.click("button[type=submit]")
+        page.wait_for_selector("#explanation")
+        explanation = page.inner_text("#explanation")
+        assert "Request  POST" in explanation and "from the browser" in explanation and "Result:" in explanation
+        browser.close()
