@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.auth import new_trace_id
@@ -21,7 +21,7 @@ from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
 from proxy.models import ConnectionType
 from proxy.registry import new_id, now_iso
-from proxy.store import Store
+from proxy.store import Store, entity_json
 from proxy.transports.library import CassetteHandle, CassetteLibrary
 from proxy.versions import Version, VersionRegistry
 
@@ -443,7 +443,7 @@ class SessionService:
     async def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
         call = LifecycleCall(uuid.uuid4().hex, session.id, phase, now_iso(), result.to_json())
         self._calls_by_session.setdefault(session.id, []).append(call)
-        await self.store.run(self.store.put, "lifecycle_calls", call.id, next(self._seq), asdict(call))
+        await self.store.run(self.store.put, "lifecycle_calls", call.id, next(self._seq), entity_json(call))
 
     def _index_turn(self, turn: Turn) -> None:
         self._turns[turn.id] = turn
@@ -456,12 +456,12 @@ class SessionService:
         return lock
 
     async def _save(self, session: Session) -> None:
-        await self.store.run(self.store.put, "sessions", session.id, next(self._seq), asdict(session))
+        await self.store.run(self.store.put, "sessions", session.id, next(self._seq), entity_json(session))
 
     async def _save_turn(self, turn: Turn, session: Session) -> None:
         rows = [
-            ("inference_results", turn.id, next(self._seq), asdict(turn)),
-            ("sessions", session.id, next(self._seq), asdict(session)),
+            ("inference_results", turn.id, next(self._seq), entity_json(turn)),
+            ("sessions", session.id, next(self._seq), entity_json(session)),
         ]
         await self.store.run(self.store.put_many, rows)
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.connection import CompiledConnection
 from proxy.errors import InvalidField, NotFound
 from proxy.models import ConnectionType, normalise_keys
 from proxy.registry import ConnectionRegistry, new_id, now_iso
-from proxy.store import Store
+from proxy.store import Store, entity_json
 
 # API field → (config shorthand, connection type the slot takes)
 SLOTS = {
@@ -167,7 +167,7 @@ class VersionRegistry:
                 )
 
     async def _persist(self, version: Version) -> None:
-        await self.store.run(self.store.put, "versions", version.id, next(self._seq), asdict(version))
+        await self.store.run(self.store.put, "versions", version.id, next(self._seq), entity_json(version))
         self._by_id[version.id] = version
 
 
