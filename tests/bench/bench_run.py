@@ -1,4 +1,4 @@
-"""`proxy run` of 1,000 test cases × 3 turns: recorded live against the test upstream (its own process),
+"""`proxy run` of 1,000 test cases x 3 turns: recorded live against the test upstream (its own process),
 then replayed offline; turns per second of each, as a ratio, from one run. Wall time includes start-up."""
 
 from __future__ import annotations
@@ -16,8 +16,23 @@ CASES, TURNS = 1000, 3
 
 
 def timed_run(cwd: Path, mode: str) -> tuple[float, str]:
-    args = [sys.executable, "-m", "proxy", "run", "dataset.jsonl", "--version", "v1", "--config", "bench.yaml",
-            "--record-mode", mode, "--concurrency", "16", "--out", f"{mode}.jsonl"]
+    args = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "dataset.jsonl",
+        "--version",
+        "v1",
+        "--config",
+        "bench.yaml",
+        "--record-mode",
+        mode,
+        "--concurrency",
+        "16",
+        "--out",
+        f"{mode}.jsonl",
+    ]
     started = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=1800)
     elapsed = time.perf_counter() - started
@@ -33,7 +48,7 @@ def run() -> list[str]:
             "settings: {allow_http: true}\n"
             "connections:\n"
             f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: NONE,\n"
-            "      input_template: '{\"message\": \"{{ input.user_message }}\", \"n\": {{ past_turns | length }}}',\n"
+            '      input_template: \'{"message": "{{ input.user_message }}", "n": {{ past_turns | length }}}\',\n'
             "      output_mapping: {output: $.reply, retrieval_context: $.docs}}\n"
             "versions:\n  - {name: v1, product_id: p, conversation: bench}\n"
         )
