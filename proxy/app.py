@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import forward, galtea, inspector, sessions
+from proxy.api import cohere, forward, galtea, inspector, sessions
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import openapi
 from proxy.errors import ProxyError
@@ -59,6 +59,7 @@ def create_app(runtime: Runtime) -> Starlette:
         *galtea.ROUTES,
         *sessions.ROUTES,
         *forward.ROUTES,
+        *cohere.ROUTES,
         *inspector.ROUTES,
     ]
     app = Starlette(

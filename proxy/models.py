@@ -201,7 +201,7 @@ def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:
     """The cross-field rules of SPEC 5 that pydantic's per-field checks cannot express."""
-    _check_url(spec.url, spec.acknowledged_insecure_http or allow_http)
+    check_url(spec.url, spec.acknowledged_insecure_http or allow_http)
     if spec.auth_type in (AuthType.BEARER, AuthType.API_KEY) and not spec.auth_token:
         raise InvalidField("authToken", f"is required when authType is {spec.auth_type.value}")
     if spec.auth_type is AuthType.BASIC:
@@ -231,7 +231,7 @@ def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:
             raise InvalidField(f"headers.{name}", "a header value cannot contain a line break")
 
 
-def _check_url(url: str, http_allowed: bool) -> None:
+def check_url(url: str, http_allowed: bool) -> None:
     # Placeholders are not part of the URL's shape: check what is left around them.
     shape = re.sub(r"\{\{.*?\}\}", "x", url)
     parts = urlsplit(shape)

@@ -9,6 +9,7 @@ import httpx
 
 from proxy.api.demo import DemoHostTransport
 from proxy.config import Config
+from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
 from proxy.errors import ConfigError, ProxyError
 from proxy.record_mode import RecordMode
@@ -47,6 +48,7 @@ class Runtime:
         self.engine = Engine(RecordReplayTransport(live, self.library), send_traceparent=settings.traceparent)
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
+        self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http)
 
     def check_config(self) -> None:
         """Validate the config file's connections before serving, so a bad one stops start-up with
@@ -70,6 +72,7 @@ class Runtime:
         self.connections.load()
         self.versions.load()
         self.sessions.load()
+        self.connectors.load()
         for data in self.config.connections:
             conn = await self.connections.upsert_by_name(self._without_proxy_fields(data))
             log.info("connection %s (%s) loaded from config", conn.name, conn.id)
@@ -79,6 +82,13 @@ class Runtime:
             except ProxyError as exc:
                 raise ConfigError(f"config versions[{index}] ({data.get('name', '?')}): {exc.message}") from None
             log.info("version %s (%s) loaded from config", version.name, version.id)
+        for index, data in enumerate(self.config.connectors):
+            # A connector that fails its registration test is reported, not fatal: the server still serves.
+            try:
+                connector = await self.connectors.upsert(data)
+                log.info("connector %s loaded from config", connector.id)
+            except ProxyError as exc:
+                log.error("config connectors[%d] (%s) not registered: %s", index, data.get("name", "?"), exc.message)
         self.library.start_periodic_flush()
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from proxy.secrets import Vault
 T = TypeVar("T")
 DB_FILE_NAME = "proxy.db"
 # Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
-ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls")
+ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls", "connectors")
 
 
 class Store:
@@ -124,6 +124,11 @@ class Store:
                     f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)",
                     (entity_id, seq, data),
                 )
+
+    def delete_entity(self, table: str, entity_id: str) -> None:
+        assert table in ENTITY_TABLES
+        with self.db.conn:
+            self.db.conn.execute(f"DELETE FROM [{table}] WHERE id = ?", (entity_id,))
 
     def load(self, table: str) -> list[dict[str, Any]]:
         return [json.loads(row["data"]) for row in self.db.table(table).rows_where(order_by="seq")]

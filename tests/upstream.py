@@ -60,7 +60,7 @@ class Upstream:
     def handle(self, prefix: str, handler: Callable[[Received], Reply]) -> None:
         """Answer every request under `prefix` with `handler(received)` (stateful fake APIs)."""
         with self._lock:
-            self._handlers.append((prefix, handler))
+            self._handlers = [(p, h) for p, h in self._handlers if p != prefix] + [(prefix, handler)]
 
     def requests_to(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]

@@ -14,8 +14,8 @@ from proxy.models import ConnectionSpec
 
 ERROR_SCHEMA = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
 OBJECT = {"type": "object"}
-CREATED = {"POST"}  # routes answering 201 when they create something
-NOT_CREATING = {"/endpointConnections/testConnection", "/openapi.json", "/inspector/connections/{id}/test"}
+# POST routes that answer 201 (the others answer 200).
+CREATING = {"/endpointConnections", "/versions", "/sessions", "/sessions/{id}/turns", "/inferenceResults"}
 
 
 def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
@@ -34,7 +34,7 @@ def _request_schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str,
 
 def _operation(route: Route, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
     doc = (route.endpoint.__doc__ or route.name.replace("_", " ")).strip().splitlines()[0]
-    ok = "201" if method in CREATED and route.path not in NOT_CREATING and not route.path.startswith("/demo") else "200"
+    ok = "201" if method == "POST" and route.path in CREATING else "200"
     media = "text/html" if route.path == "/" or route.path.startswith("/inspector") else "application/json"
     operation: dict[str, Any] = {
         "operationId": f"{route.name}_{method.lower()}",
