@@ -34,6 +34,7 @@ from proxy.retry import RetryPolicy
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
+from proxy.transports import BodyTooLarge
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
 from proxy.transports.record_replay import (
@@ -169,10 +170,6 @@ class CallResult:
             "endedByRule": self.ended_by_rule,
             "cassette": self.outcome,
         }
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def http_error_text(reply: UpstreamReply) -> str:
@@ -379,8 +376,7 @@ class Engine:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, message), None, False
         except httpx.TransportError as exc:
-            kind = "connection refused" if isinstance(exc, httpx.ConnectError) else type(exc).__name__
-            return self._failed(number, started, f"{kind}: {exc or 'no detail'} ({request.url})"), None, True
+            return self._failed(number, started, f"{_transport_failure(exc)} ({request.url})"), None, True
         latency = (time.perf_counter() - started) * 1000
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
@@ -442,6 +438,18 @@ class Engine:
         if failed:
             key = failed[0]
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+def _transport_failure(exc: httpx.TransportError) -> str:
+    """A transport error in plain words; httpx's own text is often empty."""
+    detail = str(exc) or "no detail"
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection refused: {detail}"
+    if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+        return f"the upstream closed the connection mid-reply ({type(exc).__name__}: {detail})"
+    if isinstance(exc, httpx.WriteError):
+        return f"the connection broke while sending the request ({detail})"
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _text_preview(body: bytes) -> str | None:

@@ -194,3 +194,31 @@ def test_cassettes_list_show_verify(tmp_path: Path) -> None:
     assert "PROBLEM  sessions/broken: cassette" in output and "not valid YAML" in output
     code, output = invoke("cassettes", "show", "nothing-here", "--cassettes", str(cassettes))
     assert code == 1 and "no cassette 'nothing-here'" in output
+
+
+def test_run_draws_a_progress_bar_on_a_terminal(tmp_path: Path, upstream_url: str) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text("".join(json.dumps({"id": f"t{n}", "input": {"user_message": "x"}}) + "\n" for n in range(3)))
+    config = str(chat_config(tmp_path, upstream_url))
+    primary, secondary = pty.openpty()
+    args = [sys.executable, "-m", "proxy", "run", str(dataset), "--version", "v1", "--config", config, *dirs(tmp_path)]
+    done = subprocess.run(args, stdout=subprocess.PIPE, stderr=secondary, timeout=60)
+    os.close(secondary)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(primary)
+    assert done.returncode == 0
+    assert b"[" + b"#" * 30 + b"] 3/3 sessions, 0 failed" in terminal  # redrawn in place on the terminal
+    assert b"t0: COMPLETED" not in terminal  # the plain per-session lines are for logs only

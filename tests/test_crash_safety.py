@@ -100,3 +100,44 @@ def test_kill_minus_nine_loses_no_acknowledged_exchange(tmp_path: Path, upstream
         pass  # start-up folds the journal into the cassettes
     assert cassette_bodies(tmp_path / "cassettes") == acknowledged
     assert not list((tmp_path / "cassettes").rglob(f"*{TEMP_MARKER}*"))
+
+
+def test_kill_minus_nine_during_fifty_concurrent_recording_sessions_repeatedly(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    import asyncio
+
+    write_config(tmp_path / "proxy.yaml", upstream_url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    acknowledged: dict[str, list[str]] = {}
+
+    async def converse(client: httpx.AsyncClient, version: str, key: str) -> None:
+        session = (await client.post("/sessions", json={"versionId": version, "testCaseId": key})).json()
+        for turn in range(1000):
+            message = f"{key}-t{turn}"
+            answer = await client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": message}})
+            if answer.status_code == 201:
+                acknowledged.setdefault(key, []).append(f'{{"message": "{message}"}}')
+
+    async def traffic_until_killed(process: subprocess.Popen[bytes], round_number: int) -> None:
+        version = httpx.get(f"{base}/versions").json()[0]["id"]
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            tasks = [asyncio.create_task(converse(client, version, f"k{round_number}-{n}")) for n in range(50)]
+            await asyncio.sleep(1.5)
+            os.kill(process.pid, signal.SIGKILL)  # mid-traffic: requests are in flight
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    for round_number in range(3):
+        with server(tmp_path, port) as process:
+            asyncio.run(traffic_until_killed(process, round_number))
+            process.wait(timeout=10)
+    with server(tmp_path, port):
+        pass
+    found = cassette_bodies(tmp_path / "cassettes")
+    assert sum(len(v) for v in acknowledged.values()) >= 100  # the kills really hit a busy server
+    for key, bodies in acknowledged.items():
+        recorded = found[key]
+        # Every acknowledged exchange is there, in order; at most the one in flight at the kill follows it.
+        assert recorded[: len(bodies)] == bodies and len(recorded) - len(bodies) <= 1, key
+    assert not list((tmp_path / "cassettes").rglob(f"*{TEMP_MARKER}*"))

@@ -15,6 +15,7 @@ import httpx
 from proxy.auth import is_secret_header
 from proxy.secrets import REDACTOR
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.transports import BodyTooLarge
 from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
 from proxy.transports.matching import RecordedRequest
@@ -96,7 +97,7 @@ async def _read_capped(response: httpx.Response) -> bytes:
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_UPSTREAM_BODY_BYTES:
-            break  # the engine fails the call on its own cap; nothing this size is worth recording whole
+            raise BodyTooLarge  # never record a truncated body
         chunks.append(chunk)
     return b"".join(chunks)
 
