@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench fuzz clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Schemathesis against /openapi.json with enough examples for 1,000+ requests (make test runs a few per route).
+fuzz: $(STAMP)
+	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/test_fuzz_api.py -s
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -44,6 +44,19 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"message": "internal error; the server log has the details"}, status_code=500)
 
 
+def all_routes() -> list[Route]:
+    """Every route the server serves; /openapi.json describes exactly these."""
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *galtea.ROUTES,
+        *sessions.ROUTES,
+        *forward.ROUTES,
+        *cohere.ROUTES,
+        *inspector.ROUTES,
+    ]
+
+
 def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -53,15 +66,7 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.close()
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        *galtea.ROUTES,
-        *sessions.ROUTES,
-        *forward.ROUTES,
-        *cohere.ROUTES,
-        *inspector.ROUTES,
-    ]
+    routes = all_routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

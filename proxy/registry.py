@@ -104,10 +104,10 @@ class ConnectionRegistry:
         self, data: dict[str, Any], conn_id: str | None = None, created_at: str | None = None
     ) -> CompiledConnection:
         """Validate and compile without storing (creation, and testConnection without an id)."""
-        for name, value in (data.get("headers") or {}).items():
+        spec = parse_spec(data)
+        for name, value in (spec.headers or {}).items():
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
-        spec = parse_spec(data)
         conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
         _register_secrets(spec)
         return conn

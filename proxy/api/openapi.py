@@ -66,7 +66,7 @@ def build_spec(routes: list[Any]) -> dict[str, Any]:
         for method in sorted((route.methods or set()) - {"HEAD"}):
             paths.setdefault(path, {})[method.lower()] = _operation(route, method, bodies.get((path, method)))
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "proxy", "version": __version__},
         "paths": paths,
         "components": {"schemas": components},
