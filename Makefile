@@ -26,7 +26,10 @@ test: lint
 fuzz: $(STAMP)
 	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/test_fuzz_api.py -s
 
+# The load benchmark compares against mitmproxy (its own venv: its pins would fight ours) driven by wrk.
 bench: $(STAMP)
+	test -x .venv-mitm/bin/mitmdump || ($(PYTHON) -m venv .venv-mitm && .venv-mitm/bin/pip install -q mitmproxy)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m tests.bench
 
 clean:

@@ -19,7 +19,7 @@ from proxy.sessions import SessionService
 from proxy.settings import Settings
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
-from proxy.transports.live import PacedTransport
+from proxy.transports.live import PacedTransport, RoundRobinTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
 from proxy.versions import VersionRegistry
@@ -44,7 +44,7 @@ class Runtime:
             replay_latency=settings.replay_latency == "recorded",
         )
         REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
-        live = PacedTransport(DemoHostTransport(transport or httpx.AsyncHTTPTransport()))
+        live = PacedTransport(DemoHostTransport(transport or RoundRobinTransport()))
         self.engine = Engine(RecordReplayTransport(live, self.library), send_traceparent=settings.traceparent)
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)

@@ -14,3 +14,28 @@ async def chat(request: Request) -> JSONResponse:
 
 
 upstream = Starlette(routes=[Route("/chat", chat, methods=["POST"])])
+
+
+def _passthrough() -> Starlette:
+    """The minimal Starlette + one shared httpx client pass-through proxy the forward route is held against."""
+    import os
+
+    import httpx
+    from starlette.responses import Response
+
+    target = os.environ.get("PASSTHROUGH_TARGET", "http://127.0.0.1:9")
+    client = httpx.AsyncClient(base_url=target)
+
+    async def forward(request: Request) -> Response:
+        upstream_response = await client.request(
+            request.method,
+            "/" + request.path_params["path"],
+            content=await request.body(),
+            headers={"content-type": request.headers.get("content-type", "application/json")},
+        )
+        return Response(upstream_response.content, upstream_response.status_code, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+
+
+passthrough = _passthrough()
