@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,15 +57,7 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "server did not start"
-            time.sleep(0.1)
+        wait_healthy(base, process)
         (conn,) = httpx.get(f"{base}/endpointConnections", params={"names[]": "demo-chat"}).json()
         result = httpx.post(
             f"{base}/endpointConnections/testConnection", json={"id": conn["id"], "input": {"user_message": "hi"}}

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
 from proxy.transports.cassette import TEMP_MARKER
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -49,15 +48,7 @@ def server(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         str(tmp_path / "cassettes"),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
+    wait_healthy(f"http://127.0.0.1:{port}", process)
     try:
         yield process
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import process, upstream_process
+from tests.bench.harness import process, serve_command, upstream_process
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,27 +51,6 @@ def wrk(url: str, body: str) -> float:
 def peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
-def serve(tmp: Path, config: Path, mode: str, name: str) -> tuple[list[str], str]:
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp / f"data-{name}"),
-        "--cassettes",
-        str(tmp / "cassettes"),
-        "--record-mode",
-        mode,
-    ]
-    return args, f"http://127.0.0.1:{port}"
 
 
 async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list[float], int, int]:
@@ -132,7 +111,7 @@ def run() -> list[str]:
                 "--config",
                 str(config),
                 "--cassettes",
-                str(tmp / "cassettes"),
+                str(tmp / "replay" / "cassettes"),  # where the replaying server reads them
                 "--data-dir",
                 str(tmp / "rec"),
                 "--record-mode",
@@ -144,7 +123,7 @@ def run() -> list[str]:
         )
 
         bare = wrk(f"{upstream}/chat", body)
-        args, base = serve(tmp, config, "none", "replay")
+        args, base = serve_command(config, tmp / "replay", "none")
         with process(args, f"{base}/healthz") as proxy_process:
             version = httpx.get(f"{base}/versions").json()[0]["id"]
             started = time.perf_counter()
@@ -161,7 +140,7 @@ def run() -> list[str]:
             f" replay / bare = {replay_rate / bare:.2f} (target >= 0.25)",
         ]
 
-        args, base = serve(tmp, config, "off", "forward")
+        args, base = serve_command(config, tmp / "forward", "off")
         with process(args, f"{base}/healthz"):
             forward = wrk(f"{base}/forward/bench/chat", body)
         port = free_port()

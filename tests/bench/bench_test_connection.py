@@ -4,14 +4,12 @@ Upstream and proxy each run in their own process; one load generator drives both
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import drive, process, upstream_process
-from tests.servers import free_port
+from tests.bench.harness import drive, process, serve_command, upstream_process
 
 CONCURRENCY = 16
 REQUESTS = 3000
@@ -27,20 +25,7 @@ def run() -> list[str]:
             '      auth_token: bench-token, input_template: \'{"message": "{{ input.user_message }}"}\',\n'
             "      output_mapping: {output: $.reply, retrieval_context: $.docs}}\n"
         )
-        port = free_port()
-        proxy_url = f"http://127.0.0.1:{port}"
-        args = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(Path(tmp) / "data"),
-        ]
+        args, proxy_url = serve_command(config, Path(tmp), "off")  # live: the proxy's own overhead
         with process(args, f"{proxy_url}/healthz"):
             conn_id = httpx.get(f"{proxy_url}/endpointConnections").json()[0]["id"]
             payload = {"message": "hello"}

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -93,3 +94,25 @@ async def drive(send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]], 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return Load(total, errors, time.perf_counter() - started, latencies)
+
+
+def serve_command(config: Path, folder: Path, record_mode: str) -> tuple[list[str], str]:
+    """`proxy serve` on a free port with its own data and cassette folders (never the repository's)."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(folder / "data"),
+        "--cassettes",
+        str(folder / "cassettes"),
+        "--record-mode",
+        record_mode,
+    ]
+    return args, f"http://127.0.0.1:{port}"
