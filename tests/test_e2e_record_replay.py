@@ -308,3 +308,16 @@ def test_bundled_demo_cassettes_replay_with_record_mode_none(tmp_path: Path) -> 
                     answer = post(client, f"/sessions/{session['id']}/turns", {"input": turn})
                     assert answer["exchange"]["cassette"] == "hit", answer["error"]
                     assert answer["actualOutput"] == f"You said: {turn['user_message']}"
+
+
+def test_configured_extra_redactions_are_scrubbed_from_cassettes_and_answers(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.handle("/chat", lambda r: Reply(json={"reply": "customer ssn-123-45-6789 on file", "id": "acct-99881"}))
+    config = chat_config(upstream_url)
+    config.settings["redact_values"] = ["ssn-123-45-6789", "acct-99881"]
+    with running_proxy(tmp_path, config) as proxy, httpx.Client(base_url=proxy.url) as client:
+        (turn,) = run_session(client, ["x"], testCaseId="tc-pii")
+    assert turn["actualOutput"] == "customer •••••••• on file"
+    recorded = (tmp_path / "cassettes" / "sessions" / "tc-pii.yaml").read_text()
+    assert "ssn-123-45-6789" not in recorded and "acct-99881" not in recorded
