@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from jsonpath_ng import JSONPath
 
-from proxy.auth import Credentials, masked_headers
+from proxy.auth import Credentials, is_secret_header, masked_headers
 from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
 from proxy.models import ConnectionSpec, check_connection
+from proxy.retry import RetryPolicy
+from proxy.secrets import REDACTOR
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 
@@ -18,7 +21,6 @@ from proxy.templating import CompiledTemplate, TemplateRefused
 class CompiledEndRule:
     status_code: int
     path: JSONPath | None
-    path_text: str | None
     equals: str | None
 
 
@@ -36,10 +38,14 @@ class CompiledConnection:
     def name(self) -> str:
         return self.spec.name
 
-    @property
+    @cached_property
     def credentials(self) -> Credentials:
         s = self.spec
         return Credentials(s.auth_type, s.auth_token, s.username, s.password)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy.of(self.spec)
 
     def url_uses_session_id(self) -> bool:
         return "session_id" in self.url_template.names
@@ -71,15 +77,19 @@ def compile_connection(conn_id: str, spec: ConnectionSpec, created_at: str, allo
                 path = compile_jsonpath(rule.body_match.path)
             except JsonPathRefused as exc:
                 raise InvalidField(f"conversationEndRules[{index}].bodyMatch.path", str(exc)) from None
-        rules.append(
-            CompiledEndRule(
-                rule.status_code,
-                path,
-                rule.body_match.path if rule.body_match else None,
-                rule.body_match.equals if rule.body_match else None,
-            )
-        )
-    return CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
+        rules.append(CompiledEndRule(rule.status_code, path, rule.body_match.equals if rule.body_match else None))
+    conn = CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
+    register_secrets(conn)
+    return conn
+
+
+def register_secrets(conn: CompiledConnection) -> None:
+    """Teach the redactor this connection's credentials once, when it is compiled, so every log line,
+    exchange and cassette after that is scrubbed of them."""
+    REDACTOR.add(*conn.credentials.secret_values())
+    for name, value in (conn.spec.headers or {}).items():
+        if is_secret_header(name, value):
+            REDACTOR.add(value)
 
 
 def public_fields(conn: CompiledConnection) -> dict[str, Any]:

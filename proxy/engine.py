@@ -30,7 +30,6 @@ from proxy.mapping import (
     output_text,
 )
 from proxy.models import ConnectionType, HttpMethod
-from proxy.retry import RetryPolicy
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
@@ -206,7 +205,6 @@ class Engine:
     async def call(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
         """Render the connection's request for this context, send it with retries, map the reply."""
         result = CallResult()
-        REDACTOR.add(*conn.credentials.secret_values())
         try:
             request = self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
@@ -240,7 +238,6 @@ class Engine:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
         headers, retries, rate limit and record/replay. No templating, no output mapping."""
         result = CallResult()
-        REDACTOR.add(*conn.credentials.secret_values())
         inference_id = uuid.uuid4().hex
         headers = {**client_headers}
         added = build_headers(
@@ -281,7 +278,7 @@ class Engine:
         self, conn: CompiledConnection, request: httpx.Request, result: CallResult, end_rules: bool = True
     ) -> None:
         """The retry loop: retryable statuses, timeouts and connection errors, backoff or Retry-After."""
-        policy = RetryPolicy.of(conn.spec)
+        policy = conn.retry_policy
         backoff_ms = 0.0
         for number in range(1, policy.max_calls + 1):
             attempt, reply, retryable = await self._attempt(number, request, conn.spec.timeout)

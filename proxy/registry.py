@@ -12,7 +12,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.auth import Credentials, is_secret_header
 from proxy.connection import CompiledConnection, compile_connection
 from proxy.errors import InvalidField, NotFound
 from proxy.models import (
@@ -23,7 +22,6 @@ from proxy.models import (
     normalise_keys,
     parse_spec,
 )
-from proxy.secrets import REDACTOR
 from proxy.settings import MASK
 from proxy.store import Store
 
@@ -36,14 +34,6 @@ def now_iso() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-def _register_secrets(spec: ConnectionSpec) -> None:
-    REDACTOR.add(spec.auth_token, spec.password)
-    REDACTOR.add(*Credentials(spec.auth_type, spec.auth_token, spec.username, spec.password).secret_values())
-    for name, value in (spec.headers or {}).items():
-        if is_secret_header(name, value):
-            REDACTOR.add(value)
 
 
 class ConnectionRegistry:
@@ -59,7 +49,6 @@ class ConnectionRegistry:
         for row in self.store.call(self.store.live_connections):
             data = json.loads(row["spec"]) | self.store.unseal(row["secrets"])
             spec = ConnectionSpec.model_validate(data)
-            _register_secrets(spec)
             # Stored connections were valid when saved; --allow-http may have been on then.
             self._by_id[row["id"]] = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
             next(self._seq)
@@ -109,7 +98,6 @@ class ConnectionRegistry:
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
         conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
-        _register_secrets(spec)
         return conn
 
     async def update(self, conn_id: str, patch: dict[str, Any]) -> CompiledConnection:
@@ -124,7 +112,6 @@ class ConnectionRegistry:
         merged = merge_patch(current.spec, normalise_keys(patch))
         spec = parse_spec(merged)
         conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
-        _register_secrets(spec)
         return conn
 
     async def upsert_by_name(self, data: dict[str, Any]) -> CompiledConnection:
