@@ -33,7 +33,7 @@ from proxy.models import ConnectionType, HttpMethod
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
-from proxy.transports import BodyTooLarge
+from proxy.transports import BodyTooLarge, read_capped
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
 from proxy.transports.record_replay import (
@@ -360,7 +360,7 @@ class Engine:
             async with asyncio.timeout(timeout_s):
                 response = await self.client.send(request, stream=True)
                 try:
-                    raw = await self._read_capped(response)
+                    raw = await read_capped(response, self.max_body_bytes)
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -385,16 +385,6 @@ class Engine:
 
     def _failed(self, number: int, started: float, message: str) -> Attempt:
         return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
-
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        chunks = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
         for index, rule in enumerate(conn.end_rules):

@@ -15,7 +15,7 @@ import httpx
 from proxy.auth import is_secret_header
 from proxy.secrets import REDACTOR
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
-from proxy.transports import BodyTooLarge
+from proxy.transports import read_capped
 from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
 from proxy.transports.matching import RecordedRequest
@@ -50,7 +50,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         started = time.perf_counter()
         response = await self.live.handle_async_request(request)
         try:
-            content = await _read_capped(response)
+            content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
         finally:
             await response.aclose()
         latency_ms = (time.perf_counter() - started) * 1000
@@ -90,16 +90,6 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
 def _tag(response: httpx.Response, outcome: str) -> httpx.Response:
     response.extensions = {**response.extensions, OUTCOME_EXTENSION: outcome}
     return response
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_UPSTREAM_BODY_BYTES:
-            raise BodyTooLarge  # never record a truncated body
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _mask_header(name: str, value: str) -> str:
