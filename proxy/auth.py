@@ -21,8 +21,6 @@ AUTH_OVERRIDE_HEADERS = frozenset({"authorization", "x-api-key"})
 
 # `{{ x }}` first, so `{{ x }}` is not read as `{` + `{ x }` + `}`.
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}|\{\s*([A-Za-z_]+)\s*\}")
-CREDENTIAL_PLACEHOLDERS = frozenset({"auth_token", "api_key", "bearer_token", "username", "password"})
-CALL_PLACEHOLDERS = frozenset({"session_id", "trace_id"})
 # Words that may stand beside placeholders in a header value without making it a secret.
 _SCHEME_WORDS = re.compile(r"\b(bearer|basic|token|apikey|api-key|key)\b", re.IGNORECASE)
 _SECRETISH_NAME = re.compile(r"auth|key|token|secret|password|cookie|signature|credential|session", re.IGNORECASE)

@@ -2,12 +2,13 @@
 
 ProxyError                      base; never escapes as a 500
 ├── BadRequest          400     malformed JSON, a body that is not an object
-├── Unauthorized        401     missing or wrong API key
 ├── NotFound            404     unknown id
 ├── Conflict            409     the entity's state refuses the action (a turn on a finished session)
 ├── PayloadTooLarge     413     API body over the cap
 ├── InvalidField        422     a field failed validation (names the field and the reason)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
+
+A missing or wrong API key is answered 401 by the API-key middleware itself, before any route runs.
 
 Engine failures are not exceptions at the API boundary: a failed upstream call is a result
 (`CallResult.error`), because a failed turn is data the user wants to inspect.
@@ -31,10 +32,6 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status_code = 400
-
-
-class Unauthorized(ProxyError):
-    status_code = 401
 
 
 class NotFound(ProxyError):

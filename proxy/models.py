@@ -146,7 +146,6 @@ NULLABLE_TO_DEFAULT = {
     "http_method",
     "auth_type",
 }
-SECRET_FIELDS = ("auth_token", "password")
 CREDENTIALS_BY_AUTH = {
     AuthType.NONE: (),
     AuthType.BEARER: ("auth_token",),

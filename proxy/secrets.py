@@ -96,14 +96,6 @@ class Redactor:
 REDACTOR = Redactor()
 
 
-class RedactingLogFilter(logging.Filter):
-    """Scrubs registered secrets from a record (for handlers set up outside this process's factory)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        _scrub(record)
-        return True
-
-
 def _scrub(record: logging.LogRecord) -> None:
     try:
         message = record.getMessage()

@@ -119,9 +119,6 @@ class CompiledTemplate:
         self.names = {n.name for n in tree.find_all(nodes.Name)}
         self._template = env.from_string(source)
 
-    def uses_input(self) -> bool:
-        return "input" in self.names
-
     def render(self, context: Mapping[str, Any]) -> str:
         try:
             return self._template.render(context)

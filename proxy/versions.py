@@ -120,11 +120,7 @@ class VersionRegistry:
             raise InvalidField("name", f"a version named {name!r} already exists in product {product_id!r}")
         slots = {slot: self._resolve_slot(fields, slot, product_id) for slot in SLOTS}
         self._check_session_id_urls(slots)
-        extra = {
-            k: v
-            for k, v in fields.items()
-            if k not in KNOWN_FIELDS and k not in ("conversation", "initialization", "finalization")
-        }
+        extra = {k: v for k, v in fields.items() if k not in KNOWN_FIELDS and k not in SHORTHANDS}
         return Version(
             id=existing.id if existing else new_id("ver"),
             product_id=product_id,

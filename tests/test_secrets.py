@@ -80,13 +80,10 @@ def test_redactor_masks_longest_first_and_ignores_tiny_values() -> None:
     assert redactor.redact("abcdefgh abcd x") == "•••••••• •••••••• x"
 
 
-def test_log_filter_scrubs_registered_secrets(caplog: pytest.LogCaptureFixture) -> None:
-    from proxy.secrets import RedactingLogFilter
+def test_every_log_record_is_scrubbed_whichever_library_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.secrets import install_log_redaction
 
+    install_log_redaction()
     REDACTOR.add("log-secret-123")
-    logger = logging.getLogger("proxy.test")
-    handler_filter = RedactingLogFilter()
-    caplog.handler.addFilter(handler_filter)
-    logger.warning("calling with %s", "log-secret-123")
-    caplog.handler.removeFilter(handler_filter)
+    logging.getLogger("some.library").warning("calling with %s", "log-secret-123")
     assert "log-secret-123" not in caplog.text and "••••••••" in caplog.text

@@ -88,7 +88,6 @@ class Cassette:
     index: dict[tuple[str, str, str, str], list[int]] = field(default_factory=dict)
     existed: bool = False  # a file was there when we first opened it
     dirty: bool = False
-    flushed_count: int = 0
     journal_seq: int = 0  # the newest journal row this cassette's memory holds
 
     def add(self, interaction: Interaction) -> int:
@@ -102,9 +101,6 @@ class Cassette:
         self.interactions.clear()
         self.index.clear()
         self.dirty = True
-
-    def ids(self) -> set[str]:
-        return {str(i.proxy.get("id")) for i in self.interactions}
 
     def serialize(self, interactions: list[Interaction] | None = None) -> str:
         items = self.interactions if interactions is None else interactions

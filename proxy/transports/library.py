@@ -158,7 +158,6 @@ class CassetteLibrary:
                 cassette.add(interaction)
             cassette.existed = True
         cassette.dirty = False
-        cassette.flushed_count = len(cassette.interactions)
         self._cassettes[name] = cassette
         self._loading.pop(name, None)
         return cassette
@@ -208,7 +207,6 @@ class CassetteLibrary:
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
         write_cassette(cassette.path, cassette.serialize(snapshot), snapshot)
-        cassette.flushed_count = len(snapshot)
 
     def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
         async def loop() -> None:
