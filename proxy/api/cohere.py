@@ -9,6 +9,7 @@ from starlette.routing import Route
 from proxy.api.common import json_response, query_int, read_json_object
 from proxy.api.galtea import runtime
 from proxy.connectors import SearchFailed
+from proxy.errors import InvalidField
 
 MAX_PAGE = 100
 
@@ -17,8 +18,6 @@ async def list_connectors(request: Request) -> JSONResponse:
     """List connectors, newest first."""
     limit = query_int(request, "limit")
     if limit is not None and limit > MAX_PAGE:
-        from proxy.errors import InvalidField
-
         raise InvalidField("limit", f"must be at most {MAX_PAGE}")
     page, total = runtime(request).connectors.page(limit, query_int(request, "offset"))
     return json_response({"connectors": [c.to_api() for c in page], "total_count": total})
