@@ -187,7 +187,7 @@ class ConnectorRegistry:
     async def delete(self, connector_id_: str) -> None:
         self.get(connector_id_)
         del self._by_id[connector_id_]
-        await self.store.run(self.store.delete_entity, "connectors", connector_id_)
+        await self.store.write(self.store.delete_entity, "connectors", connector_id_)
 
     def _parse(self, data: dict[str, Any]) -> ConnectorIn:
         try:
@@ -226,7 +226,7 @@ class ConnectorRegistry:
         return self.store.unseal(connector.sealed)
 
     async def _persist(self, connector: Connector) -> None:
-        await self.store.run(self.store.put, "connectors", connector.id, next(self._seq), entity_json(connector))
+        await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), entity_json(connector))
         self._by_id[connector.id] = connector
 
     # -- calls -------------------------------------------------------------------------------

@@ -443,7 +443,7 @@ class SessionService:
     async def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
         call = LifecycleCall(uuid.uuid4().hex, session.id, phase, now_iso(), result.to_json())
         self._calls_by_session.setdefault(session.id, []).append(call)
-        await self.store.run(self.store.put, "lifecycle_calls", call.id, next(self._seq), entity_json(call))
+        await self.store.write(self.store.put, "lifecycle_calls", call.id, next(self._seq), entity_json(call))
 
     def _index_turn(self, turn: Turn) -> None:
         self._turns[turn.id] = turn
@@ -456,14 +456,14 @@ class SessionService:
         return lock
 
     async def _save(self, session: Session) -> None:
-        await self.store.run(self.store.put, "sessions", session.id, next(self._seq), entity_json(session))
+        await self.store.write(self.store.put, "sessions", session.id, next(self._seq), entity_json(session))
 
     async def _save_turn(self, turn: Turn, session: Session) -> None:
         rows = [
             ("inference_results", turn.id, next(self._seq), entity_json(turn)),
             ("sessions", session.id, next(self._seq), entity_json(session)),
         ]
-        await self.store.run(self.store.put_many, rows)
+        await self.store.write(self.store.put_many, rows)
 
 
 def _optional_str(data: dict[str, Any], key: str) -> str | None:

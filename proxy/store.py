@@ -1,7 +1,9 @@
 """SQLite persistence through sqlite-utils, in WAL mode, behind one writer thread.
 
 Every database call runs on a single dedicated thread, so the event loop never waits on disk
-and SQLite never sees two writers. Reads of hot data (connections) are served from memory by
+and SQLite never sees two writers. The hot writes (entities, journal) are group-committed: those
+queued while one commit is on the disk go together in the next, and each caller still waits for
+its own write to be committed before it answers anyone. Reads of hot data (connections) are served from memory by
 the registry; the database is the durable copy. Secrets are stored Fernet-encrypted.
 """
 
@@ -11,7 +13,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import sqlite_utils
 from proxy.secrets import Vault
 
 T = TypeVar("T")
+Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 # Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
 ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls", "connectors")
@@ -33,17 +36,78 @@ class Store:
         self.vault = vault
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-store")
         self._db: sqlite_utils.Database | None = None
-        self.call(self._open)
+        self._queued: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._committing = False
+        self._executor.submit(self._open).result()
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run on the writer thread and wait (start-up, shutdown and CLI use)."""
-        return self._executor.submit(fn, *args).result()
+        """Run on the writer thread, committed, and wait (start-up, shutdown and CLI use)."""
+        return self._executor.submit(self._committed, fn, *args).result()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run on the writer thread without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run on the writer thread, committed, without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._committed, fn, *args)
+
+    def _committed(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.db.conn:
+            return fn(*args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` (which must not commit) in the next group commit and wait until it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queued.append((fn, args, future))
+        if not self._committing:
+            self._commit_queued(loop)
+        return await future
+
+    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        queued, self._queued = self._queued, []
+        self._committing = True
+        done = self._executor.submit(self._in_one_transaction, [(fn, args) for fn, args, _ in queued])
+        futures = [future for _, _, future in queued]
+        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._hand_back, loop, d, futures))
+
+    def _hand_back(
+        self, loop: asyncio.AbstractEventLoop, done: Future[list[Outcome]], futures: list[asyncio.Future[Any]]
+    ) -> None:
+        self._committing = False
+        commit_error = done.exception()
+        for index, future in enumerate(futures):
+            if future.cancelled():
+                continue
+            if commit_error is not None:
+                future.set_exception(commit_error)
+                continue
+            ok, value = done.result()[index]
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if self._queued:
+            self._commit_queued(loop)
+
+    def _in_one_transaction(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Outcome]:
+        """One commit for all; a savepoint each, so a write that fails takes back only itself."""
+        conn = self.db.conn
+        outcomes: list[Outcome] = []
+        conn.execute("BEGIN")
+        try:
+            for fn, args in writes:
+                conn.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, fn(*args)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO write")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE write")
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return outcomes
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -87,7 +151,7 @@ class Store:
 
     def close(self) -> None:
         if self._db is not None:
-            self.call(self._db.conn.close)
+            self._executor.submit(self._db.conn.close).result()
             self._db = None
         self._executor.shutdown(wait=True)
 
@@ -110,37 +174,33 @@ class Store:
     def live_connections(self) -> list[dict[str, Any]]:
         return list(self.db.table("connections").rows_where("deleted_at is null", order_by="seq"))
 
-    # -- JSON entities (writer thread only) --------------------------------------------------
+    # -- JSON entities (through `write`: these do not commit) ---------------------------------
 
     def put(self, table: str, entity_id: str, seq: int, data: str) -> None:
         self.put_many([(table, entity_id, seq, data)])
 
     def put_many(self, rows: list[tuple[str, str, int, str]]) -> None:
         """Several entities in one transaction (a turn and its session change together)."""
-        with self.db.conn:
-            for table, entity_id, seq, data in rows:
-                assert table in ENTITY_TABLES
-                self.db.conn.execute(
-                    f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)",
-                    (entity_id, seq, data),
-                )
+        for table, entity_id, seq, data in rows:
+            assert table in ENTITY_TABLES
+            self.db.conn.execute(
+                f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)", (entity_id, seq, data)
+            )
 
     def delete_entity(self, table: str, entity_id: str) -> None:
         assert table in ENTITY_TABLES
-        with self.db.conn:
-            self.db.conn.execute(f"DELETE FROM [{table}] WHERE id = ?", (entity_id,))
+        self.db.conn.execute(f"DELETE FROM [{table}] WHERE id = ?", (entity_id,))
 
     def load(self, table: str) -> list[dict[str, Any]]:
         return [json.loads(row["data"]) for row in self.db.table(table).rows_where(order_by="seq")]
 
-    # -- cassette journal (writer thread only) -----------------------------------------------
+    # -- cassette journal (writer thread only; `journal_append` through `write`) ---------------
 
     def journal_append(self, cassette: str, kind: str, data: str) -> int:
-        """Commit one recorded interaction (or a `reset`); returns its sequence number."""
-        with self.db.conn:
-            cursor = self.db.conn.execute(
-                "INSERT INTO journal (cassette, kind, data) VALUES (?, ?, ?)", (cassette, kind, data)
-            )
+        """One recorded interaction (or a `reset`); returns its sequence number."""
+        cursor = self.db.conn.execute(
+            "INSERT INTO journal (cassette, kind, data) VALUES (?, ?, ?)", (cassette, kind, data)
+        )
         return int(cursor.lastrowid or 0)
 
     def journal_rows(self) -> dict[str, list[tuple[int, str, str]]]:

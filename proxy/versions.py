@@ -163,7 +163,7 @@ class VersionRegistry:
                 )
 
     async def _persist(self, version: Version) -> None:
-        await self.store.run(self.store.put, "versions", version.id, next(self._seq), entity_json(version))
+        await self.store.write(self.store.put, "versions", version.id, next(self._seq), entity_json(version))
         self._by_id[version.id] = version
 
 

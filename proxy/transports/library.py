@@ -143,7 +143,7 @@ class CassetteLibrary:
         if name in self._pending_reset:
             self._pending_reset.discard(name)
             cassette.clear()
-            seq = await self.store.run(self.store.journal_append, name, "reset", "")
+            seq = await self.store.write(self.store.journal_append, name, "reset", "")
             cassette.journal_seq = max(cassette.journal_seq, seq)
         return cassette
 
@@ -171,7 +171,7 @@ class CassetteLibrary:
         key = self.rules.key(interaction.recorded_request())
         cassette.add(interaction)
         handle.skip_own_recording(cassette, key)
-        seq = await self.store.run(
+        seq = await self.store.write(
             self.store.journal_append, cassette.name, "interaction", cassette.serialize([interaction])
         )
         cassette.journal_seq = max(cassette.journal_seq, seq)
