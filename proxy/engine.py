@@ -1,8 +1,10 @@
 """One upstream call: render → auth → rate limit → retry loop → transport → output mapping.
 
-The engine knows nothing of Starlette or of record/replay: it sends `httpx.Request`s through
-one `httpx.AsyncClient` whose transport is injected. A failed call is a result, not an
-exception, because a failed turn is data the user wants to inspect.
+The engine knows nothing of Starlette or of record/replay: it sends `httpx.Request`s through one
+injected httpx transport. It calls the transport itself rather than through an `httpx.AsyncClient`:
+a client keeps one cookie jar for every call, and one session's cookies must never reach another
+session's upstream (nor a cassette); the client's redirect and auth layers were unused besides.
+A failed call is a result, not an exception, because a failed turn is data the user wants to inspect.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ from proxy.transports.record_replay import (
     RECORDED_LATENCY_EXTENSION,
 )
 
+# The headers httpx.AsyncClient would add, kept so upstreams and cassettes see what they always saw.
+CLIENT_HEADERS = {
+    "Accept": "*/*",
+    "Accept-Encoding": "gzip, deflate",
+    "Connection": "keep-alive",
+    "User-Agent": f"python-httpx/{httpx.__version__}",
+}
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
 
@@ -194,13 +203,13 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
     ) -> None:
-        self.client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     async def call(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
         """Render the connection's request for this context, send it with retries, map the reply."""
@@ -253,14 +262,7 @@ class Engine:
         headers.update(added)
         result.request = RenderedRequest(method, REDACTOR.redact(url), masked_headers(headers), _text_preview(body))
         try:
-            request = self.client.build_request(
-                method,
-                url,
-                headers=headers,
-                content=body,
-                timeout=conn.spec.timeout,
-                extensions=self._extensions(conn, handle),
-            )
+            request = build_request(method, url, headers, body, conn.spec.timeout, self._extensions(conn, handle))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
             result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
@@ -338,13 +340,13 @@ class Engine:
         if result.error:
             return None
         try:
-            return self.client.build_request(
+            return build_request(
                 spec.http_method.value,
                 url,
-                headers=headers,
-                content=body.encode() if body is not None else None,
-                timeout=spec.timeout,
-                extensions=self._extensions(conn, ctx.cassette, ctx.per_run_values()),
+                headers,
+                body.encode() if body is not None else None,
+                spec.timeout,
+                self._extensions(conn, ctx.cassette, ctx.per_run_values()),
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
             result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
@@ -358,7 +360,7 @@ class Engine:
         try:
             # The timeout covers the whole attempt, body included: a trickling body must not hang a turn.
             async with asyncio.timeout(timeout_s):
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
                 try:
                     raw = await read_capped(response, self.max_body_bytes)
                 finally:
@@ -425,6 +427,24 @@ class Engine:
         if failed:
             key = failed[0]
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+def build_request(
+    method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float, extensions: dict[str, Any]
+) -> httpx.Request:
+    present = {name.lower() for name in headers}
+    merged = [(name, value) for name, value in CLIENT_HEADERS.items() if name.lower() not in present]
+    merged += headers.items()
+    request = httpx.Request(
+        method,
+        url,
+        headers=merged,
+        content=content,
+        extensions={**extensions, "timeout": httpx.Timeout(timeout_s).as_dict()},
+    )
+    if request.url.scheme not in ("http", "https") or not request.url.host:
+        raise ValueError("only http:// and https:// URLs with a host can be called")
+    return request
 
 
 def _transport_failure(exc: httpx.TransportError) -> str:

@@ -118,3 +118,32 @@ async def test_exchange_masks_secret_headers() -> None:
     assert seen[0].headers["authorization"] == "Bearer engine-tok-123"
     exchange = json.dumps(result.to_json())
     assert "engine-tok-123" not in exchange and "raw-key-456" not in exchange
+
+
+async def test_cookies_one_upstream_sets_never_reach_another_call() -> None:
+    engine, seen = capture(
+        httpx.Response(200, json={"reply": "ok"}, headers={"Set-Cookie": "sid=session-a; Path=/"}),
+        httpx.Response(200, json={"reply": "ok"}),
+    )
+    await engine.call(connection(), CallContext(input={"m": "session a"}))
+    await engine.call(connection(), CallContext(input={"m": "session b"}))
+    assert len(seen) == 2 and "cookie" not in seen[1].headers
+
+
+async def test_requests_carry_the_usual_client_headers_unless_the_connection_sets_them() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    await engine.call(connection(), CallContext(input={"m": "x"}))
+    await engine.call(connection(headers={"User-Agent": "my-agent/1"}), CallContext(input={"m": "x"}))
+    assert seen[0].headers["user-agent"].startswith("python-httpx/") and seen[0].headers["accept"] == "*/*"
+    assert seen[1].headers.get_list("user-agent") == ["my-agent/1"]
+
+
+async def test_a_url_rendered_without_a_host_fails_without_calling_or_retrying() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    conn = connection(url="https://{{ context.host }}/chat")
+    assert (await engine.call(conn, CallContext(input={"m": "x"}, context={"host": "up.test"}))).ok
+    result = await engine.call(conn, CallContext(input={"m": "x"}, context={"host": ""}))
+    assert len(seen) == 1 and not result.attempts
+    assert result.error == (
+        "the rendered URL is not usable (only http:// and https:// URLs with a host can be called): https:///chat"
+    )
