@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -16,7 +17,7 @@ from proxy.record_mode import RecordMode
 from proxy.registry import ConnectionRegistry
 from proxy.secrets import REDACTOR, Vault, install_log_redaction, load_fernet
 from proxy.sessions import SessionService
-from proxy.settings import Settings
+from proxy.settings import GC_THRESHOLDS, Settings
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport, RoundRobinTransport
@@ -90,6 +91,10 @@ class Runtime:
             except ProxyError as exc:
                 log.error("config connectors[%d] (%s) not registered: %s", index, data.get("name", "?"), exc.message)
         self.library.start_periodic_flush()
+        # What start-up loaded lives as long as the server: keep the collector from walking it again.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     async def close(self) -> None:
         await self.library.close()
