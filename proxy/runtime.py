@@ -19,8 +19,9 @@ from proxy.secrets import REDACTOR, Vault, install_log_redaction, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import GC_THRESHOLDS, Settings
 from proxy.store import Store
+from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteLibrary
-from proxy.transports.live import PacedTransport, RoundRobinTransport
+from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
 from proxy.versions import VersionRegistry
@@ -45,7 +46,7 @@ class Runtime:
             replay_latency=settings.replay_latency == "recorded",
         )
         REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
-        live = PacedTransport(DemoHostTransport(transport or RoundRobinTransport()))
+        live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
         self.engine = Engine(RecordReplayTransport(live, self.library), send_traceparent=settings.traceparent)
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)

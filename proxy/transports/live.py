@@ -1,4 +1,4 @@
-"""The live end of the stack: the rate limit applies to calls that really go to the network, so
+"""Pacing for the live end of the stack: the rate limit applies to calls that really go to the network, so
 replayed calls never wait for it."""
 
 from __future__ import annotations
@@ -29,24 +29,3 @@ class PacedTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-DEFAULT_POOLS = 8
-
-
-class RoundRobinTransport(httpx.AsyncBaseTransport):
-    """Several httpx connection pools used in turn: one pool scans all its connections on every request
-    and serialises under concurrency (measured here: ~300 req/s at 32 clients with one, ~480 with 8)."""
-
-    def __init__(self, make: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport, pools: int = DEFAULT_POOLS):
-        self._pools = [make() for _ in range(pools)]
-        self._next = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        pool = self._pools[self._next]
-        self._next = (self._next + 1) % len(self._pools)
-        return await pool.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()

@@ -1,0 +1,324 @@
+"""The live end: a lean HTTP/1.1 client, as an httpx transport.
+
+httpx's default transport (httpcore) spent ~1 ms of CPU per request here, most of it in anyio locks
+and cancel scopes and in a pool that scans every connection on every request; it was most of the
+forward route's cost. This is the part of HTTP/1.1 an upstream endpoint needs: keep-alive connections
+per origin (a free list, popped in O(1)), Content-Length, chunked and read-to-close bodies, TLS through
+httpx's own SSL context, and every failure raised as the httpx exception httpcore would have raised,
+so the engine's retry rules and messages see what they always saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+DEFAULT_MAX_CONNECTIONS_PER_ORIGIN = 100  # httpx's own default cap; further requests wait for a free one
+MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one answer
+READ_CHUNK_BYTES = 64 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
+NO_BODY_STATUSES = frozenset({204, 304})
+
+Origin = tuple[str, str, int]
+
+
+class NothingReceived(Exception):
+    """The connection ended before the first byte of an answer."""
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.reused = False
+
+    @property
+    def alive(self) -> bool:
+        """An idle keep-alive connection the server has since closed shows EOF here."""
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    def __init__(
+        self,
+        max_connections_per_origin: int = DEFAULT_MAX_CONNECTIONS_PER_ORIGIN,
+        ssl_context: ssl.SSLContext | None = None,  # default: httpx's (certifi's CA bundle, verified)
+    ) -> None:
+        self.max_connections_per_origin = max_connections_per_origin
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._slots: dict[Origin, asyncio.Semaphore] = {}
+        self._ssl_context = ssl_context
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+            )
+        origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme])
+        timeouts = request.extensions.get("timeout") or {}
+        message = request_head(request) + await request_body(request)
+        slot = self._slots.setdefault(origin, asyncio.Semaphore(self.max_connections_per_origin))
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                await slot.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no free connection to the upstream in time", request=request) from None
+        try:
+            conn, version, status, reason, headers = await self._exchange(origin, message, timeouts, request)
+        except BaseException:
+            slot.release()
+            raise
+        try:
+            framing = body_framing(request.method, version, status, headers)
+        except httpx.RemoteProtocolError as exc:
+            conn.close()
+            slot.release()
+            exc.request = request
+            raise
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=ResponseBody(self, origin, conn, slot, framing, timeouts.get("read"), request),
+            extensions={"http_version": version, "reason_phrase": reason},
+            request=request,
+        )
+
+    async def _exchange(
+        self, origin: Origin, message: bytes, timeouts: dict[str, Any], request: httpx.Request
+    ) -> tuple[Connection, bytes, int, bytes, list[tuple[bytes, bytes]]]:
+        """Send the request and read the answer's head. A kept-alive connection the server closed just
+        before this request is replaced once by a fresh one, as browsers and urllib3 do."""
+        while True:
+            conn = self._idle_connection(origin) or await self._connect(origin, timeouts, request)
+            try:
+                conn.writer.write(message)
+                await conn.writer.drain()
+                version, status, reason, headers = await read_head(conn.reader, timeouts.get("read"), request)
+                return conn, version, status, reason, headers
+            except NothingReceived:
+                conn.close()
+                if conn.reused:
+                    continue
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                ) from None
+            except (ConnectionError, OSError) as exc:
+                conn.close()
+                if conn.reused:
+                    continue
+                raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+            except BaseException:
+                conn.close()
+                raise
+
+    def _idle_connection(self, origin: Origin) -> Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()  # the most recently used is the likeliest to be still open
+            if conn.alive:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def release(self, origin: Origin, conn: Connection) -> None:
+        self._idle.setdefault(origin, []).append(conn)
+
+    async def _connect(self, origin: Origin, timeouts: dict[str, Any], request: httpx.Request) -> Connection:
+        scheme, host, port = origin
+        tls = self._tls() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeouts.get("connect")):
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_HEAD_BYTES
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out", request=request) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return Connection(reader, writer)
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:  # loading the CA bundle takes ~20 ms: only when https is used
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def request_head(request: httpx.Request) -> bytes:
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            # A rendered header value must never be able to start a header (or a request) of its own.
+            raise httpx.LocalProtocolError(f"header {name.decode('latin-1')!r} holds a line break", request=request)
+        lines.append(b"%s: %s" % (name, value))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def request_body(request: httpx.Request) -> bytes:
+    body = await request.aread()
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return body
+
+
+async def read_head(
+    reader: asyncio.StreamReader, read_timeout: float | None, request: httpx.Request
+) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+    """The status line and headers of the final answer (interim 1xx answers are skipped)."""
+    while True:
+        try:
+            async with asyncio.timeout(read_timeout):
+                raw = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            raise httpx.ReadTimeout("the upstream sent no answer in time", request=request) from None
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise NothingReceived from None
+            raise httpx.RemoteProtocolError("the upstream closed the connection mid-head", request=request) from None
+        except asyncio.LimitOverrunError:
+            raise httpx.RemoteProtocolError(
+                f"the answer's head is larger than {MAX_HEAD_BYTES} bytes", request=request
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise NothingReceived from exc
+        status_line, *header_lines = raw[:-4].split(b"\r\n")
+        version, _, rest = status_line.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise httpx.RemoteProtocolError(f"malformed status line {status_line[:80]!r}", request=request)
+        headers = []
+        for line in header_lines:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
+            headers.append((name, value.strip()))
+        status = int(code)
+        if not 100 <= status < 200 or status == 101:
+            return version, status, reason, headers
+
+
+def header_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [token.strip().lower() for key, value in headers if key.lower() == name for token in value.split(b",")]
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How an answer's body ends: after `length` bytes, at the last chunk, or when the connection closes
+    (`length` None and not chunked); and whether the connection may carry another request after it."""
+
+    length: int | None
+    chunked: bool
+    reusable: bool
+
+
+def body_framing(method: str, version: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> Framing:
+    connection = header_tokens(headers, b"connection")
+    reusable = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
+    if method == "HEAD" or status in NO_BODY_STATUSES:
+        return Framing(0, False, reusable)
+    if (header_tokens(headers, b"transfer-encoding") or [b""])[-1] == b"chunked":
+        return Framing(None, True, reusable)
+    lengths = {value.strip() for key, value in headers if key.lower() == b"content-length"}
+    if not lengths:
+        return Framing(None, False, False)
+    length = next(iter(lengths))
+    if len(lengths) != 1 or not length.isdigit():
+        raise httpx.RemoteProtocolError(f"unusable Content-Length {sorted(lengths)}")
+    return Framing(int(length), False, reusable)
+
+
+class ResponseBody(httpx.AsyncByteStream):
+    """Streams one answer's body, then hands the connection back to the pool when it can be reused."""
+
+    def __init__(
+        self,
+        transport: Http11Transport,
+        origin: Origin,
+        conn: Connection,
+        slot: asyncio.Semaphore,
+        framing: Framing,
+        read_timeout: float | None,
+        request: httpx.Request,
+    ) -> None:
+        self.transport, self.origin, self.conn, self.slot = transport, origin, conn, slot
+        self.framing = framing
+        self.read_timeout = read_timeout
+        self.request = request
+        self.complete = False
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            if self.framing.chunked:
+                async for part in self._chunks():
+                    yield part
+            elif self.framing.length is None:
+                while part := await self._read(self.conn.reader.read(READ_CHUNK_BYTES)):
+                    yield part
+            else:
+                remaining = self.framing.length
+                while remaining:
+                    part = await self._read(self.conn.reader.read(min(remaining, READ_CHUNK_BYTES)))
+                    if not part:
+                        raise httpx.RemoteProtocolError(
+                            f"the upstream closed the connection {remaining} bytes before the body's end",
+                            request=self.request,
+                        )
+                    remaining -= len(part)
+                    yield part
+            self.complete = True
+        except asyncio.IncompleteReadError:
+            raise httpx.RemoteProtocolError(
+                "the upstream closed the connection mid-body", request=self.request
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=self.request) from exc
+        except (ValueError, asyncio.LimitOverrunError):
+            raise httpx.RemoteProtocolError("malformed chunked body", request=self.request) from None
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        reader = self.conn.reader
+        while True:
+            size = int((await self._read(reader.readuntil(b"\r\n"))).split(b";")[0].strip(), 16)
+            if size == 0:
+                while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, ignored
+                    pass
+                return
+            part = await self._read(reader.readexactly(size))
+            if await self._read(reader.readexactly(2)) != b"\r\n":
+                raise ValueError("chunk not followed by CRLF")
+            yield part
+
+    async def _read(self, pending: Any) -> bytes:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                data: bytes = await pending
+                return data
+        except TimeoutError:
+            raise httpx.ReadTimeout("the upstream's body stalled", request=self.request) from None
+
+    async def aclose(self) -> None:
+        # Never awaits: it also runs while a cancelled turn unwinds.
+        if self.closed:
+            return
+        self.closed = True
+        if self.complete and self.framing.reusable and self.conn.alive:
+            self.transport.release(self.origin, self.conn)
+        else:
+            self.conn.close()
+        self.slot.release()
