@@ -16,6 +16,26 @@ async def chat(request: Request) -> JSONResponse:
 upstream = Starlette(routes=[Route("/chat", chat, methods=["POST"])])
 
 
+def _canned_turn() -> Starlette:
+    """The turn API's shape with no work behind it: parse the turn request, answer a recorded turn's JSON.
+    What the HTTP and JSON of a turn cost on their own, beside the bare endpoint's small body."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("CANNED_TURN")
+    turn = json.loads(Path(path).read_text()) if path else {}
+
+    async def answer(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({**turn, "input": body.get("input")}, status_code=201)
+
+    return Starlette(routes=[Route("/turn", answer, methods=["POST"])])
+
+
+canned_turn = _canned_turn()
+
+
 def _passthrough() -> Starlette:
     """The minimal Starlette + one shared httpx client pass-through proxy the forward route is held against."""
     import os

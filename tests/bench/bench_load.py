@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from tests.bench.harness import process, serve_command, upstream_process
+from tests.bench.rawhttp import RawConnection
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ MITMDUMP = ROOT / ".venv-mitm" / "bin" / "mitmdump"
 REPLAY_SECONDS = float(os.environ.get("PROXY_LOAD_SECONDS", "60"))
 SESSIONS, TURNS = 200, 5
 WRK_SECONDS, WRK_CONNECTIONS = 10, 32
+UVICORN = [sys.executable, "-m", "uvicorn"]
 
 
 def wrk(url: str, body: str) -> float:
@@ -48,33 +50,44 @@ def wrk(url: str, body: str) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list[float], int, int]:
+async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list[float], int, bytes]:
+    """SESSIONS clients, each creating a session, playing its TURNS turns and finishing it, until the time is up.
+    Returns the turn latencies, the errors and one turn's answer."""
+    host, port = base.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors = 0
+    sample = b""
     deadline = time.monotonic() + seconds
 
     async def client_loop(n: int) -> None:
-        nonlocal errors
-        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        nonlocal errors, sample
+        async with RawConnection(host, int(port)) as client:
             while time.monotonic() < deadline:
-                session = (await client.post("/sessions", json={"versionId": version, "testCaseId": f"tc-{n}"})).json()
+                status, raw = await client.request("POST", "/sessions", {"versionId": version, "testCaseId": f"tc-{n}"})
+                session_id = json.loads(raw)["id"]
                 for turn in range(TURNS):
                     started = time.perf_counter()
-                    answer = await client.post(
-                        f"/sessions/{session['id']}/turns", json={"input": {"user_message": f"case {n} turn {turn}"}}
+                    status, raw = await client.request(
+                        "POST", f"/sessions/{session_id}/turns", {"input": {"user_message": f"case {n} turn {turn}"}}
                     )
                     latencies.append((time.perf_counter() - started) * 1000)
-                    ok = answer.status_code == 201 and answer.json()["exchange"]["cassette"] == "hit"
-                    errors += not ok
-                await client.patch(f"/sessions/{session['id']}/finish", json={})
+                    errors += not (status == 201 and json.loads(raw)["exchange"]["cassette"] == "hit")
+                    sample = raw
+                await client.request("PATCH", f"/sessions/{session_id}/finish", {})
 
     await asyncio.gather(*(client_loop(n) for n in range(SESSIONS)))
-    return latencies, errors, len(latencies)
+    return latencies, errors, sample
 
 
 def run() -> list[str]:
@@ -126,18 +139,29 @@ def run() -> list[str]:
         args, base = serve_command(config, tmp / "replay", "none")
         with process(args, f"{base}/healthz") as proxy_process:
             version = httpx.get(f"{base}/versions").json()[0]["id"]
-            started = time.perf_counter()
-            latencies, errors, turns = asyncio.run(replay_sessions(base, version, REPLAY_SECONDS))
+            started, proxy_cpu, driver_cpu = time.perf_counter(), cpu_seconds(proxy_process.pid), time.process_time()
+            latencies, errors, sample = asyncio.run(replay_sessions(base, version, REPLAY_SECONDS))
             elapsed = time.perf_counter() - started
+            proxy_cpu = (cpu_seconds(proxy_process.pid) - proxy_cpu) / elapsed * 100
+            driver_cpu = (time.process_time() - driver_cpu) / elapsed * 100
             rss = peak_rss_mb(proxy_process.pid)
+        (tmp / "turn.json").write_bytes(sample)
+        port = free_port()
+        canned_args = [*UVICORN, "tests.bench.apps:canned_turn", "--port", str(port), "--log-level", "warning"]
+        with process(canned_args, f"http://127.0.0.1:{port}/turn", env={"CANNED_TURN": str(tmp / "turn.json")}):
+            canned = wrk(f"http://127.0.0.1:{port}/turn", json.dumps({"input": {"user_message": "case 1 turn 2"}}))
         ordered = sorted(latencies)
+        turns = len(latencies)
         replay_rate = turns / elapsed
         lines += [
             f"Replay: {SESSIONS} concurrent sessions x {TURNS} turns, repeated for {REPLAY_SECONDS:.0f} s, over HTTP",
             f"  {turns} turns, {errors} errors, {replay_rate:.0f} turns/s, p50 {ordered[len(ordered) // 2]:.1f} ms,"
             f" p99 {ordered[int(len(ordered) * 0.99)]:.1f} ms, peak RSS {rss:.0f} MB",
+            f"  CPU: proxy {proxy_cpu:.0f}% of a core, the load driver {driver_cpu:.0f}%",
             f"  bare Starlette endpoint (the upstream, wrk): {bare:.0f} req/s;"
             f" replay / bare = {replay_rate / bare:.2f} (target >= 0.25)",
+            f"  Starlette endpoint answering a canned turn, no work (wrk): {canned:.0f} req/s;"
+            f" replay / it = {replay_rate / canned:.2f}",
         ]
 
         args, base = serve_command(config, tmp / "forward", "off")
@@ -146,9 +170,7 @@ def run() -> list[str]:
         port = free_port()
         env = {"PASSTHROUGH_TARGET": upstream}
         pass_args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
+            *UVICORN,
             "tests.bench.apps:passthrough",
             "--port",
             str(port),
