@@ -429,6 +429,20 @@ class Engine:
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
 
 
+_parsed_urls: dict[str, httpx.URL] = {}
+PARSED_URLS_KEPT = 1024
+
+
+def parsed_url(url: str) -> httpx.URL:
+    """Most turns of a connection call the same URL: parse each once (httpx's parser is pure Python)."""
+    parsed = _parsed_urls.get(url)
+    if parsed is None:
+        if len(_parsed_urls) >= PARSED_URLS_KEPT:
+            _parsed_urls.clear()
+        parsed = _parsed_urls[url] = httpx.URL(url)
+    return parsed
+
+
 def build_request(
     method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float, extensions: dict[str, Any]
 ) -> httpx.Request:
@@ -437,7 +451,7 @@ def build_request(
     merged += headers.items()
     request = httpx.Request(
         method,
-        url,
+        parsed_url(url),
         headers=merged,
         content=content,
         extensions={**extensions, "timeout": httpx.Timeout(timeout_s).as_dict()},
@@ -467,7 +481,10 @@ def _text_preview(body: bytes) -> str | None:
 
 def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:
     # An upstream that echoes a credential back must not leak it into results, logs or cassettes.
-    text = REDACTOR.redact(raw.decode(response.encoding or "utf-8", errors="replace"))
+    # Working out the charset parses the Content-Type each time: only when one is named.
+    charset_named = "charset" in response.headers.get("content-type", "").lower()
+    encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
+    text = REDACTOR.redact(raw.decode(encoding, errors="replace"))
     headers = {k.lower(): REDACTOR.redact(v) for k, v in response.headers.items()}
     reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
     try:

@@ -32,7 +32,7 @@ DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
 
 # The server keeps every session and turn in memory, so the heap only grows; with CPython's default
 # thresholds (700, 10, 10) the collector re-walks it so often that it cost a quarter of replay time.
-GC_THRESHOLDS = (10_000, 10, 10)
+GC_THRESHOLDS = (10000, 10, 10)
 
 MASK = "••••••••"
 # Secrets shorter than this are not scrubbed from free text (they would shred every message).

@@ -147,3 +147,16 @@ async def test_a_url_rendered_without_a_host_fails_without_calling_or_retrying()
     assert result.error == (
         "the rendered URL is not usable (only http:// and https:// URLs with a host can be called): https:///chat"
     )
+
+
+async def test_reply_text_is_decoded_with_the_charset_the_upstream_names_else_utf8() -> None:
+    named = httpx.Response(
+        200,
+        content='{"reply": "café"}'.encode("latin-1"),
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    )
+    unnamed = httpx.Response(200, content='{"reply": "café"}'.encode(), headers={"Content-Type": "application/json"})
+    for answer in (named, unnamed):
+        engine, _ = capture(answer)
+        result = await engine.call(connection(), CallContext(input={"m": "x"}))
+        assert result.output == "café"

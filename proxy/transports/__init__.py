@@ -10,6 +10,14 @@ class BodyTooLarge(Exception):
 
 async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
     """The decoded body, refused past `max_bytes` rather than truncated."""
+    try:
+        content = response.content  # a replayed answer is in memory already
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(content) > max_bytes:
+            raise BodyTooLarge
+        return content
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
