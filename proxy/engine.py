@@ -36,6 +36,7 @@ from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import BodyTooLarge, read_capped
+from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
 from proxy.transports.record_replay import (
@@ -203,7 +204,7 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
     ) -> None:
-        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.transport = transport if transport is not None else Http11Transport()
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
