@@ -199,6 +199,16 @@ async def test_broken_answers_raise_the_httpx_error_httpcore_would() -> None:
         await get(transport, "ftp://127.0.0.1/chat")
 
 
+async def test_a_failed_answer_gives_its_connection_slot_back() -> None:
+    conflicting = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    async with raw_server(answering(conflicting, close_after=True)) as (_, url):
+        transport = Http11Transport(max_connections_per_origin=1)
+        for _ in range(2):  # with the slot kept, the second request would wait forever
+            with pytest.raises(httpx.RemoteProtocolError, match="unusable Content-Length"):
+                await asyncio.wait_for(get(transport, url), 2)
+        await transport.aclose()
+
+
 async def test_a_header_value_with_a_line_break_is_never_sent() -> None:
     async with raw_server(answering(ok())) as (server, url):
         transport = Http11Transport()

@@ -66,7 +66,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme])
         timeouts = request.extensions.get("timeout") or {}
         message = request_head(request) + await request_body(request)
-        slot = self._slots.setdefault(origin, asyncio.Semaphore(self.max_connections_per_origin))
+        slot = self._slots.get(origin)
+        if slot is None:
+            slot = self._slots[origin] = asyncio.Semaphore(self.max_connections_per_origin)
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await slot.acquire()
