@@ -264,7 +264,7 @@ class Engine:
         result.request = RenderedRequest(method, REDACTOR.redact(url), masked_headers(headers), _text_preview(body))
         try:
             request = build_request(method, url, headers, body, conn.spec.timeout, self._extensions(conn, handle))
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        except (httpx.InvalidURL, ValueError) as exc:
             result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
         await self._send(conn, request, result, end_rules=False)
@@ -349,7 +349,7 @@ class Engine:
                 spec.timeout,
                 self._extensions(conn, ctx.cassette, ctx.per_run_values()),
             )
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        except (httpx.InvalidURL, ValueError) as exc:
             result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
             return None
 

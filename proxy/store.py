@@ -1,10 +1,11 @@
 """SQLite persistence through sqlite-utils, in WAL mode, behind one writer thread.
 
 Every database call runs on a single dedicated thread, so the event loop never waits on disk
-and SQLite never sees two writers. The hot writes (entities, journal) are group-committed: those
-queued while one commit is on the disk go together in the next, and each caller still waits for
-its own write to be committed before it answers anyone. Reads of hot data (connections) are served from memory by
-the registry; the database is the durable copy. Secrets are stored Fernet-encrypted.
+and SQLite never sees two writers; `call` and `run` commit what they run. The hot writes (entities,
+journal) go through `write` and are group-committed: those queued while one commit is on the disk go
+together in the next, and each caller still waits for its own write to be committed before it answers
+anyone. Reads of hot data (connections) are served from memory by the registry; the database is the
+durable copy. Secrets are stored Fernet-encrypted.
 """
 
 from __future__ import annotations
@@ -211,8 +212,7 @@ class Store:
 
     def journal_forget(self, cassette: str, upto_seq: int) -> None:
         """The cassette file now holds everything up to `upto_seq`."""
-        with self.db.conn:
-            self.db.conn.execute("DELETE FROM journal WHERE cassette = ? AND seq <= ?", (cassette, upto_seq))
+        self.db.conn.execute("DELETE FROM journal WHERE cassette = ? AND seq <= ?", (cassette, upto_seq))
 
 
 def entity_json(entity: Any) -> str:

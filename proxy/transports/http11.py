@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,11 +306,10 @@ class ResponseBody(httpx.AsyncByteStream):
                 raise ValueError("chunk not followed by CRLF")
             yield part
 
-    async def _read(self, pending: Any) -> bytes:
+    async def _read(self, pending: Awaitable[bytes]) -> bytes:
         try:
             async with asyncio.timeout(self.read_timeout):
-                data: bytes = await pending
-                return data
+                return await pending
         except TimeoutError:
             raise httpx.ReadTimeout("the upstream's body stalled", request=self.request) from None
 
