@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import process, serve_command, upstream_process
+from tests.bench.harness import app_process, process, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection
 from tests.servers import free_port
 
@@ -29,7 +29,6 @@ MITMDUMP = ROOT / ".venv-mitm" / "bin" / "mitmdump"
 REPLAY_SECONDS = float(os.environ.get("PROXY_LOAD_SECONDS", "60"))
 SESSIONS, TURNS = 200, 5
 WRK_SECONDS, WRK_CONNECTIONS = 10, 32
-UVICORN = [sys.executable, "-m", "uvicorn"]
 
 
 def wrk(url: str, body: str) -> float:
@@ -146,10 +145,8 @@ def run() -> list[str]:
             driver_cpu = (time.process_time() - driver_cpu) / elapsed * 100
             rss = peak_rss_mb(proxy_process.pid)
         (tmp / "turn.json").write_bytes(sample)
-        port = free_port()
-        canned_args = [*UVICORN, "tests.bench.apps:canned_turn", "--port", str(port), "--log-level", "warning"]
-        with process(canned_args, f"http://127.0.0.1:{port}/turn", env={"CANNED_TURN": str(tmp / "turn.json")}):
-            canned = wrk(f"http://127.0.0.1:{port}/turn", json.dumps({"input": {"user_message": "case 1 turn 2"}}))
+        with app_process("canned_turn", "/turn", {"CANNED_TURN": str(tmp / "turn.json")}) as canned_base:
+            canned = wrk(f"{canned_base}/turn", json.dumps({"input": {"user_message": "case 1 turn 2"}}))
         ordered = sorted(latencies)
         turns = len(latencies)
         replay_rate = turns / elapsed
@@ -167,18 +164,8 @@ def run() -> list[str]:
         args, base = serve_command(config, tmp / "forward", "off")
         with process(args, f"{base}/healthz"):
             forward = wrk(f"{base}/forward/bench/chat", body)
-        port = free_port()
-        env = {"PASSTHROUGH_TARGET": upstream}
-        pass_args = [
-            *UVICORN,
-            "tests.bench.apps:passthrough",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        with process(pass_args, f"http://127.0.0.1:{port}/chat", env=env):
-            passthrough = wrk(f"http://127.0.0.1:{port}/chat", body)
+        with app_process("passthrough", "/chat", {"PASSTHROUGH_TARGET": upstream}) as passthrough_base:
+            passthrough = wrk(f"{passthrough_base}/chat", body)
         mitm = None
         if MITMDUMP.exists():
             port = free_port()

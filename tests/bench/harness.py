@@ -41,11 +41,16 @@ def process(args: list[str], health_url: str, env: dict[str, str] | None = None)
 
 
 @contextlib.contextmanager
-def upstream_process() -> Iterator[str]:
+def app_process(app: str, path: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """One of `tests.bench.apps` served by uvicorn on a free port; yields its base URL once `path` answers."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "tests.bench.apps:upstream", "--port", str(port), "--log-level", "warning"]
-    with process(args, f"http://127.0.0.1:{port}/chat"):
+    args = [sys.executable, "-m", "uvicorn", f"tests.bench.apps:{app}", "--port", str(port), "--log-level", "warning"]
+    with process(args, f"http://127.0.0.1:{port}{path}", env):
         yield f"http://127.0.0.1:{port}"
+
+
+def upstream_process() -> contextlib.AbstractContextManager[str]:
+    return app_process("upstream", "/chat")
 
 
 @dataclass
