@@ -21,7 +21,7 @@ from proxy.connection import CompiledConnection
 from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.mapping import CompiledMapping
-from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first
+from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first, url_origin
 from proxy.registry import now_iso
 from proxy.secrets import REDACTOR
 from proxy.store import Store, entity_json
@@ -171,7 +171,21 @@ class ConnectorRegistry:
             updated.name = fields.name
         if fields.url is not None:
             updated.url = fields.url
-        secrets = self._apply(updated, fields, self._secrets(current))
+        stored = self._secrets(current)
+        secrets = self._apply(updated, fields, stored)
+        if url_origin(updated.url) != url_origin(current.url):
+            restated = {
+                "token": fields.service_auth is not None,
+                "client_secret": bool(fields.oauth and fields.oauth.client_secret),
+            }
+            kept = [name for name in stored if name in secrets and not restated.get(name)]
+            if kept:
+                # Checked before the registration test query, which would carry the stored secret to the new URL.
+                raise InvalidField(
+                    "url",
+                    f"moves the connector to another origin, and its stored {' and '.join(kept)} would be sent "
+                    "there: give service_auth (or oauth) again in the same request, or keep the origin",
+                )
         updated.updated_at = now_iso()
         if updated.url != current.url or updated.sealed != current.sealed:
             await self._register(updated, secrets)  # a new address or credential is tested again

@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from proxy.auth import is_secret_header
 from proxy.connection import CompiledConnection, compile_connection
 from proxy.errors import InvalidField, NotFound
 from proxy.models import (
@@ -21,6 +22,7 @@ from proxy.models import (
     ConnectionSpec,
     normalise_keys,
     parse_spec,
+    url_origin,
 )
 from proxy.settings import MASK
 from proxy.store import Store
@@ -109,8 +111,10 @@ class ConnectionRegistry:
 
     def build_patched(self, current: CompiledConnection, patch: dict[str, Any]) -> CompiledConnection:
         """The stored connection with a PATCH (or testConnection overrides) applied and re-validated."""
-        merged = merge_patch(current.spec, normalise_keys(patch))
+        given = normalise_keys(patch)
+        merged = merge_patch(current.spec, given)
         spec = parse_spec(merged)
+        refuse_credentials_to_new_origin(current.spec, spec, given)
         conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
         return conn
 
@@ -179,6 +183,45 @@ def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any
                 if credential not in kept and credential not in _explicit(patch, credential):
                     merged[credential] = None
     return merged
+
+
+def refuse_credentials_to_new_origin(current: ConnectionSpec, new: ConnectionSpec, given: dict[str, Any]) -> None:
+    """A stored credential only ever goes to the origin it was stored for: a URL moved to another origin must
+    come with its credentials given again in the same request (a web page, or a typo, could otherwise send
+    them anywhere)."""
+    if url_origin(new.url) == url_origin(current.url):
+        return
+    kept = stored_credentials_kept(current, new, given)
+    if kept:
+        raise InvalidField(
+            "url",
+            f"moves the connection from {_origin_text(current.url)} to {_origin_text(new.url)}, and the stored "
+            f"{', '.join(kept)} would be sent there: give {'it' if len(kept) == 1 else 'them'} again in the same "
+            "request, or keep the origin",
+        )
+
+
+def stored_credentials_kept(current: ConnectionSpec, new: ConnectionSpec, given: dict[str, Any]) -> list[str]:
+    """The API names of the credentials `new` still carries from the stored connection rather than from the request."""
+    kept = [
+        field
+        for name, field in (("auth_token", "authToken"), ("password", "password"))
+        if getattr(new, name) and not given.get(name) and getattr(new, name) == getattr(current, name)
+    ]
+    given_headers = given.get("headers")
+    if not isinstance(given_headers, dict):
+        given_headers = {}
+    stored_headers = current.headers or {}
+    for name, value in (new.headers or {}).items():
+        restated = given_headers.get(name) not in (None, MASK)
+        if not restated and stored_headers.get(name) == value and is_secret_header(name, value):
+            kept.append(f"headers.{name}")
+    return kept
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = url_origin(url)
+    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
 def _explicit(patch: dict[str, Any], key: str) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -28,6 +29,20 @@ HOP_BY_HOP = frozenset(
         "accept-encoding",
     }
 )
+# Never sent upstream: the browser's ambient credentials and provenance, and the proxy's own control headers.
+CLIENT_ONLY = frozenset({"cookie", "origin", "referer"})
+PROXY_HEADER_PREFIX = "x-proxy-"
+# Never passed back: an upstream cookie or CORS grant would otherwise apply to the proxy's own origin, which
+# also serves the admin API. The server's guard sets CORS itself for the origins it allows.
+UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2"})
+UPSTREAM_ONLY_PREFIX = "access-control-"
+# Upstream content is shown as an opaque, script-less document, never as the proxy's own origin.
+SAFETY_HEADERS = {
+    "Content-Security-Policy": "sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_SAFETY_NAMES = frozenset(name.lower() for name in SAFETY_HEADERS)
 MISS_STATUS = 404  # not retried by HTTP clients, unlike 5xx/429
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -38,10 +53,34 @@ async def forward(request: Request) -> Response:
     conn = rt.connections.resolve(request.path_params["connection"])
     origin = urlsplit(conn.spec.url.split("{{")[0])
     url = urlunsplit((origin.scheme, origin.netloc, "/" + request.path_params["path"], request.url.query, ""))
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
     result = await rt.engine.forward(conn, request.method, url, headers, await request.body(), handle)
     return _response(result)
+
+
+def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key_in_use: bool) -> dict[str, str]:
+    """The client's headers as the upstream may see them. With --api-key set, the client's Authorization carried
+    the proxy's own key (the API-key check let the request through), so it never leaves the server."""
+    kept = {}
+    for name, value in client_headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in CLIENT_ONLY or lower.startswith(PROXY_HEADER_PREFIX):
+            continue
+        if api_key_in_use and lower == "authorization":
+            continue
+        kept[name] = value
+    return kept
+
+
+def _passed_back(name: str) -> bool:
+    lower = name.lower()
+    return not (
+        lower in HOP_BY_HOP
+        or lower in UPSTREAM_ONLY
+        or lower in _SAFETY_NAMES
+        or lower.startswith(UPSTREAM_ONLY_PREFIX)
+    )
 
 
 def _response(result: CallResult) -> Response:
@@ -50,10 +89,10 @@ def _response(result: CallResult) -> Response:
     if reply is None:
         status = MISS_STATUS if outcome == "miss" else 502
         body = {"message": result.error or "no reply from the upstream"}
-        return Response(
-            json.dumps(body), status_code=status, media_type="application/json", headers={"X-Proxy-Cassette": outcome}
-        )
-    headers = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {**SAFETY_HEADERS, "X-Proxy-Cassette": outcome}
+        return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    headers = {k: v for k, v in reply.headers.items() if _passed_back(k)}
+    headers.update(SAFETY_HEADERS)
     headers["X-Proxy-Cassette"] = outcome
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
 

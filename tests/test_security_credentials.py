@@ -1,0 +1,181 @@
+"""Stored credentials go only where they were stored for, and the forward route never lends the proxy's origin.
+
+Each test is an attack as input: a second server on another loopback port plays the attacker's listener, and
+the test asserts what reached it (nothing) and what the proxy answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, running_proxy
+from tests.servers import serve_in_thread
+from tests.upstream import Reply, Upstream
+
+pytestmark = pytest.mark.e2e
+API_KEY = "proxy-own-key-0123456789"
+
+
+@pytest.fixture
+def attacker() -> Iterator[tuple[Upstream, str]]:
+    """A listener on another port: another origin than the stored connection's."""
+    listener = Upstream()
+    with serve_in_thread(listener.app) as url:
+        yield listener, url
+
+
+def _all_text(listener: Upstream) -> str:
+    return " ".join(f"{r.path} {r.headers} {r.body!r}" for r in listener.received)
+
+
+def test_test_connection_url_swap_needs_the_credentials_again(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    listener, evil = attacker
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = client.post("/endpointConnections", json=chat_connection(upstream_url)).json()
+        swapped = client.post("/endpointConnections/testConnection", json={"id": conn["id"], "url": f"{evil}/steal"})
+        assert swapped.status_code == 422, swapped.text
+        error = swapped.json()
+        assert error["errors"][0]["field"] == "url"
+        assert "authToken" in error["message"] and "again" in error["message"]
+        assert listener.received == []
+        # Given again in the same request, the caller shows it knows the credential: the call goes through.
+        restated = client.post(
+            "/endpointConnections/testConnection",
+            json={"id": conn["id"], "url": f"{evil}/steal", "authToken": "tok-given-again-000"},
+        )
+        assert restated.status_code == 200, restated.text
+        (arrived,) = listener.received
+        assert arrived.headers["authorization"] == "Bearer tok-given-again-000"
+        # Same origin, another path: the stored credential may go there.
+        same = client.post("/endpointConnections/testConnection", json={"id": conn["id"], "url": f"{upstream_url}/x"})
+        assert same.status_code == 200 and same.json()["statusCode"] == 200
+    assert TEST_TOKEN not in _all_text(listener)
+    assert upstream.requests_to("/x")[0].headers["authorization"] == f"Bearer {TEST_TOKEN}"
+
+
+def test_patch_moving_a_connection_to_another_origin_keeps_nothing_stored(
+    proxy_server: RunningProxy, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    listener, evil = attacker
+    headers = {"X-Api-Secret": "hdr-Secret-Value-99", "X-Plain": "p"}
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = client.post("/endpointConnections", json=chat_connection(upstream_url, headers=headers)).json()
+        moved = client.patch(f"/endpointConnections/{conn['id']}", json={"url": f"{evil}/chat"})
+        assert moved.status_code == 422
+        assert "authToken" in moved.json()["message"] and "headers.X-Api-Secret" in moved.json()["message"]
+        assert client.get(f"/endpointConnections/{conn['id']}").json()["url"] == f"{upstream_url}/chat"
+        # The masked header written back still stands for the stored value: not restated.
+        masked = client.patch(
+            f"/endpointConnections/{conn['id']}",
+            json={"url": f"{evil}/chat", "authToken": "tok-new-one-12345", "headers": {"X-Api-Secret": "••••••••"}},
+        )
+        assert masked.status_code == 422 and "headers.X-Api-Secret" in masked.json()["message"]
+        assert "authToken" not in masked.json()["message"]
+        # Every credential restated (or dropped with authType NONE): the move is allowed.
+        ok = client.patch(
+            f"/endpointConnections/{conn['id']}",
+            json={"url": f"{evil}/chat", "authType": "NONE", "headers": {"X-Plain": "p"}},
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["url"] == f"{evil}/chat" and ok.json()["hasAuthToken"] is False
+    assert listener.received == []
+
+
+def test_connector_patch_to_another_origin_never_sends_the_stored_token(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    listener, evil = attacker
+    upstream.handle("/search", lambda r: Reply(json={"results": []}))
+    listener.handle("/", lambda r: Reply(json={"results": []}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        body = {
+            "name": "docs",
+            "url": f"{upstream_url}/search",
+            "service_auth": {"type": "bearer", "token": TEST_TOKEN},
+        }
+        assert client.post("/v1/connectors", json=body).status_code == 200
+        moved = client.patch("/v1/connectors/docs", json={"url": f"{evil}/search"})
+        assert moved.status_code == 422
+        assert "token" in moved.json()["message"] and "service_auth" in moved.json()["message"]
+        assert listener.received == []
+        assert client.get("/v1/connectors/docs").json()["connector"]["url"] == f"{upstream_url}/search"
+        restated = client.patch(
+            "/v1/connectors/docs",
+            json={"url": f"{evil}/search", "service_auth": {"type": "bearer", "token": "svc-token-for-evil-1"}},
+        )
+        assert restated.status_code == 200, restated.text
+    (registration,) = listener.received
+    assert registration.headers["authorization"] == "Bearer svc-token-for-evil-1"
+
+
+def test_forward_strips_browser_and_proxy_headers_both_ways(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.script(
+        "/v1/page",
+        Reply(
+            text="<html><script>fetch('/endpointConnections')</script></html>",
+            headers={
+                "Content-Type": "text/html",
+                "Set-Cookie": "session=upstream-cookie",
+                "Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Credentials": "true",
+                "Content-Security-Policy": "default-src *",
+                "X-Upstream": "kept",
+            },
+        ),
+    )
+    with httpx.Client(base_url=proxy_server.url) as client:
+        client.post("/endpointConnections", json=chat_connection(upstream_url, authType="NONE", authToken=None))
+        answer = client.get(
+            "/forward/chat/v1/page",
+            headers={
+                "Cookie": "inspector=browser-cookie",
+                "Referer": f"{proxy_server.url}/",
+                "Origin": proxy_server.url,
+                "X-Proxy-Record-Mode": "all",
+                "X-Proxy-Test-Id": "t1",
+                "X-Client": "kept",
+            },
+        )
+    assert answer.status_code == 200
+    (arrived,) = upstream.requests_to("/v1/page")
+    sent = {name.lower() for name in arrived.headers}
+    assert not sent & {"cookie", "referer", "origin", "x-proxy-record-mode", "x-proxy-test-id"}
+    assert arrived.headers["x-client"] == "kept"
+    returned = {name.lower() for name in answer.headers}
+    assert "set-cookie" not in returned and not any(name.startswith("access-control-") for name in returned)
+    assert answer.headers["content-security-policy"] == "sandbox"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["x-upstream"] == "kept" and answer.headers["x-proxy-cassette"] == "recorded"
+
+
+def test_forward_miss_answer_carries_the_safety_headers(tmp_path: Path, upstream_url: str) -> None:
+    with running_proxy(tmp_path, record_mode="none") as proxy, httpx.Client(base_url=proxy.url) as client:
+        client.post("/endpointConnections", json=chat_connection(upstream_url))
+        miss = client.get("/forward/chat/v1/nothing")
+    assert miss.status_code == 404 and miss.headers["x-proxy-cassette"] == "miss"
+    assert miss.headers["content-security-policy"] == "sandbox"
+    assert miss.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_servers_own_api_key_never_goes_upstream(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        running_proxy(tmp_path, api_key=API_KEY) as proxy,
+        httpx.Client(base_url=proxy.url, headers=auth) as client,
+    ):
+        created = client.post("/endpointConnections", json=chat_connection(upstream_url, authType="NONE"))
+        assert created.status_code == 201, created.text
+        answer = client.post("/forward/chat/v1/echo", json={"q": "hi"})
+        assert answer.status_code == 200 and answer.headers["x-proxy-cassette"] == "recorded"
+    (arrived,) = upstream.requests_to("/v1/echo")
+    assert "authorization" not in {name.lower() for name in arrived.headers}
+    written = "".join(p.read_text() for p in (tmp_path / "cassettes").rglob("*.yaml"))
+    assert written and API_KEY not in written
