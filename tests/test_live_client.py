@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+import zlib
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from proxy.connection import CompiledConnection, compile_connection
 from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
 from proxy.transports.http11 import Http11Transport
-from tests.raw_http import header_values, ok, raw_server, read_request
+from tests.raw_http import Handler, header_values, ok, raw_server, read_request
 
 MB = 1024 * 1024
 
@@ -66,6 +67,21 @@ async def no_sleep(seconds: float) -> None:
 
 # -- bodies are capped as they arrive ---------------------------------------------------------------
 
+async def assert_fails_at_a_1_mb_cap(upstream: Handler, holding_less_than: int) -> None:
+    """A turn against `upstream` fails on the body cap, and the memory it took at its peak stays bounded."""
+    engine = Engine(live_transport(), max_body_bytes=MB)
+    async with raw_server(upstream) as (_, url):
+        tracemalloc.start()
+        try:
+            result = await engine.call(connection(f"{url}/chat"), CallContext(input={"m": "hi"}))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await engine.aclose()
+    assert result.error == f"the upstream body is larger than the {MB} byte cap"
+    assert peak < holding_less_than, f"{peak / MB:.1f} MB held for a 1 MB cap"
+
+
 ENDLESS_HEADS = {
     "one huge declared chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffff\r\n",
     "a huge Content-Length": b"HTTP/1.1 200 OK\r\nContent-Length: 1099511627775\r\n\r\n",
@@ -85,17 +101,22 @@ async def test_a_body_over_the_cap_fails_as_it_arrives_and_is_never_held_whole(h
             await writer.drain()
         await reader.read()
 
-    engine = Engine(live_transport(), max_body_bytes=MB)
-    async with raw_server(endless) as (_, url):
-        tracemalloc.start()
-        try:
-            result = await engine.call(connection(f"{url}/chat"), CallContext(input={"m": "hi"}))
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        await engine.aclose()
-    assert result.error == f"the upstream body is larger than the {MB} byte cap"
-    assert peak < 6 * MB, f"{peak / MB:.1f} MB held for a 1 MB cap"
+    await assert_fails_at_a_1_mb_cap(endless, holding_less_than=6 * MB)
+
+
+async def test_a_compressed_body_that_inflates_past_the_cap_fails_before_it_is_inflated_whole() -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    zeros = bytes(MB)
+    packed = b"".join(packer.compress(zeros) for _ in range(64)) + packer.flush()  # 64 MB in ~64 KB
+
+    async def bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed))
+        writer.write(packed)
+        await writer.drain()
+        await reader.read()
+
+    await assert_fails_at_a_1_mb_cap(bomb, holding_less_than=16 * MB)
 
 
 # -- a connection out of step is never reused ------------------------------------------------------

@@ -8,8 +8,9 @@ httpx's own SSL context, and every failure raised as the httpx exception httpcor
 so the engine's retry rules and messages see what they always saw.
 
 What an upstream (or whoever renders a header) may try, and what stops it:
-- a huge body, or one huge declared chunk: bodies are read in bounded pieces, so the caller's cap applies
-  as bytes arrive and memory never holds more than a piece;
+- a huge body, one huge declared chunk, or a compressed bomb: bodies are read in bounded pieces (small
+  ones when compressed), so the caller's cap applies as bytes arrive and memory never holds more than a
+  piece beyond it;
 - an answer sent ahead (a `408` before closing an idle connection, bytes past an answer's end): a
   connection with unread bytes or a pending end of stream is never used for another request;
 - request smuggling: Content-Length comes from the body we send, never from the caller's headers, and a
@@ -31,6 +32,9 @@ DEFAULT_MAX_CONNECTIONS_PER_ORIGIN = 100  # httpx's own default cap; further req
 DEFAULT_KEEP_ALIVE_EXPIRY_S = 30.0  # an idle connection is closed after this, never reused forever
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers of one answer; also its trailers
 READ_CHUNK_BYTES = 64 * 1024  # the most of a body held at once, whatever the upstream declares
+# httpx inflates each piece whole, and deflate packs up to ~1,000:1: a compressed body is read in small
+# pieces so that one piece never inflates past a few MB before the caller's cap can refuse it.
+ENCODED_READ_CHUNK_BYTES = 4 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 NO_BODY_STATUSES = frozenset({204, 304})
 # Framing is ours: it follows the body we send, whatever the caller's headers say.
@@ -284,11 +288,13 @@ def header_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes
 @dataclass(frozen=True)
 class Framing:
     """How an answer's body ends: after `length` bytes, at the last chunk, or when the connection closes
-    (`length` None and not chunked); and whether the connection may carry another request after it."""
+    (`length` None and not chunked); whether the connection may carry another request after it; and the
+    most of the body read at once."""
 
     length: int | None
     chunked: bool
     reusable: bool
+    piece: int = READ_CHUNK_BYTES
 
 
 def body_framing(method: str, version: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> Framing:
@@ -296,15 +302,17 @@ def body_framing(method: str, version: bytes, status: int, headers: list[tuple[b
     reusable = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
     if method == "HEAD" or status in NO_BODY_STATUSES:
         return Framing(0, False, reusable)
+    encoded = any(token not in (b"", b"identity") for token in header_tokens(headers, b"content-encoding"))
+    piece = ENCODED_READ_CHUNK_BYTES if encoded else READ_CHUNK_BYTES
     if (header_tokens(headers, b"transfer-encoding") or [b""])[-1] == b"chunked":
-        return Framing(None, True, reusable)
+        return Framing(None, True, reusable, piece)
     lengths = {value.strip() for key, value in headers if key.lower() == b"content-length"}
     if not lengths:
-        return Framing(None, False, False)
+        return Framing(None, False, False, piece)
     length = next(iter(lengths))
     if len(lengths) != 1 or not length.isdigit():
         raise httpx.RemoteProtocolError(f"unusable Content-Length {sorted(lengths)}")
-    return Framing(int(length), False, reusable)
+    return Framing(int(length), False, reusable, piece)
 
 
 class ResponseBody(httpx.AsyncByteStream):
@@ -333,12 +341,12 @@ class ResponseBody(httpx.AsyncByteStream):
                 async for part in self._chunks():
                     yield part
             elif self.framing.length is None:
-                while part := await self._read(self.conn.reader.read(READ_CHUNK_BYTES)):
+                while part := await self._read(self.conn.reader.read(self.framing.piece)):
                     yield part
             else:
                 remaining = self.framing.length
                 while remaining:
-                    part = await self._read(self.conn.reader.read(min(remaining, READ_CHUNK_BYTES)))
+                    part = await self._read(self.conn.reader.read(min(remaining, self.framing.piece)))
                     if not part:
                         raise httpx.RemoteProtocolError(
                             f"the upstream closed the connection {remaining} bytes before the body's end",
@@ -371,7 +379,7 @@ class ResponseBody(httpx.AsyncByteStream):
                         raise ValueError("trailers too long")
                 return
             while remaining:  # a declared size is a promise, not a reason to hold that much at once
-                part = await self._read(reader.read(min(remaining, READ_CHUNK_BYTES)))
+                part = await self._read(reader.read(min(remaining, self.framing.piece)))
                 if not part:
                     raise asyncio.IncompleteReadError(part, remaining)
                 remaining -= len(part)
