@@ -376,7 +376,9 @@ class Engine:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, message), None, False
         except httpx.TransportError as exc:
-            return self._failed(number, started, f"{_transport_failure(exc)} ({request.url})"), None, True
+            # A request refused before sending (a control character in a header) fails the same way every time.
+            retryable = not isinstance(exc, httpx.LocalProtocolError)
+            return self._failed(number, started, f"{_transport_failure(exc)} ({request.url})"), None, retryable
         latency = (time.perf_counter() - started) * 1000
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)

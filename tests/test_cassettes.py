@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.record_mode import RecordMode
 from proxy.secrets import Vault, load_fernet
@@ -87,10 +91,49 @@ def test_wire_headers_are_not_recorded_and_length_matches_the_stored_body() -> N
     assert recorded.response["headers"]["content-length"] == [str(len(b'{"r": 5}'))]
 
 
-def test_file_names_are_safe_and_distinct() -> None:
-    assert file_name("tc-1") == "tc-1"
-    assert file_name("../etc/passwd") != file_name("..-etc-passwd")
-    assert "/" not in file_name("a/b") and file_name("a/b") != file_name("a_b")
+def test_a_lower_case_safe_key_is_its_own_file_name_any_other_gets_a_hash_of_the_key() -> None:
+    assert [file_name(k) for k in ("tc-1", "case", "demo-greeting", "demo-followup", "demo-quotes")] == [
+        "tc-1",
+        "case",
+        "demo-greeting",
+        "demo-followup",
+        "demo-quotes",
+    ]
+    assert file_name("Case") == f"case-{key_hash('Case')}"
+    assert file_name("tc 1") == f"tc_1-{key_hash('tc 1')}" == "tc_1-8985c2fa"
+    assert file_name("tc_1-8985c2fa") == f"tc_1-8985c2fa-{key_hash('tc_1-8985c2fa')}"  # shaped like a hashed name
+    assert file_name("../etc/passwd") == f"etc_passwd-{key_hash('../etc/passwd')}"
+    assert file_name("") == f"cassette-{key_hash('')}" and file_name("\ud800").startswith("cassette-")
+    assert len(file_name("a" * 101)) == 89
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+# Keys from an alphabet rich in the characters that matter (case, unsafe, hex, separators), and the file
+# names of such keys used as keys in turn: the likeliest way to meet a hashed name.
+_keys = st.text(alphabet="aAbBcCfF019 -_./\\:é\u212a", max_size=24) | st.text(max_size=12)
+KEYS = _keys | _keys.map(file_name) | st.builds(lambda k: "x" * 95 + k, _keys)
+
+
+@given(KEYS, KEYS)
+def test_distinct_keys_never_share_a_case_folded_file_name(first: str, second: str) -> None:
+    if first != second:
+        assert file_name(first).casefold() != file_name(second).casefold()
+
+
+@given(_keys)
+def test_the_file_name_of_a_renamed_key_used_as_a_key_is_another_file_name(key: str) -> None:
+    name = file_name(key)
+    if name != key:
+        assert file_name(name).casefold() != name.casefold()
+
+
+@given(KEYS)
+def test_file_names_are_lower_case_safe_and_never_hidden(key: str) -> None:
+    name = file_name(key)
+    assert re.fullmatch(r"[a-z0-9._-]{1,100}", name) and not name.startswith(".")
 
 
 def test_unparseable_cassette_names_the_file(tmp_path: Path) -> None:

@@ -321,3 +321,30 @@ def test_configured_extra_redactions_are_scrubbed_from_cassettes_and_answers(
     assert turn["actualOutput"] == "customer •••••••• on file"
     recorded = (tmp_path / "cassettes" / "sessions" / "tc-pii.yaml").read_text()
     assert "ssn-123-45-6789" not in recorded and "acct-99881" not in recorded
+
+
+@pytest.mark.parametrize("keys", [("tc 1", "tc_1-8985c2fa"), ("Case", "case")], ids=["unsafe vs hash-shaped", "case"])
+def test_session_keys_that_could_share_a_file_record_and_replay_their_own_answers(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, keys: tuple[str, str]
+) -> None:
+    # `tc 1` once became tc_1-8985c2fa.yaml, the name the second key has as it is; `Case` and `case` are one
+    # file on a case-insensitive file system. Both sessions send the same request.
+    upstream.script("/chat", *(Reply(json={"reply": f"answer for {key}"}) for key in keys))
+    cassettes = tmp_path / "cassettes"
+    with running_proxy(tmp_path / "a", chat_config(upstream_url), cassettes_dir=cassettes) as proxy:
+        with httpx.Client(base_url=proxy.url) as client:
+            recorded = [run_session(client, ["hello"], testCaseId=key)[0] for key in keys]
+    assert [(t["exchange"]["cassette"], t["actualOutput"]) for t in recorded] == [
+        ("recorded", f"answer for {key}") for key in keys
+    ]
+    files = [path.name for path in (cassettes / "sessions").glob("*.yaml")]
+    assert len({name.casefold() for name in files}) == len(files) == 2
+
+    offline = NoNetwork()
+    with running_proxy(tmp_path / "b", chat_config(upstream_url), offline, cassettes_dir=cassettes) as proxy:
+        with httpx.Client(base_url=proxy.url) as client:
+            replayed = [run_session(client, ["hello"], testCaseId=key)[0] for key in reversed(keys)]
+    assert offline.calls == 0
+    assert [(t["exchange"]["cassette"], t["actualOutput"]) for t in replayed] == [
+        ("hit", f"answer for {key}") for key in reversed(keys)
+    ]

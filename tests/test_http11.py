@@ -7,8 +7,6 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -19,69 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.transports.http11 import Http11Transport
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """Counts connections and hands each to `handler`, which reads requests and writes raw answers."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.open_now = 0
-        self.most_open = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open_now += 1
-        self.most_open = max(self.most_open, self.open_now)
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open_now -= 1
-            writer.close()
-
-
-@asynccontextmanager
-async def raw_server(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[RawServer, str]]:
-    state = RawServer(handler)
-    server = await asyncio.start_server(state.serve, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield state, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    finally:
-        server.close()
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """One request: its head and its body (Content-Length framed, as the transport sends them)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, await reader.readexactly(length)
-
-
-def answering(*answers: bytes, close_after: bool = False) -> Handler:
-    """Each request on a connection gets the next answer; the connection then stays open (or closes)."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:
-            await read_request(reader)
-            writer.write(answer)
-            await writer.drain()
-        if not close_after:
-            await reader.read()  # until the client closes
-
-    return handler
-
-
-def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+from tests.raw_http import answering, ok, raw_server, read_request
 
 
 async def get(transport: Http11Transport, url: str, method: str = "POST", **kwargs: object) -> httpx.Response:

@@ -7,7 +7,8 @@ acknowledged exchange and never leaves half a cassette.
 
 Layout under the cassettes folder: `sessions/<session key>.yaml` (test case id, else customId, else
 connection name), `connections/<connection name>.yaml` (testConnection and the forward route),
-`connectors/<connector name>.yaml`.
+`connectors/<connector name>.yaml`; a key that is not lower-case and file-safe is named by
+`cassette.file_name` (safe form plus a hash of the key), so distinct keys never share a file.
 """
 
 from __future__ import annotations
