@@ -35,10 +35,10 @@ from proxy.models import ConnectionType, HttpMethod
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
-from proxy.transports import BodyTooLarge, read_capped
+from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyTooLarge, read_capped
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteHandle, CassetteMiss
-from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
+from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import (
     CASSETTE_EXTENSION,
     OUTCOME_EXTENSION,
@@ -358,36 +358,41 @@ class Engine:
     ) -> tuple[Attempt, UpstreamReply | None, bool]:
         """One call; returns the attempt, the reply (if any) and whether a failure without reply may retry."""
         started = time.perf_counter()
+        # The timeout covers the whole attempt, body included: a trickling body must not hang a turn. It starts
+        # when the request is sent: a transport's wait before that (the rate limit) is reported apart.
+        timeout = AttemptTimeout(timeout_s)
+        request.extensions[ATTEMPT_TIMEOUT_EXTENSION] = timeout
         try:
-            # The timeout covers the whole attempt, body included: a trickling body must not hang a turn.
-            async with asyncio.timeout(timeout_s):
+            async with timeout:
                 response = await self.transport.handle_async_request(request)
                 try:
                     raw = await read_capped(response, self.max_body_bytes)
                 finally:
                     await response.aclose()
         except TimeoutError:
-            return self._failed(number, started, f"timed out after {timeout_s:g}s"), None, True
+            return self._failed(number, started, timeout, f"timed out after {timeout_s:g}s"), None, True
         except CassetteMiss as exc:
-            attempt = self._failed(number, started, f"cassette miss: {exc}")
+            attempt = self._failed(number, started, timeout, f"cassette miss: {exc}")
             attempt.outcome = "miss"
             return attempt, None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
-            return self._failed(number, started, message), None, False
+            return self._failed(number, started, timeout, message), None, False
         except httpx.TransportError as exc:
-            return self._failed(number, started, f"{_transport_failure(exc)} ({request.url})"), None, True
-        latency = (time.perf_counter() - started) * 1000
+            message = f"{_transport_failure(exc)} ({request.url})"
+            return self._failed(number, started, timeout, message), None, True
+        latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
-        waited = float(response.extensions.get(RATE_WAITED_EXTENSION, 0.0))
         reply = _reply(response, raw)
-        return Attempt(number, reply.status, latency - waited, outcome=outcome, waited_ms=waited), reply, False
+        attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        return attempt, reply, False
 
-    def _failed(self, number: int, started: float, message: str) -> Attempt:
-        return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
+    def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
+        latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
+        return Attempt(number, None, latency, error=REDACTOR.redact(message), waited_ms=timeout.waited_ms)
 
     def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
         for index, rule in enumerate(conn.end_rules):
