@@ -4,7 +4,8 @@ The id is derived from the name. `oauth` and `service_auth` are exclusive; `clie
 are encrypted at rest and never returned. Registration sends `POST {url}` with a test query through the
 normal call path (cassettes included) and is cancelled — with a 400 saying why, never a 409 or 5xx,
 which the cohere SDK retries — when the connector cannot be reached, answers non-2xx, or has no
-`results` list.
+`results` list. A search answers each result whole and names the connector's `excludes` as
+`excluded_fields`: as in Cohere, excluded fields remain in the document and are only kept out of the prompt.
 """
 
 from __future__ import annotations
@@ -296,11 +297,13 @@ class ConnectorRegistry:
         problem = search_problem(result)
         if problem:
             if connector.continue_on_failure:
-                return {"results": [], "warning": f"connector {connector.id} failed: it {problem}"}, result
+                warning = f"connector {connector.id} failed: it {problem}"
+                return {"results": [], "excluded_fields": list(connector.excludes), "warning": warning}, result
             raise SearchFailed(f"connector {connector.id} failed: it {problem}", result)
         assert result.reply is not None
-        results = [_without(item, connector.excludes) for item in result.reply.json["results"]]
-        return {**result.reply.json, "results": results}, result
+        # As in Cohere, excluded fields stay in each document: they are named for the client to keep them out
+        # of its prompt.
+        return {**result.reply.json, "excluded_fields": list(connector.excludes)}, result
 
 
 class SearchFailed(Exception):
@@ -320,9 +323,3 @@ def search_problem(result: CallResult) -> str | None:
     if not reply.is_json or not isinstance(reply.json, dict) or not isinstance(reply.json.get("results"), list):
         return f"answered without a 'results' list: {reply.text[:300]}"
     return None
-
-
-def _without(item: Any, excludes: list[str]) -> Any:
-    if not isinstance(item, dict) or not excludes:
-        return item
-    return {k: v for k, v in item.items() if k not in excludes}

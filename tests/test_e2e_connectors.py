@@ -135,7 +135,7 @@ def test_duplicate_name_is_a_4xx_never_409(co: cohere.Client, upstream: Upstream
     ("auth_type", "expected"),
     [("bearer", f"Bearer {TEST_TOKEN}"), ("basic", f"Basic {TEST_TOKEN}"), ("noscheme", TEST_TOKEN)],
 )
-def test_search_forwards_with_service_auth_and_removes_excludes(
+def test_search_forwards_with_service_auth_and_names_excludes_without_removing_them(
     proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, auth_type: str, expected: str
 ) -> None:
     search_server(upstream)
@@ -151,7 +151,14 @@ def test_search_forwards_with_service_auth_and_removes_excludes(
         ).raise_for_status()
         answer = client.post("/v1/connectors/kb/search", json={"query": "refunds"})
     assert answer.status_code == 200
-    assert answer.json()["results"][0] == {"id": "d1", "title": "About refunds", "text": "body one"}
+    # Excluded fields remain in the document; the answer names them for the client to keep out of its prompt.
+    assert answer.json()["results"][0] == {
+        "id": "d1",
+        "title": "About refunds",
+        "text": "body one",
+        "internal_score": 0.9,
+    }
+    assert answer.json()["excluded_fields"] == ["internal_score"]
     assert upstream.requests_to("/search")[-1].headers["authorization"] == expected
     assert answer.headers["x-proxy-cassette"] == "recorded"
     assert TEST_TOKEN not in answer.text and base64.b64encode(TEST_TOKEN.encode()).decode() not in answer.text
@@ -178,7 +185,7 @@ def test_search_failures_inactive_and_continue_on_failure(
         inactive = client.post("/v1/connectors/lenient/search", json={"query": "q"})
         no_query = client.post("/v1/connectors/strict/search", json={})
     assert strict.status_code == 502 and "answered HTTP 500" in strict.json()["message"]
-    assert lenient.status_code == 200 and lenient.json()["results"] == []
+    assert lenient.status_code == 200 and lenient.json()["results"] == [] and lenient.json()["excluded_fields"] == []
     assert "answered HTTP 500" in lenient.json()["warning"]
     assert inactive.status_code == 400 and "inactive" in inactive.json()["message"]
     assert no_query.status_code == 422 and "query" in no_query.json()["message"]
