@@ -44,7 +44,7 @@ class OAuthIn(BaseModel):
 
 class ServiceAuthIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["bearer", "basic", "noscheme"]
+    type: Literal["bearer", "basic", "noscheme"] = "noscheme"  # Cohere's default: the token as it is
     token: str = Field(min_length=1)
 
     @field_validator("type", mode="before")

@@ -267,3 +267,13 @@ def test_no_connector_secret_in_responses_database_or_logs(
         assert all(secret not in t for t in texts) and secret not in caplog.text
         for path in files:
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_service_auth_without_a_type_defaults_to_noscheme(
+    co: cohere.Client, upstream: Upstream, upstream_url: str
+) -> None:
+    search_server(upstream)
+    created = co.connectors.create(name="plain", url=f"{upstream_url}/search", service_auth={"token": TEST_TOKEN})
+    assert created.connector.auth_type == "service_auth"
+    (test_query,) = upstream.requests_to("/search")
+    assert test_query.headers["authorization"] == TEST_TOKEN  # noscheme: the token as it is, no scheme word
