@@ -1,11 +1,12 @@
 """Cohere-style connectors: registered with a test query, searched through the same engine.
 
 The id is derived from the name. `oauth` and `service_auth` are exclusive; `client_secret` and `token`
-are encrypted at rest and never returned. Registration sends `POST {url}` with a test query through the
-normal call path (cassettes included) and is cancelled — with a 400 saying why, never a 409 or 5xx,
-which the cohere SDK retries — when the connector cannot be reached, answers non-2xx, or has no
-`results` list. A search answers each result whole and names the connector's `excludes` as
-`excluded_fields`: as in Cohere, excluded fields remain in the document and are only kept out of the prompt.
+are encrypted at rest and never returned; the OAuth `client_id` is encrypted at rest and returned, as in
+Cohere. Registration sends `POST {url}` with a test query through the normal call path (cassettes
+included) and is cancelled — with a 400 saying why, never a 409 or 5xx, which the cohere SDK retries —
+when the connector cannot be reached, answers non-2xx, or has no `results` list. A search answers each
+result whole and names the connector's `excludes` as `excluded_fields`: as in Cohere, excluded fields
+remain in the document and are only kept out of the prompt.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,9 +79,10 @@ class Connector:
     excludes: list[str] = field(default_factory=list)
     active: bool = True
     continue_on_failure: bool = False
-    oauth: dict[str, Any] | None = None  # without client_secret
+    oauth: dict[str, Any] | None = None  # without client_secret; at rest, without client_id too
     service_auth_type: str | None = None
     sealed: str | None = None  # Fernet token of {"token", "client_secret"}
+    sealed_client_id: str | None = None  # at rest only: Fernet token of {"client_id"}
 
     def to_api(self) -> dict[str, Any]:
         auth_type = "oauth" if self.oauth is not None else "service_auth" if self.service_auth_type else None
@@ -124,11 +126,21 @@ class ConnectorRegistry:
         self._seq = itertools.count(1)
 
     def load(self) -> None:
+        plain: list[Connector] = []
         for data in self.store.call(self.store.load, "connectors"):
             connector = Connector(**data)
+            if connector.sealed_client_id:
+                sealed = self.store.unseal(connector.sealed_client_id)
+                connector.oauth = {**(connector.oauth or {}), "client_id": sealed["client_id"]}
+                connector.sealed_client_id = None
+            elif connector.oauth and connector.oauth.get("client_id"):
+                plain.append(connector)  # stored before the client id was encrypted
             REDACTOR.add(*self._secrets(connector).values())
             self._by_id[connector.id] = connector
             next(self._seq)
+        if plain:
+            rows = [("connectors", c.id, next(self._seq), self._stored(c)) for c in plain]
+            self.store.call(self.store.put_erasing, rows)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -240,8 +252,17 @@ class ConnectorRegistry:
     def _secrets(self, connector: Connector) -> dict[str, str]:
         return self.store.unseal(connector.sealed)
 
+    def _stored(self, connector: Connector) -> str:
+        """The connector as its row keeps it: the OAuth client id sealed."""
+        client_id = (connector.oauth or {}).get("client_id")
+        if not client_id:
+            return entity_json(connector)
+        sealed = self.store.seal({"client_id": client_id})
+        oauth = {**(connector.oauth or {}), "client_id": None}
+        return entity_json(replace(connector, oauth=oauth, sealed_client_id=sealed))
+
     async def _persist(self, connector: Connector) -> None:
-        await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), entity_json(connector))
+        await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), self._stored(connector))
         self._by_id[connector.id] = connector
 
     # -- calls -------------------------------------------------------------------------------
