@@ -256,7 +256,7 @@ class Engine:
             session_id=None,
             inference_id=inference_id,
             trace_id=new_trace_id(),
-            send_traceparent=self.send_traceparent,
+            send_traceparent=self.send_traceparent and conn.spec.traceparent,
         )
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
@@ -324,7 +324,7 @@ class Engine:
             session_id=ctx.session_id,
             inference_id=ctx.inference_result_id,
             trace_id=ctx.trace_id,
-            send_traceparent=self.send_traceparent,
+            send_traceparent=self.send_traceparent and spec.traceparent,
         )
         if body is not None and _wants_json(headers):
             try:

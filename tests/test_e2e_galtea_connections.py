@@ -7,10 +7,11 @@ import json
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from galtea import Galtea
 
-from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy
+from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connection
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -185,3 +186,26 @@ def test_hostile_input_arrives_exactly(proxy_server: RunningProxy, upstream: Ups
         ).json()
     assert body["success"]
     assert json.loads(upstream.requests_to("/chat")[-1].body) == {"m": hostile}
+
+
+def test_traceparent_can_be_turned_off_per_connection(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    upstream.script("/chat", Reply(json={"reply": "ok"}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        own = client.post(
+            "/endpointConnections", json=chat_connection(upstream_url, traceparent=False, headers={"traceparent": mine})
+        ).json()
+        bare = client.post("/endpointConnections", json=chat_connection(upstream_url, name="bare", traceparent=False))
+        assert own["traceparent"] is False and bare.json()["traceparent"] is False
+        assert client.post("/endpointConnections/testConnection", json={"id": own["id"]}).json()["success"]
+        assert client.post("/endpointConnections/testConnection", json={"id": bare.json()["id"]}).json()["success"]
+        back_on = client.patch(f"/endpointConnections/{own['id']}", json={"traceparent": None}).json()
+        assert back_on["traceparent"] is True  # null means the default
+        assert client.post("/endpointConnections/testConnection", json={"id": own["id"]}).json()["success"]
+    sent_as_written, none_at_all, replaced = upstream.requests_to("/chat")
+    assert sent_as_written.headers["traceparent"] == mine
+    assert "traceparent" not in none_at_all.headers
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", replaced.headers["traceparent"])
+    assert replaced.headers["traceparent"] != mine
