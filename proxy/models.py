@@ -158,13 +158,14 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def field_name(loc: tuple[Any, ...]) -> str:
-    """pydantic's error location as the API's camelCase field path."""
+    """pydantic's error location as the API's field path: the top-level name camelCase, the rest (a header
+    name, a mapping key) as the input wrote it."""
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
         else:
-            parts.append(to_camel(str(item)))
+            parts.append(str(item) if parts else to_camel(str(item)))
     return ".".join(parts) or "body"
 
 
