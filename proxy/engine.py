@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -53,6 +54,7 @@ CLIENT_HEADERS = {
     "Connection": "keep-alive",
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
+E = TypeVar("E", bound=BaseException)
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
 
@@ -379,7 +381,7 @@ class Engine:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, timeout, message), None, False
         except httpx.TransportError as exc:
-            message = f"{_transport_failure(exc)} ({request.url})"
+            message = f"{_transport_failure(exc, request.url)} ({request.url})"
             return self._failed(number, started, timeout, message), None, True
         latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
@@ -467,9 +469,12 @@ def build_request(
     return request
 
 
-def _transport_failure(exc: httpx.TransportError) -> str:
+def _transport_failure(exc: httpx.TransportError, url: httpx.URL) -> str:
     """A transport error in plain words; httpx's own text is often empty."""
     detail = str(exc) or "no detail"
+    unresolved = _cause(exc, socket.gaierror)
+    if unresolved is not None:
+        return f"could not resolve host {url.host} ({unresolved.strerror or unresolved})"
     if isinstance(exc, httpx.ConnectError):
         return f"connection refused: {detail}"
     if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
@@ -477,6 +482,19 @@ def _transport_failure(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.WriteError):
         return f"the connection broke while sending the request ({detail})"
     return f"{type(exc).__name__}: {detail}"
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of `kind` in the chain that led to `exc`: each live client wraps the resolver's
+    error in its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _text_preview(body: bytes) -> str | None:

@@ -146,11 +146,24 @@ def test_failures_are_explained(galtea: Galtea, upstream: Upstream, upstream_url
     assert not slow.success and slow.status_code == 0 and "timed out after 1s" in (slow.error or "")
 
 
-def test_unreachable_upstream_is_a_clean_failure(galtea: Galtea) -> None:
+# A `.invalid` name never resolves (RFC 6761). This one is also longer than a DNS name may be (253 characters),
+# so the C resolver refuses it on the spot: no query leaves the machine, whatever nameserver it is configured with.
+UNRESOLVABLE_HOST = ".".join(["x" * 63] * 4) + ".invalid"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:9/x", "connection refused: "),
+        (f"http://{UNRESOLVABLE_HOST}/x", f"could not resolve host {UNRESOLVABLE_HOST} ("),
+    ],
+    ids=["refused", "unresolvable"],
+)
+def test_unreachable_upstream_is_a_clean_failure_that_says_why(galtea: Galtea, url: str, reason: str) -> None:
     created = galtea.endpoint_connections.create(
         name="dead",
         product_id="p",
-        url="http://127.0.0.1:9/x",
+        url=url,
         type="CONVERSATION",
         auth_type="NONE",
         input_template='{"m": "{{ input.user_message }}"}',
@@ -159,7 +172,7 @@ def test_unreachable_upstream_is_a_clean_failure(galtea: Galtea) -> None:
     )
     assert created is not None
     result = galtea.endpoint_connections.test(id=created.id)
-    assert not result.success and "connection refused" in (result.error or "")
+    assert not result.success and (result.error or "").startswith(reason)
 
 
 def test_hostile_input_arrives_exactly(proxy_server: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
