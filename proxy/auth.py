@@ -1,7 +1,9 @@
 """Request headers: default auth header, custom headers with placeholders, inference id, traceparent.
 
 Placeholders in custom header values: `{{ name }}` or `{ name }`, case-insensitive. A custom
-`Authorization` or `X-API-Key` header replaces the default auth header.
+`Authorization` or `X-API-Key` header replaces the default auth header. With traceparent on (the server's
+setting and the connection's field), a custom `traceparent` is replaced by ours; with it off, none is
+generated and a custom one is sent as written.
 """
 
 from __future__ import annotations

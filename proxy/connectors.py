@@ -1,10 +1,12 @@
 """Cohere-style connectors: registered with a test query, searched through the same engine.
 
 The id is derived from the name. `oauth` and `service_auth` are exclusive; `client_secret` and `token`
-are encrypted at rest and never returned. Registration sends `POST {url}` with a test query through the
-normal call path (cassettes included) and is cancelled — with a 400 saying why, never a 409 or 5xx,
-which the cohere SDK retries — when the connector cannot be reached, answers non-2xx, or has no
-`results` list.
+are encrypted at rest and never returned; the OAuth `client_id` is encrypted at rest and returned, as in
+Cohere. Registration sends `POST {url}` with a test query through the normal call path (cassettes
+included) and is cancelled — with a 400 saying why, never a 409 or 5xx, which the cohere SDK retries —
+when the connector cannot be reached, answers non-2xx, or has no `results` list. A search answers each
+result whole and names the connector's `excludes` as `excluded_fields`: as in Cohere, excluded fields
+remain in the document and are only kept out of the prompt.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,7 +45,7 @@ class OAuthIn(BaseModel):
 
 class ServiceAuthIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["bearer", "basic", "noscheme"]
+    type: Literal["bearer", "basic", "noscheme"] = "noscheme"  # Cohere's default: the token as it is
     token: str = Field(min_length=1)
 
     @field_validator("type", mode="before")
@@ -77,9 +79,10 @@ class Connector:
     excludes: list[str] = field(default_factory=list)
     active: bool = True
     continue_on_failure: bool = False
-    oauth: dict[str, Any] | None = None  # without client_secret
+    oauth: dict[str, Any] | None = None  # without client_secret; at rest, without client_id too
     service_auth_type: str | None = None
     sealed: str | None = None  # Fernet token of {"token", "client_secret"}
+    sealed_client_id: str | None = None  # at rest only: Fernet token of {"client_id"}
 
     def to_api(self) -> dict[str, Any]:
         auth_type = "oauth" if self.oauth is not None else "service_auth" if self.service_auth_type else None
@@ -123,11 +126,21 @@ class ConnectorRegistry:
         self._seq = itertools.count(1)
 
     def load(self) -> None:
+        plain: list[Connector] = []
         for data in self.store.call(self.store.load, "connectors"):
             connector = Connector(**data)
+            if connector.sealed_client_id:
+                sealed = self.store.unseal(connector.sealed_client_id)
+                connector.oauth = {**(connector.oauth or {}), "client_id": sealed["client_id"]}
+                connector.sealed_client_id = None
+            elif connector.oauth and connector.oauth.get("client_id"):
+                plain.append(connector)  # stored before the client id was encrypted
             REDACTOR.add(*self._secrets(connector).values())
             self._by_id[connector.id] = connector
             next(self._seq)
+        if plain:
+            rows = [("connectors", c.id, next(self._seq), self._stored(c)) for c in plain]
+            self.store.call(self.store.put_erasing, rows)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -239,8 +252,17 @@ class ConnectorRegistry:
     def _secrets(self, connector: Connector) -> dict[str, str]:
         return self.store.unseal(connector.sealed)
 
+    def _stored(self, connector: Connector) -> str:
+        """The connector as its row keeps it: the OAuth client id sealed."""
+        client_id = (connector.oauth or {}).get("client_id")
+        if not client_id:
+            return entity_json(connector)
+        sealed = self.store.seal({"client_id": client_id})
+        oauth = {**(connector.oauth or {}), "client_id": None}
+        return entity_json(replace(connector, oauth=oauth, sealed_client_id=sealed))
+
     async def _persist(self, connector: Connector) -> None:
-        await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), entity_json(connector))
+        await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), self._stored(connector))
         self._by_id[connector.id] = connector
 
     # -- calls -------------------------------------------------------------------------------
@@ -296,11 +318,13 @@ class ConnectorRegistry:
         problem = search_problem(result)
         if problem:
             if connector.continue_on_failure:
-                return {"results": [], "warning": f"connector {connector.id} failed: it {problem}"}, result
+                warning = f"connector {connector.id} failed: it {problem}"
+                return {"results": [], "excluded_fields": list(connector.excludes), "warning": warning}, result
             raise SearchFailed(f"connector {connector.id} failed: it {problem}", result)
         assert result.reply is not None
-        results = [_without(item, connector.excludes) for item in result.reply.json["results"]]
-        return {**result.reply.json, "results": results}, result
+        # As in Cohere, excluded fields stay in each document: they are named for the client to keep them out
+        # of its prompt.
+        return {**result.reply.json, "excluded_fields": list(connector.excludes)}, result
 
 
 class SearchFailed(Exception):
@@ -320,9 +344,3 @@ def search_problem(result: CallResult) -> str | None:
     if not reply.is_json or not isinstance(reply.json, dict) or not isinstance(reply.json.get("results"), list):
         return f"answered without a 'results' list: {reply.text[:300]}"
     return None
-
-
-def _without(item: Any, excludes: list[str]) -> Any:
-    if not isinstance(item, dict) or not excludes:
-        return item
-    return {k: v for k, v in item.items() if k not in excludes}

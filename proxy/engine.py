@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,10 +36,10 @@ from proxy.models import ConnectionType, HttpMethod
 from proxy.secrets import REDACTOR
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
-from proxy.transports import BodyTooLarge, read_capped
+from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyTooLarge, read_capped
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteHandle, CassetteMiss
-from proxy.transports.live import RATE_LIMIT_EXTENSION, RATE_WAITED_EXTENSION
+from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import (
     CASSETTE_EXTENSION,
     OUTCOME_EXTENSION,
@@ -53,6 +54,7 @@ CLIENT_HEADERS = {
     "Connection": "keep-alive",
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
+E = TypeVar("E", bound=BaseException)
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
 
@@ -256,7 +258,7 @@ class Engine:
             session_id=None,
             inference_id=inference_id,
             trace_id=new_trace_id(),
-            send_traceparent=self.send_traceparent,
+            send_traceparent=self.send_traceparent and conn.spec.traceparent,
         )
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
@@ -324,7 +326,7 @@ class Engine:
             session_id=ctx.session_id,
             inference_id=ctx.inference_result_id,
             trace_id=ctx.trace_id,
-            send_traceparent=self.send_traceparent,
+            send_traceparent=self.send_traceparent and spec.traceparent,
         )
         if body is not None and _wants_json(headers):
             try:
@@ -358,38 +360,43 @@ class Engine:
     ) -> tuple[Attempt, UpstreamReply | None, bool]:
         """One call; returns the attempt, the reply (if any) and whether a failure without reply may retry."""
         started = time.perf_counter()
+        # The timeout covers the whole attempt, body included: a trickling body must not hang a turn. It starts
+        # when the request is sent: a transport's wait before that (the rate limit) is reported apart.
+        timeout = AttemptTimeout(timeout_s)
+        request.extensions[ATTEMPT_TIMEOUT_EXTENSION] = timeout
         try:
-            # The timeout covers the whole attempt, body included: a trickling body must not hang a turn.
-            async with asyncio.timeout(timeout_s):
+            async with timeout:
                 response = await self.transport.handle_async_request(request)
                 try:
                     raw = await read_capped(response, self.max_body_bytes)
                 finally:
                     await response.aclose()
         except TimeoutError:
-            return self._failed(number, started, f"timed out after {timeout_s:g}s"), None, True
+            return self._failed(number, started, timeout, f"timed out after {timeout_s:g}s"), None, True
         except CassetteMiss as exc:
-            attempt = self._failed(number, started, f"cassette miss: {exc}")
+            attempt = self._failed(number, started, timeout, f"cassette miss: {exc}")
             attempt.outcome = "miss"
             return attempt, None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
-            return self._failed(number, started, message), None, False
+            return self._failed(number, started, timeout, message), None, False
         except httpx.TransportError as exc:
             # A request refused before sending (a control character in a header) fails the same way every time.
             retryable = not isinstance(exc, httpx.LocalProtocolError)
-            return self._failed(number, started, f"{_transport_failure(exc)} ({request.url})"), None, retryable
-        latency = (time.perf_counter() - started) * 1000
+            message = f"{_transport_failure(exc, request.url)} ({request.url})"
+            return self._failed(number, started, timeout, message), None, retryable
+        latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
-        waited = float(response.extensions.get(RATE_WAITED_EXTENSION, 0.0))
         reply = _reply(response, raw)
-        return Attempt(number, reply.status, latency - waited, outcome=outcome, waited_ms=waited), reply, False
+        attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        return attempt, reply, False
 
-    def _failed(self, number: int, started: float, message: str) -> Attempt:
-        return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
+    def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
+        latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
+        return Attempt(number, None, latency, error=REDACTOR.redact(message), waited_ms=timeout.waited_ms)
 
     def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
         for index, rule in enumerate(conn.end_rules):
@@ -464,9 +471,12 @@ def build_request(
     return request
 
 
-def _transport_failure(exc: httpx.TransportError) -> str:
+def _transport_failure(exc: httpx.TransportError, url: httpx.URL) -> str:
     """A transport error in plain words; httpx's own text is often empty."""
     detail = str(exc) or "no detail"
+    unresolved = _cause(exc, socket.gaierror)
+    if unresolved is not None:
+        return f"could not resolve host {url.host} ({unresolved.strerror or unresolved})"
     if isinstance(exc, httpx.ConnectError):
         return f"connection refused: {detail}"
     if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
@@ -474,6 +484,19 @@ def _transport_failure(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.WriteError):
         return f"the connection broke while sending the request ({detail})"
     return f"{type(exc).__name__}: {detail}"
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of `kind` in the chain that led to `exc`: each live client wraps the resolver's
+    error in its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _text_preview(body: bytes) -> str | None:

@@ -16,6 +16,7 @@ Engine failures are not exceptions at the API boundary: a failed upstream call i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -64,10 +65,15 @@ class ConfigError(ProxyError):
     pass
 
 
+_PATH_STEP = re.compile(r"[.\[]")
+
+
 def describe_field(field: str) -> str:
-    """`authToken (auth_token)`: both spellings, since the API is camelCase and the config snake_case."""
-    snake = camel_to_snake(field)
-    return field if snake == field else f"{field} ({snake})"
+    """`authToken (auth_token)`: both spellings of the top-level name, since the API is camelCase and the
+    config snake_case. What follows it (a header name, a mapping key) is shown as written: `headers.x-A`."""
+    top = _PATH_STEP.split(field, maxsplit=1)[0]
+    snake = camel_to_snake(top)
+    return field if snake == top else f"{field} ({snake}{field[len(top) :]})"
 
 
 def camel_to_snake(name: str) -> str:

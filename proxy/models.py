@@ -121,6 +121,7 @@ class ConnectionSpec(ApiModel):
     retry_max_delay_ms: int = Field(default=DEFAULT_RETRY_MAX_DELAY_MS, ge=0, le=MAX_RETRY_DELAY_MS)
     retryable_status_codes: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRYABLE_STATUS_CODES))
     acknowledged_insecure_http: bool = False
+    traceparent: bool = True  # off: no traceparent is generated, and a custom one is sent as written
     conversation_end_rules: list[EndRule] = Field(default_factory=list, max_length=MAX_CONVERSATION_END_RULES)
 
     @field_validator("retryable_status_codes")
@@ -142,6 +143,7 @@ NULLABLE_TO_DEFAULT = {
     "retry_max_delay_ms",
     "retryable_status_codes",
     "acknowledged_insecure_http",
+    "traceparent",
     "conversation_end_rules",
     "http_method",
     "auth_type",
@@ -156,13 +158,14 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def field_name(loc: tuple[Any, ...]) -> str:
-    """pydantic's error location as the API's camelCase field path."""
+    """pydantic's error location as the API's field path: the top-level name camelCase, the rest (a header
+    name, a mapping key) as the input wrote it."""
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
         else:
-            parts.append(to_camel(str(item)))
+            parts.append(str(item) if parts else to_camel(str(item)))
     return ".".join(parts) or "body"
 
 

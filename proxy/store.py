@@ -188,6 +188,19 @@ class Store:
                 f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)", (entity_id, seq, data)
             )
 
+    def put_erasing(self, rows: list[tuple[str, str, int, str]]) -> None:
+        """`put_many` that also erases what the rows held before from the file, rather than leaving it in free
+        space: for a value that moves from plain text to sealed. Through `call`."""
+        conn = self.db.conn
+        (was,) = conn.execute("PRAGMA secure_delete").fetchone()
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            with conn:
+                self.put_many(rows)
+        finally:
+            conn.execute(f"PRAGMA secure_delete = {int(was)}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old page images leave the WAL and the file
+
     def delete_entity(self, table: str, entity_id: str) -> None:
         assert table in ENTITY_TABLES
         self.db.conn.execute(f"DELETE FROM [{table}] WHERE id = ?", (entity_id,))

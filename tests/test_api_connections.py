@@ -109,6 +109,27 @@ async def test_validation_answers_422_naming_the_field_and_reason(
     assert reason in body["message"] and body["message"].startswith(field)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"headers": {"x-A": "a\nb"}}, "headers.x-A", "headers.x-A: a header value cannot contain a line break"),
+        ({"headers": {"X-Tenant": 5}}, "headers.X-Tenant", "headers.X-Tenant: Input should be a valid string"),
+        (
+            {"outputMapping": {"output": "$.a", "session_id": 5}},
+            "outputMapping.session_id",
+            "outputMapping.session_id (output_mapping.session_id): Input should be a valid string",
+        ),
+        ({"retry_max_attempts": 11}, "retryMaxAttempts", "retryMaxAttempts (retry_max_attempts): Input should be"),
+    ],
+)
+async def test_only_the_top_level_name_has_two_spellings_in_an_error(
+    api: httpx.AsyncClient, overrides: dict[str, Any], field: str, message: str
+) -> None:
+    """A header name or a mapping key is the user's own text: shown as written, never snake- or camel-cased."""
+    body = (await create(api, **overrides)).json()
+    assert body["errors"][0]["field"] == field and body["message"].startswith(message)
+
+
 async def test_initialization_needs_session_id_mapping(api: httpx.AsyncClient) -> None:
     response = await create(api, type="INITIALIZATION", inputTemplate=None, outputMapping={"other": "$.id"})
     assert response.status_code == 422

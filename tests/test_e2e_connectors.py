@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import httpx
 import pytest
 
 from proxy.config import Config
+from proxy.secrets import Vault, load_fernet
+from proxy.store import Store
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
 from tests.upstream import Received, Reply, Upstream
 
@@ -135,7 +138,7 @@ def test_duplicate_name_is_a_4xx_never_409(co: cohere.Client, upstream: Upstream
     ("auth_type", "expected"),
     [("bearer", f"Bearer {TEST_TOKEN}"), ("basic", f"Basic {TEST_TOKEN}"), ("noscheme", TEST_TOKEN)],
 )
-def test_search_forwards_with_service_auth_and_removes_excludes(
+def test_search_forwards_with_service_auth_and_names_excludes_without_removing_them(
     proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, auth_type: str, expected: str
 ) -> None:
     search_server(upstream)
@@ -151,7 +154,14 @@ def test_search_forwards_with_service_auth_and_removes_excludes(
         ).raise_for_status()
         answer = client.post("/v1/connectors/kb/search", json={"query": "refunds"})
     assert answer.status_code == 200
-    assert answer.json()["results"][0] == {"id": "d1", "title": "About refunds", "text": "body one"}
+    # Excluded fields remain in the document; the answer names them for the client to keep out of its prompt.
+    assert answer.json()["results"][0] == {
+        "id": "d1",
+        "title": "About refunds",
+        "text": "body one",
+        "internal_score": 0.9,
+    }
+    assert answer.json()["excluded_fields"] == ["internal_score"]
     assert upstream.requests_to("/search")[-1].headers["authorization"] == expected
     assert answer.headers["x-proxy-cassette"] == "recorded"
     assert TEST_TOKEN not in answer.text and base64.b64encode(TEST_TOKEN.encode()).decode() not in answer.text
@@ -178,7 +188,7 @@ def test_search_failures_inactive_and_continue_on_failure(
         inactive = client.post("/v1/connectors/lenient/search", json={"query": "q"})
         no_query = client.post("/v1/connectors/strict/search", json={})
     assert strict.status_code == 502 and "answered HTTP 500" in strict.json()["message"]
-    assert lenient.status_code == 200 and lenient.json()["results"] == []
+    assert lenient.status_code == 200 and lenient.json()["results"] == [] and lenient.json()["excluded_fields"] == []
     assert "answered HTTP 500" in lenient.json()["warning"]
     assert inactive.status_code == 400 and "inactive" in inactive.json()["message"]
     assert no_query.status_code == 422 and "query" in no_query.json()["message"]
@@ -260,3 +270,70 @@ def test_no_connector_secret_in_responses_database_or_logs(
         assert all(secret not in t for t in texts) and secret not in caplog.text
         for path in files:
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_service_auth_without_a_type_defaults_to_noscheme(
+    co: cohere.Client, upstream: Upstream, upstream_url: str
+) -> None:
+    search_server(upstream)
+    created = co.connectors.create(name="plain", url=f"{upstream_url}/search", service_auth={"token": TEST_TOKEN})
+    assert created.connector.auth_type == "service_auth"
+    (test_query,) = upstream.requests_to("/search")
+    assert test_query.headers["authorization"] == TEST_TOKEN  # noscheme: the token as it is, no scheme word
+
+
+CLIENT_ID = "cid-Plain-Marker-31337"
+
+
+def database_bytes(data_dir: Path) -> bytes:
+    """The SQLite files as they lie on the disk: the database, its WAL and shared memory."""
+    return b"".join(path.read_bytes() for path in sorted(data_dir.glob("proxy.db*")))
+
+
+def test_oauth_client_id_is_encrypted_at_rest_and_returned(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    search_server(upstream)
+    oauth = {"client_id": CLIENT_ID, "client_secret": OAUTH_SECRET, "authorize_url": "https://a/x", "token_url": "t"}
+    with running_proxy(tmp_path) as proxy:
+        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
+        created = co.connectors.create(name="wiki", url=f"{upstream_url}/search", oauth=oauth).connector
+        assert created.oauth is not None and created.oauth.client_id == CLIENT_ID
+        assert CLIENT_ID.encode() not in database_bytes(proxy.data_dir)
+    with running_proxy(tmp_path) as proxy:  # read back after a restart
+        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
+        oauth_read = co.connectors.get("wiki").connector.oauth
+        assert oauth_read is not None and oauth_read.client_id == CLIENT_ID and oauth_read.client_secret is None
+    assert CLIENT_ID.encode() not in database_bytes(tmp_path / "data")
+
+
+def test_a_data_dir_with_a_plain_client_id_is_migrated_on_load(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = Store(data_dir, Vault(load_fernet(data_dir)))
+    old_row = {
+        "id": "wiki",
+        "name": "wiki",
+        "url": "http://127.0.0.1:9/search",
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "updated_at": "2026-01-01T00:00:00.000Z",
+        "description": None,
+        "excludes": [],
+        "active": True,
+        "continue_on_failure": False,
+        "oauth": {"client_id": CLIENT_ID, "authorize_url": "https://a/x", "token_url": "t", "scope": None},
+        "service_auth_type": None,
+        "sealed": store.seal({"client_secret": OAUTH_SECRET}),
+    }
+    store.call(store.put, "connectors", "wiki", 1, json.dumps(old_row))
+    store.close()
+    assert CLIENT_ID.encode() in database_bytes(data_dir)  # the test starts from plain text
+    with running_proxy(tmp_path) as proxy:
+        assert CLIENT_ID.encode() not in database_bytes(data_dir)  # erased at load, not only at shutdown
+        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
+        oauth = co.connectors.get("wiki").connector.oauth
+        assert oauth is not None and oauth.client_id == CLIENT_ID
+    with running_proxy(tmp_path) as proxy:
+        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
+        oauth = co.connectors.get("wiki").connector.oauth
+        assert oauth is not None and oauth.client_id == CLIENT_ID
+    assert CLIENT_ID.encode() not in database_bytes(data_dir)

@@ -7,10 +7,11 @@ import json
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from galtea import Galtea
 
-from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy
+from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connection
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -145,11 +146,24 @@ def test_failures_are_explained(galtea: Galtea, upstream: Upstream, upstream_url
     assert not slow.success and slow.status_code == 0 and "timed out after 1s" in (slow.error or "")
 
 
-def test_unreachable_upstream_is_a_clean_failure(galtea: Galtea) -> None:
+# A `.invalid` name never resolves (RFC 6761). This one is also longer than a DNS name may be (253 characters),
+# so the C resolver refuses it on the spot: no query leaves the machine, whatever nameserver it is configured with.
+UNRESOLVABLE_HOST = ".".join(["x" * 63] * 4) + ".invalid"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:9/x", "connection refused: "),
+        (f"http://{UNRESOLVABLE_HOST}/x", f"could not resolve host {UNRESOLVABLE_HOST} ("),
+    ],
+    ids=["refused", "unresolvable"],
+)
+def test_unreachable_upstream_is_a_clean_failure_that_says_why(galtea: Galtea, url: str, reason: str) -> None:
     created = galtea.endpoint_connections.create(
         name="dead",
         product_id="p",
-        url="http://127.0.0.1:9/x",
+        url=url,
         type="CONVERSATION",
         auth_type="NONE",
         input_template='{"m": "{{ input.user_message }}"}',
@@ -158,7 +172,7 @@ def test_unreachable_upstream_is_a_clean_failure(galtea: Galtea) -> None:
     )
     assert created is not None
     result = galtea.endpoint_connections.test(id=created.id)
-    assert not result.success and "connection refused" in (result.error or "")
+    assert not result.success and (result.error or "").startswith(reason)
 
 
 def test_hostile_input_arrives_exactly(proxy_server: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
@@ -185,3 +199,26 @@ def test_hostile_input_arrives_exactly(proxy_server: RunningProxy, upstream: Ups
         ).json()
     assert body["success"]
     assert json.loads(upstream.requests_to("/chat")[-1].body) == {"m": hostile}
+
+
+def test_traceparent_can_be_turned_off_per_connection(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    upstream.script("/chat", Reply(json={"reply": "ok"}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        own = client.post(
+            "/endpointConnections", json=chat_connection(upstream_url, traceparent=False, headers={"traceparent": mine})
+        ).json()
+        bare = client.post("/endpointConnections", json=chat_connection(upstream_url, name="bare", traceparent=False))
+        assert own["traceparent"] is False and bare.json()["traceparent"] is False
+        assert client.post("/endpointConnections/testConnection", json={"id": own["id"]}).json()["success"]
+        assert client.post("/endpointConnections/testConnection", json={"id": bare.json()["id"]}).json()["success"]
+        back_on = client.patch(f"/endpointConnections/{own['id']}", json={"traceparent": None}).json()
+        assert back_on["traceparent"] is True  # null means the default
+        assert client.post("/endpointConnections/testConnection", json={"id": own["id"]}).json()["success"]
+    sent_as_written, none_at_all, replaced = upstream.requests_to("/chat")
+    assert sent_as_written.headers["traceparent"] == mine
+    assert "traceparent" not in none_at_all.headers
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", replaced.headers["traceparent"])
+    assert replaced.headers["traceparent"] != mine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 
@@ -160,3 +161,19 @@ async def test_reply_text_is_decoded_with_the_charset_the_upstream_names_else_ut
         engine, _ = capture(answer)
         result = await engine.call(connection(), CallContext(input={"m": "x"}))
         assert result.output == "café"
+
+
+async def test_a_resolver_failure_anywhere_in_the_cause_chain_reads_as_one() -> None:
+    """Live clients wrap the resolver's error in their own, explicitly or not: the engine finds it in the chain."""
+
+    def unresolvable(request: httpx.Request) -> httpx.Response:
+        try:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        except OSError as exc:
+            try:
+                raise RuntimeError("the client's own wrapper") from exc
+            except RuntimeError:
+                raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)  # noqa: B904
+
+    result = await Engine(httpx.MockTransport(unresolvable)).call(connection(), CallContext(input={"m": "x"}))
+    assert result.error == "could not resolve host up.test (Name or service not known) (https://up.test/chat)"

@@ -73,3 +73,23 @@ def test_blocking_calls_commit_what_they_write(tmp_path: Path) -> None:
     with closing(sqlite3.connect(store.path)) as other:
         assert list(other.execute("SELECT seq, cassette, data FROM journal")) == [(seq, "sessions/tc", "recorded")]
     store.close()
+
+
+def file_bytes(store: Store) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(store.path.parent.glob(f"{store.path.name}*")))
+
+
+def test_put_erasing_leaves_no_trace_of_the_old_row_where_sqlite_would_keep_it(tmp_path: Path) -> None:
+    plain = '{"client_id": "cid-Plain-Marker-31337", "pad": "%s"}' % ("x" * 200)
+    sealed = '{"client_id": null, "sealed": "%s"}' % ("y" * 100)
+    for rewrite, left in (("put_many", True), ("put_erasing", False)):
+        store = open_store(tmp_path / rewrite)
+        # Many builds keep freed cells as they were; Debian's turns secure_delete on by default.
+        store.call(store.db.conn.execute, "PRAGMA secure_delete = OFF")
+        store.call(store.put, "connectors", "wiki", 1, plain)
+        store.call(store.db.conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+        store.call(getattr(store, rewrite), [("connectors", "wiki", 2, sealed)])
+        assert (b"cid-Plain-Marker-31337" in file_bytes(store)) is left, rewrite
+        assert store.call(store.load, "connectors") == [{"client_id": None, "sealed": "y" * 100}]
+        assert store.call(store.db.conn.execute, "PRAGMA secure_delete").fetchone() == (0,)  # put back as it was
+        store.close()

@@ -1,7 +1,17 @@
 """The transport seam: every upstream call goes through one httpx transport that is live, recording
 or replaying per cassette. Nothing above it branches on the mode."""
 
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
 import httpx
+
+ATTEMPT_TIMEOUT_EXTENSION = "proxy.attempt_timeout"  # request: the caller's AttemptTimeout, if it times attempts
 
 
 class BodyTooLarge(Exception):
@@ -25,3 +35,57 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class AttemptTimeout:
+    """The caller's timeout for one attempt, which starts when the request is sent. A transport that must
+    wait first (for a rate-limit slot) waits inside `waiting_to_send`: the clock stops for the wait, starts
+    again in full when it ends, and the wait is reported apart from the attempt's latency."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.waited_ms = 0.0
+        self._timeout: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> AttemptTimeout:
+        self._timeout = asyncio.timeout(self.timeout_s)
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._timeout is not None
+        await self._timeout.__aexit__(exc_type, exc, tb)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._reschedule(None)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited_ms += (time.perf_counter() - started) * 1000
+            self._reschedule(asyncio.get_running_loop().time() + self.timeout_s)
+
+    def _reschedule(self, when: float | None) -> None:
+        # One that has already fired stays fired: its cancellation is on its way.
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(when)
+
+
+@contextmanager
+def waiting_to_send(request: httpx.Request) -> Iterator[None]:
+    """Wrap a wait a transport makes before it sends `request`: it is no part of the attempt's timeout."""
+    timeout: AttemptTimeout | None = request.extensions.get(ATTEMPT_TIMEOUT_EXTENSION)
+    if timeout is None:
+        yield
+        return
+    with timeout.paused():
+        yield
+
+
+def waited_ms(request: httpx.Request) -> float:
+    """How long the transports waited before sending `request` in the current attempt."""
+    timeout: AttemptTimeout | None = request.extensions.get(ATTEMPT_TIMEOUT_EXTENSION)
+    return timeout.waited_ms if timeout is not None else 0.0

@@ -1,14 +1,15 @@
 """Pacing for the live end of the stack: the rate limit applies to calls that really go to the network, so
-replayed calls never wait for it."""
+replayed calls never wait for it. The wait for a slot comes before the request is sent, so it is no part of
+the attempt's timeout."""
 
 from __future__ import annotations
 
 import httpx
 
 from proxy.ratelimit import RateLimiters
+from proxy.transports import waiting_to_send
 
 RATE_LIMIT_EXTENSION = "proxy.rate_limit"  # request: (connection id, calls per minute)
-RATE_WAITED_EXTENSION = "proxy.rate_waited_ms"  # response: how long the call waited for a slot
 
 
 class PacedTransport(httpx.AsyncBaseTransport):
@@ -17,15 +18,12 @@ class PacedTransport(httpx.AsyncBaseTransport):
         self.limiters = limiters or RateLimiters()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        waited_ms = 0.0
         limit = request.extensions.get(RATE_LIMIT_EXTENSION)
-        if limit:
-            limiter = self.limiters.get(*limit)
-            if limiter is not None:
-                waited_ms = await limiter.acquire() * 1000
-        response = await self.inner.handle_async_request(request)
-        response.extensions = {**response.extensions, RATE_WAITED_EXTENSION: waited_ms}
-        return response
+        limiter = self.limiters.get(*limit) if limit else None
+        if limiter is not None:
+            with waiting_to_send(request):
+                await limiter.acquire()
+        return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -15,7 +15,7 @@ import httpx
 from proxy.auth import is_secret_header
 from proxy.secrets import REDACTOR
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
-from proxy.transports import read_capped
+from proxy.transports import read_capped, waited_ms
 from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
 from proxy.transports.matching import RecordedRequest
@@ -53,7 +53,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
         finally:
             await response.aclose()
-        latency_ms = (time.perf_counter() - started) * 1000
+        # A rate-limit wait before sending is not the upstream's latency: a replay must not repeat it.
+        latency_ms = (time.perf_counter() - started) * 1000 - waited_ms(request)
         interaction = _redacted_interaction(recorded_request, response, content, latency_ms)
         await self.library.record(handle, cassette, interaction)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
