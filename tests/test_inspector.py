@@ -6,11 +6,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_TOKEN, RunningProxy, running_proxy
+from tests.conftest import TEST_TOKEN, RunningProxy, csrf_token, running_proxy
 from tests.test_e2e_sessions import Threads, post, thread_version
 from tests.upstream import Upstream
 
@@ -72,11 +73,14 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
     with httpx.Client(base_url=proxy.url) as client:
         form = client.get(f"/inspector/connections/{ids['conv']}")
         assert form.status_code == 200 and "<form" in form.text and "hasAuthToken" in form.text
+        token = csrf_token(form.text)
         dry = client.post(
             f"/inspector/connections/{ids['conv']}/test",
-            data={"input": '{"user_message": "<b>hi</b>"}', "context": "", "dry_run": "1"},
+            data={"input": '{"user_message": "<b>hi</b>"}', "context": "", "dry_run": "1", "csrf_token": token},
         )
-        bad = client.post(f"/inspector/connections/{ids['conv']}/test", data={"input": "{nope", "context": ""})
+        bad = client.post(
+            f"/inspector/connections/{ids['conv']}/test", data={"input": "{nope", "context": "", "csrf_token": token}
+        )
     assert "Dry run: nothing was sent." in dry.text
     assert "&lt;b&gt;hi&lt;/b&gt;" in dry.text and "<b>hi</b>" not in dry.text  # escaped, never injected
     assert bad.status_code == 400 and "not valid JSON" in bad.text
@@ -84,11 +88,9 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
         assert client.get("/inspector/sessions/nope").status_code == 404
 
 
-def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def launch(playwright: Any) -> Any:
+    """Debian's headless chromium, quiet: no network of its own."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
-    proxy, ids = recorded
     args = [
         "--no-sandbox",
         "--disable-gpu",
@@ -98,8 +100,15 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         "--disable-component-update",
         "--disable-sync",
     ]
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+
+
+def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    proxy, ids = recorded
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"{proxy.url}/")
         page.click(f"text={ids['session']}")

@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: API key check and request body cap."""
+"""Plain ASGI middleware: API key check and request body cap (the request guard is in guard.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from proxy.settings import MAX_API_BODY_BYTES
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-async def _send_json(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+async def send_json(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -33,7 +33,7 @@ class ApiKeyMiddleware:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
-            await _send_json(
+            await send_json(
                 send,
                 401,
                 {"message": "Authorization: a valid 'Bearer <api key>' header is required"},
@@ -74,7 +74,7 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        await _send_json(send, 413, {"message": too_large_message(self.max_bytes)})
+        await send_json(send, 413, {"message": too_large_message(self.max_bytes)})
 
 
 def too_large_message(max_bytes: int) -> str:
