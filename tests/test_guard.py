@@ -15,6 +15,7 @@ from tests.conftest import RunningProxy, chat_connection, csrf_token, running_pr
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
+API_KEY = "key-Gu4rd-0123456789"
 APP = "http://localhost:3000"  # a web app the user allows with --cors-origin
 
 
@@ -302,3 +303,94 @@ def test_two_servers_in_one_process_have_their_own_csrf_token(tmp_path: Path, up
         (_, token_a), (form_b, token_b) = forms
         assert token_a != token_b
         assert httpx.post(f"{form_b}/test", data={"input": "", "csrf_token": token_a}).status_code == 403
+
+
+# Login (--api-key)
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, upstream: Upstream) -> Iterator[RunningProxy]:
+    with running_proxy(tmp_path, api_key=API_KEY) as running:
+        yield running
+
+
+def log_in(client: httpx.Client, key: str, next_path: str = "/") -> httpx.Response:
+    form = client.get(f"/inspector/login?next={next_path}")
+    return client.post(
+        "/inspector/login", data={"api_key": key, "next": next_path, "csrf_token": csrf_token(form.text)}
+    )
+
+
+def test_an_inspector_page_without_credentials_answers_the_login_form(keyed: RunningProxy) -> None:
+    with httpx.Client(base_url=keyed.url) as client:
+        page = client.get("/inspector/connections/abc?x=1")
+        api = client.get("/endpointConnections")
+    assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+    assert '<input type="password" name="api_key"' in page.text
+    assert 'name="next" value="/inspector/connections/abc?x=1"' in page.text and csrf_token(page.text)
+    assert api.status_code == 401 and api.headers["content-type"] == "application/json"
+
+
+def test_login_sets_a_strict_http_only_cookie_and_redirects(keyed: RunningProxy) -> None:
+    with httpx.Client(base_url=keyed.url) as client:
+        answer = log_in(client, API_KEY, "/inspector/connections/abc")
+        assert answer.status_code == 303 and answer.headers["location"] == "/inspector/connections/abc"
+        cookie = answer.headers["set-cookie"]
+        flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
+        name, value = cookie.split(";")[0].split("=", 1)
+        assert API_KEY not in cookie and len(value) >= 32
+        assert name == f"proxy_login_{keyed.url.rsplit(':', 1)[1]}"
+        assert client.get("/").status_code == 200  # the cookie opens the inspector
+
+
+def test_a_wrong_key_shows_the_form_again_and_sets_no_cookie(keyed: RunningProxy) -> None:
+    with httpx.Client(base_url=keyed.url) as client:
+        answer = log_in(client, "not-the-key")
+        assert answer.status_code == 401 and "Wrong API key." in answer.text and "set-cookie" not in answer.headers
+        assert client.get("/").status_code == 401
+        no_token = client.post("/inspector/login", data={"api_key": API_KEY, "next": "/"})
+        assert no_token.status_code == 403 and "set-cookie" not in no_token.headers
+
+
+def test_the_login_cookie_does_not_open_the_json_api_or_forward(keyed: RunningProxy, upstream: Upstream) -> None:
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=keyed.url) as client:
+        assert log_in(client, API_KEY).status_code == 303 and client.cookies
+        for method, path, kwargs in [
+            ("GET", "/endpointConnections", {}),
+            ("POST", "/endpointConnections", {"json": {"name": "x"}}),
+            ("GET", "/forward/chat/v1/x", {}),
+            ("GET", "/openapi.json", {}),
+        ]:
+            response = client.request(method, path, **kwargs)
+            assert response.status_code == 401 and response.headers["content-type"] == "application/json", path
+        assert client.get("/endpointConnections", headers=bearer).status_code == 200
+    assert upstream.received == []
+
+
+def test_the_login_cookie_opens_the_inspector_forms(keyed: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
+    bearer = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=keyed.url) as client:
+        conn_id = client.post("/endpointConnections", json=chat_connection(upstream_url), headers=bearer).json()["id"]
+        path = f"/inspector/connections/{conn_id}"
+        assert client.post(f"{path}/test", data={"csrf_token": "x"}).status_code == 403  # the guard runs first
+        upstream.received.clear()
+        log_in(client, API_KEY)
+        token = csrf_token(client.get(path).text)
+        sent = client.post(f"{path}/test", data={"input": '{"user_message": "hi"}', "csrf_token": token})
+        assert sent.status_code == 200 and "Result:" in sent.text and len(upstream.received) == 1
+        logged_out = client.post("/inspector/logout", data={"csrf_token": token})
+        assert logged_out.status_code == 303 and "max-age=0" in logged_out.headers["set-cookie"].lower()
+        assert client.get(path).status_code == 401
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/\\evil.example", "/inspector/login"])
+def test_login_never_redirects_off_the_server(keyed: RunningProxy, target: str) -> None:
+    with httpx.Client(base_url=keyed.url) as client:
+        assert log_in(client, API_KEY, target).headers["location"] == "/"
+
+
+def test_without_an_api_key_the_login_page_sends_you_on(client: httpx.Client) -> None:
+    answer = client.get("/inspector/login?next=/inspector/sessions/x")
+    assert answer.status_code == 303 and answer.headers["location"] == "/inspector/sessions/x"

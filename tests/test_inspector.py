@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TEST_TOKEN, RunningProxy, csrf_token, running_proxy
+from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
 from tests.test_e2e_sessions import Threads, post, thread_version
 from tests.upstream import Upstream
 
@@ -128,4 +128,40 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         page.wait_for_selector("#explanation")
         explanation = page.inner_text("#explanation")
         assert "Request  POST" in explanation and "from the browser" in explanation and "Result:" in explanation
+        browser.close()
+
+
+def test_login_in_a_real_browser(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
+    """With --api-key: the login form, its cookie (out of the page's reach), then the test form works."""
+    from playwright.sync_api import sync_playwright
+
+    key = "key-Br0wser-0123456789"
+    with running_proxy(tmp_path, api_key=key) as proxy, sync_playwright() as p:
+        created = httpx.post(
+            f"{proxy.url}/endpointConnections",
+            json=chat_connection(upstream_url),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        conn_id = created.json()["id"]
+        browser = launch(p)
+        page = browser.new_page()
+        page.goto(f"{proxy.url}/inspector/connections/{conn_id}")
+        page.fill("input[name=api_key]", "not-the-key")
+        page.click("button[type=submit]")
+        assert page.inner_text("#login-error") == "Wrong API key."
+        page.fill("input[name=api_key]", key)
+        page.click("button[type=submit]")
+        page.wait_for_selector("textarea[name=input]")  # back on the page first asked for
+        assert page.url == f"{proxy.url}/inspector/connections/{conn_id}"
+        (cookie,) = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and key not in cookie["value"]
+        assert page.evaluate("document.cookie") == ""
+        page.fill("textarea[name=input]", '{"user_message": "logged in"}')
+        page.click("form:not(.logout) button[type=submit]")
+        page.wait_for_selector("#explanation")
+        assert "logged in" in page.inner_text("#explanation")
+        assert [r.json for r in upstream.requests_to("/chat")] == [{"message": "logged in"}]
+        page.click("text=Log out")
+        page.wait_for_selector("input[name=api_key]")
+        assert page.context.cookies() == []
         browser.close()

@@ -52,7 +52,11 @@ def browser_keys(request: Request) -> BrowserKeys:
 
 def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """An inspector page; every form on it carries this server's CSRF token."""
-    context.update(csrf_field=CSRF_FIELD, csrf_token=browser_keys(request).csrf_token)
+    context.update(
+        csrf_field=CSRF_FIELD,
+        csrf_token=browser_keys(request).csrf_token,
+        login_enabled=runtime(request).settings.api_key is not None,
+    )
     html = templates.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,12 +21,24 @@ async def send_json(send: Send, status: int, body: dict[str, str], extra: list[t
     await send({"type": "http.response.body", "body": payload})
 
 
-class ApiKeyMiddleware:
-    """With an API key set, every route but /healthz requires `Authorization: Bearer <key>`."""
+class BrowserLogin(Protocol):
+    """Another way in for the pages it covers (the inspector's login cookie), with its own challenge."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def covers(self, path: str) -> bool: ...
+
+    def lets_in(self, scope: Scope) -> bool: ...
+
+    async def challenge(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class ApiKeyMiddleware:
+    """With an API key set, every route but /healthz requires `Authorization: Bearer <key>`; the paths a
+    browser login covers also take its cookie, and answer its login form instead of the JSON 401."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, login: BrowserLogin | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.login = login
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -33,6 +46,12 @@ class ApiKeyMiddleware:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
+            if self.login is not None and self.login.covers(scope["path"]):
+                if self.login.lets_in(scope):
+                    await self.app(scope, receive, send)
+                else:
+                    await self.login.challenge(scope, receive, send)
+                return
             await send_json(
                 send,
                 401,
