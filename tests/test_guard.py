@@ -385,8 +385,10 @@ def test_the_login_cookie_opens_the_inspector_forms(keyed: RunningProxy, upstrea
         assert client.get(path).status_code == 401
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example", "/\\evil.example", "/inspector/login"])
-def test_login_never_redirects_off_the_server(keyed: RunningProxy, target: str) -> None:
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "https://evil.example", "/\\evil.example", "/inspector/login", "/inspector/logout"]
+)
+def test_login_never_redirects_off_the_server_or_to_itself(keyed: RunningProxy, target: str) -> None:
     with httpx.Client(base_url=keyed.url) as client:
         assert log_in(client, API_KEY, target).headers["location"] == "/"
 

@@ -28,7 +28,12 @@ def cookie_name(scope: Scope) -> str:
 
 def safe_next(value: str | None) -> str:
     """Where to go after logging in: a path on this server, never another site."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")) or value.startswith(LOGIN_PATH):
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith(("//", "/\\"))
+        or value.startswith((LOGIN_PATH, LOGOUT_PATH))
+    ):
         return "/"
     return value if value.isprintable() else "/"
 
