@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, forward, galtea, inspector, sessions
+from proxy.api import cohere, forward, galtea, inspector, login, sessions
+from proxy.api.guard import BrowserKeys, GuardPolicy, RequestGuard
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import openapi
 from proxy.errors import ProxyError
@@ -54,6 +55,7 @@ def all_routes() -> list[Route]:
         *forward.ROUTES,
         *cohere.ROUTES,
         *inspector.ROUTES,
+        *login.ROUTES,
     ]
 
 
@@ -66,15 +68,20 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.close()
 
+    settings = runtime.settings
+    keys = BrowserKeys()  # this server's own: two apps in one process never share a CSRF token or cookie
+    browser_login = login.InspectorLogin(settings.api_key, keys) if settings.api_key else None
     routes = all_routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(ApiKeyMiddleware, api_key=runtime.settings.api_key),
+            Middleware(RequestGuard, policy=GuardPolicy.from_settings(settings), keys=keys),
+            Middleware(ApiKeyMiddleware, api_key=settings.api_key, login=browser_login),
             Middleware(BodyLimitMiddleware),
         ],
         exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.runtime = runtime
+    app.state.browser_keys = keys
     return app

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from proxy.api.guard import normalize_host_name, normalize_origin
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 from proxy.runner import DEFAULT_CONCURRENCY
@@ -56,7 +57,21 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         traceparent=bool(file.get("traceparent", True)),
         api_key=pick("api_key", None) or os.environ.get("PROXY_API_KEY"),
         replay_latency=str(pick("replay_latency", "none")).lower(),
+        allowed_hosts=tuple(flags.get("allowed_hosts") or ()),
+        cors_origins=tuple(flags.get("cors_origins") or ()),
     )
+
+
+def _checked(normalize: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], Any]:
+    """A click callback that normalizes each value of a repeatable option, or names the bad one."""
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(normalize(v) for v in values)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
 def read_config(path: Path | None) -> Config:
@@ -81,6 +96,23 @@ def main() -> None:
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set PROXY_API_KEY).")
 @click.option(
     "--allow-http", is_flag=True, default=None, help="Accept http:// connection URLs without acknowledgement."
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    callback=_checked(normalize_host_name),
+    help="Also answer requests whose Host is NAME (repeatable); by default only the bind address, "
+    "localhost and loopback addresses.",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    callback=_checked(normalize_origin),
+    help="Let web pages of ORIGIN (scheme://host[:port]) call the API, with CORS headers (repeatable).",
 )
 def serve(config_path: Path | None, **flags: Any) -> None:
     """Run the server."""

@@ -8,7 +8,9 @@ ProxyError                      base; never escapes as a 500
 ├── InvalidField        422     a field failed validation (names the field and the reason)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
 
-A missing or wrong API key is answered 401 by the API-key middleware itself, before any route runs.
+Before any route runs, the request guard answers 403 (foreign Host or Origin, cross-site fetch, no CSRF
+token) and 415 (a write that is not JSON) itself, and the API-key middleware 401 to a missing or wrong
+key (with the login form on an inspector page).
 
 Engine failures are not exceptions at the API boundary: a failed upstream call is a result
 (`CallResult.error`), because a failed turn is data the user wants to inspect.

@@ -22,6 +22,9 @@ DEFAULT_RETRYABLE_STATUS_CODES = (429, 500, 502, 503, 504)
 MAX_CONVERSATION_END_RULES = 20
 RATE_LIMIT_WINDOW_S = 60.0
 
+# Browsers may cache a CORS preflight answer this long.
+CORS_MAX_AGE_S = 600
+
 # Bodies.
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
@@ -53,3 +56,5 @@ class Settings:
     traceparent: bool = True
     api_key: str | None = None
     replay_latency: str = "none"  # or "recorded": sleep each replayed answer's recorded latency
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beside the bind address, localhost and loopback
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (CORS)

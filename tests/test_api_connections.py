@@ -22,7 +22,7 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     runtime = Runtime(Settings(data_dir=tmp_path / "data", cassettes_dir=tmp_path / "c"))
     await runtime.start()
     transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://proxy.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
     await runtime.close()
 
@@ -218,14 +218,15 @@ async def test_malformed_json_is_400_and_non_object_is_400(api: httpx.AsyncClien
 
 async def test_bodies_over_10mb_are_413(api: httpx.AsyncClient) -> None:
     big = b'{"name": "' + b"x" * (10 * 1024 * 1024 + 10) + b'"}'
-    response = await api.post("/endpointConnections", content=big)
+    json_type = {"content-type": "application/json"}
+    response = await api.post("/endpointConnections", content=big, headers=json_type)
     assert response.status_code == 413 and "10 MB" in response.json()["message"]
 
     async def chunked():  # type: ignore[no-untyped-def]
         for _ in range(11):
             yield b"x" * (1024 * 1024)
 
-    response = await api.post("/endpointConnections", content=chunked())
+    response = await api.post("/endpointConnections", content=chunked(), headers=json_type)
     assert response.status_code == 413
 
 
@@ -246,7 +247,9 @@ async def test_openapi_describes_every_route(api: httpx.AsyncClient) -> None:
 async def test_api_key_guards_every_route_but_healthz(tmp_path: Path) -> None:
     runtime = Runtime(Settings(data_dir=tmp_path / "d", api_key="k-123456"))
     await runtime.start()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://t") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://127.0.0.1"
+    ) as c:
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/endpointConnections")).status_code == 401
         assert (await c.get("/endpointConnections", headers={"Authorization": "Bearer wrong"})).status_code == 401

@@ -6,11 +6,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_TOKEN, RunningProxy, running_proxy
+from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
 from tests.test_e2e_sessions import Threads, post, thread_version
 from tests.upstream import Upstream
 
@@ -72,11 +73,14 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
     with httpx.Client(base_url=proxy.url) as client:
         form = client.get(f"/inspector/connections/{ids['conv']}")
         assert form.status_code == 200 and "<form" in form.text and "hasAuthToken" in form.text
+        token = csrf_token(form.text)
         dry = client.post(
             f"/inspector/connections/{ids['conv']}/test",
-            data={"input": '{"user_message": "<b>hi</b>"}', "context": "", "dry_run": "1"},
+            data={"input": '{"user_message": "<b>hi</b>"}', "context": "", "dry_run": "1", "csrf_token": token},
         )
-        bad = client.post(f"/inspector/connections/{ids['conv']}/test", data={"input": "{nope", "context": ""})
+        bad = client.post(
+            f"/inspector/connections/{ids['conv']}/test", data={"input": "{nope", "context": "", "csrf_token": token}
+        )
     assert "Dry run: nothing was sent." in dry.text
     assert "&lt;b&gt;hi&lt;/b&gt;" in dry.text and "<b>hi</b>" not in dry.text  # escaped, never injected
     assert bad.status_code == 400 and "not valid JSON" in bad.text
@@ -84,11 +88,9 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
         assert client.get("/inspector/sessions/nope").status_code == 404
 
 
-def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def launch(playwright: Any) -> Any:
+    """Debian's headless chromium, quiet: no network of its own."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
-    proxy, ids = recorded
     args = [
         "--no-sandbox",
         "--disable-gpu",
@@ -98,8 +100,15 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         "--disable-component-update",
         "--disable-sync",
     ]
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+
+
+def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    proxy, ids = recorded
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"{proxy.url}/")
         page.click(f"text={ids['session']}")
@@ -119,4 +128,40 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         page.wait_for_selector("#explanation")
         explanation = page.inner_text("#explanation")
         assert "Request  POST" in explanation and "from the browser" in explanation and "Result:" in explanation
+        browser.close()
+
+
+def test_login_in_a_real_browser(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
+    """With --api-key: the login form, its cookie (out of the page's reach), then the test form works."""
+    from playwright.sync_api import sync_playwright
+
+    key = "key-Br0wser-0123456789"
+    with running_proxy(tmp_path, api_key=key) as proxy, sync_playwright() as p:
+        created = httpx.post(
+            f"{proxy.url}/endpointConnections",
+            json=chat_connection(upstream_url),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        conn_id = created.json()["id"]
+        browser = launch(p)
+        page = browser.new_page()
+        page.goto(f"{proxy.url}/inspector/connections/{conn_id}")
+        page.fill("input[name=api_key]", "not-the-key")
+        page.click("button[type=submit]")
+        assert page.inner_text("#login-error") == "Wrong API key."
+        page.fill("input[name=api_key]", key)
+        page.click("button[type=submit]")
+        page.wait_for_selector("textarea[name=input]")  # back on the page first asked for
+        assert page.url == f"{proxy.url}/inspector/connections/{conn_id}"
+        (cookie,) = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and key not in cookie["value"]
+        assert page.evaluate("document.cookie") == ""
+        page.fill("textarea[name=input]", '{"user_message": "logged in"}')
+        page.click("form:not(.logout) button[type=submit]")
+        page.wait_for_selector("#explanation")
+        assert "logged in" in page.inner_text("#explanation")
+        assert [r.json for r in upstream.requests_to("/chat")] == [{"message": "logged in"}]
+        page.click("text=Log out")
+        page.wait_for_selector("input[name=api_key]")
+        assert page.context.cookies() == []
         browser.close()

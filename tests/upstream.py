@@ -50,7 +50,7 @@ class Upstream:
         self._handlers: list[tuple[str, Callable[[Received], Reply]]] = []
         self._lock = threading.Lock()
         self.app = Starlette(
-            routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
+            routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])]
         )
 
     def script(self, path: str, *replies: Reply) -> None:

@@ -14,12 +14,15 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from proxy.api.galtea import runtime
+from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.connection import public_fields
 from proxy.engine import CallContext
 from proxy.explain import explain
 from proxy.settings import DEFAULT_TEST_INPUT
 
 RECENT_SESSIONS = 200
+# No page of the inspector may be framed by another site (a click on a framed form would be the user's).
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 def _pretty(value: Any) -> str:
@@ -42,8 +45,25 @@ templates = Environment(loader=PackageLoader("proxy", "templates"), autoescape=s
 templates.globals.update(pretty=_pretty, short=_short)
 
 
-def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(templates.get_template(name).render(**context), status_code=status_code)
+def browser_keys(request: Request) -> BrowserKeys:
+    keys: BrowserKeys = request.app.state.browser_keys
+    return keys
+
+
+def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """An inspector page; every form on it carries this server's CSRF token."""
+    context.update(
+        csrf_field=CSRF_FIELD,
+        csrf_token=browser_keys(request).csrf_token,
+        login_enabled=runtime(request).settings.api_key is not None,
+    )
+    html = templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An inspector form's fields (the guard has checked its CSRF token)."""
+    return {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
 
 
 async def overview(request: Request) -> HTMLResponse:
@@ -51,6 +71,7 @@ async def overview(request: Request) -> HTMLResponse:
     rt = runtime(request)
     sessions = sorted(rt.sessions.all(), key=lambda s: s.created_at, reverse=True)[:RECENT_SESSIONS]
     return page(
+        request,
         "overview.html",
         connections=rt.connections.all(),
         connection_names={c.id: c.name for c in rt.connections.all()},
@@ -68,6 +89,7 @@ async def session_page(request: Request) -> HTMLResponse:
     session = rt.sessions.get(request.path_params["id"])
     version = rt.versions.get(session.version_id)
     return page(
+        request,
         "session.html",
         session=session,
         version_name=version.name,
@@ -81,6 +103,7 @@ async def connection_page(request: Request) -> HTMLResponse:
     """Inspector: one connection and its test form."""
     conn = runtime(request).connections.get(request.path_params["id"])
     return page(
+        request,
         "connection.html",
         conn=conn,
         fields=public_fields(conn),
@@ -93,7 +116,7 @@ async def test_from_form(request: Request) -> HTMLResponse:
     """Inspector: run the test form, show what `proxy check` would print."""
     rt = runtime(request)
     conn = rt.connections.get(request.path_params["id"])
-    form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
+    form = await read_form(request)
     input_text, context_text = form.get("input", ""), form.get("context", "")
     dry_run = bool(form.get("dry_run"))
     shown: dict[str, Any] = {
@@ -107,14 +130,14 @@ async def test_from_form(request: Request) -> HTMLResponse:
         test_input = json.loads(input_text) if input_text.strip() else DEFAULT_TEST_INPUT
         context = json.loads(context_text) if context_text.strip() else {}
     except json.JSONDecodeError as exc:
-        return page("connection.html", 400, problem=f"Input or context is not valid JSON: {exc}", **shown)
+        return page(request, "connection.html", 400, problem=f"Input or context is not valid JSON: {exc}", **shown)
     if not isinstance(context, dict):
-        return page("connection.html", 400, problem="Context must be a JSON object.", **shown)
+        return page(request, "connection.html", 400, problem="Context must be a JSON object.", **shown)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
     ctx = CallContext(input=test_input, context=context, cassette=handle)
     result = rt.engine.render(conn, ctx) if dry_run else await rt.engine.call(conn, ctx)
     explanation = "\n".join(explain(conn, result, sent=not dry_run))
-    return page("connection.html", explanation=explanation, **shown)
+    return page(request, "connection.html", explanation=explanation, **shown)
 
 
 ROUTES = [

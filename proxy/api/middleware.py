@@ -1,9 +1,10 @@
-"""Plain ASGI middleware: API key check and request body cap."""
+"""Plain ASGI middleware: API key check and request body cap (the request guard is in guard.py)."""
 
 from __future__ import annotations
 
 import hmac
 import json
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,19 +14,31 @@ from proxy.settings import MAX_API_BODY_BYTES
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-async def _send_json(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
+async def send_json(send: Send, status: int, body: dict[str, str], extra: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
-class ApiKeyMiddleware:
-    """With an API key set, every route but /healthz requires `Authorization: Bearer <key>`."""
+class BrowserLogin(Protocol):
+    """Another way in for the pages it covers (the inspector's login cookie), with its own challenge."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def covers(self, path: str) -> bool: ...
+
+    def lets_in(self, scope: Scope) -> bool: ...
+
+    async def challenge(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class ApiKeyMiddleware:
+    """With an API key set, every route but /healthz requires `Authorization: Bearer <key>`; the paths a
+    browser login covers also take its cookie, and answer its login form instead of the JSON 401."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, login: BrowserLogin | None = None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.login = login
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -33,7 +46,13 @@ class ApiKeyMiddleware:
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
-            await _send_json(
+            if self.login is not None and self.login.covers(scope["path"]):
+                if self.login.lets_in(scope):
+                    await self.app(scope, receive, send)
+                else:
+                    await self.login.challenge(scope, receive, send)
+                return
+            await send_json(
                 send,
                 401,
                 {"message": "Authorization: a valid 'Bearer <api key>' header is required"},
@@ -74,7 +93,7 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        await _send_json(send, 413, {"message": too_large_message(self.max_bytes)})
+        await send_json(send, 413, {"message": too_large_message(self.max_bytes)})
 
 
 def too_large_message(max_bytes: int) -> str:
