@@ -67,6 +67,7 @@ async def no_sleep(seconds: float) -> None:
 
 # -- bodies are capped as they arrive ---------------------------------------------------------------
 
+
 async def assert_fails_at_a_1_mb_cap(upstream: Handler, holding_less_than: int) -> None:
     """A turn against `upstream` fails on the body cap, and the memory it took at its peak stays bounded."""
     engine = Engine(live_transport(), max_body_bytes=MB)
