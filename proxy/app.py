@@ -15,9 +15,10 @@ from starlette.routing import Route
 
 from proxy.api import cohere, forward, galtea, inspector, sessions
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from proxy.api.openapi import openapi
+from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
+from proxy.schemas import Health
 from proxy.secrets import REDACTOR
 
 log = logging.getLogger("proxy")
@@ -47,8 +48,8 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def all_routes() -> list[Route]:
     """Every route the server serves; /openapi.json describes exactly these."""
     return [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        ApiRoute("/healthz", healthz, methods=["GET"], response=Health),
+        ApiRoute("/openapi.json", openapi, methods=["GET"], response=OPENAPI_DOCUMENT),
         *galtea.ROUTES,
         *sessions.ROUTES,
         *forward.ROUTES,
