@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, forward, galtea, inspector, sessions
+from proxy.api import cohere, forward, galtea, inspector, products, sessions
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
 from proxy.errors import ProxyError
@@ -52,6 +52,7 @@ def all_routes() -> list[Route]:
         ApiRoute("/openapi.json", openapi, methods=["GET"], response=OPENAPI_DOCUMENT),
         *galtea.ROUTES,
         *sessions.ROUTES,
+        *products.ROUTES,
         *forward.ROUTES,
         *cohere.ROUTES,
         *inspector.ROUTES,

@@ -42,6 +42,7 @@ def test_every_route_describes_its_body_and_its_answer(proxy_server: RunningProx
     assert {"versionId", "testCaseId", "isProduction", "status", "context"} <= set(session_create)
     assert components["SessionStatus"]["enum"] == ["PENDING", "COMPLETED", "FAILED"]
     assert "userId" in components["Session"]["properties"]
+    assert {"id", "name", "description", "organizationId", "createdAt"} <= set(components["Product"]["required"])
 
 
 class AnswerChecker:
@@ -103,6 +104,8 @@ def test_every_answer_matches_its_schema(
     api.get(f"/sessions/{session['id']}")
     api.patch(f"/sessions/{session['id']}", json={"metadata": {"k": 2}})
     api.patch(f"/sessions/{session['id']}/finish", json={"stoppingReason": "done"})
+    api.get("/products")
+    api.get("/products/prod")
     api.post(
         "/v1/connectors",
         json={"name": "kb", "url": f"{upstream_url}/search", "service_auth": {"type": "bearer", "token": TEST_TOKEN}},
