@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, forward, galtea, inspector, login, sessions
+from proxy.api import cohere, forward, galtea, inspector, login, products, sessions
 from proxy.api.guard import BrowserKeys, GuardPolicy, RequestGuard
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from proxy.api.openapi import openapi
+from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
+from proxy.schemas import Health
 from proxy.secrets import REDACTOR
 
 log = logging.getLogger("proxy")
@@ -48,10 +49,11 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def all_routes() -> list[Route]:
     """Every route the server serves; /openapi.json describes exactly these."""
     return [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        ApiRoute("/healthz", healthz, methods=["GET"], response=Health),
+        ApiRoute("/openapi.json", openapi, methods=["GET"], response=OPENAPI_DOCUMENT),
         *galtea.ROUTES,
         *sessions.ROUTES,
+        *products.ROUTES,
         *forward.ROUTES,
         *cohere.ROUTES,
         *inspector.ROUTES,

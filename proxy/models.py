@@ -176,11 +176,26 @@ def raise_first(exc: ValidationError) -> None:
     raise InvalidField(field_name(loc), _reason(error)) from None
 
 
+# pydantic's wording for a value of the wrong JSON type, said the way the API's own checks say it.
+_TYPE_REASONS = {
+    "string_type": "must be a string",
+    "dict_type": "must be an object",
+    "list_type": "must be a list",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+}
+
+
 def _reason(error: Any) -> str:
     message = str(error["msg"])
-    if error["type"] == "missing":
+    if error["type"] == "missing" or (error["type"] in _TYPE_REASONS and error.get("input", "") is None):
         return "is required"
-    return message.removeprefix("Value error, ")
+    if error["type"] == "enum":
+        return f"{error['input']!r} is not one of {error['ctx']['expected']} (any case)"
+    return _TYPE_REASONS.get(error["type"], message.removeprefix("Value error, "))
 
 
 def parse_spec(data: dict[str, Any]) -> ConnectionSpec:

@@ -15,20 +15,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from proxy.auth import new_trace_id
 from proxy.engine import CallContext, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
 from proxy.models import ConnectionType
 from proxy.registry import new_id, now_iso
+from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionStatus, SessionUpdate, TurnRequest
 from proxy.store import Store, entity_json
 from proxy.transports.library import CassetteHandle, CassetteLibrary
 from proxy.versions import Version, VersionRegistry
 
-PENDING, COMPLETED, FAILED = "PENDING", "COMPLETED", "FAILED"
+PENDING, COMPLETED, FAILED = SessionStatus.PENDING.value, SessionStatus.COMPLETED.value, SessionStatus.FAILED.value
 GENERATED, SKIPPED = "GENERATED", "SKIPPED"  # turn statuses besides FAILED
-SESSION_STATUSES = (PENDING, COMPLETED, FAILED)
-TURN_STATUSES = ("PENDING", GENERATED, FAILED, SKIPPED)
 DEFAULT_STOPPING_REASON = "COMPLETED"
 
 
@@ -44,12 +45,13 @@ class Session:
     external_session_id: str | None = None
     test_case_id: str | None = None
     test_id: str | None = None
-    context: Any = None
+    run_id: str | None = None
+    context: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     status: str = PENDING
     stopping_reason: str | None = None
     error: str | None = None
-    is_production: bool = True
+    is_production: bool = False
     initialized: bool = False
     finalized: bool = False
     deleted: bool = False
@@ -63,12 +65,16 @@ class Session:
             "externalSessionId": self.external_session_id,
             "testCaseId": self.test_case_id,
             "testId": self.test_id,
-            "context": self.context,
+            "runId": self.run_id,
+            "userId": None,  # no Galtea user launches a session here
+            "context": context_object(self.context),
             "metadata": self.metadata,
             "status": self.status,
             "stoppingReason": self.stopping_reason,
             "error": self.error,
             "isProduction": self.is_production,
+            "isSeed": False,
+            "recordingUri": None,
             "createdAt": self.created_at,
             "deletedAt": None,
         }
@@ -138,6 +144,7 @@ class SessionService:
     def load(self) -> None:
         for data in self.store.call(self.store.load, "sessions"):
             session = Session(**data)
+            session.context = context_object(session.context)  # stored before contexts were objects
             self._sessions[session.id] = session
         for data in self.store.call(self.store.load, "inference_results"):
             self._index_turn(Turn(**data))
@@ -175,32 +182,41 @@ class SessionService:
     # -- sessions ----------------------------------------------------------------------------
 
     async def create(self, data: dict[str, Any]) -> Session:
-        version = self._version_for(data)
-        test_case_id = _optional_str(data, "testCaseId")
-        is_production = data.get("isProduction")
-        if is_production is not None and not isinstance(is_production, bool):
-            raise InvalidField("isProduction", "must be true or false")
+        """The Galtea rules: a non-production session (the default) runs a test case, which provides its
+        context; a production one has no test case. A session created COMPLETED or FAILED logs a conversation
+        that ran elsewhere: it takes logged inference results, never turns, and has no lifecycle to run."""
+        fields = SessionCreate.parse(data)
+        version = self._version_for(fields)
+        test_case_id, is_production = fields.test_case_id, bool(fields.is_production)
         if is_production and test_case_id:
             raise InvalidField("testCaseId", "is refused on a production session (isProduction: true)")
-        if test_case_id and data.get("context") is not None:
+        if not is_production and not test_case_id:
+            raise InvalidField(
+                "testCaseId",
+                "is required on a non-production session (isProduction defaults to false): give the test case "
+                "the session runs, or isProduction: true",
+            )
+        if test_case_id and fields.context is not None:
             raise InvalidField("context", "is refused when testCaseId is set (the test case provides it)")
-        metadata = data.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise InvalidField("metadata", "must be an object")
-        custom_id = _optional_str(data, "customId")
+        if is_production and fields.run_id:
+            raise InvalidField("runId", "is refused on a production session (isProduction: true)")
+        status = (fields.status or SessionStatus.PENDING).value
         conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
         session = Session(
             id=new_id("ses"),
             version_id=version.id,
             product_id=version.product_id,
             created_at=now_iso(),
-            cassette_key=test_case_id or custom_id or (conversation.name if conversation else version.name),
-            custom_id=custom_id,
+            cassette_key=test_case_id or fields.custom_id or (conversation.name if conversation else version.name),
+            custom_id=fields.custom_id,
             test_case_id=test_case_id,
-            test_id=_optional_str(data, "testId") or _optional_str(data, "datasetId"),
-            context=data.get("context"),
-            metadata=dict(metadata),
-            is_production=is_production if is_production is not None else test_case_id is None,
+            test_id=fields.test_id or fields.dataset_id,
+            run_id=fields.run_id,
+            context=context_object(fields.context),
+            metadata=dict(fields.metadata or {}),
+            status=status,
+            is_production=is_production,
+            finalized=status != PENDING,
         )
         self._sessions[session.id] = session
         self._handle(session)  # the cassette is opened, and `once` decided, when the session is created
@@ -218,11 +234,10 @@ class SessionService:
     def cassette_handle(self, session_id: str) -> CassetteHandle:
         return self._handle(self.get(session_id))
 
-    def _version_for(self, data: dict[str, Any]) -> Version:
-        version_id = _optional_str(data, "versionId")
-        if version_id:
-            return self.versions.get(version_id)
-        product_id = _optional_str(data, "productId")
+    def _version_for(self, fields: SessionCreate) -> Version:
+        if fields.version_id:
+            return self.versions.get(fields.version_id)
+        product_id = fields.product_id
         if not product_id:
             raise InvalidField("versionId", "is required (or productId, to use that product's latest version)")
         version = self.versions.latest_for_product(product_id)
@@ -232,22 +247,20 @@ class SessionService:
 
     async def update(self, session_id: str, data: dict[str, Any]) -> Session:
         session = self.get(session_id)
-        if "customId" in data:
-            session.custom_id = _optional_str(data, "customId")
-        if "metadata" in data:
-            if not isinstance(data["metadata"], dict | None):
-                raise InvalidField("metadata", "must be an object")
-            session.metadata = dict(data["metadata"] or {})
-        if "context" in data:
-            session.context = data["context"]
-        if "status" in data:
-            status = str(data["status"]).upper()
-            if status not in SESSION_STATUSES:
-                raise InvalidField("status", f"{data['status']!r} is not one of {', '.join(SESSION_STATUSES)}")
-            session.status = status
-        for key, attr in (("stoppingReason", "stopping_reason"), ("error", "error")):
-            if key in data:
-                setattr(session, attr, _optional_str(data, key))
+        fields = SessionUpdate.parse(data)
+        given = fields.given()
+        if "custom_id" in given:
+            session.custom_id = fields.custom_id
+        if "metadata" in given:
+            session.metadata = dict(fields.metadata or {})
+        if "context" in given:
+            session.context = context_object(fields.context)
+        if "status" in given and fields.status is not None:
+            session.status = fields.status.value
+        if "stopping_reason" in given:
+            session.stopping_reason = fields.stopping_reason
+        if "error" in given:
+            session.error = fields.error
         await self._save(session)
         return session
 
@@ -259,14 +272,14 @@ class SessionService:
     async def finish(self, session_id: str, data: dict[str, Any]) -> Session:
         """COMPLETED with a stoppingReason, or FAILED with an error; FINALIZATION runs once either way."""
         session = self.get(session_id)
+        fields = SessionFinish.parse(data)
         async with self._lock(session_id):
-            error = _optional_str(data, "error")
             if session.status == PENDING:
-                if error:
-                    session.status, session.error = FAILED, error
+                if fields.error:
+                    session.status, session.error = FAILED, fields.error
                 else:
                     session.status = COMPLETED
-                    session.stopping_reason = _optional_str(data, "stoppingReason") or DEFAULT_STOPPING_REASON
+                    session.stopping_reason = fields.stopping_reason or DEFAULT_STOPPING_REASON
             await self._finalize(session)
             await self._save(session)
             await self.library.flush(self._handle(session).name)
@@ -276,14 +289,8 @@ class SessionService:
 
     async def run_turn(self, session_id: str, data: dict[str, Any]) -> Turn:
         session = self.get(session_id)
-        if "input" not in data or data["input"] is None:
-            raise InvalidField("input", 'is required: an object such as {"user_message": "Hi"}, or a string')
-        turn_input = data["input"]
-        if not isinstance(turn_input, dict | str):
-            raise InvalidField("input", "must be an object or a string")
-        turn_context = data.get("context")
-        if turn_context is not None and not isinstance(turn_context, dict):
-            raise InvalidField("context", "must be an object")
+        request = TurnRequest.parse(data)
+        turn_input, turn_context = request.input, request.context
         async with self._lock(session_id):
             if session.status != PENDING:
                 raise Conflict(f"Session {session_id} is {session.status}: it takes no more turns")
@@ -311,31 +318,23 @@ class SessionService:
             return turn
 
     async def log_turn(self, data: dict[str, Any]) -> Turn:
-        """POST /inferenceResults: a turn the client ran itself."""
-        session_id = _optional_str(data, "sessionId")
-        if not session_id:
-            raise InvalidField("sessionId", "is required")
-        session = self.get(session_id)
-        status = str(data.get("status") or GENERATED).upper()
-        if status not in TURN_STATUSES:
-            raise InvalidField("status", f"{data['status']!r} is not one of {', '.join(TURN_STATUSES)}")
-        latency = data.get("latency")
-        if latency is not None and not isinstance(latency, int | float):
-            raise InvalidField("latency", "must be a number")
-        known = {"sessionId", "input", "actualOutput", "retrievalContext", "latency", "status", "error", "traces"}
-        async with self._lock(session_id):
+        """POST /inferenceResults: a turn the client ran itself (a finished session takes them too)."""
+        fields = InferenceResultCreate.parse(data)
+        session = self.get(fields.session_id)
+        async with self._lock(session.id):
             turn = Turn(
                 id=uuid.uuid4().hex,
                 session_id=session.id,
                 index=len(self._turns_by_session.get(session.id, [])),
                 created_at=now_iso(),
-                input=data.get("input"),
-                actual_output=_text_or_none(data.get("actualOutput")),
-                retrieval_context=_text_or_none(data.get("retrievalContext")),
-                latency=latency,
-                status=status,
-                error=_optional_str(data, "error"),
-                extra={k: v for k, v in data.items() if k not in known},
+                input=fields.input,
+                actual_output=_text_or_none(fields.actual_output),
+                retrieval_context=_text_or_none(fields.retrieval_context),
+                traces=list(fields.traces or []),
+                latency=fields.latency,
+                status=fields.status.value if fields.status else GENERATED,
+                error=fields.error,
+                extra={to_camel(k): v for k, v in (fields.model_extra or {}).items()},
             )
             self._index_turn(turn)
             await self._save_turn(turn, session)
@@ -408,11 +407,9 @@ class SessionService:
     def _context(
         self, session: Session, inference_id: str, turn_input: Any, turn_context: dict[str, Any] | None
     ) -> CallContext:
-        context = session.context
-        if isinstance(context, str):
-            context = _maybe_json_object(context)
+        context = template_context(session.context)
         if turn_context:
-            context = {**(context if isinstance(context, dict) else {}), **turn_context}
+            context = {**context, **turn_context}
         past = [
             {"input": t.input, "output": t.actual_output}
             for t in self._turns_by_session.get(session.id, [])
@@ -420,7 +417,7 @@ class SessionService:
         ]
         return CallContext(
             input=turn_input,
-            context=context if context is not None else {},
+            context=context,
             session_id=session.external_session_id or session.custom_id,
             galtea_session_id=session.id,
             test_case_id=session.test_case_id,
@@ -466,23 +463,26 @@ class SessionService:
         await self.store.write(self.store.put_many, rows)
 
 
-def _optional_str(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidField(key, "must be a string")
-    return value
-
-
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else output_text(value)
 
 
-def _maybe_json_object(text: str) -> Any:
-    """A string context that holds a JSON object is usable as `context.<field>`."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, dict) else text
+def context_object(context: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A session's context as Galtea stores it: an object, plain text as `{"value": "<text>"}`."""
+    return {"value": context} if isinstance(context, str) else context
+
+
+def template_context(context: dict[str, Any] | None) -> dict[str, Any]:
+    """What templates see as `context`: the stored object; when its `value` text holds a JSON object, that
+    object's fields too (`context.<field>`), beside `context.value`."""
+    if not context:
+        return {}
+    text = context.get("value")
+    if isinstance(text, str):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return {**parsed, **context}
+    return dict(context)

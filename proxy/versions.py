@@ -10,6 +10,7 @@ from proxy.connection import CompiledConnection
 from proxy.errors import InvalidField, NotFound
 from proxy.models import ConnectionType, normalise_keys
 from proxy.registry import ConnectionRegistry, new_id, now_iso
+from proxy.schemas import VersionCreate
 from proxy.store import Store, entity_json
 
 # API field → (config shorthand, connection type the slot takes)
@@ -83,13 +84,13 @@ class VersionRegistry:
         return self.connections.get(conn_id)
 
     async def create(self, data: dict[str, Any]) -> Version:
-        version = self._build(normalise_keys(data))
+        version = self._build(_fields(data))
         await self._persist(version)
         return version
 
     async def upsert_by_name(self, data: dict[str, Any]) -> Version:
         """Config-file versions: connections named rather than referenced by id."""
-        fields = normalise_keys(data)
+        fields = _fields(data)
         existing = next(
             (
                 v
@@ -103,22 +104,27 @@ class VersionRegistry:
         return version
 
     def _build(self, fields: dict[str, Any], existing: Version | None = None) -> Version:
-        product_id = fields.get("product_id")
-        if not isinstance(product_id, str) or not product_id:
-            raise InvalidField("productId", "is required")
-        fields.setdefault("conversation_endpoint_connection_id", fields.get("endpoint_connection_id"))
+        product_id: str = fields["product_id"]
+        fields["conversation_endpoint_connection_id"] = fields.get("conversation_endpoint_connection_id") or fields.get(
+            "endpoint_connection_id"
+        )
         number = (
             existing.number
             if existing
             else 1 + max((v.number for v in self._by_id.values() if v.product_id == product_id), default=0)
         )
         name = fields.get("name") or f"v{number}"
-        if not isinstance(name, str):
-            raise InvalidField("name", "must be a string")
         clash = next((v for v in self._by_id.values() if v.name == name and v.product_id == product_id), None)
         if clash is not None and clash is not existing:
             raise InvalidField("name", f"a version named {name!r} already exists in product {product_id!r}")
         slots = {slot: self._resolve_slot(fields, slot, product_id) for slot in SLOTS}
+        if slots["conversation_endpoint_connection_id"] is None:
+            # Refused here rather than at the first turn, where the session would have nothing to call.
+            raise InvalidField(
+                "conversationEndpointConnectionId",
+                "is required (`conversation:` in the config file): a version runs its turns through a "
+                "CONVERSATION connection",
+            )
         self._check_session_id_urls(slots)
         extra = {k: v for k, v in fields.items() if k not in KNOWN_FIELDS and k not in SHORTHANDS}
         return Version(
@@ -137,8 +143,6 @@ class VersionRegistry:
         if ref is None:
             return None
         api_field = _camel(slot)
-        if not isinstance(ref, str):
-            raise InvalidField(api_field, "must be a connection id or name")
         conn = (
             self.connections._by_id.get(ref)
             or self.connections.by_name(ref, product_id)
@@ -165,6 +169,12 @@ class VersionRegistry:
     async def _persist(self, version: Version) -> None:
         await self.store.write(self.store.put, "versions", version.id, next(self._seq), entity_json(version))
         self._by_id[version.id] = version
+
+
+def _fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A version body validated, as snake_case fields; the fields it does not know kept beside them."""
+    spec = VersionCreate.parse(data)
+    return spec.model_dump(include=set(VersionCreate.model_fields)) | normalise_keys(spec.model_extra or {})
 
 
 def _camel(name: str) -> str:

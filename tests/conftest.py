@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from galtea import Galtea
 
 from proxy.app import create_app
 from proxy.config import Config
@@ -62,6 +63,14 @@ def running_proxy(
 def proxy_server(tmp_path: Path) -> Iterator[RunningProxy]:
     with running_proxy(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def galtea(proxy_server: RunningProxy) -> Iterator[Galtea]:
+    """The official galtea SDK pointed at `proxy_server`."""
+    client = Galtea(api_key="galtea-key", base_url=proxy_server.url, suppress_updatable_version_message=True)
+    yield client
+    client.shutdown()
 
 
 def chat_connection(upstream_url: str, **overrides: Any) -> dict[str, Any]:

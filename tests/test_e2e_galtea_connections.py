@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,13 +14,6 @@ from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connect
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def galtea(proxy_server: RunningProxy) -> Iterator[Galtea]:
-    client = Galtea(api_key="galtea-key", base_url=proxy_server.url, suppress_updatable_version_message=True)
-    yield client
-    client.shutdown()
 
 
 def create_chat(galtea: Galtea, upstream_url: str, **overrides: object):  # type: ignore[no-untyped-def]

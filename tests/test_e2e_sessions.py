@@ -125,7 +125,7 @@ def test_thread_style_lifecycle_reaches_the_upstream_in_order(
 ) -> None:
     Threads(upstream)
     version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id})
+    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
     first = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     second = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "again"}})
     finished = api.patch(f"/sessions/{session['id']}/finish", json={"stoppingReason": "done"}).json()
@@ -160,7 +160,7 @@ def test_failed_turn_fails_the_session_and_still_finalizes(
 ) -> None:
     Threads(upstream)
     version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id})
+    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
     post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     upstream.handle("/threads/th_1/messages", lambda r: Reply(status=422, json={"detail": "model not found"}))
     failed = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "x"}})
@@ -176,7 +176,7 @@ def test_failed_turn_fails_the_session_and_still_finalizes(
 def test_failed_initialization_fails_the_first_turn(api: httpx.Client, upstream: Upstream, upstream_url: str) -> None:
     upstream.script("/threads", Reply(status=503, text="maintenance"))
     version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id})
+    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
     turn = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     assert turn["status"] == "FAILED"
     assert turn["error"] == "External API responded with HTTP 503: Service Unavailable — maintenance"
@@ -205,7 +205,8 @@ def test_end_rule_completes_the_session(api: httpx.Client, upstream: Upstream, u
     )
     version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
     assert version["name"] == "v1"
-    session = post(api, "/sessions", {"productId": "p"})  # resolves to the product's latest version
+    # productId resolves to the product's latest version
+    session = post(api, "/sessions", {"productId": "p", "isProduction": True})
     assert session["versionId"] == version["id"]
     post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hi"}})
     upstream.script("/chat", Reply(status=409, json={"error": {"code": "conversation_ended"}}))
@@ -245,7 +246,7 @@ def test_openai_past_turns_template_from_the_docs(api: httpx.Client, upstream: U
         },
     )
     version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-    session = post(api, "/sessions", {"versionId": version["id"]})
+    session = post(api, "/sessions", {"versionId": version["id"], "isProduction": True})
     for text in ("Hi", 'Say "quoted"', "Line\nbreak"):
         post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": text}})
     third = upstream.requests_to("/v1/chat")[2].json
@@ -267,7 +268,8 @@ async def test_fifty_concurrent_sessions_complete_with_their_own_outputs(
         version_id = thread_version(sync_client, upstream_url)
 
     async def conversation(client: httpx.AsyncClient, n: int) -> tuple[str, list[str]]:
-        session = (await client.post("/sessions", json={"versionId": version_id, "customId": f"user-{n}"})).json()
+        body = {"versionId": version_id, "customId": f"user-{n}", "isProduction": True}
+        session = (await client.post("/sessions", json=body)).json()
         outputs = []
         for turn in range(2):
             response = await client.post(
@@ -310,7 +312,7 @@ async def test_turns_of_one_session_run_in_order(
             },
         )
         version = post(client, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-        session = post(client, "/sessions", {"versionId": version["id"]})
+        session = post(client, "/sessions", {"versionId": version["id"], "isProduction": True})
     async with httpx.AsyncClient(base_url=proxy_server.url, timeout=30) as client:
         url = f"/sessions/{session['id']}/turns"
         first = asyncio.create_task(client.post(url, json={"input": {"user_message": "first"}}))
@@ -341,6 +343,10 @@ def test_session_rules(api: httpx.Client, upstream_url: str) -> None:
     cases = [
         ({"versionId": v, "testCaseId": "tc", "isProduction": True}, 422, "testCaseId"),
         ({"versionId": v, "testCaseId": "tc", "context": "ctx"}, 422, "context"),
+        ({"versionId": v}, 422, "testCaseId (test_case_id): is required on a non-production session"),
+        ({"versionId": v, "isProduction": False, "context": "ctx"}, 422, "testCaseId"),
+        ({"versionId": v, "isProduction": True, "runId": "run-1"}, 422, "runId"),
+        ({"versionId": v, "isProduction": True, "context": 5}, 422, "context: must be a string or an object"),
         ({}, 422, "versionId"),
         ({"versionId": "nope"}, 404, "Version nope not found"),
         ({"productId": "empty"}, 404, "has no version"),
@@ -350,8 +356,14 @@ def test_session_rules(api: httpx.Client, upstream_url: str) -> None:
         response = api.post("/sessions", json=body)
         assert response.status_code == status and text in response.json()["message"], (body, response.text)
     dev = post(api, "/sessions", {"versionId": v, "testCaseId": "tc-1"})
-    prod = post(api, "/sessions", {"versionId": v, "context": "plain"})
+    prod = post(api, "/sessions", {"versionId": v, "isProduction": True, "context": "plain"})
     assert (dev["isProduction"], prod["isProduction"], dev["status"]) == (False, True, "PENDING")
+    # Plain text is stored and read back as Galtea stores it; an object stays as it is.
+    assert prod["context"] == {"value": "plain"} and api.get(f"/sessions/{prod['id']}").json()["context"] == {
+        "value": "plain"
+    }
+    structured = post(api, "/sessions", {"versionId": v, "isProduction": True, "context": {"tier": "gold"}})
+    assert structured["context"] == {"tier": "gold"}
     assert api.post(f"/sessions/{dev['id']}/turns", json={}).status_code == 422
     assert api.post(f"/sessions/{dev['id']}/turns", json={"input": 5}).status_code == 422
     listed = api.get("/sessions", params={"testCaseIds[]": "tc-1"}).json()
@@ -389,7 +401,7 @@ def test_version_rules(api: httpx.Client, upstream_url: str) -> None:
 def test_inference_results_logged_and_listed(api: httpx.Client, upstream: Upstream, upstream_url: str) -> None:
     Threads(upstream)
     version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id})
+    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
     ran = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     logged = post(
         api,
@@ -432,7 +444,7 @@ def test_galtea_sdk_versions_sessions_and_traces(
             post(client, f"/sessions/{session.id}/turns", {"input": {"user_message": "from sdk"}})
         (trace,) = galtea.traces.list(session_id=session.id)
         assert trace.actual_output == "[th_1#1] from sdk" and trace.input == "from sdk" and trace.index == 0
-        assert galtea.traces.list(session_id=galtea.sessions.create(version_id=version.id).id) == []
+        assert galtea.traces.list(session_id=galtea.sessions.create(version_id=version.id, is_production=True).id) == []
         assert [s.id for s in galtea.sessions.list(version_id=version.id, test_case_id="tc-9")] == [session.id]
         finished = galtea.sessions.finish(session.id, stopping_reason="user left")
         assert finished.status == "COMPLETED" and finished.stopping_reason == "user left"
@@ -463,7 +475,7 @@ def test_versions_from_the_config_file_refer_to_connections_by_name(tmp_path: Pa
         (version,) = client.get("/versions", params={"names[]": "v1"}).json()
         conn = client.get(f"/endpointConnections/{version['conversationEndpointConnectionId']}").json()
         assert conn["name"] == "cfg-chat"
-        session = post(client, "/sessions", {"versionId": version["id"]})
+        session = post(client, "/sessions", {"versionId": version["id"], "isProduction": True})
         turn = post(client, f"/sessions/{session['id']}/turns", {"input": {"user_message": "x"}})
         assert json.loads(turn["actualOutput"].removeprefix("echo ")) == {"message": "x"}
     # Restart: versions and sessions come back from SQLite.

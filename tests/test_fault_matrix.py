@@ -63,7 +63,7 @@ def make_version(client: httpx.Client, name: str, url: str, **fields: Any) -> st
 
 
 async def one_turn(client: httpx.AsyncClient, version: str) -> tuple[dict[str, Any], dict[str, Any], float]:
-    session = (await client.post("/sessions", json={"versionId": version})).json()
+    session = (await client.post("/sessions", json={"versionId": version, "isProduction": True})).json()
     started = time.perf_counter()
     turn = (await client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})).json()
     elapsed = time.perf_counter() - started

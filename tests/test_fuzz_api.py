@@ -15,6 +15,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from proxy.api.guard import is_inspector_path
 from proxy.api.openapi import build_spec
@@ -49,6 +50,8 @@ def test_no_server_error_and_no_stack_trace(case: schemathesis.Case, server_url:
         f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
     )
     assert "Traceback" not in response.text and 'File "' not in response.text
+    # Every JSON answer, error or not, has the shape the document gives it.
+    case.validate_response(response, checks=[response_schema_conformance])
 
 
 @schema.parametrize()

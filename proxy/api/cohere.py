@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
+from proxy import schemas
 from proxy.api.common import json_response, query_int, read_json_object
 from proxy.api.galtea import runtime
-from proxy.connectors import SearchFailed
+from proxy.api.openapi import ApiRoute
+from proxy.connectors import ConnectorIn, SearchFailed
 from proxy.errors import InvalidField
 
 MAX_PAGE = 100
@@ -61,10 +62,18 @@ async def search_connector(request: Request) -> JSONResponse:
 
 
 ROUTES = [
-    Route("/v1/connectors", list_connectors, methods=["GET"]),
-    Route("/v1/connectors", create_connector, methods=["POST"]),
-    Route("/v1/connectors/{id}", get_connector, methods=["GET"]),
-    Route("/v1/connectors/{id}", update_connector, methods=["PATCH"]),
-    Route("/v1/connectors/{id}", delete_connector, methods=["DELETE"]),
-    Route("/v1/connectors/{id}/search", search_connector, methods=["POST"]),
+    ApiRoute("/v1/connectors", list_connectors, methods=["GET"], response=schemas.ConnectorList),
+    ApiRoute("/v1/connectors", create_connector, methods=["POST"], body=ConnectorIn, response=schemas.ConnectorAnswer),
+    ApiRoute("/v1/connectors/{id}", get_connector, methods=["GET"], response=schemas.ConnectorAnswer),
+    ApiRoute(
+        "/v1/connectors/{id}", update_connector, methods=["PATCH"], body=ConnectorIn, response=schemas.ConnectorAnswer
+    ),
+    ApiRoute("/v1/connectors/{id}", delete_connector, methods=["DELETE"], response=schemas.ConnectorDeleted),
+    ApiRoute(
+        "/v1/connectors/{id}/search",
+        search_connector,
+        methods=["POST"],
+        body=schemas.SearchRequest,
+        response=schemas.SearchAnswer,
+    ),
 ]

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from proxy.errors import BadRequest, InvalidField
+from proxy.errors import BadRequest, InvalidField, NotFound
 
 T = TypeVar("T")
 
@@ -34,6 +34,16 @@ def json_response(data: Any, status_code: int = 200) -> JSONResponse:
 def query_list(request: Request, name: str) -> list[str]:
     """`names[]=a&names[]=b` (the SDK's form) or `names=a`."""
     return request.query_params.getlist(f"{name}[]") or request.query_params.getlist(name)
+
+
+def ids_or_404(request: Request, items: Sequence[T], item_id: Callable[[T], str], kind: str) -> list[str]:
+    """`ids[]` is an entity lookup, as in Galtea: an unknown id answers 404 rather than an empty list."""
+    wanted = query_list(request, "ids")
+    known = {item_id(i) for i in items}
+    missing = [i for i in wanted if i not in known]
+    if missing:
+        raise NotFound(f"{kind} {', '.join(missing)} not found")
+    return wanted
 
 
 def query_int(request: Request, name: str, minimum: int = 0) -> int | None:

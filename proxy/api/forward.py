@@ -8,9 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from proxy.api.galtea import runtime
+from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult
 
 # Per-hop headers, and those httpx sets itself for the upstream.
@@ -97,4 +97,14 @@ def _response(result: CallResult) -> Response:
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
 
 
-ROUTES = [Route("/forward/{connection}/{path:path}", forward, methods=METHODS)]
+ROUTES = [
+    ApiRoute(
+        "/forward/{connection}/{path:path}",
+        forward,
+        methods=METHODS,
+        body=ANY_BYTES,
+        body_media="application/octet-stream",
+        response=ANY_BYTES,
+        media="*/*",
+    )
+]

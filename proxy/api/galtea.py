@@ -6,8 +6,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from proxy import schemas
 from proxy.api.common import (
     created_between,
     json_response,
@@ -16,8 +16,10 @@ from proxy.api.common import (
     query_list,
     read_json_object,
 )
+from proxy.api.openapi import ApiRoute
 from proxy.connection import CompiledConnection, public_fields
 from proxy.engine import CallContext, CallResult
+from proxy.models import ConnectionSpec
 from proxy.runtime import Runtime
 from proxy.settings import DEFAULT_TEST_INPUT, LATEST_SDK_VERSION, MINIMUM_SDK_VERSION
 
@@ -86,9 +88,12 @@ async def test_connection(request: Request) -> JSONResponse:
     `context` (this server's extension) choose what the template renders; a sample input otherwise."""
     rt = runtime(request)
     data = await read_json_object(request)
-    test_input = data.pop("input", DEFAULT_TEST_INPUT)
-    test_context = data.pop("context", None) or {}
-    conn_id = data.pop("id", None)
+    given = schemas.TestConnectionRequest.parse(data)  # a model made at import time: fields read by name
+    test_input = getattr(given, "input", None)
+    test_input = DEFAULT_TEST_INPUT if test_input is None else test_input
+    test_context = getattr(given, "context", None) or {}
+    conn_id = getattr(given, "id", None)
+    data = {k: v for k, v in data.items() if k not in ("id", "input", "context")}
     if conn_id:
         conn = rt.connections.build_patched(rt.connections.get(conn_id), data)
     else:
@@ -97,7 +102,7 @@ async def test_connection(request: Request) -> JSONResponse:
         data.setdefault("type", "CONVERSATION")
         conn = rt.connections.build(data)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
-    ctx = CallContext(input=test_input, context=test_context if isinstance(test_context, dict) else {}, cassette=handle)
+    ctx = CallContext(input=test_input, context=test_context, cassette=handle)
     result = await rt.engine.call(conn, ctx)
     return json_response(test_result(result))
 
@@ -117,11 +122,30 @@ def test_result(result: CallResult) -> dict[str, Any]:
 
 
 ROUTES = [
-    Route("/minimum-sdk-version", minimum_sdk_version, methods=["GET"]),
-    Route("/endpointConnections", create_connection, methods=["POST"]),
-    Route("/endpointConnections", list_connections, methods=["GET"]),
-    Route("/endpointConnections/testConnection", test_connection, methods=["POST"]),
-    Route("/endpointConnections/{id}", get_connection, methods=["GET"]),
-    Route("/endpointConnections/{id}", update_connection, methods=["PATCH"]),
-    Route("/endpointConnections/{id}", delete_connection, methods=["DELETE"]),
+    ApiRoute("/minimum-sdk-version", minimum_sdk_version, methods=["GET"], response=schemas.MinimumSdkVersion),
+    ApiRoute(
+        "/endpointConnections",
+        create_connection,
+        methods=["POST"],
+        body=ConnectionSpec,
+        response=schemas.EndpointConnection,
+        status=201,
+    ),
+    ApiRoute("/endpointConnections", list_connections, methods=["GET"], response=list[schemas.EndpointConnection]),
+    ApiRoute(
+        "/endpointConnections/testConnection",
+        test_connection,
+        methods=["POST"],
+        body=schemas.TestConnectionRequest,
+        response=schemas.TestConnectionResult,
+    ),
+    ApiRoute("/endpointConnections/{id}", get_connection, methods=["GET"], response=schemas.EndpointConnection),
+    ApiRoute(
+        "/endpointConnections/{id}",
+        update_connection,
+        methods=["PATCH"],
+        body=schemas.EndpointConnectionPatch,
+        response=schemas.EndpointConnection,
+    ),
+    ApiRoute("/endpointConnections/{id}", delete_connection, methods=["DELETE"], response=schemas.Deleted),
 ]

@@ -11,10 +11,10 @@ from urllib.parse import parse_qs
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
-from starlette.routing import Route
 
 from proxy.api.galtea import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
+from proxy.api.openapi import HTML, ApiRoute
 from proxy.connection import public_fields
 from proxy.engine import CallContext
 from proxy.explain import explain
@@ -140,9 +140,27 @@ async def test_from_form(request: Request) -> HTMLResponse:
     return page(request, "connection.html", explanation=explanation, **shown)
 
 
+TEST_FORM = {
+    "type": "object",
+    "properties": {
+        "input": {"type": "string", "description": "JSON; a sample input when empty"},
+        "context": {"type": "string", "description": "a JSON object"},
+        "dry_run": {"type": "string", "description": "any value: render only, send nothing"},
+    },
+}
+FORM = "application/x-www-form-urlencoded"
+
 ROUTES = [
-    Route("/", overview, methods=["GET"]),
-    Route("/inspector/sessions/{id}", session_page, methods=["GET"]),
-    Route("/inspector/connections/{id}", connection_page, methods=["GET"]),
-    Route("/inspector/connections/{id}/test", test_from_form, methods=["POST"]),
+    ApiRoute("/", overview, methods=["GET"], response=HTML, media="text/html"),
+    ApiRoute("/inspector/sessions/{id}", session_page, methods=["GET"], response=HTML, media="text/html"),
+    ApiRoute("/inspector/connections/{id}", connection_page, methods=["GET"], response=HTML, media="text/html"),
+    ApiRoute(
+        "/inspector/connections/{id}/test",
+        test_from_form,
+        methods=["POST"],
+        body=TEST_FORM,
+        body_media=FORM,
+        response=HTML,
+        media="text/html",
+    ),
 ]

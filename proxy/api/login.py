@@ -8,12 +8,12 @@ import hmac
 
 from starlette.requests import Request, cookie_parser
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.api.galtea import runtime
 from proxy.api.guard import BrowserKeys, is_inspector_path
-from proxy.api.inspector import browser_keys, page, read_form
+from proxy.api.inspector import FORM, browser_keys, page, read_form
+from proxy.api.openapi import HTML, ApiRoute
 
 LOGIN_PATH = "/inspector/login"
 LOGOUT_PATH = "/inspector/logout"
@@ -95,8 +95,19 @@ async def log_out(request: Request) -> Response:
     return response
 
 
+LOGIN_FORM = {
+    "type": "object",
+    "properties": {
+        "api_key": {"type": "string", "description": "the server's --api-key"},
+        "next": {"type": "string", "description": "the inspector path to go back to"},
+    },
+}
+LOGOUT_FORM: dict[str, object] = {"type": "object", "properties": {}}
+
 ROUTES = [
-    Route(LOGIN_PATH, login_form, methods=["GET"]),
-    Route(LOGIN_PATH, log_in, methods=["POST"]),
-    Route(LOGOUT_PATH, log_out, methods=["POST"]),
+    ApiRoute(LOGIN_PATH, login_form, methods=["GET"], response=HTML, media="text/html"),
+    ApiRoute(LOGIN_PATH, log_in, methods=["POST"], body=LOGIN_FORM, body_media=FORM, response=HTML, media="text/html"),
+    ApiRoute(
+        LOGOUT_PATH, log_out, methods=["POST"], body=LOGOUT_FORM, body_media=FORM, response=HTML, media="text/html"
+    ),
 ]

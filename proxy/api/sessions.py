@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from proxy.api.common import created_between, json_response, matches_any, paginate_sorted, query_list, read_json_object
+from proxy.api.common import (
+    created_between,
+    ids_or_404,
+    json_response,
+    matches_any,
+    paginate_sorted,
+    query_list,
+    read_json_object,
+)
 from proxy.api.galtea import runtime
-from proxy.errors import NotFound
-
-T = TypeVar("T")
-
-
-def ids_or_404(request: Request, items: Sequence[T], item_id: Callable[[T], str], kind: str) -> list[str]:
-    """`ids[]` is an entity lookup, as in Galtea: an unknown id answers 404 rather than an empty list."""
-    wanted = query_list(request, "ids")
-    known = {item_id(i) for i in items}
-    missing = [i for i in wanted if i not in known]
-    if missing:
-        raise NotFound(f"{kind} {', '.join(missing)} not found")
-    return wanted
-
+from proxy.api.openapi import ApiRoute
+from proxy.schemas import (
+    Deleted,
+    InferenceResult,
+    InferenceResultCreate,
+    Session,
+    SessionCreate,
+    SessionFinish,
+    SessionUpdate,
+    TurnRequest,
+    TurnResult,
+    Version,
+    VersionCreate,
+)
 
 # -- versions ----------------------------------------------------------------------------------
 
@@ -139,17 +143,24 @@ async def create_inference_result(request: Request) -> JSONResponse:
 
 
 ROUTES = [
-    Route("/versions", create_version, methods=["POST"]),
-    Route("/versions", list_versions, methods=["GET"]),
-    Route("/versions/{id}", get_version, methods=["GET"]),
-    Route("/sessions", create_session, methods=["POST"]),
-    Route("/sessions", list_sessions, methods=["GET"]),
-    Route("/sessions/{id}", get_session, methods=["GET"]),
-    Route("/sessions/{id}", update_session, methods=["PATCH"]),
-    Route("/sessions/{id}", delete_session, methods=["DELETE"]),
-    Route("/sessions/{id}/finish", finish_session, methods=["PATCH"]),
-    Route("/sessions/{id}/turns", run_turn, methods=["POST"]),
-    Route("/inferenceResults", list_inference_results, methods=["GET"]),
-    Route("/inferenceResults", create_inference_result, methods=["POST"]),
-    Route("/inferenceResults/{id}", get_inference_result, methods=["GET"]),
+    ApiRoute("/versions", create_version, methods=["POST"], body=VersionCreate, response=Version, status=201),
+    ApiRoute("/versions", list_versions, methods=["GET"], response=list[Version]),
+    ApiRoute("/versions/{id}", get_version, methods=["GET"], response=Version),
+    ApiRoute("/sessions", create_session, methods=["POST"], body=SessionCreate, response=Session, status=201),
+    ApiRoute("/sessions", list_sessions, methods=["GET"], response=list[Session]),
+    ApiRoute("/sessions/{id}", get_session, methods=["GET"], response=Session),
+    ApiRoute("/sessions/{id}", update_session, methods=["PATCH"], body=SessionUpdate, response=Session),
+    ApiRoute("/sessions/{id}", delete_session, methods=["DELETE"], response=Deleted),
+    ApiRoute("/sessions/{id}/finish", finish_session, methods=["PATCH"], body=SessionFinish, response=Session),
+    ApiRoute("/sessions/{id}/turns", run_turn, methods=["POST"], body=TurnRequest, response=TurnResult, status=201),
+    ApiRoute("/inferenceResults", list_inference_results, methods=["GET"], response=list[InferenceResult]),
+    ApiRoute(
+        "/inferenceResults",
+        create_inference_result,
+        methods=["POST"],
+        body=InferenceResultCreate,
+        response=InferenceResult,
+        status=201,
+    ),
+    ApiRoute("/inferenceResults/{id}", get_inference_result, methods=["GET"], response=InferenceResult),
 ]
