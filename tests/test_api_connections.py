@@ -113,11 +113,11 @@ async def test_validation_answers_422_naming_the_field_and_reason(
     ("overrides", "field", "message"),
     [
         ({"headers": {"x-A": "a\nb"}}, "headers.x-A", "headers.x-A: a header value cannot contain a line break"),
-        ({"headers": {"X-Tenant": 5}}, "headers.X-Tenant", "headers.X-Tenant: Input should be a valid string"),
+        ({"headers": {"X-Tenant": 5}}, "headers.X-Tenant", "headers.X-Tenant: must be a string"),
         (
             {"outputMapping": {"output": "$.a", "session_id": 5}},
             "outputMapping.session_id",
-            "outputMapping.session_id (output_mapping.session_id): Input should be a valid string",
+            "outputMapping.session_id (output_mapping.session_id): must be a string",
         ),
         ({"retry_max_attempts": 11}, "retryMaxAttempts", "retryMaxAttempts (retry_max_attempts): Input should be"),
     ],
