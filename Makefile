@@ -16,7 +16,7 @@ SYSTEM_TOOLS = chromium git curl
 # The venv is rebuilt only when pyproject.toml changes.
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-compile -e .
 	touch $@
 
 $(DEV): $(RUNTIME)
