@@ -77,39 +77,39 @@ def run(cwd: Path, command: list[str], env: dict[str, str]) -> subprocess.Comple
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    return {**clean, "PYTHONUNBUFFERED": "1"}
-
-
 @contextlib.contextmanager
-def make_run(clone: Path, port: int, env: dict[str, str]) -> Iterator[None]:
+def make_run(clone: Path, port: int, env: dict[str, str], log: Path) -> Iterator[None]:
     """`make run` as the README says, on a free port; stopped with Ctrl-C (SIGINT), as a user stops it."""
-    process = subprocess.Popen(
-        ["make", "-o", RUNTIME_STAMP, "run", f"PORT={port}"],
-        cwd=clone,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["make", "-o", RUNTIME_STAMP, "run", f"PORT={port}"],
+            cwd=clone,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=30)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=30)
+        except RuntimeError as exc:
+            pytest.fail(f"make run: {exc}\n{log.read_text()}")
         yield
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        output = process.communicate(timeout=30)[0]
+        with contextlib.suppress(ProcessLookupError):  # gone already when make failed
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while True:  # make may exit before the server it started has written its cassettes
+        # make may exit before the server it started has written its cassettes: wait for the server's last line
+        # (or for the whole process group to be gone).
+        while "Finished server process" not in log.read_text():
             try:
                 os.killpg(process.pid, 0)
             except ProcessLookupError:
                 break
-            assert time.monotonic() < deadline, f"make run did not stop:\n{output}"
+            assert time.monotonic() < deadline, f"make run did not stop:\n{log.read_text()}"
             time.sleep(0.05)
-    assert "Traceback" not in output, output
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_the_readme_on_a_fresh_clone_works_and_leaves_it_clean(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_the_readme_on_a_fresh_clone_works_and_leaves_it_clean(tmp_path: Path) -
     base = f"http://127.0.0.1:{port}"
     try_it = section(readme, "Try it")
 
-    with make_run(clone, port, env):
+    with make_run(clone, port, env, tmp_path / "make-run.log"):
         # "Try it": the curl commands, in one shell (one sets $id for the next).
         curl_block = next(b for b in code_blocks(try_it, "sh") if "testConnection" in b)
         script = "\n".join(line for line in shell_lines(curl_block) if line.strip() != "make run")
