@@ -27,6 +27,8 @@ from tests.servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_STAMP = ".venv/.installed-runtime"  # the Makefile's stamp for the runtime install
+# What would change the Makefile's defaults from outside (under `make test`, MAKEFLAGS carries its variables).
+MAKE_VARIABLES = {"VENV", "DATA_DIR", "PORT", "PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
 pytestmark = pytest.mark.e2e
 
 
@@ -115,7 +117,8 @@ def make_run(clone: Path, port: int, env: dict[str, str], log: Path) -> Iterator
 def test_the_readme_on_a_fresh_clone_works_and_leaves_it_clean(tmp_path: Path) -> None:
     clone = fresh_clone(tmp_path / "clone")
     readme = (clone / "README.md").read_text(encoding="utf-8")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_") and k not in MAKE_VARIABLES}
+    env["PYTHONUNBUFFERED"] = "1"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     try_it = section(readme, "Try it")
