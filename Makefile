@@ -1,36 +1,69 @@
 PYTHON ?= $(shell command -v python3 || command -v python)
 VENV ?= .venv
 BIN = $(VENV)/bin
-STAMP = $(VENV)/.installed
+# Two stamps: `make run` needs the runtime set alone; `make test` adds the dev extras on top.
+RUNTIME = $(VENV)/.installed-runtime
+DEV = $(VENV)/.installed-dev
+PORT ?= 8787
+# `make run` keeps everything it writes here (database, secret key, cassettes), never in the repository.
+DATA_DIR ?= .proxy
+# What `make test` needs from the system: the inspector's browser test drives Debian's chromium (playwright
+# downloads no browser); the walkthrough test clones the repository and runs the README's curl commands.
+SYSTEM_TOOLS = chromium git curl
 
-.PHONY: run test lint bench fuzz clean
+.PHONY: run test lint docs system-tools bench fuzz clean
 
 # The venv is rebuilt only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --no-compile -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-run: $(STAMP)
-	$(BIN)/proxy serve --config examples/demo.yaml
+# The bundled demo, replaying the shipped cassettes from a copy in the data dir, so nothing a user tries
+# writes into cassettes/ (`make clean` starts the copy afresh).
+run: $(RUNTIME)
+	test -d $(DATA_DIR)/cassettes || (mkdir -p $(DATA_DIR) && cp -R cassettes $(DATA_DIR)/cassettes)
+	$(BIN)/proxy serve --config examples/demo.yaml --port $(PORT) --data-dir $(DATA_DIR) --cassettes $(DATA_DIR)/cassettes
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/mypy
 
-test: lint
+test: system-tools lint
 	$(BIN)/pytest
 
+# Installs what is missing with apt-get when it can (root on Debian/Ubuntu), else says what to install.
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "make test needs these programs, missing here:$$missing. Install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# The generated parts of docs/: the CLI reference (from --help) and the configuration tables (from the models).
+docs: $(RUNTIME)
+	$(BIN)/python -m tests.docgen
+
 # Schemathesis against /openapi.json with enough examples for 1,000+ requests (make test runs a few per route).
-fuzz: $(STAMP)
+fuzz: $(DEV)
 	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/test_fuzz_api.py -s
 
 # The load benchmark compares against mitmproxy (its own venv: its pins would fight ours) driven by wrk.
-bench: $(STAMP)
+bench: $(DEV)
 	test -x .venv-mitm/bin/mitmdump || ($(PYTHON) -m venv .venv-mitm && .venv-mitm/bin/pip install -q mitmproxy)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m tests.bench
 
 clean:
-	rm -rf $(VENV) .proxy .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache

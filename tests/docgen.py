@@ -1,0 +1,417 @@
+"""Writes the reference parts of docs/ from the code, so they cannot drift from it.
+
+- docs/cli.md: every command's `--help`, each between `<!-- generated: proxy X --help -->` and
+  `<!-- end generated: proxy X --help -->`; a command with no block yet gets a new section at the end.
+- docs/configuration.md: the tables of settings, connection, end-rule and connector fields (from the
+  `Settings` dataclass and the pydantic models) and of defaults and limits (from proxy/settings.py).
+
+Run `make docs` (that is, `python -m tests.docgen`) after changing a command, an option, a field or a
+limit, and commit the result: tests/test_docs.py fails while a committed file differs from what this writes.
+The prose around the blocks is written by hand; so are the short descriptions below, keyed by field name
+(a field without one is listed with an empty description, and named on stderr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import annotated_types
+import click
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from proxy import settings as limits
+from proxy.cli import main
+from proxy.connectors import Connector, ConnectorIn, OAuthIn, ServiceAuthIn
+from proxy.models import BodyMatch, ConnectionSpec, EndRule
+from proxy.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+HELP_WIDTH = 100  # fixed, so the output does not depend on the terminal that runs this
+REGENERATE = "make docs"
+BLOCK = re.compile(r"<!-- generated: (?P<key>[^>]+?) -->\n(?P<body>.*?)<!-- end generated: (?P=key) -->\n", re.DOTALL)
+undescribed: list[str] = []
+
+
+# -- blocks ----------------------------------------------------------------------------------------
+
+
+def fill(text: str, blocks: dict[str, tuple[str, str]], source: str) -> str:
+    """`text` with every generated block replaced by its new content; blocks it lacks are appended as new
+    sections. `blocks` maps a key to (section title, content)."""
+    seen: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group("key")
+        if key not in blocks:
+            raise SystemExit(f"{source}: the block '{key}' matches nothing the generator knows: remove its section")
+        seen.add(key)
+        return marked(key, blocks[key][1])
+
+    text = BLOCK.sub(replace, text)
+    for key, (title, content) in blocks.items():
+        if key not in seen:
+            text = text.rstrip("\n") + f"\n\n## {title}\n\n{marked(key, content)}"
+    return text
+
+
+def marked(key: str, content: str) -> str:
+    return f"<!-- generated: {key} -->\n{content.rstrip()}\n<!-- end generated: {key} -->\n"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# -- the CLI reference -----------------------------------------------------------------------------
+
+
+def commands(group: click.Group = main, path: tuple[str, ...] = ("proxy",)) -> Iterator[tuple[str, ...]]:
+    yield path
+    ctx = click.Context(group, info_name=path[-1])
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        elif command is not None and not command.hidden:
+            yield (*path, name)
+
+
+def help_text(path: tuple[str, ...]) -> str:
+    """What `proxy … --help` prints, at a fixed width."""
+    ctx = click.Context(main, info_name=path[0], terminal_width=HELP_WIDTH, max_content_width=HELP_WIDTH)
+    command: click.Command = main
+    for name in path[1:]:
+        assert isinstance(command, click.Group)
+        sub = command.get_command(ctx, name)
+        assert sub is not None
+        command = sub
+        ctx = click.Context(command, info_name=name, parent=ctx)
+    return ctx.get_help()
+
+
+def cli_blocks() -> dict[str, tuple[str, str]]:
+    return {f"{' '.join(path)} --help": (" ".join(path), f"```text\n{help_text(path)}\n```\n") for path in commands()}
+
+
+# -- the configuration tables ----------------------------------------------------------------------
+
+SETTINGS = {
+    "host": "Address to bind. Loopback by default: anything else exposes the server to the network.",
+    "port": "Port to listen on.",
+    "data_dir": "Folder for the SQLite database (`proxy.db`: the entities and the recording journal) and the "
+    "secret key (`secret.key`).",
+    "cassettes_dir": "Cassette folder (also read as `cassettes`); its layout is in [cassettes.md](cassettes.md).",
+    "record_mode": "Record mode for every cassette: `none`, `once`, `new_episodes`, `all` or `off` "
+    '([cassettes.md](cassettes.md#record-modes)). Quote `"off"`: YAML reads a bare off as false.',
+    "allow_http": "Accept `http://` connection and connector URLs without `acknowledgedInsecureHttp`.",
+    "traceparent": "Send a W3C `traceparent` header on every upstream call (one trace id per session).",
+    "api_key": "Require `Authorization: Bearer <key>` on every route but `/healthz`; `PROXY_API_KEY` sets it too.",
+    "replay_latency": "`none`: replayed answers come at once; `recorded`: each replay sleeps its recorded latency.",
+    "replay_speed": "With `replay_latency: recorded`, divide the recorded waits by this factor.",
+    "allowed_hosts": "Extra `Host` names the server answers (DNS rebinding protection refuses the others).",
+    "cors_origins": "Web origins allowed to call the API from a browser (CORS); others are refused.",
+}
+MATCH_SETTINGS = [
+    ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
+    ["`ignore.body`", "list of JSONPaths", "`[]`", "Body fields left out of matching (JSON bodies)."],
+    ["`ignore.headers`", "list of strings", "`[]`", "Header names taken back out of `match_headers`."],
+    ["`match_headers`", "list of strings", "`[]`", "Headers that take part in matching (none do otherwise)."],
+    [
+        "`redact_values`",
+        "list of strings",
+        "`[]`",
+        "Extra literal values scrubbed from cassettes, logs and responses, beside the credentials the server knows.",
+    ],
+]
+
+CONNECTION = {
+    "name": "The connection's name, unique within its product; cassettes are named after it.",
+    "product_id": "The product it belongs to (Galtea's product id; any string here).",
+    "url": "The endpoint URL; may hold placeholders (`https://api.example.com/chat/{{ session_id }}`), "
+    "percent-escaped when rendered. `https://`, or `http://` with `acknowledged_insecure_http` or `--allow-http`.",
+    "type": "`CONVERSATION` (one call per turn), `INITIALIZATION` (once, before the first turn) or "
+    "`FINALIZATION` (once, when the session ends). Any case.",
+    "http_method": "HTTP method. `GET` sends no body.",
+    "auth_type": "`BEARER`: `Authorization: Bearer <authToken>`; `API_KEY`: `X-API-Key: <authToken>`; "
+    "`BASIC`: `Authorization: Basic base64(username:password)`; `NONE`. A custom `Authorization` or "
+    "`X-API-Key` header replaces the default one.",
+    "auth_token": "Required with `BEARER` and `API_KEY`. Encrypted at rest, never returned (`hasAuthToken` "
+    "says whether one is stored); empty on PATCH keeps the stored one. Write `${VAR}` in the config file.",
+    "username": "Required with `BASIC`.",
+    "password": "Required with `BASIC`. Encrypted at rest, never returned (`hasPassword`).",
+    "headers": "Custom headers. Values may hold `{{ name }}` or `{ name }` placeholders: `auth_token`, "
+    "`api_key`, `bearer_token`, `username`, `password`, `session_id`, `trace_id`. Values that look like "
+    "credentials are encrypted and read back as `••••••••`; sending the mask back keeps the stored value.",
+    "input_template": 'Jinja2 body template (sandboxed), e.g. `{"message": "{{ input.user_message }}"}`. '
+    "Required for `CONVERSATION`, with an `{{ input… }}` placeholder. Variables are listed below.",
+    "output_mapping": "Key → JSONPath applied to the JSON reply. `output` is required for `CONVERSATION`, "
+    "`session_id` for `INITIALIZATION`; `retrieval_context` and `traces` are special; any other key becomes "
+    "session metadata, usable in later templates.",
+    "timeout": "Seconds for a whole attempt, body included. Fractions allowed.",
+    "rate_limit": "At most this many calls per minute for this connection; further calls wait (live calls only).",
+    "retry_enabled": "Retry failed attempts (retryable statuses, timeouts, connection errors).",
+    "retry_max_attempts": "Retries after the first call (so at most 1 + this many calls).",
+    "retry_initial_delay_ms": "Wait before the first retry.",
+    "retry_backoff_strategy": "`FIXED` (the initial delay each time), `LINEAR` (initial × retry number) or "
+    "`EXPONENTIAL` (initial × 2^(retry − 1)). A `Retry-After` on 429/503 wins.",
+    "retry_max_delay_ms": "Cap on any wait, `Retry-After` included.",
+    "retryable_status_codes": "Statuses that retry. Each 100–599.",
+    "acknowledged_insecure_http": "Allow an `http://` URL for this connection.",
+    "conversation_end_rules": "`CONVERSATION` only: a reply that matches a rule completes the session "
+    "(the turn is stored as `SKIPPED`). Fields below.",
+    "traceparent": "Send a W3C `traceparent` header on this connection's calls; off, a `traceparent` custom "
+    "header is sent as written.",
+    "response_mode": "`json`, or `sse` for a server-sent-events reply whose pieces are joined before mapping.",
+    "stream_text_path": "With `sse`: JSONPath applied to each event's JSON `data`; the strings found are joined.",
+    "faults": "Faults injected on purpose before the cassette, so never recorded: status, delay, cut body.",
+}
+END_RULE = {
+    "status_code": "The reply status that ends the conversation.",
+    "body_match": "Optional; required when `status_code` is 2xx: the rule matches only when this also holds.",
+    "path": "JSONPath into the JSON reply; its first value is compared as text.",
+    "equals": "The text it must equal (numbers and booleans are compared as their JSON text).",
+}
+CONNECTOR = {
+    "name": "The id is derived from it (lower-cased, other characters made `-`); a "
+    "rename that changes the id is refused.",
+    "url": "Registration and searches `POST` here.",
+    "description": "Free text.",
+    "excludes": "Result fields to leave out of what a search returns (see `POST /v1/connectors/{id}/search`).",
+    "active": "An inactive connector refuses searches (400).",
+    "continue_on_failure": 'A failing search answers `{"results": [], "warning": …}` instead of an error.',
+    "oauth": "OAuth client settings, stored and reported, not performed. Exclusive with `service_auth`.",
+    "service_auth": "The credential searches carry. Exclusive with `oauth`.",
+    "client_id": "OAuth client id.",
+    "client_secret": "OAuth client secret: encrypted at rest, never returned.",
+    "authorize_url": "OAuth authorize URL.",
+    "token_url": "OAuth token URL.",
+    "scope": "OAuth scope.",
+    "type": "`bearer` → `Authorization: Bearer <token>`, `basic` → `Authorization: Basic <token>` (the token "
+    "as given), `noscheme` → `Authorization: <token>`.",
+    "token": "The service credential: encrypted at rest, never returned.",
+}
+LIMITS = {
+    "DEFAULT_HOST": "address `serve` binds",
+    "DEFAULT_PORT": "port `serve` listens on",
+    "DEFAULT_DATA_DIR": "data folder",
+    "DEFAULT_CASSETTES_DIR": "cassette folder",
+    "DEFAULT_TIMEOUT_S": "connection `timeout`, seconds",
+    "MAX_TIMEOUT_S": "largest `timeout`, seconds",
+    "DEFAULT_RETRY_MAX_ATTEMPTS": "`retry_max_attempts`",
+    "MAX_RETRY_MAX_ATTEMPTS": "largest `retry_max_attempts`",
+    "DEFAULT_RETRY_INITIAL_DELAY_MS": "`retry_initial_delay_ms`",
+    "DEFAULT_RETRY_MAX_DELAY_MS": "`retry_max_delay_ms`",
+    "MAX_RETRY_DELAY_MS": "largest `retry_initial_delay_ms` and `retry_max_delay_ms`",
+    "DEFAULT_RETRYABLE_STATUS_CODES": "`retryable_status_codes`",
+    "MAX_CONVERSATION_END_RULES": "most `conversation_end_rules` on one connection",
+    "RATE_LIMIT_WINDOW_S": "the window `rate_limit` counts calls in, seconds",
+    "MAX_API_BODY_BYTES": "largest request body the API takes (413 beyond)",
+    "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
+    "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
+    "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
+    "GC_THRESHOLDS": "garbage-collector thresholds the server runs with (start-up state is frozen)",
+    "MASK": "what a masked secret reads as, in answers, logs and cassettes",
+    "MIN_REDACTABLE_SECRET_LEN": "secrets shorter than this are not scrubbed from free text",
+    "LATEST_SDK_VERSION": "`latestSdkVersionPublished` of `GET /minimum-sdk-version`",
+    "MINIMUM_SDK_VERSION": "`minimumSdkVersionSupported` of `GET /minimum-sdk-version`",
+}
+MODEL_NAMES: dict[type, tuple[str, str]] = {  # one, several
+    EndRule: ("[end rule](#end-rules)", "[end rules](#end-rules)"),
+    BodyMatch: ("[body match](#end-rules)", "[body matches](#end-rules)"),
+    OAuthIn: ("[oauth object](#connectors)", "[oauth objects](#connectors)"),
+    ServiceAuthIn: ("[service_auth object](#connectors)", "[service_auth objects](#connectors)"),
+}
+WORDS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+REQUIRED_ON_CREATE = object()
+
+
+def describe(descriptions: dict[str, str], name: str, where: str) -> str:
+    if name not in descriptions:
+        undescribed.append(f"{where}.{name}")
+    return descriptions.get(name, "")
+
+
+def type_text(annotation: Any, plural: bool = False) -> str:
+    """A field's type in words; `None` in a union is left out (the Default column shows it)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(a, plural) for a in typing.get_args(annotation) if a is not type(None))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(f"`{v}`" for v in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"list of {type_text(item, plural=True)}"
+    if origin is dict:
+        return f"object of {type_text(typing.get_args(annotation)[1], plural=True)}"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(f"`{m.value}`" for m in annotation)
+    if annotation in MODEL_NAMES:
+        return MODEL_NAMES[annotation][plural]
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "path"
+    word = WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return word + "s" if plural else word
+
+
+def value_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def limit_text(field: FieldInfo) -> str:
+    low = high = None
+    parts = []
+    for item in field.metadata:
+        if isinstance(item, annotated_types.Ge):
+            low = f"≥ {item.ge:g}"
+        elif isinstance(item, annotated_types.Gt):
+            low = f"> {item.gt:g}"
+        elif isinstance(item, annotated_types.Le):
+            high = f"≤ {item.le:g}"
+        elif isinstance(item, annotated_types.Lt):
+            high = f"< {item.lt:g}"
+        elif isinstance(item, annotated_types.MinLen) and item.min_length > 0:
+            parts.append(f"length ≥ {item.min_length}")
+        elif isinstance(item, annotated_types.MaxLen):
+            unit = "items" if typing.get_origin(field.annotation) is list else "characters"
+            parts.append(f"at most {item.max_length} {unit}")
+    return ", ".join([p for p in (low, high) if p] + parts)
+
+
+def model_rows(
+    model: type[BaseModel],
+    descriptions: dict[str, str],
+    defaults: Callable[[str], Any] | None = None,
+    prefix: str = "",
+) -> list[list[str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        label = f"`{prefix}{name}`" if alias == name else f"`{prefix}{name}` / `{prefix}{alias}`"
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            if value is None and defaults is not None:
+                value = defaults(name)
+            default = "required on create" if value is REQUIRED_ON_CREATE else value_text(value)
+        description = describe(descriptions, name, model.__name__)
+        rows.append([label, type_text(field.annotation), default, limit_text(field), description])
+    return rows
+
+
+FIELD_HEADER = ["Field", "Type", "Default", "Limits", "What it does"]
+
+
+def connector_default(name: str) -> Any:
+    """A connector's stored default, where the input model leaves a field unset (PATCH semantics)."""
+    for field in dataclasses.fields(Connector):
+        if field.name == name:
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            return REQUIRED_ON_CREATE if field.default is dataclasses.MISSING else field.default
+    return None
+
+
+def settings_rows() -> list[list[str]]:
+    flags = {param.name: opt for command in main.commands.values() for param in command.params for opt in param.opts}
+    hints = typing.get_type_hints(Settings)
+    rows = []
+    for field in dataclasses.fields(Settings):
+        flag_name = "cassettes" if field.name == "cassettes_dir" else field.name
+        flag = flags.get(flag_name)
+        rows.append(
+            [
+                f"`{field.name}`",
+                type_text(hints[field.name]),
+                value_text(field.default),
+                f"`{flag}`" if flag else "",
+                describe(SETTINGS, field.name, "Settings"),
+            ]
+        )
+    return rows
+
+
+def limit_rows() -> list[list[str]]:
+    rows = []
+    for name, value in vars(limits).items():
+        if not name.isupper() or name.startswith("_"):
+            continue
+        shown = value_text(value)
+        if name.endswith("_BYTES") and isinstance(value, int) and value % (1024 * 1024) == 0:
+            shown += f" ({value // (1024 * 1024)} MiB)"
+        rows.append([f"`{name}`", shown, describe(LIMITS, name, "proxy/settings.py")])
+    return rows
+
+
+def configuration_blocks() -> dict[str, tuple[str, str]]:
+    connector = model_rows(ConnectorIn, CONNECTOR, connector_default)
+    nested = model_rows(OAuthIn, CONNECTOR, prefix="oauth.")
+    nested += model_rows(ServiceAuthIn, CONNECTOR, prefix="service_auth.")
+    return {
+        "settings": (
+            "Settings",
+            table(["Key", "Type", "Default", "Flag", "What it does"], settings_rows())
+            + "\nMatching (config file only):\n\n"
+            + table(["Key", "Type", "Default", "What it does"], MATCH_SETTINGS),
+        ),
+        "connection fields": ("Connections", table(FIELD_HEADER, model_rows(ConnectionSpec, CONNECTION))),
+        "end rule fields": (
+            "End rules",
+            table(FIELD_HEADER, model_rows(EndRule, END_RULE) + model_rows(BodyMatch, END_RULE, prefix="body_match.")),
+        ),
+        "connector fields": (
+            "Connectors",
+            table(FIELD_HEADER, connector + nested),
+        ),
+        "limits": ("Defaults and limits", table(["Constant", "Value", "What it is"], limit_rows())),
+    }
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def rendered() -> dict[Path, str]:
+    """Each generated file as this code would write it."""
+    undescribed.clear()
+    return {
+        DOCS / "cli.md": fill((DOCS / "cli.md").read_text(encoding="utf-8"), cli_blocks(), "docs/cli.md"),
+        DOCS / "configuration.md": fill(
+            (DOCS / "configuration.md").read_text(encoding="utf-8"), configuration_blocks(), "docs/configuration.md"
+        ),
+    }
+
+
+def main_() -> None:
+    for path, text in rendered().items():
+        if path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+        else:
+            print(f"{path.relative_to(ROOT)} is up to date")
+    if undescribed:
+        print(f"no description in tests/docgen.py for: {', '.join(undescribed)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main_()
