@@ -14,10 +14,11 @@ import click
 
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
 from proxy.settings import DEFAULT_CASSETTES_DIR, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
 
-RECORD_MODES = ("none", "once", "new_episodes", "all", "off")
+RECORD_MODES = tuple(mode.value for mode in RecordMode)
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -51,7 +52,7 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         port=int(pick("port", DEFAULT_PORT)),
         data_dir=Path(pick("data_dir", DEFAULT_DATA_DIR)),
         cassettes_dir=Path(pick("cassettes", file.get("cassettes_dir", DEFAULT_CASSETTES_DIR))),
-        record_mode=str(pick("record_mode", "once")).lower(),
+        record_mode=RecordMode.parse(pick("record_mode", RecordMode.ONCE)).value,
         allow_http=bool(flags.get("allow_http") or file.get("allow_http", False)),
         traceparent=bool(file.get("traceparent", True)),
         api_key=pick("api_key", None) or os.environ.get("PROXY_API_KEY"),

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, InvalidField
+from proxy.record_mode import RecordMode
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("settings", "connections", "versions", "connectors")
@@ -64,7 +65,7 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
     data = expand_env(raw, "", env)
     config = Config(path=path)
-    config.settings = _mapping(data.get("settings"), "settings")
+    config.settings = _settings(_mapping(data.get("settings"), "settings"))
     for section in SECTIONS[1:]:
         items = data.get(section) or []
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -79,3 +80,12 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"config: {name} must be a mapping")
     return value
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    if settings.get("record_mode") is not None:
+        try:
+            settings["record_mode"] = RecordMode.parse(settings["record_mode"], "settings.record_mode").value
+        except InvalidField as exc:
+            raise ConfigError(f"config {exc.message}") from None
+    return settings

@@ -87,3 +87,68 @@ def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) ->
     result = CliRunner().invoke(main, ["serve", "--config", str(bad), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code != 0
     assert "config connections[0] (c): authToken (auth_token): is required when authType is BEARER" in result.output
+
+
+def proxy_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real command, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def echo_config(path: Path, upstream_url: str, settings: str = "{allow_http: true}", extra: str = "") -> Path:
+    """A config file written as a user types it (bare YAML words), with one connection to the echo upstream."""
+    path.write_text(
+        f"settings: {settings}\n"
+        "connections:\n"
+        "  - name: chat\n"
+        "    product_id: p\n"
+        "    type: CONVERSATION\n"
+        f"    url: {upstream_url}/chat\n"
+        "    auth_type: NONE\n"
+        '    input_template: \'{"message": "{{ input.user_message }}"}\'\n'
+        "    output_mapping: {output: $.reply}\n"
+        f"{extra}"
+    )
+    return path
+
+
+def one_case(tmp_path: Path) -> Path:
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"id": "tc-1", "input": {"user_message": "hi"}}\n')
+    return dataset
+
+
+@pytest.mark.parametrize(
+    ("settings", "connection_extra"),
+    [("{allow_http: true, record_mode: off}", ""), ("{allow_http: true}", "    record_mode: no\n")],
+    ids=["settings-off", "connection-no"],
+)
+def test_a_bare_yaml_off_or_no_record_mode_means_off(
+    tmp_path: Path, upstream_url: str, settings: str, connection_extra: str
+) -> None:
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url, settings, connection_extra)
+    cassettes = tmp_path / "cassettes"
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(cassettes))
+    done = proxy_cli("run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 live" in done.stdout and "Traceback" not in done.stderr
+    assert not cassettes.exists()  # off: live, cassettes untouched
+
+
+@pytest.mark.parametrize(
+    ("settings", "connection_extra", "place"),
+    [
+        ("{record_mode: on}", "", "config settings.record_mode"),
+        ("{allow_http: true}", "    record_mode: yes\n", "config connections[0] (chat): record_mode"),
+    ],
+    ids=["settings-on", "connection-yes"],
+)
+def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
+    tmp_path: Path, upstream_url: str, settings: str, connection_extra: str, place: str
+) -> None:
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url, settings, connection_extra)
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{place}: true is not a record mode" in done.stderr
+    assert "valid modes are: none, once, new_episodes, all, off" in done.stderr

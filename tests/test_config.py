@@ -49,3 +49,14 @@ def test_missing_env_variable_names_the_place(tmp_path: Path) -> None:
 def test_bad_config_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("word", ["off", "no", "false", "Off", "NO"])
+def test_a_record_mode_that_yaml_reads_as_false_is_off(tmp_path: Path, word: str) -> None:
+    config = load_config(write(tmp_path, f"settings: {{record_mode: {word}}}"))
+    assert build_settings(config).record_mode == "off"
+
+
+def test_a_record_mode_that_yaml_reads_as_true_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config settings\.record_mode: true is not a record mode .* all, off$"):
+        load_config(write(tmp_path, "settings: {record_mode: yes}"))
