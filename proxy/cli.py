@@ -16,7 +16,15 @@ from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
-from proxy.settings import DEFAULT_CASSETTES_DIR, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
+from proxy.settings import (
+    DEFAULT_CASSETTES_DIR,
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_REPLAY_SPEED,
+    REPLAY_LATENCIES,
+    Settings,
+)
 
 RECORD_MODES = tuple(mode.value for mode in RecordMode)
 
@@ -32,6 +40,28 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(RECORD_MODES, case_sensitive=False),
             default=None,
             help="Record mode (vcrpy's names); default: once.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How replayed answers are paced (`serve` and `run`)."""
+    options = [
+        click.option(
+            "--replay-latency",
+            type=click.Choice(REPLAY_LATENCIES, case_sensitive=False),
+            default=None,
+            help="On replay: answer at once (none), or sleep each answer's recorded latency (recorded).",
+        ),
+        click.option(
+            "--replay-speed",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            metavar="F",
+            help="With --replay-latency recorded: divide the recorded delays by F (2 replays twice as fast).",
         ),
     ]
     for option in reversed(options):
@@ -57,6 +87,7 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         traceparent=bool(file.get("traceparent", True)),
         api_key=pick("api_key", None) or os.environ.get("PROXY_API_KEY"),
         replay_latency=str(pick("replay_latency", "none")).lower(),
+        replay_speed=float(pick("replay_speed", DEFAULT_REPLAY_SPEED)),
     )
 
 
@@ -83,6 +114,7 @@ def main() -> None:
 @click.option(
     "--allow-http", is_flag=True, default=None, help="Accept http:// connection URLs without acknowledgement."
 )
+@replay_options
 def serve(config_path: Path | None, **flags: Any) -> None:
     """Run the server."""
     import uvicorn
@@ -137,7 +169,7 @@ def _parse_json_option(value: str | None, name: str) -> Any:
 @common_options
 @click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write results here, one JSON line each.")
-@click.option("--replay-latency", type=click.Choice(["none", "recorded"]), default=None, help="Sleep recorded latency.")
+@replay_options
 def run(
     dataset: Path,
     version_name: str | None,

@@ -16,6 +16,7 @@ import yaml
 
 from proxy.errors import ConfigError, InvalidField
 from proxy.record_mode import RecordMode
+from proxy.settings import REPLAY_LATENCIES
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("settings", "connections", "versions", "connectors")
@@ -88,4 +89,10 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
             settings["record_mode"] = RecordMode.parse(settings["record_mode"], "settings.record_mode").value
         except InvalidField as exc:
             raise ConfigError(f"config {exc.message}") from None
+    latency = settings.get("replay_latency")
+    if latency is not None and str(latency).lower() not in REPLAY_LATENCIES:
+        raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
+    speed = settings.get("replay_speed")
+    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float) or speed <= 0):
+        raise ConfigError(f"config settings.replay_speed: {speed!r} is not a positive number")
     return settings

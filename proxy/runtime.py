@@ -44,6 +44,7 @@ class Runtime:
             MatchRules.from_settings(self.config.settings),
             RecordMode.parse(settings.record_mode),
             replay_latency=settings.replay_latency == "recorded",
+            replay_speed=settings.replay_speed,
         )
         REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
         live = PacedTransport(DemoHostTransport(transport or Http11Transport()))

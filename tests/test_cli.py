@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main
+from proxy.config import load_config
+from tests.conftest import running_proxy
 from tests.servers import free_port, wait_healthy
+from tests.upstream import Reply, Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,3 +159,44 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{place}: true is not a record mode" in done.stderr
     assert "valid modes are: none, once, new_episodes, all, off" in done.stderr
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """`python -m proxy serve ARGS` on a free port until the block ends; yields its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def call_test_connection(base: str, message: str) -> dict[str, Any]:
+    (conn,) = httpx.get(f"{base}/endpointConnections", params={"names[]": "chat"}).json()
+    body = {"id": conn["id"], "input": {"user_message": message}}
+    answer = httpx.post(f"{base}/endpointConnections/testConnection", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def test_serve_replays_at_the_recorded_pace_divided_by_replay_speed(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.script("/chat", Reply(json={"reply": "slow"}, delay=0.8))
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url)
+    with running_proxy(tmp_path, load_config(config)) as proxy:
+        recorded = call_test_connection(proxy.url, "hi")
+    assert recorded["exchange"]["cassette"] == "recorded" and recorded["latency"] >= 800
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"))
+    pace = ("--replay-latency", "recorded", "--replay-speed", "4")
+    with serving("--config", str(config), *dirs, "--record-mode", "none", *pace) as base:
+        started = time.perf_counter()
+        replayed = call_test_connection(base, "hi")
+        elapsed = time.perf_counter() - started
+    assert replayed["exchange"]["cassette"] == "hit" and replayed["extractedOutput"] == {"output": "slow"}
+    assert 0.2 <= elapsed < 0.6  # a quarter of the recorded 0.8 s: slept, and divided by 4

@@ -60,3 +60,23 @@ def test_a_record_mode_that_yaml_reads_as_false_is_off(tmp_path: Path, word: str
 def test_a_record_mode_that_yaml_reads_as_true_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^config settings\.record_mode: true is not a record mode .* all, off$"):
         load_config(write(tmp_path, "settings: {record_mode: yes}"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("{replay_latency: slow}", r"settings\.replay_latency: 'slow' is not one of none, recorded"),
+        ("{replay_speed: 0}", r"settings\.replay_speed: 0 is not a positive number"),
+        ("{replay_speed: fast}", r"settings\.replay_speed: 'fast' is not a positive number"),
+    ],
+)
+def test_bad_replay_settings_are_explained(tmp_path: Path, settings: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"settings: {settings}"))
+
+
+def test_replay_settings_come_from_the_file_unless_flags_say_otherwise(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "settings: {replay_latency: recorded, replay_speed: 2.5}"))
+    assert (build_settings(config).replay_latency, build_settings(config).replay_speed) == ("recorded", 2.5)
+    assert build_settings(config, replay_speed=10.0).replay_speed == 10.0
+    assert build_settings(load_config(write(tmp_path, ""))).replay_speed == 1.0

@@ -87,12 +87,14 @@ class CassetteLibrary:
         rules: MatchRules | None = None,
         default_mode: RecordMode = RecordMode.ONCE,
         replay_latency: bool = False,
+        replay_speed: float = 1.0,
     ) -> None:
         self.root = root
         self.store = store
         self.rules = rules or MatchRules()
         self.default_mode = default_mode
         self.replay_latency = replay_latency
+        self.replay_speed = replay_speed  # recorded delays are divided by it
         self._cassettes: dict[str, Cassette] = {}
         self._loading: dict[str, asyncio.Future[Cassette]] = {}
         self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
