@@ -109,7 +109,7 @@ def main() -> None:
 @main.command()
 @common_options
 @click.option("--host", default=None, help=f"Address to bind (default {DEFAULT_HOST}).")
-@click.option("--port", type=int, default=None, help=f"Port (default {DEFAULT_PORT}).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help=f"Port (default {DEFAULT_PORT}).")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set PROXY_API_KEY).")
 @click.option(
     "--allow-http", is_flag=True, default=None, help="Accept http:// connection URLs without acknowledgement."
@@ -120,6 +120,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.listener import AnnouncingServer, listen, url_of, why_not
     from proxy.runtime import Runtime
 
     config = read_config(config_path)
@@ -133,10 +134,19 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         raise click.ClickException(exc.message) from None
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    app = create_app(runtime)
-    click.echo(f"proxy listening on http://{settings.host}:{settings.port}", err=False)
-    sys.stdout.flush()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    try:
+        sock = listen(settings.host, settings.port)
+    except (OSError, OverflowError) as exc:
+        runtime.store.close()
+        click.echo(f"proxy: cannot listen on {settings.host}:{settings.port}: {why_not(exc)}", err=True)
+        sys.exit(2)
+
+    def announce() -> None:
+        click.echo(f"proxy listening on {url_of(sock)}")
+        sys.stdout.flush()
+
+    server_config = uvicorn.Config(create_app(runtime), log_level="info", access_log=False)
+    AnnouncingServer(server_config, announce).run(sockets=[sock])
 
 
 def _runtime(config_path: Path | None, flags: dict[str, Any]) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from errno import EADDRINUSE
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from click.testing import CliRunner
 
 from proxy.cli import main
 from proxy.config import load_config
+from proxy.listener import why_not
 from tests.conftest import running_proxy
 from tests.servers import free_port, wait_healthy
 from tests.upstream import Reply, Upstream
@@ -200,3 +203,29 @@ def test_serve_replays_at_the_recorded_pace_divided_by_replay_speed(
         elapsed = time.perf_counter() - started
     assert replayed["exchange"]["cassette"] == "hit" and replayed["extractedOutput"] == {"output": "slow"}
     assert 0.2 <= elapsed < 0.6  # a quarter of the recorded 0.8 s: slept, and divided by 4
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = proxy_cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 2
+    assert done.stdout == ""  # no URL: it never listened
+    assert done.stderr.splitlines() == [f"proxy: cannot listen on 127.0.0.1:{port}: {why_not(OSError(EADDRINUSE, ''))}"]
+    assert "in use" in done.stderr
+
+
+def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line == f"proxy listening on http://127.0.0.1:{port}\n"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # at once: no retry, no wait
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
