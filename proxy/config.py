@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from proxy.errors import ConfigError, InvalidField
+from proxy.errors import ConfigError, InvalidField, UnknownField
+from proxy.known_keys import check_keys
 from proxy.record_mode import RecordMode
-from proxy.settings import REPLAY_LATENCIES
+from proxy.settings import REPLAY_LATENCIES, Settings
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("settings", "connections", "versions", "connectors")
+# `settings` takes every server setting (flags beat them), `cassettes` for `cassettes_dir`, and the matching rules.
+SETTINGS_KEYS = frozenset(f.name for f in fields(Settings)) | {"cassettes", "ignore", "match_headers", "redact_values"}
+IGNORE_KEYS = ("query", "body", "headers")
 
 
 @dataclass
@@ -61,9 +65,13 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping with {', '.join(SECTIONS)}")
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    try:
+        check_keys(raw, SECTIONS, what="section")
+        settings = _mapping(raw.get("settings"), "settings")
+        check_keys(settings, SETTINGS_KEYS, "settings")
+        check_keys(_mapping(settings.get("ignore"), "settings.ignore"), IGNORE_KEYS, "settings.ignore")
+    except UnknownField as exc:
+        raise ConfigError(f"config {exc.message}") from None
     data = expand_env(raw, "", env)
     config = Config(path=path)
     config.settings = _settings(_mapping(data.get("settings"), "settings"))

@@ -229,3 +229,10 @@ def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_serve_stops_on_a_misspelt_key_naming_its_place_and_the_nearest_key(tmp_path: Path, upstream_url: str) -> None:
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url, extra="    timout: 5\n")
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "Error: config connections[0].timout: unknown field — did you mean timeout?\n"
