@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
@@ -29,20 +30,26 @@ from proxy.settings import (
 RECORD_MODES = tuple(mode.value for mode in RecordMode)
 
 
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="YAML config file (connections, settings…)."
+)
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, help="Data folder (SQLite store, key)."
+)
+CASSETTES_OPTION = click.option(
+    "--cassettes", type=click.Path(path_type=Path), default=DEFAULT_CASSETTES_DIR, help="Cassette folder."
+)
+RECORD_MODE_OPTION = click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES, case_sensitive=False),
+    default=RecordMode.ONCE.value,
+    help="Record mode, with vcrpy's names (off: live, cassettes untouched).",
+)
+
+
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every command that touches connections or cassettes shares."""
-    options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file."),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="SQLite data folder."),
-        click.option("--cassettes", type=click.Path(path_type=Path), default=None, help="Cassette folder."),
-        click.option(
-            "--record-mode",
-            type=click.Choice(RECORD_MODES, case_sensitive=False),
-            default=None,
-            help="Record mode (vcrpy's names); default: once.",
-        ),
-    ]
-    for option in reversed(options):
+    for option in reversed([CONFIG_OPTION, DATA_DIR_OPTION, CASSETTES_OPTION, RECORD_MODE_OPTION]):
         fn = option(fn)
     return fn
 
@@ -53,13 +60,13 @@ def replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--replay-latency",
             type=click.Choice(REPLAY_LATENCIES, case_sensitive=False),
-            default=None,
+            default=REPLAY_LATENCIES[0],
             help="On replay: answer at once (none), or sleep each answer's recorded latency (recorded).",
         ),
         click.option(
             "--replay-speed",
             type=click.FloatRange(min=0, min_open=True),
-            default=None,
+            default=DEFAULT_REPLAY_SPEED,
             metavar="F",
             help="With --replay-latency recorded: divide the recorded delays by F (2 replays twice as fast).",
         ),
@@ -70,8 +77,12 @@ def replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_settings(config: Config, **flags: Any) -> Settings:
-    """Flags beat the config file's settings, which beat the defaults."""
+    """Flags beat the config file's settings, which beat the defaults. A flag that only holds the
+    default its --help shows was not given, so the file's setting still counts."""
     file = config.settings
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        flags = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
 
     def pick(name: str, default: Any) -> Any:
         value = flags.get(name)
@@ -100,23 +111,30 @@ def read_config(path: Path | None) -> Config:
         raise click.ClickException(exc.message) from None
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 @click.version_option(package_name="proxy")
 def main() -> None:
-    """Local mock-and-record server for Galtea endpoint connections and Cohere connectors."""
+    """Local mock-and-record server for Galtea endpoint connections and Cohere connectors.
+
+    An option left out takes its value from the config file's settings, else the default shown.
+
+    Exit status: 0 on success, 1 when the command failed (see each command), 2 on bad usage.
+    """
 
 
 @main.command()
 @common_options
-@click.option("--host", default=None, help=f"Address to bind (default {DEFAULT_HOST}).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, help=f"Port (default {DEFAULT_PORT}).")
+@click.option("--host", default=DEFAULT_HOST, help="Address to listen on (loopback unless you change it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, help="Port (0: any free port).")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set PROXY_API_KEY).")
-@click.option(
-    "--allow-http", is_flag=True, default=None, help="Accept http:// connection URLs without acknowledgement."
-)
+@click.option("--allow-http", is_flag=True, help="Accept http:// connection URLs without acknowledgement.")
 @replay_options
 def serve(config_path: Path | None, **flags: Any) -> None:
-    """Run the server."""
+    """Run the server. Prints its URL on standard output once it is listening; logs go to standard error.
+
+    Exit status: 0 after a clean shutdown (Ctrl-C, SIGTERM), 1 when the config file or the data dir is
+    unusable, 2 on bad usage or when it cannot listen (e.g. the port is in use).
+    """
     import uvicorn
 
     from proxy.app import create_app
@@ -177,7 +195,7 @@ def _parse_json_option(value: str | None, name: str) -> Any:
 @click.option("--version", "version_name", help="Version (name or id) whose lifecycle runs each test case.")
 @click.option("--connection", "connection_name", help="Or: one CONVERSATION connection (name or id), no lifecycle.")
 @common_options
-@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, help="Sessions run at once.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write results here, one JSON line each.")
 @replay_options
 def run(
@@ -189,7 +207,15 @@ def run(
     out: Path | None,
     **flags: Any,
 ) -> None:
-    """Run a dataset in-process: one session per test case, sessions concurrent."""
+    """Run a dataset in-process: one session per test case, sessions concurrent.
+
+    DATASET is JSONL (one test case a line) or a JSON array. On a terminal a progress bar is drawn on
+    standard error; otherwise one line per finished session goes to standard output. The summary follows
+    on standard output.
+
+    Exit status: 0 when every session passed, 1 when any failed (or the config file is unusable),
+    2 on bad usage or a bad dataset (every bad line is named; nothing ran).
+    """
     import asyncio
 
     from proxy.dataset import DatasetError, load_dataset
@@ -294,7 +320,13 @@ def check(
     config_path: Path | None,
     **flags: Any,
 ) -> None:
-    """Debug one connection: the rendered request, the reply, what each JSONPath extracted."""
+    """Debug one connection: the rendered request, the reply, what each JSONPath extracted.
+
+    CONNECTION is a name or an id. The call goes through the connection's cassette, as testConnection does.
+
+    Exit status: 0 when the call and every required output-mapping key succeeded, 1 when one failed (or
+    the connection is unknown, or the config file unusable), 2 on bad usage (e.g. --input is not JSON).
+    """
     import asyncio
 
     from proxy.engine import CallContext
@@ -333,22 +365,28 @@ def check(
 
 @main.group()
 def cassettes() -> None:
-    """List, show and verify cassettes."""
+    """List, show and verify cassettes.
+
+    Exit status: see each command; 2 on bad usage.
+    """
 
 
-def _cassette_root(cassettes_dir: Path | None, config_path: Path | None) -> Path:
+def _cassette_root(cassettes: Path, config_path: Path | None) -> Path:
     config = read_config(config_path)
-    return build_settings(config, cassettes=cassettes_dir).cassettes_dir
+    return build_settings(config, cassettes=cassettes).cassettes_dir
 
 
 @cassettes.command("list")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-def cassettes_list(cassettes_dir: Path | None, config_path: Path | None) -> None:
-    """List cassettes with their interaction counts."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+def cassettes_list(cassettes: Path, config_path: Path | None) -> None:
+    """List cassettes with their interaction counts.
+
+    Exit status: 0 (an unreadable cassette is listed as such), 1 when the config file is unusable.
+    """
     from proxy.transports.inventory import inventory
 
-    root = _cassette_root(cassettes_dir, config_path)
+    root = _cassette_root(cassettes, config_path)
     entries = inventory(root)
     if not entries:
         click.echo(f"no cassettes under {root}")
@@ -359,13 +397,16 @@ def cassettes_list(cassettes_dir: Path | None, config_path: Path | None) -> None
 
 @cassettes.command("show")
 @click.argument("name")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-def cassettes_show(name: str, cassettes_dir: Path | None, config_path: Path | None) -> None:
-    """Pretty-print one cassette (by name, e.g. sessions/tc-1, or path)."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+def cassettes_show(name: str, cassettes: Path, config_path: Path | None) -> None:
+    """Pretty-print one cassette (by name, e.g. sessions/tc-1, or path).
+
+    Exit status: 0 when shown, 1 when there is no such cassette or it does not parse.
+    """
     from proxy.transports.inventory import find, show
 
-    root = _cassette_root(cassettes_dir, config_path)
+    root = _cassette_root(cassettes, config_path)
     path = find(root, name)
     if path is None:
         raise click.ClickException(f"no cassette {name!r} under {root} (see: proxy cassettes list)")
@@ -376,17 +417,25 @@ def cassettes_show(name: str, cassettes_dir: Path | None, config_path: Path | No
 
 
 @cassettes.command("verify")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Data folder: its stored secrets are looked for too.")
-def cassettes_verify(cassettes_dir: Path | None, config_path: Path | None, data_dir: Path | None) -> None:
-    """Check that every cassette parses, loads in vcrpy and holds no secret."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="Data folder: the secrets stored there are looked for too.",
+)
+def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
+    """Check that every cassette parses, loads in vcrpy and holds no secret.
+
+    Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
+    """
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
-    settings = build_settings(config, cassettes=cassettes_dir, data_dir=data_dir)
+    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
     if (settings.data_dir / "proxy.db").exists():
-        _runtime(config_path, {"cassettes": cassettes_dir, "data_dir": data_dir}).connections.load()
+        _runtime(config_path, {"cassettes": cassettes, "data_dir": data_dir}).connections.load()
     entries, problems = verify(settings.cassettes_dir)
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from errno import EADDRINUSE
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -40,6 +42,30 @@ def test_every_command_has_help_and_is_in_the_readme(command: str) -> None:
     result = CliRunner().invoke(main, [*command.split(), "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
     assert f"proxy {command}" in (ROOT / "README.md").read_text()
+
+
+def every_command() -> Iterator[tuple[str, click.Command]]:
+    """`proxy`, every command and every subcommand, with its name as typed."""
+    stack: list[tuple[str, click.Command]] = [("", main)]
+    while stack:
+        name, command = stack.pop()
+        yield name, command
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            stack.append((f"{name} {sub_name}".strip(), sub))
+
+
+@pytest.mark.parametrize(("name", "command"), list(every_command()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_command_and_option_has_help_defaults_and_exit_status(name: str, command: click.Command) -> None:
+    assert command.help, f"proxy {name} has no help text"
+    output = " ".join(CliRunner().invoke(main, [*name.split(), "--help"]).output.split())  # unwrapped
+    assert "Exit status:" in output, f"proxy {name} --help says nothing of its exit status"
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        assert param.help, f"proxy {name} {param.opts[0]} has no help text"
+        default = param.default
+        if default not in (None, False) and not isinstance(default, enum.Enum):  # click's UNSET is an Enum
+            assert f"[default: {default}" in output, f"proxy {name} {param.opts[0]}: default {default!r} not shown"
 
 
 def test_python_dash_m_works() -> None:
@@ -236,3 +262,16 @@ def test_serve_stops_on_a_misspelt_key_naming_its_place_and_the_nearest_key(tmp_
     done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == "Error: config connections[0].timout: unknown field — did you mean timeout?\n"
+
+
+def test_a_flag_left_at_the_default_its_help_shows_does_not_beat_the_config_file(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url, "{allow_http: true, record_mode: none}")
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"))
+    done = proxy_cli("run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs)
+    assert done.returncode == 1 and "FAILED tc-1: cassette miss" in done.stdout  # none, not the flag's once
+    done = proxy_cli(
+        "run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs, "--record-mode", "once"
+    )
+    assert done.returncode == 0 and "1 recorded" in done.stdout  # a flag given beats the file
