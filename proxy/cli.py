@@ -26,6 +26,7 @@ from proxy.settings import (
     REPLAY_LATENCIES,
     Settings,
 )
+from proxy.words import counted, noun
 
 RECORD_MODES = tuple(mode.value for mode in RecordMode)
 
@@ -285,7 +286,8 @@ async def _connection_version(runtime: Any, ref: str) -> Any:
 
 
 class Progress:
-    """A progress bar on a terminal; plain lines otherwise (CI logs)."""
+    """A progress bar on a terminal (standard error); otherwise a line per finished session on standard
+    output, where the summary follows them (CI logs, captured output)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.finished, self.failed = total, 0, 0
@@ -297,9 +299,10 @@ class Progress:
         if self.tty:
             filled = int(30 * self.finished / self.total)
             bar = "#" * filled + "." * (30 - filled)
-            click.echo(f"\r[{bar}] {self.finished}/{self.total} sessions, {self.failed} failed", nl=False, err=True)
+            sessions = noun(self.total, "session")
+            click.echo(f"\r[{bar}] {self.finished}/{self.total} {sessions}, {self.failed} failed", nl=False, err=True)
         else:
-            click.echo(f"{result.test_case_id}: {result.status} ({len(result.turns)} turns)", err=True)
+            click.echo(f"{result.test_case_id}: {result.status} ({counted(len(result.turns), 'turn')})")
 
     def close(self) -> None:
         if self.tty:
@@ -391,7 +394,8 @@ def cassettes_list(cassettes: Path, config_path: Path | None) -> None:
     if not entries:
         click.echo(f"no cassettes under {root}")
     for entry in entries:
-        count = f"{entry.interactions:>6} interactions" if entry.interactions is not None else "   UNREADABLE"
+        n = entry.interactions
+        count = f"{n:>6} {noun(n, 'interaction'):<12}" if n is not None else f"{'UNREADABLE':>19}"
         click.echo(f"{count}  {entry.name}" + (f"  ({entry.error})" if entry.error else ""))
 
 
@@ -440,6 +444,8 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)
-    click.echo(f"{len(entries)} cassettes, {total} interactions, {len(problems)} problems")
+    click.echo(
+        f"{counted(len(entries), 'cassette')}, {counted(total, 'interaction')}, {counted(len(problems), 'problem')}"
+    )
     if problems:
         sys.exit(1)

@@ -275,3 +275,21 @@ def test_a_flag_left_at_the_default_its_help_shows_does_not_beat_the_config_file
         "run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs, "--record-mode", "once"
     )
     assert done.returncode == 0 and "1 recorded" in done.stdout  # a flag given beats the file
+
+
+def test_run_prints_session_lines_then_the_summary_on_stdout_in_words_that_agree(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url)
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"))
+    done = proxy_cli("run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["tc-1: COMPLETED (1 turn)", "Summary"]  # captured: the session line, then the summary
+    assert "  cassette  0 hits, 1 recorded, 0 misses" in lines and "tc-1" not in done.stderr
+    done = proxy_cli("run", str(one_case(tmp_path)), "--connection", "chat", "--config", str(config), *dirs)
+    assert "  cassette  1 hit, 0 recorded, 0 misses" in done.stdout.splitlines()
+    listed = proxy_cli("cassettes", "list", "--cassettes", str(tmp_path / "cassettes"))
+    assert listed.stdout == "     1 interaction   sessions/tc-1\n"
+    verified = proxy_cli("cassettes", "verify", "--cassettes", str(tmp_path / "cassettes"), *dirs[:2])
+    assert verified.stdout == "1 cassette, 1 interaction, 0 problems\n"
