@@ -293,3 +293,18 @@ def test_run_prints_session_lines_then_the_summary_on_stdout_in_words_that_agree
     assert listed.stdout == "     1 interaction   sessions/tc-1\n"
     verified = proxy_cli("cassettes", "verify", "--cassettes", str(tmp_path / "cassettes"), *dirs[:2])
     assert verified.stdout == "1 cassette, 1 interaction, 0 problems\n"
+
+
+def test_run_names_every_bad_line_of_a_dataset_before_running_anything(tmp_path: Path, upstream_url: str) -> None:
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"id": "a"}\n{"id": "b", "input": "ok"}\nnot json\n{"id": "b", "input": "again"}\n')
+    config = echo_config(tmp_path / "proxy.yaml", upstream_url)
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"))
+    done = proxy_cli("run", str(dataset), "--connection", "chat", "--config", str(config), *dirs)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines()[-3:] == [
+        f"Error: {dataset}: line 1: give either 'input' (one turn) or 'turns' (a list), not both or neither",
+        f"{dataset}: line 3: not valid JSON: Expecting value (column 1)",
+        f"{dataset}: line 4: id 'b' is already used at line 2",
+    ]
+    assert not (tmp_path / "cassettes").exists()  # nothing ran
