@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,21 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     latency = settings.get("replay_latency")
     if latency is not None and str(latency).lower() not in REPLAY_LATENCIES:
         raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
-    speed = settings.get("replay_speed")
-    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float) or speed <= 0):
-        raise ConfigError(f"config settings.replay_speed: {speed!r} is not a positive number")
+    _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
+    _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
     return settings
+
+
+def _number(settings: dict[str, Any], key: str, kind: type, ok: Callable[[Any], bool], expected: str) -> None:
+    value = settings.get(key)
+    if value is None:
+        return
+    number = value
+    if isinstance(value, str):  # `${PORT}` expands to text
+        try:
+            number = kind(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, int | float) or not ok(number):
+        raise ConfigError(f"config settings.{key}: {value!r} is not {expected}")
+    settings[key] = number

@@ -68,6 +68,8 @@ def test_a_record_mode_that_yaml_reads_as_true_is_refused(tmp_path: Path) -> Non
         ("{replay_latency: slow}", r"settings\.replay_latency: 'slow' is not one of none, recorded"),
         ("{replay_speed: 0}", r"settings\.replay_speed: 0 is not a positive number"),
         ("{replay_speed: fast}", r"settings\.replay_speed: 'fast' is not a positive number"),
+        ("{port: abc}", r"settings\.port: 'abc' is not a port number \(0-65535\)"),
+        ("{port: 70000}", r"settings\.port: 70000 is not a port number"),
     ],
 )
 def test_bad_replay_settings_are_explained(tmp_path: Path, settings: str, message: str) -> None:
@@ -80,6 +82,10 @@ def test_replay_settings_come_from_the_file_unless_flags_say_otherwise(tmp_path:
     assert (build_settings(config).replay_latency, build_settings(config).replay_speed) == ("recorded", 2.5)
     assert build_settings(config, replay_speed=10.0).replay_speed == 10.0
     assert build_settings(load_config(write(tmp_path, ""))).replay_speed == 1.0
+    from_env = load_config(
+        write(tmp_path, "settings: {port: '${P}', replay_speed: '${S}'}"), env={"P": "9000", "S": "3"}
+    )
+    assert (build_settings(from_env).port, build_settings(from_env).replay_speed) == (9000, 3.0)
 
 
 def check_config_file(tmp_path: Path, text: str) -> None:
