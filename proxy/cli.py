@@ -11,27 +11,66 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from proxy.api.guard import normalize_host_name, normalize_origin
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
-from proxy.settings import DEFAULT_CASSETTES_DIR, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
+from proxy.settings import (
+    DEFAULT_CASSETTES_DIR,
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_REPLAY_SPEED,
+    REPLAY_LATENCIES,
+    Settings,
+)
+from proxy.words import counted, noun
 
-RECORD_MODES = ("none", "once", "new_episodes", "all", "off")
+RECORD_MODES = tuple(mode.value for mode in RecordMode)
+
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="YAML config file (connections, settings…)."
+)
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, help="Data folder (SQLite store, key)."
+)
+CASSETTES_OPTION = click.option(
+    "--cassettes", type=click.Path(path_type=Path), default=DEFAULT_CASSETTES_DIR, help="Cassette folder."
+)
+RECORD_MODE_OPTION = click.option(
+    "--record-mode",
+    type=click.Choice(RECORD_MODES, case_sensitive=False),
+    default=RecordMode.ONCE.value,
+    help="Record mode, with vcrpy's names (off: live, cassettes untouched).",
+)
 
 
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every command that touches connections or cassettes shares."""
+    for option in reversed([CONFIG_OPTION, DATA_DIR_OPTION, CASSETTES_OPTION, RECORD_MODE_OPTION]):
+        fn = option(fn)
+    return fn
+
+
+def replay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """How replayed answers are paced (`serve` and `run`)."""
     options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file."),
-        click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="SQLite data folder."),
-        click.option("--cassettes", type=click.Path(path_type=Path), default=None, help="Cassette folder."),
         click.option(
-            "--record-mode",
-            type=click.Choice(RECORD_MODES, case_sensitive=False),
-            default=None,
-            help="Record mode (vcrpy's names); default: once.",
+            "--replay-latency",
+            type=click.Choice(REPLAY_LATENCIES, case_sensitive=False),
+            default=REPLAY_LATENCIES[0],
+            help="On replay: answer at once (none), or sleep each answer's recorded latency (recorded).",
+        ),
+        click.option(
+            "--replay-speed",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_REPLAY_SPEED,
+            metavar="F",
+            help="With --replay-latency recorded: divide the recorded delays by F (2 replays twice as fast).",
         ),
     ]
     for option in reversed(options):
@@ -40,8 +79,12 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_settings(config: Config, **flags: Any) -> Settings:
-    """Flags beat the config file's settings, which beat the defaults."""
+    """Flags beat the config file's settings, which beat the defaults. A flag that only holds the
+    default its --help shows was not given, so the file's setting still counts."""
     file = config.settings
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        flags = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
 
     def pick(name: str, default: Any) -> Any:
         value = flags.get(name)
@@ -52,13 +95,14 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         port=int(pick("port", DEFAULT_PORT)),
         data_dir=Path(pick("data_dir", DEFAULT_DATA_DIR)),
         cassettes_dir=Path(pick("cassettes", file.get("cassettes_dir", DEFAULT_CASSETTES_DIR))),
-        record_mode=str(pick("record_mode", "once")).lower(),
+        record_mode=RecordMode.parse(pick("record_mode", RecordMode.ONCE)).value,
         allow_http=bool(flags.get("allow_http") or file.get("allow_http", False)),
         traceparent=bool(file.get("traceparent", True)),
         api_key=pick("api_key", None) or os.environ.get("PROXY_API_KEY"),
         replay_latency=str(pick("replay_latency", "none")).lower(),
         allowed_hosts=tuple(flags.get("allowed_hosts") or ()),
         cors_origins=tuple(flags.get("cors_origins") or ()),
+        replay_speed=float(pick("replay_speed", DEFAULT_REPLAY_SPEED)),
     )
 
 
@@ -83,20 +127,23 @@ def read_config(path: Path | None) -> Config:
         raise click.ClickException(exc.message) from None
 
 
-@click.group()
+@click.group(context_settings={"show_default": True})
 @click.version_option(package_name="proxy")
 def main() -> None:
-    """Local mock-and-record server for Galtea endpoint connections and Cohere connectors."""
+    """Local mock-and-record server for Galtea endpoint connections and Cohere connectors.
+
+    An option left out takes its value from the config file's settings, else the default shown.
+
+    Exit status: 0 on success, 1 when the command failed (see each command), 2 on bad usage.
+    """
 
 
 @main.command()
 @common_options
-@click.option("--host", default=None, help=f"Address to bind (default {DEFAULT_HOST}).")
-@click.option("--port", type=int, default=None, help=f"Port (default {DEFAULT_PORT}).")
+@click.option("--host", default=DEFAULT_HOST, help="Address to listen on (loopback unless you change it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, help="Port (0: any free port).")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set PROXY_API_KEY).")
-@click.option(
-    "--allow-http", is_flag=True, default=None, help="Accept http:// connection URLs without acknowledgement."
-)
+@click.option("--allow-http", is_flag=True, help="Accept http:// connection URLs without acknowledgement.")
 @click.option(
     "--allowed-host",
     "allowed_hosts",
@@ -114,11 +161,17 @@ def main() -> None:
     callback=_checked(normalize_origin),
     help="Let web pages of ORIGIN (scheme://host[:port]) call the API, with CORS headers (repeatable).",
 )
+@replay_options
 def serve(config_path: Path | None, **flags: Any) -> None:
-    """Run the server."""
+    """Run the server. Prints its URL on standard output once it is listening; logs go to standard error.
+
+    Exit status: 0 after a clean shutdown (Ctrl-C, SIGTERM), 1 when the config file or the data dir is
+    unusable, 2 on bad usage or when it cannot listen (e.g. the port is in use).
+    """
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.listener import AnnouncingServer, listen, url_of, why_not
     from proxy.runtime import Runtime
 
     config = read_config(config_path)
@@ -132,10 +185,19 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         raise click.ClickException(exc.message) from None
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
-    app = create_app(runtime)
-    click.echo(f"proxy listening on http://{settings.host}:{settings.port}", err=False)
-    sys.stdout.flush()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    try:
+        sock = listen(settings.host, settings.port)
+    except (OSError, OverflowError) as exc:
+        runtime.store.close()
+        click.echo(f"proxy: cannot listen on {settings.host}:{settings.port}: {why_not(exc)}", err=True)
+        sys.exit(2)
+
+    def announce() -> None:
+        click.echo(f"proxy listening on {url_of(sock)}")
+        sys.stdout.flush()
+
+    server_config = uvicorn.Config(create_app(runtime), log_level="info", access_log=False)
+    AnnouncingServer(server_config, announce).run(sockets=[sock])
 
 
 def _runtime(config_path: Path | None, flags: dict[str, Any]) -> Any:
@@ -166,9 +228,9 @@ def _parse_json_option(value: str | None, name: str) -> Any:
 @click.option("--version", "version_name", help="Version (name or id) whose lifecycle runs each test case.")
 @click.option("--connection", "connection_name", help="Or: one CONVERSATION connection (name or id), no lifecycle.")
 @common_options
-@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, help="Sessions run at once.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write results here, one JSON line each.")
-@click.option("--replay-latency", type=click.Choice(["none", "recorded"]), default=None, help="Sleep recorded latency.")
+@replay_options
 def run(
     dataset: Path,
     version_name: str | None,
@@ -178,7 +240,15 @@ def run(
     out: Path | None,
     **flags: Any,
 ) -> None:
-    """Run a dataset in-process: one session per test case, sessions concurrent."""
+    """Run a dataset in-process: one session per test case, sessions concurrent.
+
+    DATASET is JSONL (one test case a line) or a JSON array. On a terminal a progress bar is drawn on
+    standard error; otherwise one line per finished session goes to standard output. The summary follows
+    on standard output.
+
+    Exit status: 0 when every session passed, 1 when any failed (or the config file is unusable),
+    2 on bad usage or a bad dataset (every bad line is named; nothing ran).
+    """
     import asyncio
 
     from proxy.dataset import DatasetError, load_dataset
@@ -248,7 +318,8 @@ async def _connection_version(runtime: Any, ref: str) -> Any:
 
 
 class Progress:
-    """A progress bar on a terminal; plain lines otherwise (CI logs)."""
+    """A progress bar on a terminal (standard error); otherwise a line per finished session on standard
+    output, where the summary follows them (CI logs, captured output)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.finished, self.failed = total, 0, 0
@@ -260,9 +331,10 @@ class Progress:
         if self.tty:
             filled = int(30 * self.finished / self.total)
             bar = "#" * filled + "." * (30 - filled)
-            click.echo(f"\r[{bar}] {self.finished}/{self.total} sessions, {self.failed} failed", nl=False, err=True)
+            sessions = noun(self.total, "session")
+            click.echo(f"\r[{bar}] {self.finished}/{self.total} {sessions}, {self.failed} failed", nl=False, err=True)
         else:
-            click.echo(f"{result.test_case_id}: {result.status} ({len(result.turns)} turns)", err=True)
+            click.echo(f"{result.test_case_id}: {result.status} ({counted(len(result.turns), 'turn')})")
 
     def close(self) -> None:
         if self.tty:
@@ -283,7 +355,13 @@ def check(
     config_path: Path | None,
     **flags: Any,
 ) -> None:
-    """Debug one connection: the rendered request, the reply, what each JSONPath extracted."""
+    """Debug one connection: the rendered request, the reply, what each JSONPath extracted.
+
+    CONNECTION is a name or an id. The call goes through the connection's cassette, as testConnection does.
+
+    Exit status: 0 when the call and every required output-mapping key succeeded, 1 when one failed (or
+    the connection is unknown, or the config file unusable), 2 on bad usage (e.g. --input is not JSON).
+    """
     import asyncio
 
     from proxy.engine import CallContext
@@ -322,39 +400,49 @@ def check(
 
 @main.group()
 def cassettes() -> None:
-    """List, show and verify cassettes."""
+    """List, show and verify cassettes.
+
+    Exit status: see each command; 2 on bad usage.
+    """
 
 
-def _cassette_root(cassettes_dir: Path | None, config_path: Path | None) -> Path:
+def _cassette_root(cassettes: Path, config_path: Path | None) -> Path:
     config = read_config(config_path)
-    return build_settings(config, cassettes=cassettes_dir).cassettes_dir
+    return build_settings(config, cassettes=cassettes).cassettes_dir
 
 
 @cassettes.command("list")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-def cassettes_list(cassettes_dir: Path | None, config_path: Path | None) -> None:
-    """List cassettes with their interaction counts."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+def cassettes_list(cassettes: Path, config_path: Path | None) -> None:
+    """List cassettes with their interaction counts.
+
+    Exit status: 0 (an unreadable cassette is listed as such), 1 when the config file is unusable.
+    """
     from proxy.transports.inventory import inventory
 
-    root = _cassette_root(cassettes_dir, config_path)
+    root = _cassette_root(cassettes, config_path)
     entries = inventory(root)
     if not entries:
         click.echo(f"no cassettes under {root}")
     for entry in entries:
-        count = f"{entry.interactions:>6} interactions" if entry.interactions is not None else "   UNREADABLE"
+        n = entry.interactions
+        count = f"{n:>6} {noun(n, 'interaction'):<12}" if n is not None else f"{'UNREADABLE':>19}"
         click.echo(f"{count}  {entry.name}" + (f"  ({entry.error})" if entry.error else ""))
 
 
 @cassettes.command("show")
 @click.argument("name")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-def cassettes_show(name: str, cassettes_dir: Path | None, config_path: Path | None) -> None:
-    """Pretty-print one cassette (by name, e.g. sessions/tc-1, or path)."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+def cassettes_show(name: str, cassettes: Path, config_path: Path | None) -> None:
+    """Pretty-print one cassette (by name, e.g. sessions/tc-1, or path).
+
+    Exit status: 0 when shown, 1 when there is no such cassette or it does not parse.
+    """
     from proxy.transports.inventory import find, show
 
-    root = _cassette_root(cassettes_dir, config_path)
+    root = _cassette_root(cassettes, config_path)
     path = find(root, name)
     if path is None:
         raise click.ClickException(f"no cassette {name!r} under {root} (see: proxy cassettes list)")
@@ -365,21 +453,31 @@ def cassettes_show(name: str, cassettes_dir: Path | None, config_path: Path | No
 
 
 @cassettes.command("verify")
-@click.option("--cassettes", "cassettes_dir", type=click.Path(path_type=Path), help="Cassette folder.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Data folder: its stored secrets are looked for too.")
-def cassettes_verify(cassettes_dir: Path | None, config_path: Path | None, data_dir: Path | None) -> None:
-    """Check that every cassette parses, loads in vcrpy and holds no secret."""
+@CASSETTES_OPTION
+@CONFIG_OPTION
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="Data folder: the secrets stored there are looked for too.",
+)
+def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
+    """Check that every cassette parses, loads in vcrpy and holds no secret.
+
+    Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
+    """
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
-    settings = build_settings(config, cassettes=cassettes_dir, data_dir=data_dir)
+    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
     if (settings.data_dir / "proxy.db").exists():
-        _runtime(config_path, {"cassettes": cassettes_dir, "data_dir": data_dir}).connections.load()
+        _runtime(config_path, {"cassettes": cassettes, "data_dir": data_dir}).connections.load()
     entries, problems = verify(settings.cassettes_dir)
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)
-    click.echo(f"{len(entries)} cassettes, {total} interactions, {len(problems)} problems")
+    click.echo(
+        f"{counted(len(entries), 'cassette')}, {counted(total, 'interaction')}, {counted(len(problems), 'problem')}"
+    )
     if problems:
         sys.exit(1)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, InvalidField, UnknownField
+from proxy.known_keys import check_keys
+from proxy.record_mode import RecordMode
+from proxy.settings import REPLAY_LATENCIES, Settings
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("settings", "connections", "versions", "connectors")
+# `settings` takes every server setting (flags beat them), `cassettes` for `cassettes_dir`, and the matching rules.
+SETTINGS_KEYS = frozenset(f.name for f in fields(Settings)) | {"cassettes", "ignore", "match_headers", "redact_values"}
+IGNORE_KEYS = ("query", "body", "headers")
 
 
 @dataclass
@@ -59,12 +66,16 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping with {', '.join(SECTIONS)}")
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    try:
+        check_keys(raw, SECTIONS, what="section")
+        settings = _mapping(raw.get("settings"), "settings")
+        check_keys(settings, SETTINGS_KEYS, "settings")
+        check_keys(_mapping(settings.get("ignore"), "settings.ignore"), IGNORE_KEYS, "settings.ignore")
+    except UnknownField as exc:
+        raise ConfigError(f"config {exc.message}") from None
     data = expand_env(raw, "", env)
     config = Config(path=path)
-    config.settings = _mapping(data.get("settings"), "settings")
+    config.settings = _settings(_mapping(data.get("settings"), "settings"))
     for section in SECTIONS[1:]:
         items = data.get(section) or []
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -79,3 +90,32 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"config: {name} must be a mapping")
     return value
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    if settings.get("record_mode") is not None:
+        try:
+            settings["record_mode"] = RecordMode.parse(settings["record_mode"], "settings.record_mode").value
+        except InvalidField as exc:
+            raise ConfigError(f"config {exc.message}") from None
+    latency = settings.get("replay_latency")
+    if latency is not None and str(latency).lower() not in REPLAY_LATENCIES:
+        raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
+    _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
+    _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
+    return settings
+
+
+def _number(settings: dict[str, Any], key: str, kind: type, ok: Callable[[Any], bool], expected: str) -> None:
+    value = settings.get(key)
+    if value is None:
+        return
+    number = value
+    if isinstance(value, str):  # `${PORT}` expands to text
+        try:
+            number = kind(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, int | float) or not ok(number):
+        raise ConfigError(f"config settings.{key}: {value!r} is not {expected}")
+    settings[key] = number

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from proxy.connection import CompiledConnection
 from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
+from proxy.known_keys import check_model_keys
 from proxy.mapping import CompiledMapping
 from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first, url_origin
 from proxy.registry import now_iso
@@ -31,6 +32,8 @@ from proxy.templating import CompiledTemplate
 from proxy.transports.library import CassetteLibrary
 
 REGISTRATION_QUERY = "proxy connector registration test"
+# What the API reads back beside the fields given: let through (and ignored) on input.
+READ_ONLY_FIELDS = frozenset({"id", "organization_id", "created_at", "updated_at", "auth_type"})
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -217,6 +220,7 @@ class ConnectorRegistry:
         await self.store.write(self.store.delete_entity, "connectors", connector_id_)
 
     def _parse(self, data: dict[str, Any]) -> ConnectorIn:
+        check_model_keys(data, ConnectorIn, allowed=READ_ONLY_FIELDS)
         try:
             fields = ConnectorIn.model_validate(data)
         except ValidationError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 
 class DatasetError(ValueError):
-    pass
+    """One line per problem (`dataset.jsonl: line 3: …`), every problem of the file at once."""
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,37 @@ def load_dataset(path: Path) -> list[TestCase]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read the dataset: {exc}") from None
+    problems: list[tuple[int, str]] = []  # (line or item number, text): reported in file order
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-        entries = [(f"item {n}", item) for n, item in enumerate(items, 1)]
+        entries = [(n, f"item {n}", item) for n, item in enumerate(items, 1)]
     else:
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                entries.append((f"line {number}", json.loads(line)))
+                entries.append((number, f"line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-    cases = [_test_case(path, where, item) for where, item in entries]
+                problems.append((number, f"{path}: line {number}: not valid JSON: {exc.msg} (column {exc.colno})"))
+    cases: list[TestCase] = []
     seen: dict[str, str] = {}
-    for case in cases:
+    for number, where, item in entries:
+        try:
+            case = _test_case(path, where, item)
+        except DatasetError as exc:
+            problems.append((number, str(exc)))
+            continue
         if case.id in seen:
-            raise DatasetError(f"{path}: {case.where}: id {case.id!r} is already used at {seen[case.id]}")
-        seen[case.id] = case.where
+            problems.append((number, f"{path}: {where}: id {case.id!r} is already used at {seen[case.id]}"))
+            continue
+        seen[case.id] = where
+        cases.append(case)
+    if problems:
+        raise DatasetError("\n".join(message for _, message in sorted(problems)))
     if not cases:
         raise DatasetError(f"{path}: the dataset holds no test case")
     return cases

@@ -6,6 +6,7 @@ ProxyError                      base; never escapes as a 500
 ├── Conflict            409     the entity's state refuses the action (a turn on a finished session)
 ├── PayloadTooLarge     413     API body over the cap
 ├── InvalidField        422     a field failed validation (names the field and the reason)
+│   └── UnknownField    422     a key no field takes (names the nearest known key)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
 
 Before any route runs, the request guard answers 403 (foreign Host or Origin, cross-site fetch, no CSRF
@@ -18,7 +19,9 @@ Engine failures are not exceptions at the API boundary: a failed upstream call i
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Collection
 from typing import Any
 
 
@@ -63,6 +66,22 @@ class InvalidField(ProxyError):
         return {"message": self.message, "errors": [{"field": self.field, "reason": self.reason}]}
 
 
+class UnknownField(InvalidField):
+    """A key that no field takes. Most often a typo, so the nearest known key (in the same spelling,
+    camelCase or snake_case, as the one given) is suggested; `field` is the key's place as written.
+    `known` holds the snake_case names; `camel_case` says whether their camelCase spellings are taken too."""
+
+    def __init__(
+        self, field: str, key: str, known: Collection[str], what: str = "field", camel_case: bool = True
+    ) -> None:
+        camel = camel_case and any(ch.isupper() for ch in key)
+        names = sorted({snake_to_camel(k) for k in known} if camel else set(known))
+        nearest = difflib.get_close_matches(key, names, n=1)
+        hint = f"did you mean {nearest[0]}?" if nearest else f"known: {', '.join(names)}"
+        super().__init__(field, f"unknown {what} — {hint}")
+        self.message = f"{field}: {self.reason}"
+
+
 class ConfigError(ProxyError):
     pass
 
@@ -86,3 +105,8 @@ def camel_to_snake(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)

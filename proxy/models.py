@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from proxy.errors import InvalidField
+from proxy.known_keys import check_model_keys
 from proxy.settings import (
     DEFAULT_RETRY_INITIAL_DELAY_MS,
     DEFAULT_RETRY_MAX_ATTEMPTS,
@@ -148,6 +149,11 @@ NULLABLE_TO_DEFAULT = {
     "http_method",
     "auth_type",
 }
+# What the API reads back beside the stored fields: let through (and ignored) on input, so a connection
+# read, changed and sent back is accepted.
+READ_ONLY_FIELDS = frozenset({"id", "hasAuthToken", "has_auth_token", "hasPassword", "has_password"}) | frozenset(
+    {"createdAt", "created_at", "deletedAt", "deleted_at"}
+)
 CREDENTIALS_BY_AUTH = {
     AuthType.NONE: (),
     AuthType.BEARER: ("auth_token",),
@@ -199,6 +205,7 @@ def _reason(error: Any) -> str:
 
 
 def parse_spec(data: dict[str, Any]) -> ConnectionSpec:
+    check_model_keys(data, ConnectionSpec, allowed=READ_ONLY_FIELDS)
     data = {k: v for k, v in data.items() if not (v is None and _snake(k) in NULLABLE_TO_DEFAULT)}
     try:
         return ConnectionSpec.model_validate(data)

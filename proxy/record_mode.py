@@ -16,8 +16,16 @@ class RecordMode(StrEnum):
     def parse(cls, value: object, field: str = "record_mode") -> RecordMode:
         from proxy.errors import InvalidField
 
+        valid = ", ".join(m.value for m in cls)
+        # YAML 1.1 reads a bare `off`, `no` or `false` as false, and `on`, `yes` or `true` as true.
+        if value is False:
+            return cls.OFF
+        if value is True:
+            raise InvalidField(
+                field,
+                f"true is not a record mode (YAML reads a bare on, yes or true as true); valid modes are: {valid}",
+            )
         try:
             return cls(str(value).lower())
         except ValueError:
-            valid = ", ".join(m.value for m in cls)
             raise InvalidField(field, f"{value!r} is not a valid record mode; valid modes are: {valid}") from None

@@ -15,9 +15,11 @@ from typing import Any
 from proxy.auth import is_secret_header
 from proxy.connection import CompiledConnection, compile_connection
 from proxy.errors import InvalidField, NotFound
+from proxy.known_keys import check_model_keys
 from proxy.models import (
     CREDENTIALS_BY_AUTH,
     NULLABLE_TO_DEFAULT,
+    READ_ONLY_FIELDS,
     AuthType,
     ConnectionSpec,
     normalise_keys,
@@ -111,6 +113,7 @@ class ConnectionRegistry:
 
     def build_patched(self, current: CompiledConnection, patch: dict[str, Any]) -> CompiledConnection:
         """The stored connection with a PATCH (or testConnection overrides) applied and re-validated."""
+        check_model_keys(patch, ConnectionSpec, allowed=READ_ONLY_FIELDS)
         given = normalise_keys(patch)
         merged = merge_patch(current.spec, given)
         spec = parse_spec(merged)

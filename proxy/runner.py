@@ -20,6 +20,7 @@ from proxy.errors import ProxyError
 from proxy.runtime import Runtime
 from proxy.sessions import PENDING, Turn
 from proxy.versions import Version
+from proxy.words import counted, noun
 
 DEFAULT_CONCURRENCY = 8
 
@@ -122,7 +123,8 @@ def summary(results: list[CaseResult]) -> list[str]:
         ("latency", f"p50 {median}   p95 {pct(0.95)}"),
         (
             "cassette",
-            f"{outcomes.get('hit', 0)} hits, {outcomes.get('recorded', 0)} recorded, {outcomes.get('miss', 0)} misses"
+            f"{counted(outcomes['hit'], 'hit')}, {outcomes['recorded']} recorded, "
+            f"{counted(outcomes['miss'], 'miss', 'misses')}"
             + (f", {outcomes['live']} live" if outcomes.get("live") else ""),
         ),
     ]
@@ -131,5 +133,5 @@ def summary(results: list[CaseResult]) -> list[str]:
     for r in failed[:10]:
         lines.append(f"  FAILED {r.test_case_id}: {r.error}")
     if len(failed) > 10:
-        lines.append(f"  … and {len(failed) - 10} more failed sessions (see --out)")
+        lines.append(f"  … and {len(failed) - 10} more failed {noun(len(failed) - 10, 'session')} (see --out)")
     return lines

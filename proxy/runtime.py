@@ -10,9 +10,11 @@ import httpx
 
 from proxy.api.demo import DemoHostTransport
 from proxy.config import Config
-from proxy.connectors import ConnectorRegistry
+from proxy.connectors import ConnectorIn, ConnectorRegistry
 from proxy.engine import Engine
-from proxy.errors import ConfigError, ProxyError
+from proxy.errors import ConfigError, ProxyError, UnknownField
+from proxy.known_keys import check_keys, check_model_keys
+from proxy.models import ConnectionSpec
 from proxy.record_mode import RecordMode
 from proxy.registry import ConnectionRegistry
 from proxy.secrets import REDACTOR, Vault, install_log_redaction, load_fernet
@@ -24,6 +26,7 @@ from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.versions import CONFIG_FIELDS as VERSION_CONFIG_FIELDS
 from proxy.versions import VersionRegistry
 
 log = logging.getLogger("proxy")
@@ -44,6 +47,7 @@ class Runtime:
             MatchRules.from_settings(self.config.settings),
             RecordMode.parse(settings.record_mode),
             replay_latency=settings.replay_latency == "recorded",
+            replay_speed=settings.replay_speed,
         )
         REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
         live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
@@ -53,14 +57,24 @@ class Runtime:
         self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http)
 
     def check_config(self) -> None:
-        """Validate the config file's connections before serving, so a bad one stops start-up with
-        its place and reason instead of a traceback."""
+        """Validate the config file's connections before serving, and every key of its versions and
+        connectors, so a bad one stops start-up with its place and reason instead of a traceback."""
         for index, data in enumerate(self.config.connections):
             try:
-                self.connections.build(self._without_proxy_fields(data))
+                fields = self._without_proxy_fields(data)
+                check_model_keys(fields, ConnectionSpec, f"connections[{index}]")
+                self.connections.build(fields)
+            except UnknownField as exc:
+                raise ConfigError(f"config {exc.message}") from None
             except ProxyError as exc:
-                name = data.get("name", "?")
-                raise ConfigError(f"config connections[{index}] ({name}): {exc.message}") from None
+                raise ConfigError(f"config connections[{index}] ({data.get('name', '?')}): {exc.message}") from None
+        try:
+            for index, data in enumerate(self.config.versions):
+                check_keys(data, VERSION_CONFIG_FIELDS, f"versions[{index}]", camel_case=True)
+            for index, data in enumerate(self.config.connectors):
+                check_model_keys(data, ConnectorIn, f"connectors[{index}]")
+        except UnknownField as exc:
+            raise ConfigError(f"config {exc.message}") from None
 
     def _without_proxy_fields(self, data: dict[str, Any]) -> dict[str, Any]:
         """A config connection may carry this server's own `record_mode` beside the Galtea fields."""

@@ -9,6 +9,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_DATA_DIR = ".proxy"
 DEFAULT_CASSETTES_DIR = "cassettes"
+REPLAY_LATENCIES = ("none", "recorded")  # on replay: answer at once, or sleep each answer's recorded latency
+DEFAULT_REPLAY_SPEED = 1.0  # recorded delays are divided by it
 
 # Endpoint connection defaults and caps (SPEC 5).
 DEFAULT_TIMEOUT_S = 15.0
@@ -58,3 +60,4 @@ class Settings:
     replay_latency: str = "none"  # or "recorded": sleep each replayed answer's recorded latency
     allowed_hosts: tuple[str, ...] = ()  # Host names answered beside the bind address, localhost and loopback
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (CORS)
+    replay_speed: float = DEFAULT_REPLAY_SPEED

@@ -147,8 +147,13 @@ class Store:
         if not self.db.table("journal").exists():
             self.db.execute(
                 "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, cassette TEXT NOT NULL,"
-                " kind TEXT NOT NULL, data TEXT NOT NULL)"
+                " kind TEXT NOT NULL, data TEXT NOT NULL, path TEXT)"
             )
+        elif "path" not in self.db.table("journal").columns_dict:
+            # Rows from before each row named its cassette file: the first cassettes folder to start
+            # claims them (see `journal_claim_unplaced`), as every folder did then.
+            self.db.execute("ALTER TABLE journal ADD COLUMN path TEXT")
+        self.db.execute("CREATE INDEX IF NOT EXISTS journal_path ON journal (path, seq)")
 
     def close(self) -> None:
         if self._db is not None:
@@ -210,22 +215,32 @@ class Store:
 
     # -- cassette journal (writer thread only; `journal_append` through `write`) ---------------
 
-    def journal_append(self, cassette: str, kind: str, data: str) -> int:
-        """One recorded interaction (or a `reset`); returns its sequence number."""
+    def journal_append(self, cassette: str, kind: str, data: str, path: str) -> int:
+        """One recorded interaction (or a `reset`) of the cassette file at `path` (absolute: a data dir
+        may serve several cassettes folders, one after another or at once); returns its sequence number."""
         cursor = self.db.conn.execute(
-            "INSERT INTO journal (cassette, kind, data) VALUES (?, ?, ?)", (cassette, kind, data)
+            "INSERT INTO journal (cassette, kind, data, path) VALUES (?, ?, ?, ?)", (cassette, kind, data, path)
         )
         return int(cursor.lastrowid or 0)
 
-    def journal_rows(self) -> dict[str, list[tuple[int, str, str]]]:
-        rows: dict[str, list[tuple[int, str, str]]] = {}
-        for seq, cassette, kind, data in self.db.execute("SELECT seq, cassette, kind, data FROM journal ORDER BY seq"):
-            rows.setdefault(cassette, []).append((seq, kind, data))
+    def journal_claim_unplaced(self, path_of: Callable[[str], str]) -> None:
+        """Give rows journaled without a path (by an older version) the file `path_of(cassette name)`."""
+        for (name,) in list(self.db.execute("SELECT DISTINCT cassette FROM journal WHERE path IS NULL")):
+            self.db.conn.execute(
+                "UPDATE journal SET path = ? WHERE path IS NULL AND cassette = ?", (path_of(name), name)
+            )
+
+    def journal_rows(self) -> dict[str, tuple[str, list[tuple[int, str, str]]]]:
+        """Per cassette file (its path): the cassette's name and its rows (seq, kind, data), in order."""
+        rows: dict[str, tuple[str, list[tuple[int, str, str]]]] = {}
+        query = "SELECT seq, cassette, kind, data, path FROM journal WHERE path IS NOT NULL ORDER BY seq"
+        for seq, cassette, kind, data, path in self.db.execute(query):
+            rows.setdefault(path, (cassette, []))[1].append((seq, kind, data))
         return rows
 
-    def journal_forget(self, cassette: str, upto_seq: int) -> None:
-        """The cassette file now holds everything up to `upto_seq`."""
-        self.db.conn.execute("DELETE FROM journal WHERE cassette = ? AND seq <= ?", (cassette, upto_seq))
+    def journal_forget(self, path: str, upto_seq: int) -> None:
+        """The cassette file at `path` now holds everything up to `upto_seq`."""
+        self.db.conn.execute("DELETE FROM journal WHERE path = ? AND seq <= ?", (path, upto_seq))
 
 
 def entity_json(entity: Any) -> str:

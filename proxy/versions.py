@@ -21,6 +21,12 @@ SLOTS = {
 }
 SHORTHANDS = {shorthand for shorthand, _ in SLOTS.values()}
 KNOWN_FIELDS = {"id", "name", "product_id", "number", "created_at", "deleted_at", "endpoint_connection_id", *SLOTS}
+# What a version in the config file may hold: the Galtea SDK's version fields, and its connections by name.
+CONFIG_FIELDS = frozenset(
+    {"name", "product_id", "description", "dataset_description", "dataset_uri", "guardrails", "system_prompt"}
+    | {"model_id", "parent_version_id", "otel_output_source_rule", "otel_input_source_rule"}
+    | {"phone_connection_id", "web_rtc_connection_id", "endpoint_connection_id", *SLOTS, *SHORTHANDS}
+)
 
 
 @dataclass

@@ -30,9 +30,10 @@ def upstream_server() -> Iterator[tuple[Upstream, str]]:
 
 
 @pytest.fixture
-def upstream(upstream_server: tuple[Upstream, str]) -> Upstream:
+def upstream(upstream_server: tuple[Upstream, str]) -> Iterator[Upstream]:
     upstream_server[0].clear()
-    return upstream_server[0]
+    yield upstream_server[0]
+    upstream_server[0].clear()  # a script left behind would answer the next test's calls
 
 
 @pytest.fixture

@@ -255,3 +255,44 @@ async def test_api_key_guards_every_route_but_healthz(tmp_path: Path) -> None:
         assert (await c.get("/endpointConnections", headers={"Authorization": "Bearer wrong"})).status_code == 401
         assert (await c.get("/endpointConnections", headers={"Authorization": "Bearer k-123456"})).status_code == 200
     await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "nearest"),
+    [
+        ({"timout": 5}, "timout", "timeout"),
+        ({"inputTemplate": None, "inputTemplat": '{"m": "{{ input.m }}"}'}, "inputTemplat", "inputTemplate"),
+        ({"retry_enabeld": True}, "retry_enabeld", "retry_enabled"),
+        (
+            {"conversationEndRules": [{"statusCode": 409, "bodyMatch": {"path": "$.code", "equal": "end"}}]},
+            "conversationEndRules[0].bodyMatch.equal",
+            "equals",
+        ),
+    ],
+)
+async def test_an_unknown_key_is_422_naming_it_and_the_nearest_known_key(
+    api: httpx.AsyncClient, overrides: dict[str, Any], field: str, nearest: str
+) -> None:
+    response = await create(api, **overrides)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "message": f"{field}: unknown field — did you mean {nearest}?",
+        "errors": [{"field": field, "reason": f"unknown field — did you mean {nearest}?"}],
+    }
+
+
+async def test_patch_and_test_connection_refuse_unknown_keys_too(api: httpx.AsyncClient) -> None:
+    conn_id = (await create(api)).json()["id"]
+    patched = await api.patch(f"/endpointConnections/{conn_id}", json={"timeout": 30, "retryEnabeld": True})
+    assert patched.status_code == 422 and patched.json()["message"].startswith("retryEnabeld: unknown field")
+    assert (await api.get(f"/endpointConnections/{conn_id}")).json()["timeout"] == 15  # nothing was applied
+    tested = await api.post("/endpointConnections/testConnection", json={"id": conn_id, "timout": 5})
+    assert tested.status_code == 422 and "did you mean timeout?" in tested.json()["message"]
+
+
+async def test_a_connection_read_back_and_sent_again_is_accepted(api: httpx.AsyncClient) -> None:
+    created = (await create(api)).json()
+    read = (await api.get(f"/endpointConnections/{created['id']}")).json()
+    patched = await api.patch(f"/endpointConnections/{created['id']}", json={**read, "timeout": 20})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["timeout"] == 20 and patched.json()["hasAuthToken"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 from proxy.record_mode import RecordMode
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
-from proxy.transports.cassette import TEMP_MARKER, file_name, load_interactions, make_interaction
+from proxy.transports.cassette import TEMP_MARKER, Cassette, file_name, load_interactions, make_interaction
 from proxy.transports.library import CassetteLibrary
+from proxy.transports.matching import MatchRules
 
 
 def interaction(n: int):  # type: ignore[no-untyped-def]
@@ -59,7 +61,8 @@ async def test_recovery_folds_the_journal_in_without_duplicates(tmp_path: Path, 
     path = tmp_path / "c" / "sessions" / "tc.yaml"
     assert bodies(path) == [b'{"n": 0}', b'{"n": 1}']
     flushed = await library.cassette("sessions/tc")
-    store.call(store.journal_append, "sessions/tc", "interaction", flushed.serialize([flushed.interactions[1]]))
+    text = flushed.serialize([flushed.interactions[1]])
+    store.call(store.journal_append, "sessions/tc", "interaction", text, library.journal_path("sessions/tc"))
     recovered = CassetteLibrary(tmp_path / "c", store).recover()
     assert recovered == {"sessions/tc": 2}
     assert bodies(path) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
@@ -158,3 +161,49 @@ def test_sidecar_speeds_loading_and_a_hand_edit_invalidates_it(tmp_path: Path) -
     path.write_text(path.read_text().replace('{"n": 1}', '{"n": 2}'))  # edited by hand
     assert bodies(path) == [b'{"n": 2}']  # the YAML wins, and the sidecar is rewritten
     assert '{\\"n\\": 2}' in sidecar_path(path).read_text()
+
+
+async def test_journal_rows_belong_to_one_cassettes_folder(tmp_path: Path, store: Store) -> None:
+    """Two folders share one data dir: each start-up folds in its own folder's rows, and no other."""
+    in_a, in_b = CassetteLibrary(tmp_path / "a", store), CassetteLibrary(tmp_path / "b", store)
+    await record(in_a, "tc", range(2))  # not flushed: only the journal has them
+    await record(in_b, "tc", range(5, 6))  # the same cassette name, in the other folder
+    await in_b.flush()  # forgets b's rows, and only b's
+    assert CassetteLibrary(tmp_path / "b", store).recover() == {}
+    assert bodies(tmp_path / "b" / "sessions" / "tc.yaml") == [b'{"n": 5}']
+    assert not (tmp_path / "a" / "sessions" / "tc.yaml").exists()
+    assert CassetteLibrary(tmp_path / "a", store).recover() == {"sessions/tc": 2}
+    assert bodies(tmp_path / "a" / "sessions" / "tc.yaml") == [b'{"n": 0}', b'{"n": 1}']
+    assert store.call(store.journal_rows) == {}
+
+
+async def test_rows_of_a_folder_that_is_gone_are_kept_and_logged(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = tmp_path / "gone"
+    await record(CassetteLibrary(gone, store), "tc", range(3))
+    assert not gone.exists()
+    CassetteLibrary(tmp_path / "other", store).recover()
+    assert f"the journal keeps 3 unsaved interactions of cassettes in {gone} (the folder is gone)" in caplog.text
+    assert list(store.call(store.journal_rows)) == [str(gone / "sessions" / "tc.yaml")]
+    assert not (tmp_path / "other" / "sessions").exists()
+
+
+def test_a_journal_from_before_paths_migrates_to_the_folder_in_use(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "proxy.db") as old:  # the journal as an older version left it after a crash
+        old.execute(
+            "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, cassette TEXT NOT NULL,"
+            " kind TEXT NOT NULL, data TEXT NOT NULL)"
+        )
+        text = Cassette("sessions/tc", tmp_path / "x.yaml", MatchRules()).serialize([interaction(9)])
+        old.execute("INSERT INTO journal (cassette, kind, data) VALUES ('sessions/tc', 'interaction', ?)", (text,))
+    old.close()
+    store = Store(data, Vault(load_fernet(data)))
+    try:
+        assert CassetteLibrary(tmp_path / "now", store).recover() == {"sessions/tc": 1}
+        assert bodies(tmp_path / "now" / "sessions" / "tc.yaml") == [b'{"n": 9}']
+        assert store.call(store.journal_rows) == {}
+    finally:
+        store.close()

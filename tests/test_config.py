@@ -49,3 +49,104 @@ def test_missing_env_variable_names_the_place(tmp_path: Path) -> None:
 def test_bad_config_files_are_explained(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("word", ["off", "no", "false", "Off", "NO"])
+def test_a_record_mode_that_yaml_reads_as_false_is_off(tmp_path: Path, word: str) -> None:
+    config = load_config(write(tmp_path, f"settings: {{record_mode: {word}}}"))
+    assert build_settings(config).record_mode == "off"
+
+
+def test_a_record_mode_that_yaml_reads_as_true_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config settings\.record_mode: true is not a record mode .* all, off$"):
+        load_config(write(tmp_path, "settings: {record_mode: yes}"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("{replay_latency: slow}", r"settings\.replay_latency: 'slow' is not one of none, recorded"),
+        ("{replay_speed: 0}", r"settings\.replay_speed: 0 is not a positive number"),
+        ("{replay_speed: fast}", r"settings\.replay_speed: 'fast' is not a positive number"),
+        ("{port: abc}", r"settings\.port: 'abc' is not a port number \(0-65535\)"),
+        ("{port: 70000}", r"settings\.port: 70000 is not a port number"),
+    ],
+)
+def test_bad_replay_settings_are_explained(tmp_path: Path, settings: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"settings: {settings}"))
+
+
+def test_replay_settings_come_from_the_file_unless_flags_say_otherwise(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "settings: {replay_latency: recorded, replay_speed: 2.5}"))
+    assert (build_settings(config).replay_latency, build_settings(config).replay_speed) == ("recorded", 2.5)
+    assert build_settings(config, replay_speed=10.0).replay_speed == 10.0
+    assert build_settings(load_config(write(tmp_path, ""))).replay_speed == 1.0
+    from_env = load_config(
+        write(tmp_path, "settings: {port: '${P}', replay_speed: '${S}'}"), env={"P": "9000", "S": "3"}
+    )
+    assert (build_settings(from_env).port, build_settings(from_env).replay_speed) == (9000, 3.0)
+
+
+def check_config_file(tmp_path: Path, text: str) -> None:
+    """What start-up checks: the file as it loads, then its connections, versions and connectors."""
+    from proxy.runtime import Runtime
+
+    config = load_config(write(tmp_path, text))
+    runtime = Runtime(build_settings(config, data_dir=tmp_path / "data"), config)
+    try:
+        runtime.check_config()
+    finally:
+        runtime.store.close()
+
+
+CHAT = (
+    "  - name: chat\n    product_id: p\n    type: CONVERSATION\n    url: https://chat.test/v1\n    auth_type: NONE\n"
+    '    input_template: \'{"m": "{{ input.m }}"}\'\n    output_mapping: {output: $.a}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("setings: {}", "config setings: unknown section — did you mean settings?"),
+        ("settings: {record_mod: none}", "config settings.record_mod: unknown field — did you mean record_mode?"),
+        ("settings: {ignore: {qeury: [ts]}}", "config settings.ignore.qeury: unknown field — did you mean query?"),
+        (f"connections:\n{CHAT}    timout: 5\n", "config connections[0].timout: unknown field — did you mean timeout?"),
+        (
+            f"connections:\n{CHAT.replace('input_template', 'input_templat')}",
+            "config connections[0].input_templat: unknown field — did you mean input_template?",
+        ),
+        (
+            f"connections:\n{CHAT}    conversation_end_rules: [{{status_code: 409, body_match: {{pth: $.a}}}}]\n",
+            "config connections[0].conversation_end_rules[0].body_match.pth: unknown field — did you mean path?",
+        ),
+        (
+            f"connections:\n{CHAT}versions:\n  - {{name: v1, product_id: p, conversaton: chat}}\n",
+            "config versions[0].conversaton: unknown field — did you mean conversation?",
+        ),
+        (
+            "connectors:\n  - {name: kb, url: 'https://kb.test', service_auth: {type: bearer, tokn: abcdefghijk}}\n",
+            "config connectors[0].service_auth.tokn: unknown field — did you mean token?",
+        ),
+        (
+            "connectors:\n  - {name: kb, url: 'https://kb.test', continue_on_falure: true}\n",
+            "config connectors[0].continue_on_falure: unknown field — did you mean continue_on_failure?",
+        ),
+    ],
+)
+def test_an_unknown_key_anywhere_stops_start_up_with_its_place_and_the_nearest_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_config_file(tmp_path, text)
+    assert raised.value.message == message
+
+
+def test_known_keys_pass_in_either_spelling(tmp_path: Path) -> None:
+    text = (
+        "settings: {record_mode: none, cassettes: c, ignore: {query: [ts]}, match_headers: [x-t], redact_values: []}\n"
+        f"connections:\n{CHAT}    retryEnabled: true\n    record_mode: off\n"
+        "versions:\n  - {name: v1, productId: p, conversation: chat, description: d}\n"
+    )
+    check_config_file(tmp_path, text)

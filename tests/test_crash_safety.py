@@ -32,7 +32,7 @@ def write_config(path: Path, upstream_url: str) -> None:
 
 
 @contextmanager
-def server(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def server(tmp_path: Path, port: int, cassettes: str = "cassettes") -> Iterator[subprocess.Popen[bytes]]:
     cmd = [
         sys.executable,
         "-m",
@@ -45,7 +45,7 @@ def server(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         "--data-dir",
         str(tmp_path / "data"),
         "--cassettes",
-        str(tmp_path / "cassettes"),
+        str(tmp_path / cassettes),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_healthy(f"http://127.0.0.1:{port}", process)
@@ -132,3 +132,26 @@ def test_kill_minus_nine_during_fifty_concurrent_recording_sessions_repeatedly(
         # Every acknowledged exchange is there, in order; at most the one in flight at the kill follows it.
         assert recorded[: len(bodies)] == bodies and len(recorded) - len(bodies) <= 1, key
     assert not list((tmp_path / "cassettes").rglob(f"*{TEMP_MARKER}*"))
+
+
+def test_an_unsaved_recording_is_recovered_into_its_own_cassettes_folder_only(
+    tmp_path: Path, upstream_url: str
+) -> None:
+    """Two cassettes folders, one data dir: what A recorded before a kill -9 goes to A, never to B."""
+    write_config(tmp_path / "proxy.yaml", upstream_url)
+    port = free_port()
+    with server(tmp_path, port, cassettes="A") as process:
+        base = f"http://127.0.0.1:{port}"
+        version = httpx.get(f"{base}/versions").json()[0]["id"]
+        session = httpx.post(f"{base}/sessions", json={"versionId": version, "testCaseId": "tc-a"}).json()
+        answer = httpx.post(f"{base}/sessions/{session['id']}/turns", json={"input": {"user_message": "only A"}})
+        assert answer.status_code == 201 and answer.json()["exchange"]["cassette"] == "recorded"
+        os.kill(process.pid, signal.SIGKILL)  # before any flush: only the journal has it
+        process.wait(timeout=10)
+    assert not (tmp_path / "A" / "sessions" / "tc-a.yaml").exists()
+    with server(tmp_path, port, cassettes="B"):
+        pass
+    assert not list((tmp_path / "B").rglob("*.yaml"))  # B gets nothing
+    with server(tmp_path, port, cassettes="A"):
+        pass
+    assert cassette_bodies(tmp_path / "A") == {"tc-a": ['{"message": "only A"}']}

@@ -45,3 +45,19 @@ def test_jsonl_and_json_array_forms(tmp_path: Path) -> None:
 def test_problems_name_their_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(write(tmp_path, text))
+
+
+def test_every_bad_line_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '{"id": "a", "input": "x"}\n{"id": "b", "input": \n{"input": "x"}\n{"id": "c", "input": "y"}\n'
+        '{"id": "a", "input": "z"}\n[1]\n',
+    )
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(path)
+    assert str(raised.value).splitlines() == [
+        f"{path}: line 2: not valid JSON: Expecting value (column 22)",
+        f"{path}: line 3: 'id' is required (a string)",
+        f"{path}: line 5: id 'a' is already used at line 1",
+        f"{path}: line 6: a test case must be a JSON object",
+    ]

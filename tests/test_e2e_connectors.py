@@ -124,6 +124,8 @@ def test_unreachable_connector_and_bad_input(co: cohere.Client, proxy_server: Ru
         assert bad_type.status_code == 422 and "serviceAuth.type" in bad_type.json()["message"]
         assert client.post("/v1/connectors", json={"url": "http://h/s"}).status_code == 422
         assert client.get("/v1/connectors?limit=500").status_code == 422
+        typo = client.post("/v1/connectors", json={"name": "x", "url": "http://h/s", "exclude": ["secret"]})
+        assert typo.status_code == 422 and typo.json()["message"] == "exclude: unknown field — did you mean excludes?"
 
 
 def test_duplicate_name_is_a_4xx_never_409(co: cohere.Client, upstream: Upstream, upstream_url: str) -> None:

@@ -41,7 +41,9 @@ async def test_concurrent_writes_are_all_committed_before_their_callers_resume(t
     assert await asyncio.gather(*(put(n) for n in range(200))) == list(range(200))
     assert len(committed_rows(store, "sessions")) == 200
     assert commits < 200 / 4  # writes queued behind a commit went together
-    seqs = await asyncio.gather(*(store.write(store.journal_append, "c", "interaction", str(n)) for n in range(20)))
+    seqs = await asyncio.gather(
+        *(store.write(store.journal_append, "c", "interaction", str(n), "/c.yaml") for n in range(20))
+    )
     assert seqs == sorted(seqs) and len(set(seqs)) == 20  # each caller gets its own row's number, in order
     store.close()
 
@@ -69,7 +71,7 @@ async def test_a_failing_write_takes_back_only_itself(tmp_path: Path) -> None:
 
 def test_blocking_calls_commit_what_they_write(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    seq = store.call(store.journal_append, "sessions/tc", "interaction", "recorded")
+    seq = store.call(store.journal_append, "sessions/tc", "interaction", "recorded", "/c/sessions/tc.yaml")
     with closing(sqlite3.connect(store.path)) as other:
         assert list(other.execute("SELECT seq, cassette, data FROM journal")) == [(seq, "sessions/tc", "recorded")]
     store.close()

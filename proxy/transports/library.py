@@ -3,7 +3,10 @@
 Durability: a recorded interaction is committed to the SQLite journal before its response returns;
 cassette files are rewritten atomically when a session finishes, periodically and on shutdown;
 start-up folds whatever the journal holds into the files. A `kill -9` therefore loses no
-acknowledged exchange and never leaves half a cassette.
+acknowledged exchange and never leaves half a cassette. A journal row names its cassette file by
+absolute path, since one data dir may serve several cassettes folders: start-up folds in only the rows
+of its own folder and keeps the others for a server started on theirs (writing into a folder another
+running server is using could undo its flushes).
 
 Layout under the cassettes folder: `sessions/<session key>.yaml` (test case id, else customId, else
 connection name), `connections/<connection name>.yaml` (testConnection and the forward route),
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +92,15 @@ class CassetteLibrary:
         rules: MatchRules | None = None,
         default_mode: RecordMode = RecordMode.ONCE,
         replay_latency: bool = False,
+        replay_speed: float = 1.0,
     ) -> None:
         self.root = root
+        self._journal_root = root.resolve()
         self.store = store
         self.rules = rules or MatchRules()
         self.default_mode = default_mode
         self.replay_latency = replay_latency
+        self.replay_speed = replay_speed  # recorded delays are divided by it
         self._cassettes: dict[str, Cassette] = {}
         self._loading: dict[str, asyncio.Future[Cassette]] = {}
         self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
@@ -107,6 +114,10 @@ class CassetteLibrary:
 
     def path_of(self, name: str) -> Path:
         return self.root / f"{name}.yaml"
+
+    def journal_path(self, name: str) -> str:
+        """The cassette file as the journal names it: absolute."""
+        return str(self._journal_root / f"{name}.yaml")
 
     def exists(self, name: str) -> bool:
         cassette = self._cassettes.get(name)
@@ -144,7 +155,7 @@ class CassetteLibrary:
         if name in self._pending_reset:
             self._pending_reset.discard(name)
             cassette.clear()
-            seq = await self.store.write(self.store.journal_append, name, "reset", "")
+            seq = await self.store.write(self.store.journal_append, name, "reset", "", self.journal_path(name))
             cassette.journal_seq = max(cassette.journal_seq, seq)
         return cassette
 
@@ -173,7 +184,11 @@ class CassetteLibrary:
         cassette.add(interaction)
         handle.skip_own_recording(cassette, key)
         seq = await self.store.write(
-            self.store.journal_append, cassette.name, "interaction", cassette.serialize([interaction])
+            self.store.journal_append,
+            cassette.name,
+            "interaction",
+            cassette.serialize([interaction]),
+            self.journal_path(cassette.name),
         )
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
@@ -204,7 +219,7 @@ class CassetteLibrary:
             except Exception:
                 cassette.dirty = True
                 raise
-            await self.store.run(self.store.journal_forget, cassette_name, journaled_upto)
+            await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
         write_cassette(cassette.path, cassette.serialize(snapshot), snapshot)
@@ -229,11 +244,17 @@ class CassetteLibrary:
     # -- start-up ----------------------------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
-        """Fold the journal into the cassette files (after a crash) and remove temporary files."""
+        """Fold this folder's journal rows into its cassette files (after a crash) and remove temporary files."""
         removed = remove_temp_files(self.root)
         recovered: dict[str, int] = {}
-        for name, rows in self.store.call(self.store.journal_rows).items():
-            path = self.path_of(name)
+        elsewhere: Counter[str] = Counter()  # other cassettes folders: their unsaved interactions
+        self.store.call(self.store.journal_claim_unplaced, self.journal_path)
+        for journal_path, (name, rows) in self.store.call(self.store.journal_rows).items():
+            path = Path(journal_path)
+            if not path.is_relative_to(self._journal_root):
+                folder = str(path.parents[len(Path(name).parts) - 1])  # the file is <folder>/<name>.yaml
+                elsewhere[folder] += sum(kind == "interaction" for _, kind, _ in rows)
+                continue
             interactions = load_interactions(path) if path.exists() else []
             for _seq, kind, text in rows:
                 if kind == "reset":
@@ -245,7 +266,16 @@ class CassetteLibrary:
                         interactions.append(item)
                         recovered[name] = recovered.get(name, 0) + 1
             write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions)
-            self.store.call(self.store.journal_forget, name, rows[-1][0])
+            self.store.call(self.store.journal_forget, journal_path, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
+        for folder, count in elsewhere.items():
+            log.warning(
+                "the journal keeps %d unsaved interactions of cassettes in %s%s; they are written there when a "
+                "server starts with --cassettes %s",
+                count,
+                folder,
+                "" if Path(folder).is_dir() else " (the folder is gone)",
+                folder,
+            )
         return recovered

@@ -68,7 +68,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
     async def _replay(self, interaction: Interaction) -> httpx.Response:
         latency_ms = float(interaction.proxy.get("latency_ms") or 0.0)
         if self.library.replay_latency and latency_ms:
-            await asyncio.sleep(latency_ms / 1000)
+            await asyncio.sleep(latency_ms / 1000 / self.library.replay_speed)
         recorded = interaction.response
         headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
         message = recorded["status"].get("message")

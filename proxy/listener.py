@@ -1,0 +1,61 @@
+"""The listening socket of `proxy serve`, bound before uvicorn starts.
+
+Binding first turns a port in use into one clear line (instead of uvicorn's log and a traceback),
+and the server's URL is announced only once uvicorn accepts connections on it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+BACKLOG = 2048  # uvicorn's default
+
+REASONS = {
+    errno.EADDRINUSE: "the port is in use (another server listens there; choose a free one with --port)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges; choose another with --port)",
+    errno.EADDRNOTAVAIL: "the address is not one of this machine's (check --host)",
+}
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` and listening; OSError (or socket.gaierror) when it cannot be."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def why_not(exc: OSError | OverflowError) -> str:
+    if not isinstance(exc, OSError):
+        return str(exc)  # a port outside 0-65535 (from the config file)
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    return REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that calls `announce` once its start-up is complete and it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.announce()
