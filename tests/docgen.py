@@ -223,6 +223,8 @@ LIMITS = {
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
     "GC_THRESHOLDS": "garbage-collector thresholds the server runs with (start-up state is frozen)",
+    "REPLAY_LATENCIES": "the values `--replay-latency` takes",
+    "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
     "MASK": "what a masked secret reads as, in answers, logs and cassettes",
     "MIN_REDACTABLE_SECRET_LEN": "secrets shorter than this are not scrubbed from free text",
