@@ -27,6 +27,11 @@ MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
 
+# JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
+# The digit limit is Python's own for converting integers (sys.int_max_str_digits).
+JSON_MAX_DEPTH = 500
+JSON_MAX_NUMBER_DIGITS = 4300
+
 # What testConnection sends when the caller gives no input.
 DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
 
