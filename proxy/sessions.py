@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy import jsonbounds
 from proxy.auth import new_trace_id
 from proxy.engine import CallContext, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
@@ -482,7 +482,7 @@ def _text_or_none(value: Any) -> str | None:
 def _maybe_json_object(text: str) -> Any:
     """A string context that holds a JSON object is usable as `context.<field>`."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = jsonbounds.loads(text)
+    except ValueError:  # not JSON, or JSON over a bound: the text as it is
         return text
     return value if isinstance(value, dict) else text

@@ -31,6 +31,8 @@ ERROR_BODY_PREVIEW_CHARS = 1000
 # The digit limit is Python's own for converting integers (sys.int_max_str_digits).
 JSON_MAX_DEPTH = 500
 JSON_MAX_NUMBER_DIGITS = 4300
+# A reply larger than this is parsed and mapped in a worker thread, so the event loop keeps serving.
+OFF_LOOP_REPLY_BYTES = 256 * 1024
 
 # Template bounds. A template source over the size cap is refused (compiling costs ~3 ms a KB, on the
 # event loop); a render that passes its time, size or call-depth budget fails the call. Numbers a
