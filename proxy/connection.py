@@ -51,15 +51,18 @@ class CompiledConnection:
         return "session_id" in self.url_template.names
 
 
-def compile_connection(conn_id: str, spec: ConnectionSpec, created_at: str, allow_http: bool) -> CompiledConnection:
-    """Validate every rule and compile; raises InvalidField naming the first bad field."""
+def compile_connection(
+    conn_id: str, spec: ConnectionSpec, created_at: str, allow_http: bool, strict: bool = True
+) -> CompiledConnection:
+    """Validate every rule and compile; raises InvalidField naming the first bad field. `strict=False`
+    loads a stored template that is over the compile-time template bounds (see CompiledTemplate)."""
     check_connection(spec, allow_http)
     try:
-        body = CompiledTemplate(spec.input_template) if spec.input_template else None
+        body = CompiledTemplate(spec.input_template, strict=strict) if spec.input_template else None
     except TemplateRefused as exc:
         raise InvalidField("inputTemplate", str(exc)) from None
     try:
-        url = CompiledTemplate(spec.url, url=True)
+        url = CompiledTemplate(spec.url, url=True, strict=strict)
     except TemplateRefused as exc:
         raise InvalidField("url", str(exc)) from None
     mapping_source = spec.output_mapping or {}

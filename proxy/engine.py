@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from proxy import jsonbounds
 from proxy.auth import build_headers, masked_headers, new_trace_id
 from proxy.connection import CompiledConnection
 from proxy.mapping import (
@@ -34,7 +36,7 @@ from proxy.mapping import (
 )
 from proxy.models import ConnectionType, HttpMethod
 from proxy.secrets import REDACTOR
-from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
+from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyTooLarge, read_capped
 from proxy.transports.http11 import Http11Transport
@@ -56,6 +58,8 @@ CLIENT_HEADERS = {
 }
 E = TypeVar("E", bound=BaseException)
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
+
+log = logging.getLogger("proxy")
 
 
 @dataclass
@@ -122,6 +126,7 @@ class UpstreamReply:
     text: str
     json: Any = None
     is_json: bool = False
+    json_refused: str | None = None  # JSON over a bound (nesting, number length): why it was not parsed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -218,16 +223,23 @@ class Engine:
         """Render the connection's request for this context, send it with retries, map the reply."""
         result = CallResult()
         try:
+            await self._call(conn, ctx, result)
+        except Exception as exc:  # a session must never be left half-done by an exception: fail the call
+            _internal_failure(result, exc)
+        return result
+
+    async def _call(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> None:
+        try:
             request = self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
             result.error = REDACTOR.redact(str(exc))
-            return result
+            return
         if request is None:
-            return result
+            return
         await self._send(conn, request, result)
         if result.ok and result.ended_by_rule is None:
-            self._map(conn, result)
-        return result
+            reply = result.reply
+            await _off_loop_if_large(len(reply.text) if reply else 0, self._map, conn, result)
 
     def render(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
         """The request a call would send, without sending it (`proxy check --dry-run`)."""
@@ -269,7 +281,10 @@ class Engine:
         except (httpx.InvalidURL, ValueError) as exc:
             result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
-        await self._send(conn, request, result, end_rules=False)
+        try:
+            await self._send(conn, request, result, end_rules=False)
+        except Exception as exc:
+            _internal_failure(result, exc)
         return result
 
     @staticmethod
@@ -291,7 +306,9 @@ class Engine:
             result.attempts.append(attempt)
             if reply is not None:
                 result.reply = reply
-                rule = self._matching_end_rule(conn, reply) if end_rules else None
+                rule = None
+                if end_rules and conn.end_rules:
+                    rule = await _off_loop_if_large(len(reply.text), self._matching_end_rule, conn, reply)
                 if rule is not None:
                     result.ended_by_rule = rule
                     result.error = None
@@ -330,7 +347,9 @@ class Engine:
         )
         if body is not None and _wants_json(headers):
             try:
-                json.loads(body)
+                jsonbounds.loads(body)
+            except jsonbounds.JsonRefused as exc:
+                result.error = REDACTOR.redact(f"the rendered body is refused: {exc}")
             except json.JSONDecodeError as exc:
                 result.error = REDACTOR.redact(
                     f"the rendered body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {body}"
@@ -390,7 +409,7 @@ class Engine:
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
-        reply = _reply(response, raw)
+        reply = await _off_loop_if_large(len(raw), _reply, response, raw)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         return attempt, reply, False
 
@@ -410,7 +429,12 @@ class Engine:
 
     def _map(self, conn: CompiledConnection, result: CallResult) -> None:
         reply = result.reply
-        if reply is None or not conn.mapping.paths:
+        if reply is None:
+            return
+        if reply.json_refused:  # even without a mapping: a reply nobody can read back is a failed call
+            result.error = f"the upstream reply is refused: {reply.json_refused}"
+            return
+        if not conn.mapping.paths:
             return
         if not reply.is_json:
             preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
@@ -437,6 +461,20 @@ class Engine:
         if failed:
             key = failed[0]
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+async def _off_loop_if_large(size: int, func: Callable[..., Any], *args: Any) -> Any:
+    """Parsing and mapping a large reply (JSONPath `$..x` over megabytes takes seconds) runs in a
+    worker thread so the event loop keeps serving; a small one costs less than the hand-off."""
+    if size > OFF_LOOP_REPLY_BYTES:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
+
+
+def _internal_failure(result: CallResult, exc: Exception) -> None:
+    message = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
+    log.error("a call failed inside the proxy: %s", message)
+    result.error = f"the call failed inside the proxy ({message}); the server log has the details"
 
 
 _parsed_urls: dict[str, httpx.URL] = {}
@@ -514,8 +552,10 @@ def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:
     headers = {k.lower(): REDACTOR.redact(v) for k, v in response.headers.items()}
     reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
     try:
-        reply.json = json.loads(text) if text.strip() else None
+        reply.json = jsonbounds.loads(text) if text.strip() else None
         reply.is_json = bool(text.strip())
+    except jsonbounds.JsonRefused as exc:
+        reply.json_refused = str(exc)
     except ValueError:
         pass
     return reply

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from proxy import jsonbounds
 from proxy.connection import CompiledConnection
 from proxy.engine import REQUIRED_KEYS, CallResult
 
@@ -20,7 +21,7 @@ def _pretty(body: Any) -> list[str]:
         return ["(no body)"]
     if isinstance(body, str):
         try:
-            body = json.loads(body)
+            body = jsonbounds.loads(body)
         except ValueError:
             return body.splitlines() or [""]
     return json.dumps(body, indent=2, ensure_ascii=False).splitlines()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,8 @@ from proxy.settings import MASK
 from proxy.store import Store
 
 SECRET_SPEC_FIELDS = ("auth_token", "password", "headers")
+
+log = logging.getLogger("proxy")
 
 
 def now_iso() -> str:
@@ -54,7 +57,14 @@ class ConnectionRegistry:
             data = json.loads(row["spec"]) | self.store.unseal(row["secrets"])
             spec = ConnectionSpec.model_validate(data)
             # Stored connections were valid when saved; --allow-http may have been on then.
-            self._by_id[row["id"]] = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
+            try:
+                conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
+            except InvalidField as exc:
+                # Saved before a template bound: kept (compiling never runs it) so it can be read and fixed;
+                # its renders are held to the bounds like any other.
+                log.warning("stored connection %s (%s): %s; loaded as stored", spec.name, row["id"], exc.message)
+                conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True, strict=False)
+            self._by_id[row["id"]] = conn
             next(self._seq)
 
     # -- reads -------------------------------------------------------------------------------

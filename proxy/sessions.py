@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from proxy import jsonbounds
 from proxy.auth import new_trace_id
 from proxy.engine import CallContext, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
@@ -480,7 +480,7 @@ def template_context(context: dict[str, Any] | None) -> dict[str, Any]:
     text = context.get("value")
     if isinstance(text, str):
         try:
-            parsed = json.loads(text)
+            parsed = jsonbounds.loads(text)
         except ValueError:
             parsed = None
         if isinstance(parsed, dict):

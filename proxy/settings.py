@@ -32,6 +32,22 @@ MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
 
+# JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
+# The digit limit is Python's own for converting integers (sys.int_max_str_digits).
+JSON_MAX_DEPTH = 500
+JSON_MAX_NUMBER_DIGITS = 4300
+# A reply larger than this is parsed and mapped in a worker thread, so the event loop keeps serving.
+OFF_LOOP_REPLY_BYTES = 256 * 1024
+
+# Template bounds. A template source over the size cap is refused (compiling costs ~3 ms a KB, on the
+# event loop); a render that passes its time, size or call-depth budget fails the call. Numbers a
+# template computes are held to the JSON digit limit.
+TEMPLATE_MAX_SOURCE_CHARS = 100_000
+TEMPLATE_RENDER_TIME_S = 0.5
+TEMPLATE_MAX_CHARS = 10 * 1024 * 1024  # the rendered text, and any value built on the way
+TEMPLATE_MAX_ITEMS = 100_000  # rows a `batch`/`slice` filter may make up (Jinja's own cap for range())
+TEMPLATE_MAX_CALL_DEPTH = 64  # nested macro and function calls
+
 # What testConnection sends when the caller gives no input.
 DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
 

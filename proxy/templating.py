@@ -4,6 +4,13 @@ Values are escaped as they are rendered, so the template supplies the JSON quote
 with quotes, newlines or backslashes still yields valid JSON: a string renders as its JSON-escaped
 text (no surrounding quotes), a dict or list as JSON. In URLs strings are percent-escaped instead.
 Templates compile once, when a connection is stored or loaded.
+
+Compiling never runs template code: Jinja folds constant expressions while compiling (so
+`{{ 7**3000000 }}` would be computed on the spot, and again at every start-up), and here it does
+not — the optimizer is off, the finalizers take the eval context (which keeps Jinja from folding
+output), and the growing operators are intercepted by the sandbox. Instead, constant arithmetic
+is worked out under the render bounds of `proxy.template_limits`, so a template whose constants
+would be huge is refused when it is stored; every render runs under the same bounds.
 """
 
 from __future__ import annotations
@@ -13,10 +20,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, nodes, pass_eval_context
 from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
+
+from proxy import template_limits as limits
+from proxy.settings import JSON_MAX_NUMBER_DIGITS, TEMPLATE_MAX_SOURCE_CHARS
 
 
 class TemplateRefused(ValueError):
@@ -60,7 +73,8 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
-def _finalize_json(value: Any) -> Any:
+@pass_eval_context  # taking the eval context keeps Jinja from folding output while compiling
+def _finalize_json(eval_ctx: EvalContext, value: Any) -> Any:
     if isinstance(value, Markup):  # `| tojson` output is already JSON
         return value
     if isinstance(value, MessageInput):
@@ -70,27 +84,60 @@ def _finalize_json(value: Any) -> Any:
         return text
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)[1:-1]
+    limits.printable(value)
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _finalize_url(value: Any) -> Any:
+@pass_eval_context
+def _finalize_url(eval_ctx: EvalContext, value: Any) -> Any:
     if isinstance(value, MessageInput):
         value = value.message
     text = _scalar_text(value)
     if text is not None:
         return text
     if not isinstance(value, str):
+        limits.printable(value)
         value = json.dumps(value, ensure_ascii=False, default=str)
     return quote(value, safe="")
 
 
-def _environment(finalize: Callable[[Any], Any]) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=_Undefined, finalize=finalize, autoescape=False)
-    return env
+# Filters the compiler inserts (a filter compiles to a direct call; a function call would go through
+# the sandbox's checks on every loop). A user who writes them gets the same bounded behaviour.
+METERED_FILTER = "_metered"
+CONCAT_FILTER = "_concat"
 
 
-_JSON_ENV = _environment(_finalize_json)
-_URL_ENV = _environment(_finalize_url)
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with the operators, calls and filters that can grow a value held to the budget."""
+
+    # Intercepted operators are also never folded while compiling. `-`, `/` and `//` stay native: on
+    # numbers the budget already bounds they cannot grow.
+    intercepted_binops = frozenset({"**", "*", "%", "+"})
+
+    def __init__(self, finalize: Callable[..., Any]) -> None:
+        super().__init__(undefined=_Undefined, finalize=finalize, autoescape=False, optimized=False)
+        self.filters = limits.guarded_filters(self.filters)
+        self.filters[METERED_FILTER] = limits.metered
+        self.filters[CONCAT_FILTER] = limits.bounded_concat
+        del self.globals["lipsum"]  # placeholder text by the paragraph: no use in a request
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        limits.tick()
+        limits.check_binop(operator, left, right)
+        return self.binop_table[operator](left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        budget = limits.enter_call()
+        try:
+            args = limits.check_method_call(obj, args, kwargs)
+            return super().call(context, obj, *args, **kwargs)
+        finally:
+            if budget is not None:
+                budget.depth -= 1
+
+
+_JSON_ENV = BoundedEnvironment(_finalize_json)
+_URL_ENV = BoundedEnvironment(_finalize_url)
 
 
 def _refuse_private_access(tree: nodes.Template) -> None:
@@ -107,24 +154,115 @@ def _refuse_private_access(tree: nodes.Template) -> None:
             raise TemplateRefused(f"access to '{name}' is not allowed in templates (sandbox)")
 
 
+_UNKNOWN = object()
+# Constants are worked out while compiling only while they stay small: a bigger one that passes the
+# bounds is left to the render, so compiling does no more than a little work.
+_FOLD_MAX_CHARS = 4096
+
+
+def _check_constants(node: nodes.Node) -> Any:
+    """Work out the constant arithmetic in a template under the render bounds, so that a constant
+    too big to compute (`{{ 7**3000000 }}`) refuses the template. Returns the node's value, or
+    `_UNKNOWN` when it depends on the context (its constant parts are still checked)."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    values = [_check_constants(child) for child in node.iter_child_nodes()]
+    if _UNKNOWN in values:
+        return _UNKNOWN
+    try:
+        if isinstance(node, nodes.BinExpr):
+            if limits.check_binop(node.operator, *values) > _FOLD_MAX_CHARS:
+                return _UNKNOWN
+            return _JSON_ENV.binop_table[node.operator](*values)
+        if isinstance(node, nodes.UnaryExpr):
+            return _JSON_ENV.unop_table[node.operator](*values)
+        if isinstance(node, nodes.Concat):
+            small = sum(map(limits.weight, values)) <= _FOLD_MAX_CHARS
+            return limits.bounded_concat(*values) if small else _UNKNOWN
+        if isinstance(node, nodes.List):
+            return list(values)
+        if isinstance(node, nodes.Tuple) and node.ctx == "load":
+            return tuple(values)
+    except limits.BudgetExceeded:
+        raise
+    except Exception:  # `1/0` and the like: the render reports them, as Jinja would
+        return _UNKNOWN
+    return _UNKNOWN
+
+
+class _Metering(NodeTransformer):
+    """Every loop iterates through `metered` (so it stops when the time is up) and every `~` goes
+    through `bounded_concat` (so repeated concatenation cannot double a string without end)."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, METERED_FILTER, [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        first, *rest = node.nodes
+        return nodes.Filter(first, CONCAT_FILTER, rest, [], None, None, lineno=node.lineno)
+
+
+def _parse(env: BoundedEnvironment, source: str, strict: bool) -> nodes.Template:
+    if strict and len(source) > TEMPLATE_MAX_SOURCE_CHARS:
+        raise TemplateRefused(f"template is longer than {TEMPLATE_MAX_SOURCE_CHARS:,} characters")
+    try:
+        return env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateRefused(f"template does not compile: {exc.message} (line {exc.lineno})") from exc
+    except RecursionError:
+        raise TemplateRefused("template does not compile: it nests too deeply") from None
+    except ValueError:  # the lexer converts number literals; Python refuses one over its digit limit
+        raise TemplateRefused(
+            f"template does not compile: a number in it has more than {JSON_MAX_NUMBER_DIGITS:,} digits"
+        ) from None
+
+
 class CompiledTemplate:
-    def __init__(self, source: str, url: bool = False) -> None:
+    """A template compiled once. `strict=False` (a template stored before the compile-time bounds)
+    skips the source size cap and the constant check; its renders run under the same bounds."""
+
+    def __init__(self, source: str, url: bool = False, strict: bool = True) -> None:
         env = _URL_ENV if url else _JSON_ENV
-        try:
-            tree = env.parse(source)
-        except TemplateSyntaxError as exc:
-            raise TemplateRefused(f"template does not compile: {exc.message} (line {exc.lineno})") from exc
+        tree = _parse(env, source, strict)
         _refuse_private_access(tree)
         self.source = source
         self.names = {n.name for n in tree.find_all(nodes.Name)}
-        self._template = env.from_string(source)
+        try:
+            if strict:
+                _check_constants(tree)
+            tree = _Metering().visit(tree)
+            tree.set_environment(env)
+            self._template = env.from_string(tree)
+        except limits.BudgetExceeded as exc:
+            raise TemplateRefused(f"template refused: {exc}") from None
+        except TemplateError as exc:
+            raise TemplateRefused(f"template does not compile: {exc}") from None
+        except (RecursionError, SyntaxError, MemoryError) as exc:
+            raise TemplateRefused(f"template does not compile: it nests too deeply or is too large ({exc})") from None
 
     def render(self, context: Mapping[str, Any]) -> str:
+        template = self._template
+        variables = context if isinstance(context, dict) else dict(context)
+        token = limits.start()
         try:
-            return self._template.render(context)
+            pieces = template.root_render_func(template.new_context(variables))
+            return "".join(limits.metered_output(pieces))
+        except limits.BudgetExceeded as exc:
+            raise TemplateRefused(f"template stopped: {exc}") from None
+        except RecursionError:
+            raise TemplateRefused("template stopped: it recursed too deeply") from None
         except SecurityError as exc:
             raise TemplateRefused(f"template refused by the sandbox: {exc}") from exc
         except TemplateError as exc:
             raise TemplateRefused(f"template failed to render: {exc}") from exc
         except (TypeError, ValueError, ArithmeticError) as exc:
             raise TemplateRefused(f"template failed to render: {exc}") from exc
+        except MemoryError:
+            raise TemplateRefused("template stopped: it ran out of memory") from None
+        except Exception as exc:  # whatever else a filter or method raises: the call's error, not a 500
+            raise TemplateRefused(f"template failed to render: {type(exc).__name__}: {exc}") from exc
+        finally:
+            limits.finish(token)

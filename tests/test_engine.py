@@ -6,6 +6,7 @@ import json
 import socket
 
 import httpx
+import pytest
 
 from proxy.engine import CallContext, Engine
 from tests.test_retry import connection
@@ -177,3 +178,53 @@ async def test_a_resolver_failure_anywhere_in_the_cause_chain_reads_as_one() -> 
 
     result = await Engine(httpx.MockTransport(unresolvable)).call(connection(), CallContext(input={"m": "x"}))
     assert result.error == "could not resolve host up.test (Name or service not known) (https://up.test/chat)"
+
+
+async def test_a_render_over_its_budget_fails_the_call_without_sending() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    result = await engine.call(connection(inputTemplate='{"m": {{ input.n ** 99999 }}}'), CallContext(input={"n": 7}))
+    assert not seen and result.error is not None
+    assert result.error.startswith("template stopped: `**` would make a number of about 84,509 digits")
+
+
+async def test_a_rendered_body_nested_too_deep_is_refused_not_parsed() -> None:
+    engine, seen = capture(httpx.Response(200, json={"reply": "ok"}))
+    template = "{% for i in range(100000) %}[{% endfor %}{% for i in range(100000) %}]{% endfor %}"
+    result = await engine.call(connection(inputTemplate=template + "{{ input.m }}"), CallContext(input={"m": ""}))
+    assert not seen and result.error == "the rendered body is refused: JSON nested deeper than 500 levels"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('{"reply": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested deeper than 500 levels"),
+        ('{"reply": ' + "7" * 5000 + "}", "a JSON number with more than 4300 digits"),
+    ],
+)
+async def test_a_reply_over_a_json_bound_fails_the_call_with_the_bound(body: str, reason: str) -> None:
+    engine, _ = capture(httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/json"}))
+    result = await engine.call(connection(), CallContext(input={"m": "x"}))
+    assert result.error == f"the upstream reply is refused: {reason}"
+    assert result.reply is not None and result.reply.to_json()["body"] == body  # kept as text for the user
+    no_mapping = connection(type="FINALIZATION", outputMapping=None)
+    assert (await engine.call(no_mapping, CallContext())).error == f"the upstream reply is refused: {reason}"
+
+
+async def test_a_forwarded_reply_over_a_json_bound_is_passed_through_as_it_is() -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    engine, _ = capture(httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/json"}))
+    result = await engine.forward(connection(), "GET", "https://up.test/x", {}, b"", None)
+    assert result.ok and result.reply is not None and result.reply.text == body
+
+
+async def test_anything_the_engine_raises_becomes_the_calls_error() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("transport bug")
+
+    engine = Engine(httpx.MockTransport(broken))
+    result = await engine.call(connection(), CallContext(input={"m": "x"}))
+    assert result.error == (
+        "the call failed inside the proxy (RuntimeError: transport bug); the server log has the details"
+    )
+    forwarded = await engine.forward(connection(), "GET", "https://up.test/x", {}, b"", None)
+    assert forwarded.error is not None and "RuntimeError: transport bug" in forwarded.error

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -115,3 +116,86 @@ def test_galtea_docs_openai_template_with_structured_input() -> None:
     body = json.loads(template.render(ctx.template_vars()))
     assert [m["content"] for m in body["messages"]] == ["You are a helpful assistant.", "hi", "yo", 'a "q"']
     assert body["raw"] == {"user_message": 'a "q"', "tier": 1} and body["f"] == 'a "q"'
+
+
+# -- bounds: compiling never runs the template, renders run under a budget ------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{{ (7**3000000) % 10 }}", "`\\*\\*` would make a number of about 2,535,294 digits"),
+        ("{{ 7**77777 }}", "`\\*\\*` would make a number of about 65,729 digits"),
+        ('{{ "a" * 10**9 }}', "`\\*` would make a value of about 1,000,000,000 characters"),
+        ('{{ "%999999999d" % 1 }}', "`%` formatting would make a value"),
+        ("{{ " + "7" * 5000 + " }}", "a number in it has more than 4,300 digits"),
+        ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nests too deeply"),
+        ('{"a": "' + "x" * 100_001 + '"}', "longer than 100,000 characters"),
+    ],
+)
+def test_templates_whose_constants_or_shape_are_too_big_are_refused_quickly(source: str, reason: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(TemplateRefused, match=reason):
+        CompiledTemplate(source)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_constants_within_the_bounds_still_work() -> None:
+    rendered = CompiledTemplate('{"n": {{ 7**700 % 1000 }}, "s": "{{ "ab" * 3 }}", "t": "{{ "%03d" % 7 }}"}').render({})
+    assert json.loads(rendered) == {"n": 7**700 % 1000, "s": "ababab", "t": "007"}
+
+
+def test_compiling_a_stored_template_never_computes_its_constants() -> None:
+    # Jinja folds constants while compiling: this took seconds on the event loop, at create and at every start.
+    started = time.perf_counter()
+    template = CompiledTemplate("{{ (7**3000000) % 10 }}", strict=False)
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(TemplateRefused, match="template stopped: `\\*\\*` would make a number"):
+        template.render({})
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "calls nest deeper than 64 levels"),
+        (
+            "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+            "took longer than 0.5s",
+        ),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took longer than 0.5s"),
+        ("{% for a in items %}{% for b in items %}{% for c in items %}{% endfor %}{% endfor %}{% endfor %}", "0.5s"),
+        ("{% for i in range(100000) %}{{ big }}{% endfor %}", "rendered more than 10,485,760 characters"),
+        ("{{ input.n ** 99999 }}", "`\\*\\*` would make a number of about 99,999 digits"),
+        ("{{ big * 3 }}", "`\\*` would make a value of about 15,000,000 characters"),
+        (
+            '{% set ns = namespace(s="0123456789") %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}',
+            "`~` would make a value",
+        ),
+        ('{% set l = [big, big, big] %}{{ "" ~ l }}', "`~` would make a value of about 15,000,"),
+        ("{% set l = [big, big, big] %}{{ l }}", "cannot be printed"),
+        ("{% set l = [big, big, big] %}{{ l | tojson }}", "the `tojson` filter would make"),
+        ("{% set l = [big, big, big] %}{{ l | join }}", "the `join` filter would make"),
+        ('{% set l = [big, big, big] %}{{ "%s" % (l,) }}', "`%` formatting would make"),
+        ('{% set l = [big, big, big] %}{{ "{}".format(l) }}', "format\\(\\) would make"),
+        ('{{ "{:>999999999}".format(1) }}', "format\\(\\) would make a value of about 1,000,000,0"),
+        ('{{ "a" | center(999999999) }}', "the `center` filter would make"),
+        ('{{ "a".ljust(999999999) }}', "ljust\\(\\) would make"),
+        ('{{ "aaaa".replace("a", big) }}', "replace\\(\\) would make"),
+        ("{{ [1] | batch(999999999, 0) | list }}", "would make 999,999,999 rows"),
+    ],
+)
+def test_a_render_over_its_budget_stops_with_a_clear_error(source: str, reason: str) -> None:
+    template = CompiledTemplate(source)
+    started = time.perf_counter()
+    with pytest.raises(TemplateRefused, match=reason):
+        template.render({"input": {"n": 10}, "big": "x" * 5_000_000, "items": list(range(10_000))})
+    assert time.perf_counter() - started < 2  # the time budget is 0.5 s; the rest is slack for a busy machine
+
+
+def test_loops_and_concatenation_behave_as_before_under_the_budget() -> None:
+    template = CompiledTemplate(
+        '{% for x in items %}{{ loop.index }}/{{ loop.length }}{{ "," if not loop.last }}{% endfor %}'
+        '|{{ "a" ~ 1 ~ none ~ items }}|{% for x in [[1, 2], [3]] recursive %}{{ x if x is number else loop(x) }}'
+        "{% endfor %}"
+    )
+    assert template.render({"items": [7, 8, 9]}) == "1/3,2/3,3/3|a1None[7, 8, 9]|123"

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from proxy import jsonbounds
 from proxy.errors import BadRequest, InvalidField, NotFound
 
 T = TypeVar("T")
@@ -19,7 +20,9 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = jsonbounds.loads(raw)
+    except jsonbounds.JsonRefused as exc:
+        raise BadRequest(f"request body is refused: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

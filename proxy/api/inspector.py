@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from proxy import jsonbounds
 from proxy.api.galtea import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.api.openapi import HTML, ApiRoute
@@ -30,7 +31,7 @@ def _pretty(value: Any) -> str:
         return ""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = jsonbounds.loads(value)
         except ValueError:
             return value
     return json.dumps(value, indent=2, ensure_ascii=False)
@@ -127,9 +128,9 @@ async def test_from_form(request: Request) -> HTMLResponse:
         "dry_run": dry_run,
     }
     try:
-        test_input = json.loads(input_text) if input_text.strip() else DEFAULT_TEST_INPUT
-        context = json.loads(context_text) if context_text.strip() else {}
-    except json.JSONDecodeError as exc:
+        test_input = jsonbounds.loads(input_text) if input_text.strip() else DEFAULT_TEST_INPUT
+        context = jsonbounds.loads(context_text) if context_text.strip() else {}
+    except ValueError as exc:
         return page(request, "connection.html", 400, problem=f"Input or context is not valid JSON: {exc}", **shown)
     if not isinstance(context, dict):
         return page(request, "connection.html", 400, problem="Context must be a JSON object.", **shown)

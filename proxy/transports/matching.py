@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from jsonpath_ng import JSONPath
 
+from proxy import jsonbounds
 from proxy.mapping import compile_jsonpath
 
 ABSENT = object()
@@ -63,8 +64,8 @@ class MatchRules:
         if not body:
             return ABSENT
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            document = jsonbounds.loads(body)
+        except ValueError:  # not JSON (or over a JSON bound): matched as text
             return ABSENT
         for path in self._paths:
             document = path.filter(lambda _: True, document)

@@ -1,0 +1,422 @@
+"""The budget a template render runs under: time, the size of every value it builds, call depth.
+
+Renders run on the event loop, so a template must not be able to stall it or fill memory. Python
+cannot interrupt a running render, so the budget is cooperative: the sandbox calls `tick()` on each
+loop iteration, function or macro call, intercepted operator and guarded filter, and the operations
+that can grow a value by orders of magnitude in one step (`**`, `*`, `+`, `%`, `~`, padding and
+replacing, joining, format widths) estimate the size of their result *before* computing it. A value
+of a container counts roughly as the text it prints as (`weight`), so a list of one big string
+repeated a thousand times is as big as the string a thousand times.
+
+Everything here raises `BudgetExceeded`; `proxy.templating` turns it into the call's error (or, for
+constant expressions found while compiling, into a refusal of the template).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from jinja2.filters import make_attrgetter
+
+from proxy.settings import (
+    JSON_MAX_NUMBER_DIGITS,
+    TEMPLATE_MAX_CALL_DEPTH,
+    TEMPLATE_MAX_CHARS,
+    TEMPLATE_MAX_ITEMS,
+    TEMPLATE_RENDER_TIME_S,
+)
+
+MAX_INT_BITS = int(JSON_MAX_NUMBER_DIGITS / math.log10(2))
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+class BudgetExceeded(Exception):
+    """A render (or a constant expression) passed one of its bounds; the message says which."""
+
+
+@dataclass
+class RenderBudget:
+    deadline: float
+    depth: int = 0
+
+
+# The budget of the render running in this context. Renders are synchronous, so one context holds
+# at most one; a contextvar (rather than a global) keeps renders in worker threads apart too.
+_CURRENT: ContextVar[RenderBudget | None] = ContextVar("proxy_render_budget", default=None)
+
+
+def start(seconds: float = TEMPLATE_RENDER_TIME_S) -> Any:
+    """Open a budget for one render; pass the result to `finish`."""
+    return _CURRENT.set(RenderBudget(time.perf_counter() + seconds))
+
+
+def finish(token: Any) -> None:
+    _CURRENT.reset(token)
+
+
+def tick() -> None:
+    budget = _CURRENT.get()
+    if budget is not None and time.perf_counter() > budget.deadline:
+        raise BudgetExceeded(f"the template took longer than {TEMPLATE_RENDER_TIME_S:g}s to render")
+
+
+def enter_call() -> RenderBudget | None:
+    """Count a nested call (macros calling themselves); the caller decrements `depth` afterwards."""
+    tick()
+    budget = _CURRENT.get()
+    if budget is not None:
+        budget.depth += 1
+        if budget.depth > TEMPLATE_MAX_CALL_DEPTH:
+            budget.depth -= 1
+            raise BudgetExceeded(
+                f"calls nest deeper than {TEMPLATE_MAX_CALL_DEPTH} levels (a macro that calls itself without end?)"
+            )
+    return budget
+
+
+def metered(iterable: Iterable[Any]) -> Iterator[Any]:
+    """What every `{% for %}` iterates over: the loop stops when the budget's time is up."""
+    for item in iterable:
+        tick()
+        yield item
+
+
+def metered_output(pieces: Iterable[str], limit: int = TEMPLATE_MAX_CHARS) -> Iterator[str]:
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise BudgetExceeded(f"the template rendered more than {limit:,} characters")
+        yield piece
+
+
+# -- sizes -----------------------------------------------------------------------------------
+
+
+def _too_big(what: str, size: float, limit: int = TEMPLATE_MAX_CHARS, unit: str = "characters") -> BudgetExceeded:
+    value = "a number" if unit == "digits" else "a value"
+    return BudgetExceeded(f"{what} would make {value} of about {size:,.0f} {unit} (the limit is {limit:,})")
+
+
+def weight(value: Any, limit: int = TEMPLATE_MAX_CHARS) -> int:
+    """Roughly how many characters `value` prints as; stops counting once past `limit`. Containers
+    seen twice (`[l, l, l]`) are counted from a memo, so the walk costs one visit per object."""
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    if not isinstance(value, _CONTAINERS):
+        return _scalar_weight(value)
+    memo: dict[int, int] = {}
+    try:
+        return _container_weight(value, memo, limit)
+    except RecursionError:
+        raise BudgetExceeded("a value nests too deeply to print") from None
+
+
+def _scalar_weight(value: Any) -> int:
+    if isinstance(value, bool) or value is None:
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    return 24  # floats, undefined names, other objects: their text is short
+
+
+def _container_weight(value: Any, memo: dict[int, int], limit: int) -> int:
+    known = memo.get(id(value))
+    if known is not None:
+        return known
+    items: Iterable[Any] = value.items() if isinstance(value, dict) else value
+    total = 2
+    for item in items:
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item) + 2
+        elif isinstance(item, _CONTAINERS):
+            total += _container_weight(item, memo, limit) + 2
+        else:
+            total += _scalar_weight(item) + 2
+        if total > limit:
+            return total  # far enough: the caller refuses
+    memo[id(value)] = total
+    return total
+
+
+def check_binop(operator: str, left: Any, right: Any) -> int:
+    """Refuse `left <operator> right` when its result would pass the budget, before computing it.
+    Returns about how many characters the result prints as (0 when it cannot grow)."""
+    if operator == "**":
+        return _check_power(left, right)
+    if operator == "*":
+        if _is_int(left) and _is_int(right):
+            bits = left.bit_length() + right.bit_length()
+            if bits > MAX_INT_BITS:
+                raise _too_big("`*`", bits * math.log10(2), JSON_MAX_NUMBER_DIGITS, "digits")
+            return bits // 3
+        if _is_int(left) or _is_int(right):
+            count, sequence = (left, right) if _is_int(left) else (right, left)
+            if isinstance(sequence, str | bytes | list | tuple) and count > 1:
+                size = weight(sequence) * count
+                if size > TEMPLATE_MAX_CHARS:
+                    raise _too_big("`*`", size)
+                return size
+    elif operator == "+":
+        if isinstance(left, str | bytes | list | tuple) and isinstance(right, str | bytes | list | tuple):
+            size = weight(left) + weight(right)
+            if size > TEMPLATE_MAX_CHARS:
+                raise _too_big("`+`", size)
+            return size
+    elif operator == "%" and isinstance(left, str):
+        return check_printf(left, right)
+    return 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int)
+
+
+def _check_power(base: Any, exponent: Any) -> int:
+    if not (_is_int(base) and _is_int(exponent)) or exponent <= 1 or abs(base) <= 1:
+        return 0  # floats overflow with an error of their own; a negative exponent makes a float
+    if exponent.bit_length() > 64:
+        raise BudgetExceeded(
+            f"`**` would make a number of more than {JSON_MAX_NUMBER_DIGITS:,} digits (the exponent alone has "
+            f"{exponent.bit_length():,} bits)"
+        )
+    digits = exponent * math.log10(abs(base))
+    if digits > JSON_MAX_NUMBER_DIGITS:
+        raise _too_big("`**`", digits, JSON_MAX_NUMBER_DIGITS, "digits")
+    return int(digits)
+
+
+_PRINTF_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_NUMBER = re.compile(r"\d+")
+
+
+def _field_width(digits: str | None) -> int:
+    if not digits:
+        return 0
+    if digits == "*":
+        raise BudgetExceeded("a `*` width or precision in a % format is not allowed in templates")
+    if len(digits) > 9:
+        raise BudgetExceeded(f"a format width of {len(digits)} digits is wider than the {TEMPLATE_MAX_CHARS:,} limit")
+    return int(digits)
+
+
+def _arguments_weight(args: Any) -> int:
+    if isinstance(args, tuple | list):
+        return max((weight(a) for a in args), default=0)
+    if isinstance(args, dict):
+        return max((weight(v) for v in args.values()), default=0)
+    return weight(args)
+
+
+def check_printf(fmt: str, args: Any) -> int:
+    """`fmt % args`: every field counts its width and precision, and at most the heaviest argument."""
+    fields = 0
+    size = len(fmt)
+    for match in _PRINTF_FIELD.finditer(fmt):
+        fields += 1
+        size += _field_width(match.group(1)) + _field_width(match.group(2))
+    if fields:
+        size += fields * _arguments_weight(args)
+    if size > TEMPLATE_MAX_CHARS:
+        raise _too_big("`%` formatting", size)
+    return size
+
+
+def check_format(fmt: str, args: Any, kwargs: Any) -> None:
+    """`fmt.format(...)`: the same sum as for `%`, for the fields of a format string."""
+    size = len(fmt)
+    fields = 0
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # malformed: format() itself raises the error
+    for _literal, name, spec, _conversion in parsed:
+        if name is None:
+            continue
+        fields += 1
+        if spec and "{" in spec:
+            raise BudgetExceeded("nested fields in a format spec are not allowed in templates")
+        size += sum(_field_width(n) for n in _NUMBER.findall(spec or ""))
+    if fields:
+        size += fields * max(_arguments_weight(args), _arguments_weight(kwargs))
+    if size > TEMPLATE_MAX_CHARS:
+        raise _too_big("format()", size)
+
+
+def printable(value: Any) -> None:
+    """Refuse to print a container whose text would pass the budget (`[l, l, l]` of big lists)."""
+    if isinstance(value, _CONTAINERS):
+        size = weight(value)
+        if size > TEMPLATE_MAX_CHARS:
+            raise BudgetExceeded(f"a value of about {size:,} characters cannot be printed")
+
+
+def _text(value: Any) -> str:
+    printable(value)
+    return str(value)
+
+
+def _replace_size(text: Any, old: Any, new: Any, count: Any) -> int:
+    text, old, new = _text(text), _text(old), _text(new)
+    found = len(text) + 1 if old == "" else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * max(0, len(new) - len(old))
+
+
+def bounded_concat(*parts: Any) -> str:
+    """`a ~ b`: Jinja's concatenation, with the size checked before joining."""
+    tick()
+    size = sum(weight(p) for p in parts)
+    if size > TEMPLATE_MAX_CHARS:
+        raise _too_big("`~`", size)
+    return "".join(map(str, parts))
+
+
+# -- calls ------------------------------------------------------------------------------------
+
+_PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
+
+
+def check_method_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """A method of a string that can grow it (`"a".center(10**9)`): refuse before it runs. Returns the
+    arguments to call with (an iterable given to `join` is read once, here)."""
+    method = getattr(obj, "__wrapped__", obj)  # the sandbox wraps `str.format` in a function of its own
+    owner = getattr(method, "__self__", None)
+    if not isinstance(owner, str | bytes | bytearray):
+        return args
+    name = getattr(method, "__name__", "")
+    size = 0
+    if name in ("format", "format_map") and isinstance(owner, str):
+        check_format(owner, args if name == "format" else (), kwargs if name == "format" else args[0] if args else {})
+    elif name in _PADDING:
+        width = args[0] if args else kwargs.get("width", 0)
+        size = width if _is_int(width) else 0
+    elif name == "expandtabs":
+        tabsize = args[0] if args else kwargs.get("tabsize", 8)
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+        size = len(owner) + tabs * (tabsize if _is_int(tabsize) else 0)
+    elif name == "replace" and len(args) >= 2 and isinstance(owner, str):
+        size = _replace_size(owner, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count", -1))
+    elif name == "join" and args:
+        items = list(args[0])
+        size = sum(weight(i) for i in items) + len(owner) * len(items)
+        args = (items, *args[1:])
+    elif name == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        size = len(owner) * longest
+    if size > TEMPLATE_MAX_CHARS:
+        raise _too_big(f"{name}()", size)
+    return args
+
+
+def _value_arg(func: Callable[..., Any]) -> int:
+    """Where the filtered value sits in a filter's arguments (after an injected context, if any)."""
+    return 0 if getattr(func, "jinja_pass_arg", None) is None else 1  # set by pass_context & co.
+
+
+def _guard(name: str, func: Callable[..., Any], estimate: Callable[..., int] | None) -> Callable[..., Any]:
+    skip = _value_arg(func)
+
+    @wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        tick()
+        if estimate is not None:
+            size = estimate(*args[skip:], **kwargs)
+        else:  # a filter that prints its value: a container counts as its text
+            value = args[skip] if len(args) > skip else None
+            size = weight(value) if isinstance(value, _CONTAINERS) else 0
+        if size > TEMPLATE_MAX_CHARS:
+            raise _too_big(f"the `{name}` filter", size)
+        return func(*args, **kwargs)
+
+    return guarded
+
+
+def _center(value: Any, width: Any = 80) -> int:
+    return max(weight(value), width if _is_int(width) else 0)
+
+
+def _indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> int:
+    text = _text(value)
+    step = len(width) if isinstance(width, str) else width if _is_int(width) else 0
+    return len(text) + step * (text.count("\n") + 2)
+
+
+def _replace(value: Any, old: Any, new: Any, count: Any = None) -> int:
+    return _replace_size(value, old, new, count)
+
+
+def _wordwrap(value: Any, width: Any = 79, *args: Any, **kwargs: Any) -> int:
+    text = _text(value)
+    wrapstring = kwargs.get("wrapstring", args[1] if len(args) > 1 else None)
+    lines = len(text) // max(width if _is_int(width) else 1, 1) + text.count("\n") + 1
+    return len(text) + lines * len(_text(wrapstring or "\n"))
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> int:
+    return check_printf(_text(value), kwargs or args)
+
+
+def _tojson(value: Any, indent: Any = None) -> int:
+    size = weight(value)
+    return size * (1 + indent) if _is_int(indent) and indent > 0 else size
+
+
+def _rows(value: Any, count: Any, fill_with: Any = None) -> int:
+    if _is_int(count) and count > TEMPLATE_MAX_ITEMS:
+        raise BudgetExceeded(f"the filter would make {count:,} rows (the limit is {TEMPLATE_MAX_ITEMS:,})")
+    if fill_with is not None and _is_int(count):
+        return weight(fill_with) * count
+    return 0
+
+
+def _guard_join(func: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(func)
+    def guarded(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = None) -> Any:
+        tick()
+        items = list(value)
+        if attribute is not None:
+            items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
+        size = sum(weight(i) for i in items) + len(str(d)) * len(items)
+        if size > TEMPLATE_MAX_CHARS:
+            raise _too_big("the `join` filter", size)
+        return func(eval_ctx, items, d)
+
+    return guarded
+
+
+_ESTIMATES: dict[str, Callable[..., int]] = {
+    "center": _center,
+    "indent": _indent,
+    "replace": _replace,
+    "wordwrap": _wordwrap,
+    "format": _format,
+    "tojson": _tojson,
+    "batch": _rows,
+    "slice": _rows,
+}
+# Filters that print their value (a container as its text): checked for the container's weight.
+_PRINTING = ("capitalize", "e", "escape", "forceescape", "lower", "pprint", "string", "striptags", "title",
+             "trim", "truncate", "upper", "urlencode", "wordcount", "xmlattr")  # fmt: skip
+# HTML helpers with no use in a request body and an output no estimate bounds well.
+DROPPED_FILTERS = ("urlize",)
+
+
+def guarded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """The environment's filters with the growing ones held to the budget."""
+    guarded = {name: f for name, f in filters.items() if name not in DROPPED_FILTERS}
+    for name, estimate in _ESTIMATES.items():
+        guarded[name] = _guard(name, filters[name], estimate)
+    for name in _PRINTING:
+        guarded[name] = _guard(name, filters[name], None)
+    guarded["join"] = _guard_join(filters["join"])
+    return guarded
