@@ -18,7 +18,6 @@ from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import openapi
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
-from proxy.secrets import REDACTOR
 
 log = logging.getLogger("proxy")
 
@@ -40,7 +39,8 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged for the operator (secrets scrubbed); the client gets no stack trace.
-    log.error("unexpected error on %s %s: %s", request.method, request.url.path, REDACTOR.redact(repr(exc)))
+    redactor = request.app.state.runtime.redactor
+    log.error("unexpected error on %s %s: %s", request.method, request.url.path, redactor.redact(repr(exc)))
     return JSONResponse({"message": "internal error; the server log has the details"}, status_code=500)
 
 

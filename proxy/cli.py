@@ -88,6 +88,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
 
     from proxy.app import create_app
     from proxy.runtime import Runtime
+    from proxy.secrets import install_log_redaction
 
     config = read_config(config_path)
     settings = build_settings(config, **flags)
@@ -100,6 +101,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         raise click.ClickException(exc.message) from None
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
+    install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     app = create_app(runtime)
     click.echo(f"proxy listening on http://{settings.host}:{settings.port}", err=False)
     sys.stdout.flush()
@@ -338,13 +340,18 @@ def cassettes_show(name: str, cassettes_dir: Path | None, config_path: Path | No
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Data folder: its stored secrets are looked for too.")
 def cassettes_verify(cassettes_dir: Path | None, config_path: Path | None, data_dir: Path | None) -> None:
     """Check that every cassette parses, loads in vcrpy and holds no secret."""
+    from proxy.runtime import known_secrets
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
     settings = build_settings(config, cassettes=cassettes_dir, data_dir=data_dir)
-    if (settings.data_dir / "proxy.db").exists():
-        _runtime(config_path, {"cassettes": cassettes_dir, "data_dir": data_dir}).connections.load()
-    entries, problems = verify(settings.cassettes_dir)
+    try:
+        redactor = known_secrets(settings, config)
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    except RuntimeError as exc:  # a key that does not decrypt the stored secrets
+        raise click.ClickException(str(exc)) from None
+    entries, problems = verify(settings.cassettes_dir, redactor)
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)

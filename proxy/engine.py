@@ -32,7 +32,7 @@ from proxy.mapping import (
     output_text,
 )
 from proxy.models import ConnectionType, HttpMethod
-from proxy.secrets import REDACTOR
+from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import BodyTooLarge, read_capped
@@ -203,8 +203,10 @@ class Engine:
         send_traceparent: bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
+        redactor: Redactor | None = None,
     ) -> None:
         self.transport = transport if transport is not None else Http11Transport()
+        self.redactor = redactor if redactor is not None else Redactor()  # without one, nothing is secret
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
@@ -218,7 +220,7 @@ class Engine:
         try:
             request = self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
-            result.error = REDACTOR.redact(str(exc))
+            result.error = self.redactor.redact(str(exc))
             return result
         if request is None:
             return result
@@ -233,7 +235,7 @@ class Engine:
         try:
             self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
-            result.error = REDACTOR.redact(str(exc))
+            result.error = self.redactor.redact(str(exc))
         return result
 
     async def forward(
@@ -261,11 +263,13 @@ class Engine:
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
-        result.request = RenderedRequest(method, REDACTOR.redact(url), masked_headers(headers), _text_preview(body))
+        result.request = RenderedRequest(
+            method, self.redactor.redact(url), masked_headers(headers), _text_preview(body, self.redactor)
+        )
         try:
             request = build_request(method, url, headers, body, conn.spec.timeout, self._extensions(conn, handle))
         except (httpx.InvalidURL, ValueError) as exc:
-            result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
+            result.error = self.redactor.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
         await self._send(conn, request, result, end_rules=False)
         return result
@@ -299,7 +303,7 @@ class Engine:
                 if 200 <= reply.status < 300 or (not end_rules and not retryable):
                     result.error = None
                     return
-                result.error = REDACTOR.redact(http_error_text(reply))
+                result.error = self.redactor.redact(http_error_text(reply))
             else:
                 result.error = attempt.error
             if not retryable or number == policy.max_calls:
@@ -330,13 +334,14 @@ class Engine:
             try:
                 json.loads(body)
             except json.JSONDecodeError as exc:
-                result.error = REDACTOR.redact(
+                result.error = self.redactor.redact(
                     f"the rendered body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {body}"
                 )
             if not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
+        redact = self.redactor.redact
         result.request = RenderedRequest(
-            spec.http_method.value, REDACTOR.redact(url), masked_headers(headers), REDACTOR.redact(body or "") or None
+            spec.http_method.value, redact(url), masked_headers(headers), redact(body or "") or None
         )
         if result.error:
             return None
@@ -350,7 +355,7 @@ class Engine:
                 self._extensions(conn, ctx.cassette, ctx.per_run_values()),
             )
         except (httpx.InvalidURL, ValueError) as exc:
-            result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
+            result.error = self.redactor.redact(f"the rendered URL is not usable ({exc}): {url}")
             return None
 
     async def _attempt(
@@ -383,11 +388,11 @@ class Engine:
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
         waited = float(response.extensions.get(RATE_WAITED_EXTENSION, 0.0))
-        reply = _reply(response, raw)
+        reply = _reply(response, raw, self.redactor)
         return Attempt(number, reply.status, latency - waited, outcome=outcome, waited_ms=waited), reply, False
 
     def _failed(self, number: int, started: float, message: str) -> Attempt:
-        return Attempt(number, None, (time.perf_counter() - started) * 1000, error=REDACTOR.redact(message))
+        return Attempt(number, None, (time.perf_counter() - started) * 1000, error=self.redactor.redact(message))
 
     def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
         for index, rule in enumerate(conn.end_rules):
@@ -405,13 +410,13 @@ class Engine:
             return
         if not reply.is_json:
             preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
-            result.error = REDACTOR.redact(
+            result.error = self.redactor.redact(
                 f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
             )
             return
         mapped = conn.mapping.apply(reply.json)
         result.extracted = mapped.values
-        result.misses = {k: REDACTOR.redact(v) for k, v in mapped.misses.items()}
+        result.misses = {k: self.redactor.redact(v) for k, v in mapped.misses.items()}
         if TRACES in result.extracted:
             traces, trace_error = normalise_traces(result.extracted[TRACES])
             result.extracted[TRACES] = traces
@@ -474,19 +479,30 @@ def _transport_failure(exc: httpx.TransportError) -> str:
     return f"{type(exc).__name__}: {detail}"
 
 
-def _text_preview(body: bytes) -> str | None:
+def _text_preview(body: bytes, redactor: Redactor) -> str | None:
     if not body:
         return None
-    return REDACTOR.redact(body.decode("utf-8", errors="replace"))
+    return _masked_text(body, "utf-8", redactor)
 
 
-def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:
-    # An upstream that echoes a credential back must not leak it into results, logs or cassettes.
+def _masked_text(raw: bytes, encoding: str, redactor: Redactor) -> str:
+    """`raw` decoded and masked. Bytes that do not decode (UTF-16 ones, say) are masked first, before
+    replacement characters could hide what they held."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:
+        text = redactor.redact_bytes(raw).decode(encoding, errors="replace")
+    return redactor.redact(text)
+
+
+def _reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> UpstreamReply:
+    # An upstream that echoes a credential back, in whatever encoding, must not leak it into results, logs
+    # or cassettes; the JSON is parsed from the masked text, so an escaped echo is masked before it is decoded.
     # Working out the charset parses the Content-Type each time: only when one is named.
     charset_named = "charset" in response.headers.get("content-type", "").lower()
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
-    text = REDACTOR.redact(raw.decode(encoding, errors="replace"))
-    headers = {k.lower(): REDACTOR.redact(v) for k, v in response.headers.items()}
+    text = _masked_text(raw, encoding, redactor)
+    headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
     reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
     try:
         reply.json = json.loads(text) if text.strip() else None

@@ -6,13 +6,15 @@ rules of SPEC 5 (validation, credential keeping on PATCH, masked header write-ba
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.connection import CompiledConnection, compile_connection
+from proxy.connection import CompiledConnection, compile_connection, connection_secrets
 from proxy.errors import InvalidField, NotFound
 from proxy.models import (
     CREDENTIALS_BY_AUTH,
@@ -22,6 +24,7 @@ from proxy.models import (
     normalise_keys,
     parse_spec,
 )
+from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.store import Store
 
@@ -36,21 +39,33 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
+def stored_specs(store: Store) -> Iterator[tuple[dict[str, Any], ConnectionSpec]]:
+    """Every live stored connection's row and spec, its secrets decrypted."""
+    for row in store.call(store.live_connections):
+        yield row, ConnectionSpec.model_validate(json.loads(row["spec"]) | store.unseal(row["secrets"]))
+
+
+def redactor_owner(conn_id: str) -> tuple[str, str]:
+    return ("connection", conn_id)
+
+
 class ConnectionRegistry:
-    def __init__(self, store: Store, allow_http: bool) -> None:
+    """Keeps `redactor` knowing the secrets of exactly the stored connections."""
+
+    def __init__(self, store: Store, allow_http: bool, redactor: Redactor) -> None:
         self.store = store
         self.allow_http = allow_http
+        self.redactor = redactor
         self._by_id: dict[str, CompiledConnection] = {}
         self._seq = itertools.count(1)
 
     # -- loading -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        for row in self.store.call(self.store.live_connections):
-            data = json.loads(row["spec"]) | self.store.unseal(row["secrets"])
-            spec = ConnectionSpec.model_validate(data)
+        for row, spec in stored_specs(self.store):
             # Stored connections were valid when saved; --allow-http may have been on then.
             self._by_id[row["id"]] = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
+            self.redactor.register(redactor_owner(row["id"]), connection_secrets(spec))
             next(self._seq)
 
     # -- reads -------------------------------------------------------------------------------
@@ -128,6 +143,14 @@ class ConnectionRegistry:
         self.get(conn_id)
         del self._by_id[conn_id]
         await self.store.run(self.store.delete_connection, conn_id, now_iso())
+        self.redactor.forget(redactor_owner(conn_id))
+
+    @contextlib.contextmanager
+    def secrets_for_one_call(self, conn: CompiledConnection) -> Iterator[None]:
+        """A connection that is not stored as it is (testConnection's fields or overrides): its secrets are
+        masked in what the call produces, and forgotten after it."""
+        with self.redactor.scoped(connection_secrets(conn.spec)):
+            yield
 
     def _check_unique(self, spec: ConnectionSpec, exclude: str | None = None) -> None:
         clash = self.by_name(spec.name, spec.product_id)
@@ -150,6 +173,7 @@ class ConnectionRegistry:
         }
         await self.store.run(self.store.save_connection, row)
         self._by_id[conn.id] = conn
+        self.redactor.register(redactor_owner(conn.id), connection_secrets(conn.spec))  # the old ones go
 
 
 def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.secrets import REDACTOR, Redactor, Vault, load_fernet
+from proxy.redaction import Redactor
+from proxy.secrets import Vault, install_log_redaction, load_fernet
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection, running_proxy
 from tests.upstream import Reply, Upstream
 
@@ -74,16 +75,54 @@ def test_env_key_is_used_instead_of_a_key_file(tmp_path: Path, monkeypatch: pyte
     assert "s3cret" not in token and Vault(load_fernet(tmp_path)).decrypt(token) == "s3cret"
 
 
-def test_redactor_masks_longest_first_and_ignores_tiny_values() -> None:
+def test_redactor_masks_longest_first_and_ignores_values_too_short_to_mask(caplog: pytest.LogCaptureFixture) -> None:
     redactor = Redactor()
-    redactor.add("abcd", "abcdefgh", "x", None)
-    assert redactor.redact("abcdefgh abcd x") == "•••••••• •••••••• x"
+    redactor.register("test", ["abcdefgh", "abcdefgh-ijkl", "x", "abcdefg", None])
+    assert redactor.redact("abcdefgh-ijkl abcdefgh abcdefg x") == "•••••••• •••••••• abcdefg x"
+    assert "test holds a secret of 7 characters" in caplog.text  # the warning names no secret
+    assert "abcdefg" not in caplog.text
 
 
 def test_every_log_record_is_scrubbed_whichever_library_logs_it(caplog: pytest.LogCaptureFixture) -> None:
-    from proxy.secrets import install_log_redaction
+    redactor = Redactor()
+    uninstall = install_log_redaction(redactor)
+    try:
+        redactor.register("test", ["log-secret-123"])
+        logging.getLogger("some.library").warning("calling with %s", "log-secret-123")
+        logging.getLogger("some.library").warning("echo %s", "".join(f"\\u{ord(c):04x}" for c in "log-secret-123"))
+    finally:
+        uninstall()
+    assert "log-secret-123" not in caplog.text and "\\u006c" not in caplog.text
+    assert caplog.text.count("••••••••") == 2
 
-    install_log_redaction()
-    REDACTOR.add("log-secret-123")
-    logging.getLogger("some.library").warning("calling with %s", "log-secret-123")
-    assert "log-secret-123" not in caplog.text and "••••••••" in caplog.text
+
+def test_proxy_serve_scrubs_every_log_line_of_its_own_secrets(
+    tmp_path: Path, upstream_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+    import yaml
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from proxy.cli import main
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        yaml.safe_dump({"settings": {"allow_http": True}, "connections": [chat_connection(upstream_url)]})
+    )
+    escaped = "".join(f"\\u{ord(c):04x}" for c in TEST_TOKEN)
+
+    def serving(app: object, **options: object) -> None:
+        with TestClient(app):  # type: ignore[arg-type]  # start-up loads the config's connection
+            logging.getLogger("some.library").warning("upstream said %s", escaped)
+
+    monkeypatch.setattr(uvicorn, "run", serving)
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.getLogger("httpx").level)
+    factory = logging.getLogRecordFactory()
+    try:
+        args = ["serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--cassettes", str(tmp_path / "c")]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+    finally:
+        logging.setLogRecordFactory(factory)  # the process is pytest's, not the server's
+    assert result.exit_code == 0, result.output
+    assert "upstream said ••••••••" in caplog.text and escaped not in caplog.text
