@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -13,6 +14,7 @@ from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
 from proxy.models import ConnectionSpec, check_connection
 from proxy.retry import RetryPolicy
+from proxy.settings import MIN_SECRET_LEN
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 
@@ -92,6 +94,23 @@ def connection_secrets(spec: ConnectionSpec) -> list[str]:
     """What a redactor must know for this connection: its credentials, and the Basic value made of them."""
     credentials = Credentials(spec.auth_type, spec.auth_token, spec.username, spec.password)
     return [value for _, value in secret_fields(spec)] + credentials.secret_values()
+
+
+def refuse_short_secrets(spec: ConnectionSpec, given: Callable[[str], bool] = lambda field: True) -> None:
+    """A secret too short to be masked reliably in free text is refused (of the fields `given` names)."""
+    for name, value in secret_fields(spec):
+        if given(name):
+            check_secret_length(name, value)
+
+
+def check_secret_length(field: str, value: str) -> None:
+    """A secret is masked wherever it is echoed only if it is long enough not to occur by chance."""
+    if len(value) < MIN_SECRET_LEN:
+        raise InvalidField(
+            field,
+            f"is {len(value)} characters long; a secret needs at least {MIN_SECRET_LEN} so that every echo of it "
+            "can be masked",
+        )
 
 
 def public_fields(conn: CompiledConnection) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from proxy.connection import CompiledConnection
+from proxy.connection import CompiledConnection, check_secret_length
 from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.mapping import CompiledMapping
@@ -227,6 +227,10 @@ class ConnectorRegistry:
             raise InvalidField("oauth", "cannot be given together with service_auth")
         if fields.url is not None:
             check_url(fields.url, self.allow_http)
+        if fields.service_auth is not None:
+            check_secret_length("service_auth.token", fields.service_auth.token)
+        if fields.oauth is not None and fields.oauth.client_secret:
+            check_secret_length("oauth.client_secret", fields.oauth.client_secret)
         return fields
 
     def _apply(self, connector: Connector, fields: ConnectorIn, secrets: dict[str, str]) -> dict[str, str]:

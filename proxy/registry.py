@@ -10,11 +10,11 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.connection import CompiledConnection, compile_connection, connection_secrets
+from proxy.connection import CompiledConnection, compile_connection, connection_secrets, refuse_short_secrets
 from proxy.errors import InvalidField, NotFound
 from proxy.models import (
     CREDENTIALS_BY_AUTH,
@@ -63,7 +63,8 @@ class ConnectionRegistry:
 
     def load(self) -> None:
         for row, spec in stored_specs(self.store):
-            # Stored connections were valid when saved; --allow-http may have been on then.
+            # Stored connections were valid when saved; --allow-http may have been on then. An older data
+            # dir may hold a secret too short to mask: it still loads (the redactor warns about it).
             self._by_id[row["id"]] = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
             self.redactor.register(redactor_owner(row["id"]), connection_secrets(spec))
             next(self._seq)
@@ -112,6 +113,7 @@ class ConnectionRegistry:
         for name, value in (spec.headers or {}).items():
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
+        refuse_short_secrets(spec)
         conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
         return conn
 
@@ -124,8 +126,9 @@ class ConnectionRegistry:
 
     def build_patched(self, current: CompiledConnection, patch: dict[str, Any]) -> CompiledConnection:
         """The stored connection with a PATCH (or testConnection overrides) applied and re-validated."""
-        merged = merge_patch(current.spec, normalise_keys(patch))
-        spec = parse_spec(merged)
+        given = normalise_keys(patch)
+        spec = parse_spec(merge_patch(current.spec, given))
+        refuse_short_secrets(spec, _given_in(given))  # a stored one from an older data dir is kept as it is
         conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
         return conn
 
@@ -203,6 +206,18 @@ def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any
                 if credential not in kept and credential not in _explicit(patch, credential):
                     merged[credential] = None
     return merged
+
+
+def _given_in(patch: dict[str, Any]) -> Callable[[str], bool]:
+    """Whether a secret field (as `secret_fields` names it) was given in this PATCH, not kept from the store."""
+    headers = patch["headers"] if isinstance(patch.get("headers"), dict) else {}
+
+    def given(field: str) -> bool:
+        if field.startswith("headers."):
+            return headers.get(field.removeprefix("headers."), MASK) != MASK
+        return bool(patch.get({"authToken": "auth_token"}.get(field, field)))
+
+    return given
 
 
 def _explicit(patch: dict[str, Any], key: str) -> set[str]:

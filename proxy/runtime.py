@@ -24,7 +24,7 @@ from proxy.registry import ConnectionRegistry, stored_specs
 from proxy.registry import redactor_owner as connection_owner
 from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
-from proxy.settings import GC_THRESHOLDS, Settings
+from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteLibrary
@@ -115,8 +115,15 @@ class Runtime:
 
 
 def redact_values(config: Config) -> list[str]:
-    """`settings.redact_values`: more values to mask (account numbers, say)."""
-    return [str(v) for v in config.settings.get("redact_values") or ()]
+    """`settings.redact_values`: more values to mask (account numbers, say), each long enough to mask."""
+    values = [str(v) for v in config.settings.get("redact_values") or ()]
+    for index, value in enumerate(values):
+        if len(value) < MIN_SECRET_LEN:
+            raise ConfigError(
+                f"settings.redact_values[{index}]: is {len(value)} characters long; a value to mask needs at "
+                f"least {MIN_SECRET_LEN}"
+            )
+    return values
 
 
 def known_secrets(settings: Settings, config: Config) -> Redactor:

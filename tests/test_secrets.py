@@ -12,6 +12,7 @@ import pytest
 
 from proxy.redaction import Redactor
 from proxy.secrets import Vault, install_log_redaction, load_fernet
+from proxy.store import Store
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection, running_proxy
 from tests.upstream import Reply, Upstream
 
@@ -96,6 +97,29 @@ def test_every_log_record_is_scrubbed_whichever_library_logs_it(caplog: pytest.L
     assert caplog.text.count("••••••••") == 2
 
 
+def test_a_short_secret_from_an_older_data_dir_still_loads_and_breaks_no_other_connection(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        old_id = client.post("/endpointConnections", json=chat_connection(upstream_url, name="old")).json()["id"]
+        other_id = client.post("/endpointConnections", json=chat_connection(upstream_url, name="other")).json()["id"]
+    # An older version accepted a 4-character token; store one as it would have.
+    store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
+    row = next(r for r in store.call(store.live_connections) if r["id"] == old_id)
+    store.call(
+        store.save_connection, row | {"secrets": store.seal(store.unseal(row["secrets"]) | {"auth_token": '": "'})}
+    )
+    store.close()
+    upstream.script("/chat", Reply(json={"reply": "fine", "other": "value"}))
+    caplog.set_level(logging.WARNING)
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        assert f"connection {old_id} holds a secret of 4 characters: it cannot be masked reliably" in caplog.text
+        for conn_id, token in ((other_id, TEST_TOKEN), (old_id, '": "')):
+            answer = client.post("/endpointConnections/testConnection", json={"id": conn_id}).json()
+            assert answer["success"] and answer["extractedOutput"] == {"output": "fine"}, answer
+            assert upstream.received[-1].headers["authorization"] == f"Bearer {token}"
+
+
 def test_proxy_serve_scrubs_every_log_line_of_its_own_secrets(
     tmp_path: Path, upstream_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -126,3 +150,14 @@ def test_proxy_serve_scrubs_every_log_line_of_its_own_secrets(
         logging.setLogRecordFactory(factory)  # the process is pytest's, not the server's
     assert result.exit_code == 0, result.output
     assert "upstream said ••••••••" in caplog.text and escaped not in caplog.text
+
+
+def test_a_config_value_to_mask_that_is_too_short_stops_start_up(tmp_path: Path) -> None:
+    from proxy.config import Config
+    from proxy.errors import ConfigError
+    from proxy.runtime import Runtime
+    from proxy.settings import Settings
+
+    config = Config(settings={"redact_values": ["acct-99881", "x-1"]})
+    with pytest.raises(ConfigError, match=r"settings\.redact_values\[1\]: is 3 characters long"):
+        Runtime(Settings(data_dir=tmp_path / "d", cassettes_dir=tmp_path / "c"), config)
