@@ -20,7 +20,6 @@ from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
 from proxy.schemas import Health
-from proxy.secrets import REDACTOR
 
 log = logging.getLogger("proxy")
 
@@ -42,7 +41,8 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged for the operator (secrets scrubbed); the client gets no stack trace.
-    log.error("unexpected error on %s %s: %s", request.method, request.url.path, REDACTOR.redact(repr(exc)))
+    redactor = request.app.state.runtime.redactor
+    log.error("unexpected error on %s %s: %s", request.method, request.url.path, redactor.redact(repr(exc)))
     return JSONResponse({"message": "internal error; the server log has the details"}, status_code=500)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy.models import AuthType
-from proxy.settings import MASK
+from proxy.settings import MASK, MIN_SECRET_LEN
 
 INFERENCE_ID_HEADER = "X-Galtea-Inference-Id"
 TRACEPARENT_HEADER = "traceparent"
@@ -25,6 +25,7 @@ AUTH_OVERRIDE_HEADERS = frozenset({"authorization", "x-api-key"})
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}|\{\s*([A-Za-z_]+)\s*\}")
 # Words that may stand beside placeholders in a header value without making it a secret.
 _SCHEME_WORDS = re.compile(r"\b(bearer|basic|token|apikey|api-key|key)\b", re.IGNORECASE)
+_LEADING_SCHEME_WORDS = re.compile(r"^(?:(?:bearer|basic|token|apikey|api-key|key)\b[\s:]*)+", re.IGNORECASE)
 _SECRETISH_NAME = re.compile(r"auth|key|token|secret|password|cookie|signature|credential|session", re.IGNORECASE)
 
 
@@ -77,6 +78,20 @@ def is_secret_header(name: str, value: str) -> bool:
         return False
     literal = _SCHEME_WORDS.sub("", PLACEHOLDER.sub("", value)).strip(" :")
     return bool(literal)
+
+
+def secret_header_parts(name: str, value: str) -> list[str]:
+    """The literal secrets a secret header value holds, less a leading scheme word (`Bearer sk-…` holds
+    `sk-…`, which is what an upstream would echo). Beside placeholders, only pieces long enough to be a
+    secret count: `sig-{{ api_key }}` holds no secret of its own."""
+    if value == MASK or not is_secret_header(name, value):
+        return []
+    pieces = [
+        _LEADING_SCHEME_WORDS.sub("", p.strip(" :")).strip(" :") for p in PLACEHOLDER.sub("\0", value).split("\0")
+    ]
+    if len(pieces) == 1:
+        return [pieces[0]] if pieces[0] else []
+    return [piece for piece in pieces if len(piece) >= MIN_SECRET_LEN]
 
 
 def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -173,6 +173,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     from proxy.app import create_app
     from proxy.listener import AnnouncingServer, listen, url_of, why_not
     from proxy.runtime import Runtime
+    from proxy.secrets import install_log_redaction
 
     config = read_config(config_path)
     settings = build_settings(config, **flags)
@@ -196,6 +197,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         click.echo(f"proxy listening on {url_of(sock)}")
         sys.stdout.flush()
 
+    install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     server_config = uvicorn.Config(create_app(runtime), log_level="info", access_log=False)
     AnnouncingServer(server_config, announce).run(sockets=[sock])
 
@@ -466,13 +468,18 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
 
     Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
     """
+    from proxy.runtime import known_secrets
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
     settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
-    if (settings.data_dir / "proxy.db").exists():
-        _runtime(config_path, {"cassettes": cassettes, "data_dir": data_dir}).connections.load()
-    entries, problems = verify(settings.cassettes_dir)
+    try:
+        redactor = known_secrets(settings, config)
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    except RuntimeError as exc:  # a key that does not decrypt the stored secrets
+        raise click.ClickException(str(exc)) from None
+    entries, problems = verify(settings.cassettes_dir, redactor)
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from jsonpath_ng import JSONPath
 
-from proxy.auth import Credentials, is_secret_header, masked_headers
+from proxy.auth import Credentials, masked_headers, secret_header_parts
 from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
 from proxy.models import ConnectionSpec, check_connection
 from proxy.retry import RetryPolicy
-from proxy.secrets import REDACTOR
+from proxy.settings import MIN_SECRET_LEN
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 
@@ -81,18 +82,38 @@ def compile_connection(
             except JsonPathRefused as exc:
                 raise InvalidField(f"conversationEndRules[{index}].bodyMatch.path", str(exc)) from None
         rules.append(CompiledEndRule(rule.status_code, path, rule.body_match.equals if rule.body_match else None))
-    conn = CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
-    register_secrets(conn)
-    return conn
+    return CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
 
 
-def register_secrets(conn: CompiledConnection) -> None:
-    """Teach the redactor this connection's credentials once, when it is compiled, so every log line,
-    exchange and cassette after that is scrubbed of them."""
-    REDACTOR.add(*conn.credentials.secret_values())
-    for name, value in (conn.spec.headers or {}).items():
-        if is_secret_header(name, value):
-            REDACTOR.add(value)
+def secret_fields(spec: ConnectionSpec) -> list[tuple[str, str]]:
+    """Every credential a connection holds, with the API field it is given in."""
+    found = [(name, value) for name, value in (("authToken", spec.auth_token), ("password", spec.password)) if value]
+    for name, value in (spec.headers or {}).items():
+        found += [(f"headers.{name}", part) for part in secret_header_parts(name, value)]
+    return found
+
+
+def connection_secrets(spec: ConnectionSpec) -> list[str]:
+    """What a redactor must know for this connection: its credentials, and the Basic value made of them."""
+    credentials = Credentials(spec.auth_type, spec.auth_token, spec.username, spec.password)
+    return [value for _, value in secret_fields(spec)] + credentials.secret_values()
+
+
+def refuse_short_secrets(spec: ConnectionSpec, given: Callable[[str], bool] = lambda field: True) -> None:
+    """A secret too short to be masked reliably in free text is refused (of the fields `given` names)."""
+    for name, value in secret_fields(spec):
+        if given(name):
+            check_secret_length(name, value)
+
+
+def check_secret_length(field: str, value: str) -> None:
+    """A secret is masked wherever it is echoed only if it is long enough not to occur by chance."""
+    if len(value) < MIN_SECRET_LEN:
+        raise InvalidField(
+            field,
+            f"is {len(value)} characters long; a secret needs at least {MIN_SECRET_LEN} so that every echo of it "
+            "can be masked",
+        )
 
 
 def public_fields(conn: CompiledConnection) -> dict[str, Any]:

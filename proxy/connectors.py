@@ -19,14 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from proxy.connection import CompiledConnection
+from proxy.connection import CompiledConnection, check_secret_length
 from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.mapping import CompiledMapping
 from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first, url_origin
+from proxy.redaction import Redactor
 from proxy.registry import now_iso
-from proxy.secrets import REDACTOR
 from proxy.store import Store, entity_json
 from proxy.templating import CompiledTemplate
 from proxy.transports.library import CassetteLibrary
@@ -119,26 +119,53 @@ def auth_header(auth_type: str | None, token: str | None) -> dict[str, str]:
     return {"Authorization": value}
 
 
+def redactor_owner(connector_id_: str) -> tuple[str, str]:
+    return ("connector", connector_id_)
+
+
+def stored_connector_secrets(store: Store) -> list[tuple[Connector, dict[str, str]]]:
+    """Every stored connector with its secrets decrypted."""
+    found = []
+    for data in store.call(store.load, "connectors"):
+        connector = Connector(**data)
+        found.append((connector, store.unseal(connector.sealed)))
+    return found
+
+
+def config_connector_secrets(data: dict[str, Any]) -> list[str]:
+    """The secrets a config file's connector entry gives, read without validating it."""
+    found = []
+    for block, key in (("service_auth", "token"), ("oauth", "client_secret")):
+        section = data.get(block)
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            found.append(section[key])
+    return found
+
+
 class ConnectorRegistry:
-    def __init__(self, store: Store, engine: Engine, library: CassetteLibrary, allow_http: bool) -> None:
+    """Keeps `redactor` knowing the secrets of exactly the stored connectors."""
+
+    def __init__(
+        self, store: Store, engine: Engine, library: CassetteLibrary, allow_http: bool, redactor: Redactor
+    ) -> None:
         self.store = store
         self.engine = engine
         self.library = library
         self.allow_http = allow_http
+        self.redactor = redactor
         self._by_id: dict[str, Connector] = {}
         self._seq = itertools.count(1)
 
     def load(self) -> None:
         plain: list[Connector] = []
-        for data in self.store.call(self.store.load, "connectors"):
-            connector = Connector(**data)
+        for connector, secrets in stored_connector_secrets(self.store):
             if connector.sealed_client_id:
                 sealed = self.store.unseal(connector.sealed_client_id)
                 connector.oauth = {**(connector.oauth or {}), "client_id": sealed["client_id"]}
                 connector.sealed_client_id = None
             elif connector.oauth and connector.oauth.get("client_id"):
                 plain.append(connector)  # stored before the client id was encrypted
-            REDACTOR.add(*self._secrets(connector).values())
+            self.redactor.register(redactor_owner(connector.id), secrets.values())
             self._by_id[connector.id] = connector
             next(self._seq)
         if plain:
@@ -218,6 +245,7 @@ class ConnectorRegistry:
         self.get(connector_id_)
         del self._by_id[connector_id_]
         await self.store.write(self.store.delete_entity, "connectors", connector_id_)
+        self.redactor.forget(redactor_owner(connector_id_))
 
     def _parse(self, data: dict[str, Any]) -> ConnectorIn:
         check_model_keys(data, ConnectorIn, allowed=READ_ONLY_FIELDS)
@@ -230,6 +258,10 @@ class ConnectorRegistry:
             raise InvalidField("oauth", "cannot be given together with service_auth")
         if fields.url is not None:
             check_url(fields.url, self.allow_http)
+        if fields.service_auth is not None:
+            check_secret_length("service_auth.token", fields.service_auth.token)
+        if fields.oauth is not None and fields.oauth.client_secret:
+            check_secret_length("oauth.client_secret", fields.oauth.client_secret)
         return fields
 
     def _apply(self, connector: Connector, fields: ConnectorIn, secrets: dict[str, str]) -> dict[str, str]:
@@ -249,7 +281,6 @@ class ConnectorRegistry:
             client_secret = oauth.pop("client_secret") or secrets.get("client_secret")
             connector.oauth, connector.service_auth_type = oauth, None
             secrets = {"client_secret": client_secret} if client_secret else {}
-        REDACTOR.add(*secrets.values())
         connector.sealed = self.store.seal(secrets) if secrets else None
         return secrets
 
@@ -268,6 +299,7 @@ class ConnectorRegistry:
     async def _persist(self, connector: Connector) -> None:
         await self.store.write(self.store.put, "connectors", connector.id, next(self._seq), self._stored(connector))
         self._by_id[connector.id] = connector
+        self.redactor.register(redactor_owner(connector.id), self._secrets(connector).values())  # the old ones go
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -306,7 +338,9 @@ class ConnectorRegistry:
         )
 
     async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
-        result = await self.call(connector, {"query": REGISTRATION_QUERY}, secrets.get("token"))
+        # Until the test query passes the secrets are not the connector's: known for this call only.
+        with self.redactor.scoped(secrets.values()):
+            result = await self.call(connector, {"query": REGISTRATION_QUERY}, secrets.get("token"))
         problem = search_problem(result)
         if problem:
             raise BadRequest(f"connector registration cancelled: the test query to {connector.url} {problem}")

@@ -35,7 +35,7 @@ from proxy.mapping import (
     output_text,
 )
 from proxy.models import ConnectionType, HttpMethod
-from proxy.secrets import REDACTOR
+from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyTooLarge, read_capped
@@ -210,8 +210,10 @@ class Engine:
         send_traceparent: bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
+        redactor: Redactor | None = None,
     ) -> None:
         self.transport = transport if transport is not None else Http11Transport()
+        self.redactor = redactor if redactor is not None else Redactor()  # without one, nothing is secret
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
@@ -225,14 +227,14 @@ class Engine:
         try:
             await self._call(conn, ctx, result)
         except Exception as exc:  # a session must never be left half-done by an exception: fail the call
-            _internal_failure(result, exc)
+            _internal_failure(result, exc, self.redactor)
         return result
 
     async def _call(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> None:
         try:
             request = self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
-            result.error = REDACTOR.redact(str(exc))
+            result.error = self.redactor.redact(str(exc))
             return
         if request is None:
             return
@@ -247,7 +249,7 @@ class Engine:
         try:
             self._build_request(conn, ctx, result)
         except TemplateRefused as exc:
-            result.error = REDACTOR.redact(str(exc))
+            result.error = self.redactor.redact(str(exc))
         return result
 
     async def forward(
@@ -275,16 +277,18 @@ class Engine:
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
-        result.request = RenderedRequest(method, REDACTOR.redact(url), masked_headers(headers), _text_preview(body))
+        result.request = RenderedRequest(
+            method, self.redactor.redact(url), masked_headers(headers), _text_preview(body, self.redactor)
+        )
         try:
             request = build_request(method, url, headers, body, conn.spec.timeout, self._extensions(conn, handle))
         except (httpx.InvalidURL, ValueError) as exc:
-            result.error = REDACTOR.redact(f"the forwarded URL is not usable ({exc}): {url}")
+            result.error = self.redactor.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
         try:
             await self._send(conn, request, result, end_rules=False)
         except Exception as exc:
-            _internal_failure(result, exc)
+            _internal_failure(result, exc, self.redactor)
         return result
 
     @staticmethod
@@ -318,7 +322,7 @@ class Engine:
                 if 200 <= reply.status < 300 or (not end_rules and not retryable):
                     result.error = None
                     return
-                result.error = REDACTOR.redact(http_error_text(reply))
+                result.error = self.redactor.redact(http_error_text(reply))
             else:
                 result.error = attempt.error
             if not retryable or number == policy.max_calls:
@@ -349,15 +353,16 @@ class Engine:
             try:
                 jsonbounds.loads(body)
             except jsonbounds.JsonRefused as exc:
-                result.error = REDACTOR.redact(f"the rendered body is refused: {exc}")
+                result.error = self.redactor.redact(f"the rendered body is refused: {exc}")
             except json.JSONDecodeError as exc:
-                result.error = REDACTOR.redact(
+                result.error = self.redactor.redact(
                     f"the rendered body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {body}"
                 )
             if not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
+        redact = self.redactor.redact
         result.request = RenderedRequest(
-            spec.http_method.value, REDACTOR.redact(url), masked_headers(headers), REDACTOR.redact(body or "") or None
+            spec.http_method.value, redact(url), masked_headers(headers), redact(body or "") or None
         )
         if result.error:
             return None
@@ -371,7 +376,7 @@ class Engine:
                 self._extensions(conn, ctx.cassette, ctx.per_run_values()),
             )
         except (httpx.InvalidURL, ValueError) as exc:
-            result.error = REDACTOR.redact(f"the rendered URL is not usable ({exc}): {url}")
+            result.error = self.redactor.redact(f"the rendered URL is not usable ({exc}): {url}")
             return None
 
     async def _attempt(
@@ -409,13 +414,13 @@ class Engine:
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
-        reply = await _off_loop_if_large(len(raw), _reply, response, raw)
+        reply = await _off_loop_if_large(len(raw), _reply, response, raw, self.redactor)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         return attempt, reply, False
 
     def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
         latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
-        return Attempt(number, None, latency, error=REDACTOR.redact(message), waited_ms=timeout.waited_ms)
+        return Attempt(number, None, latency, error=self.redactor.redact(message), waited_ms=timeout.waited_ms)
 
     def _matching_end_rule(self, conn: CompiledConnection, reply: UpstreamReply) -> int | None:
         for index, rule in enumerate(conn.end_rules):
@@ -438,13 +443,13 @@ class Engine:
             return
         if not reply.is_json:
             preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
-            result.error = REDACTOR.redact(
+            result.error = self.redactor.redact(
                 f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
             )
             return
         mapped = conn.mapping.apply(reply.json)
         result.extracted = mapped.values
-        result.misses = {k: REDACTOR.redact(v) for k, v in mapped.misses.items()}
+        result.misses = {k: self.redactor.redact(v) for k, v in mapped.misses.items()}
         if TRACES in result.extracted:
             traces, trace_error = normalise_traces(result.extracted[TRACES])
             result.extracted[TRACES] = traces
@@ -471,8 +476,8 @@ async def _off_loop_if_large(size: int, func: Callable[..., Any], *args: Any) ->
     return func(*args)
 
 
-def _internal_failure(result: CallResult, exc: Exception) -> None:
-    message = REDACTOR.redact(f"{type(exc).__name__}: {exc}")
+def _internal_failure(result: CallResult, exc: Exception, redactor: Redactor) -> None:
+    message = redactor.redact(f"{type(exc).__name__}: {exc}")
     log.error("a call failed inside the proxy: %s", message)
     result.error = f"the call failed inside the proxy ({message}); the server log has the details"
 
@@ -537,19 +542,30 @@ def _cause(exc: BaseException, kind: type[E]) -> E | None:
     return None
 
 
-def _text_preview(body: bytes) -> str | None:
+def _text_preview(body: bytes, redactor: Redactor) -> str | None:
     if not body:
         return None
-    return REDACTOR.redact(body.decode("utf-8", errors="replace"))
+    return _masked_text(body, "utf-8", redactor)
 
 
-def _reply(response: httpx.Response, raw: bytes) -> UpstreamReply:
-    # An upstream that echoes a credential back must not leak it into results, logs or cassettes.
+def _masked_text(raw: bytes, encoding: str, redactor: Redactor) -> str:
+    """`raw` decoded and masked. Bytes that do not decode (UTF-16 ones, say) are masked first, before
+    replacement characters could hide what they held."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:
+        text = redactor.redact_bytes(raw).decode(encoding, errors="replace")
+    return redactor.redact(text)
+
+
+def _reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> UpstreamReply:
+    # An upstream that echoes a credential back, in whatever encoding, must not leak it into results, logs
+    # or cassettes; the JSON is parsed from the masked text, so an escaped echo is masked before it is decoded.
     # Working out the charset parses the Content-Type each time: only when one is named.
     charset_named = "charset" in response.headers.get("content-type", "").lower()
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
-    text = REDACTOR.redact(raw.decode(encoding, errors="replace"))
-    headers = {k.lower(): REDACTOR.redact(v) for k, v in response.headers.items()}
+    text = _masked_text(raw, encoding, redactor)
+    headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
     reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
     try:
         reply.json = jsonbounds.loads(text) if text.strip() else None

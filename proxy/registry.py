@@ -6,15 +6,17 @@ rules of SPEC 5 (validation, credential keeping on PATCH, masked header write-ba
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from proxy.auth import is_secret_header
-from proxy.connection import CompiledConnection, compile_connection
+from proxy.connection import CompiledConnection, compile_connection, connection_secrets, refuse_short_secrets
 from proxy.errors import InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.models import (
@@ -27,6 +29,7 @@ from proxy.models import (
     parse_spec,
     url_origin,
 )
+from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.store import Store
 
@@ -43,20 +46,32 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
+def stored_specs(store: Store) -> Iterator[tuple[dict[str, Any], ConnectionSpec]]:
+    """Every live stored connection's row and spec, its secrets decrypted."""
+    for row in store.call(store.live_connections):
+        yield row, ConnectionSpec.model_validate(json.loads(row["spec"]) | store.unseal(row["secrets"]))
+
+
+def redactor_owner(conn_id: str) -> tuple[str, str]:
+    return ("connection", conn_id)
+
+
 class ConnectionRegistry:
-    def __init__(self, store: Store, allow_http: bool) -> None:
+    """Keeps `redactor` knowing the secrets of exactly the stored connections."""
+
+    def __init__(self, store: Store, allow_http: bool, redactor: Redactor) -> None:
         self.store = store
         self.allow_http = allow_http
+        self.redactor = redactor
         self._by_id: dict[str, CompiledConnection] = {}
         self._seq = itertools.count(1)
 
     # -- loading -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        for row in self.store.call(self.store.live_connections):
-            data = json.loads(row["spec"]) | self.store.unseal(row["secrets"])
-            spec = ConnectionSpec.model_validate(data)
-            # Stored connections were valid when saved; --allow-http may have been on then.
+        for row, spec in stored_specs(self.store):
+            # Stored connections were valid when saved; --allow-http may have been on then. An older data
+            # dir may hold a secret too short to mask: it still loads (the redactor warns about it).
             try:
                 conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
             except InvalidField as exc:
@@ -65,6 +80,7 @@ class ConnectionRegistry:
                 log.warning("stored connection %s (%s): %s; loaded as stored", spec.name, row["id"], exc.message)
                 conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True, strict=False)
             self._by_id[row["id"]] = conn
+            self.redactor.register(redactor_owner(row["id"]), connection_secrets(spec))
             next(self._seq)
 
     # -- reads -------------------------------------------------------------------------------
@@ -111,6 +127,7 @@ class ConnectionRegistry:
         for name, value in (spec.headers or {}).items():
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
+        refuse_short_secrets(spec)
         conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
         return conn
 
@@ -125,8 +142,8 @@ class ConnectionRegistry:
         """The stored connection with a PATCH (or testConnection overrides) applied and re-validated."""
         check_model_keys(patch, ConnectionSpec, allowed=READ_ONLY_FIELDS)
         given = normalise_keys(patch)
-        merged = merge_patch(current.spec, given)
-        spec = parse_spec(merged)
+        spec = parse_spec(merge_patch(current.spec, given))
+        refuse_short_secrets(spec, _given_in(given))  # a stored one from an older data dir is kept as it is
         refuse_credentials_to_new_origin(current.spec, spec, given)
         conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
         return conn
@@ -145,6 +162,14 @@ class ConnectionRegistry:
         self.get(conn_id)
         del self._by_id[conn_id]
         await self.store.run(self.store.delete_connection, conn_id, now_iso())
+        self.redactor.forget(redactor_owner(conn_id))
+
+    @contextlib.contextmanager
+    def secrets_for_one_call(self, conn: CompiledConnection) -> Iterator[None]:
+        """A connection that is not stored as it is (testConnection's fields or overrides): its secrets are
+        masked in what the call produces, and forgotten after it."""
+        with self.redactor.scoped(connection_secrets(conn.spec)):
+            yield
 
     def _check_unique(self, spec: ConnectionSpec, exclude: str | None = None) -> None:
         clash = self.by_name(spec.name, spec.product_id)
@@ -167,6 +192,7 @@ class ConnectionRegistry:
         }
         await self.store.run(self.store.save_connection, row)
         self._by_id[conn.id] = conn
+        self.redactor.register(redactor_owner(conn.id), connection_secrets(conn.spec))  # the old ones go
 
 
 def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +261,18 @@ def stored_credentials_kept(current: ConnectionSpec, new: ConnectionSpec, given:
 def _origin_text(url: str) -> str:
     scheme, host, port = url_origin(url)
     return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
+
+
+def _given_in(patch: dict[str, Any]) -> Callable[[str], bool]:
+    """Whether a secret field (as `secret_fields` names it) was given in this PATCH, not kept from the store."""
+    headers = patch["headers"] if isinstance(patch.get("headers"), dict) else {}
+
+    def given(field: str) -> bool:
+        if field.startswith("headers."):
+            return headers.get(field.removeprefix("headers."), MASK) != MASK
+        return bool(patch.get({"authToken": "auth_token"}.get(field, field)))
+
+    return given
 
 
 def _explicit(patch: dict[str, Any], key: str) -> set[str]:

@@ -1,26 +1,32 @@
-"""The long-lived pieces the server and the CLI share: store, registries, engine."""
+"""The long-lived pieces the server and the CLI share: store, registries, engine, and the redactor that
+knows this server's secrets (one per Runtime: two servers in one process never see each other's)."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 from typing import Any
 
 import httpx
 
 from proxy.api.demo import DemoHostTransport
 from proxy.config import Config
-from proxy.connectors import ConnectorIn, ConnectorRegistry
+from proxy.connection import connection_secrets
+from proxy.connectors import ConnectorIn, ConnectorRegistry, config_connector_secrets, stored_connector_secrets
+from proxy.connectors import redactor_owner as connector_owner
 from proxy.engine import Engine
 from proxy.errors import ConfigError, ProxyError, UnknownField
 from proxy.known_keys import check_keys, check_model_keys
-from proxy.models import ConnectionSpec
+from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
-from proxy.registry import ConnectionRegistry
-from proxy.secrets import REDACTOR, Vault, install_log_redaction, load_fernet
+from proxy.redaction import Redactor
+from proxy.registry import ConnectionRegistry, stored_specs
+from proxy.registry import redactor_owner as connection_owner
+from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
-from proxy.settings import GC_THRESHOLDS, Settings
-from proxy.store import Store
+from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
+from proxy.store import DB_FILE_NAME, Store
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
@@ -36,11 +42,12 @@ class Runtime:
     def __init__(
         self, settings: Settings, config: Config | None = None, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        install_log_redaction()
         self.settings = settings
         self.config = config or Config()
+        self.redactor = Redactor()
+        self.redactor.register("config", redact_values(self.config))
         self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
-        self.connections = ConnectionRegistry(self.store, settings.allow_http)
+        self.connections = ConnectionRegistry(self.store, settings.allow_http, self.redactor)
         self.library = CassetteLibrary(
             settings.cassettes_dir,
             self.store,
@@ -49,12 +56,15 @@ class Runtime:
             replay_latency=settings.replay_latency == "recorded",
             replay_speed=settings.replay_speed,
         )
-        REDACTOR.add(*(str(v) for v in self.config.settings.get("redact_values") or ()))
         live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
-        self.engine = Engine(RecordReplayTransport(live, self.library), send_traceparent=settings.traceparent)
+        self.engine = Engine(
+            RecordReplayTransport(live, self.library, self.redactor),
+            send_traceparent=settings.traceparent,
+            redactor=self.redactor,
+        )
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
-        self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http)
+        self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http, self.redactor)
 
     def check_config(self) -> None:
         """Validate the config file's connections before serving, and every key of its versions and
@@ -115,3 +125,44 @@ class Runtime:
         await self.library.close()
         await self.engine.aclose()
         self.store.close()
+
+
+def redact_values(config: Config) -> list[str]:
+    """`settings.redact_values`: more values to mask (account numbers, say), each long enough to mask."""
+    values = [str(v) for v in config.settings.get("redact_values") or ()]
+    for index, value in enumerate(values):
+        if len(value) < MIN_SECRET_LEN:
+            raise ConfigError(
+                f"settings.redact_values[{index}]: is {len(value)} characters long; a value to mask needs at "
+                f"least {MIN_SECRET_LEN}"
+            )
+    return values
+
+
+def known_secrets(settings: Settings, config: Config) -> Redactor:
+    """A redactor that knows what a server with these settings would, without starting one
+    (`proxy cassettes verify`): the config file's secrets and those stored in the data dir,
+    decrypted with its key. A data dir without a database is left alone."""
+    redactor = Redactor()
+    redactor.register("config", redact_values(config))
+    for index, data in enumerate(config.connections):
+        try:
+            redactor.register(("config connection", index), connection_secrets(parse_spec(data)))
+        except ProxyError as exc:
+            raise ConfigError(f"config connections[{index}] ({data.get('name', '?')}): {exc.message}") from None
+    for index, data in enumerate(config.connectors):
+        redactor.register(("config connector", index), config_connector_secrets(data))
+    data_dir = settings.data_dir
+    if not (data_dir / DB_FILE_NAME).exists():
+        return redactor
+    if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
+        raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
+    store = Store(data_dir, Vault(load_fernet(data_dir)))
+    try:
+        for row, spec in stored_specs(store):
+            redactor.register(connection_owner(row["id"]), connection_secrets(spec))
+        for connector, secrets in stored_connector_secrets(store):
+            redactor.register(connector_owner(connector.id), secrets.values())
+    finally:
+        store.close()
+    return redactor

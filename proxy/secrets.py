@@ -1,9 +1,4 @@
-"""Secrets at rest (Fernet) and in flight (a process-wide redactor for free text).
-
-Every credential the process learns is registered with `REDACTOR`, so log lines, error
-messages and recorded exchanges can be scrubbed by value, wherever the secret ends up
-(e.g. an upstream that echoes the token back in its body).
-"""
+"""Secrets at rest (Fernet), and log records scrubbed of a server's secrets (see `proxy.redaction`)."""
 
 from __future__ import annotations
 
@@ -11,13 +6,13 @@ import base64
 import hashlib
 import logging
 import os
-import re
-import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from proxy.settings import MASK, MIN_REDACTABLE_SECRET_LEN
+from proxy.redaction import Redactor
 
 KEY_FILE_NAME = "secret.key"
 
@@ -64,63 +59,30 @@ class Vault:
             raise RuntimeError("stored secret cannot be decrypted: wrong PROXY_SECRET_KEY or key file") from exc
 
 
-class Redactor:
-    """Replaces every registered secret value in a text with the mask."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-        self._lock = threading.Lock()
-
-    def add(self, *values: str | None) -> None:
-        fresh = {v for v in values if v and len(v) >= MIN_REDACTABLE_SECRET_LEN and v not in self._secrets}
-        if not fresh:
-            return
-        with self._lock:
-            self._secrets |= fresh
-            # Longest first, so a secret that contains another is masked whole.
-            alternatives = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(s) for s in alternatives))
-
-    def redact(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is None or not text:
-            return text
-        return pattern.sub(MASK, text)
-
-    def contains_secret(self, text: str) -> bool:
-        pattern = self._pattern
-        return bool(pattern and text and pattern.search(text))
-
-
-REDACTOR = Redactor()
-
-
-def _scrub(record: logging.LogRecord) -> None:
+def _scrub(record: logging.LogRecord, redactor: Redactor) -> None:
     try:
         message = record.getMessage()
     except (TypeError, ValueError):
         return
-    cleaned = REDACTOR.redact(message)
+    cleaned = redactor.redact(message)
     if cleaned != message:
         record.msg, record.args = cleaned, None
 
 
-_installed = False
-
-
-def install_log_redaction() -> None:
-    """Scrub every log record when it is created, whichever library logs it (httpcore's DEBUG
-    lines carry raw headers) and whichever handler prints it."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
+def install_log_redaction(redactor: Redactor) -> Callable[[], None]:
+    """Scrub every log record of `redactor`'s secrets when it is created, whichever library logs it
+    (httpcore's DEBUG lines carry raw headers) and whichever handler prints it. Process-wide, so the
+    command that owns the process (`proxy serve`) installs it, never the library. Returns the undo."""
     make_record = logging.getLogRecordFactory()
 
-    def redacting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
-        _scrub(record)
+        _scrub(record, redactor)
         return record
 
+    def uninstall() -> None:
+        if logging.getLogRecordFactory() is redacting_factory:
+            logging.setLogRecordFactory(make_record)
+
     logging.setLogRecordFactory(redacting_factory)
+    return uninstall

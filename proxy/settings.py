@@ -56,8 +56,8 @@ DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
 GC_THRESHOLDS = (10000, 10, 10)
 
 MASK = "••••••••"
-# Secrets shorter than this are not scrubbed from free text (they would shred every message).
-MIN_REDACTABLE_SECRET_LEN = 4
+# Secrets shorter than this are refused: masking them in free text would shred every message.
+MIN_SECRET_LEN = 8
 
 LATEST_SDK_VERSION = "5.12.0"
 MINIMUM_SDK_VERSION = "5.0.0"

@@ -59,7 +59,7 @@ async def test_snake_case_and_lowercase_enums_are_accepted(api: httpx.AsyncClien
         "url": f"{UP}/x",
         "type": "conversation",
         "auth_type": "api_key",
-        "auth_token": "k",
+        "auth_token": "k-snake-token",
         "http_method": "put",
         "input_template": '{"q": "{{ input.q }}"}',
         "output_mapping": {"output": "$.a"},
@@ -296,3 +296,37 @@ async def test_a_connection_read_back_and_sent_again_is_accepted(api: httpx.Asyn
     patched = await api.patch(f"/endpointConnections/{created['id']}", json={**read, "timeout": 20})
     assert patched.status_code == 200, patched.text
     assert patched.json()["timeout"] == 20 and patched.json()["hasAuthToken"] is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"authToken": "abc"}, "authToken"),
+        ({"authToken": '": "'}, "authToken"),  # would have masked every JSON key of every reply
+        ({"authType": "BASIC", "username": "ann", "password": "pw-1"}, "password"),
+        ({"headers": {"X-Api-Key": "k-12345"}}, "headers.X-Api-Key"),
+        ({"headers": {"Authorization": "Bearer short"}}, "headers.Authorization"),
+    ],
+)
+async def test_a_secret_too_short_to_mask_is_refused_naming_its_field(
+    api: httpx.AsyncClient, fields: dict[str, Any], field: str
+) -> None:
+    def refused(response: httpx.Response) -> bool:
+        body = response.json()
+        return response.status_code == 422 and body["errors"][0]["field"] == field and "at least 8" in body["message"]
+
+    assert refused(await create(api, **fields))
+    assert refused(await api.post("/endpointConnections/testConnection", json=chat_connection(UP, **fields)))
+    conn_id = (await create(api, name=f"ok-{field}")).json()["id"]
+    assert refused(await api.patch(f"/endpointConnections/{conn_id}", json=fields))
+    assert refused(await api.post("/endpointConnections/testConnection", json={"id": conn_id, **fields}))
+
+
+async def test_placeholders_and_scheme_words_are_not_secrets_but_what_stands_beside_them_is(
+    api: httpx.AsyncClient,
+) -> None:
+    headers = {"X-Auth": "Token {{ auth_token }}", "X-Signature": "sig-{{ api_key }}-tail-secret-1"}
+    conn_id = (await create(api, headers=headers)).json()["id"]
+    runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.redactor.knows("-tail-secret-1") and not runtime.redactor.knows("sig-")
+    assert runtime.connections.get(conn_id).spec.headers == headers

@@ -22,10 +22,10 @@ def headers_for(creds: Credentials, custom: dict[str, str] | None = None, **kw: 
 
 
 def test_bearer_api_key_basic_and_none_default_headers() -> None:
-    assert headers_for(Credentials(AuthType.BEARER, "t0k3n-x"))["Authorization"] == "Bearer t0k3n-x"
-    assert headers_for(Credentials(AuthType.API_KEY, "k3y-x"))["X-API-Key"] == "k3y-x"
-    basic = headers_for(Credentials(AuthType.BASIC, username="ann", password="p:w"))["Authorization"]
-    assert basic == "Basic " + base64.b64encode(b"ann:p:w").decode()
+    assert headers_for(Credentials(AuthType.BEARER, "t0k3n-xyz"))["Authorization"] == "Bearer t0k3n-xyz"
+    assert headers_for(Credentials(AuthType.API_KEY, "k3y-xyz-1"))["X-API-Key"] == "k3y-xyz-1"
+    basic = headers_for(Credentials(AuthType.BASIC, username="ann", password="p:w-long-pw"))["Authorization"]
+    assert basic == "Basic " + base64.b64encode(b"ann:p:w-long-pw").decode()
     none = headers_for(Credentials(AuthType.NONE))
     assert "Authorization" not in none and "X-API-Key" not in none
 
@@ -41,14 +41,14 @@ def test_bearer_api_key_basic_and_none_default_headers() -> None:
     ],
 )
 def test_both_placeholder_syntaxes_any_case(template: str) -> None:
-    headers = headers_for(Credentials(AuthType.BEARER, "t0k3n-x"), {"X-Auth": template})
-    assert headers["X-Auth"] == "Token t0k3n-x"
+    headers = headers_for(Credentials(AuthType.BEARER, "t0k3n-xyz"), {"X-Auth": template})
+    assert headers["X-Auth"] == "Token t0k3n-xyz"
 
 
 def test_call_value_and_basic_placeholders() -> None:
-    creds = Credentials(AuthType.BASIC, username="ann", password="pw-1234")
+    creds = Credentials(AuthType.BASIC, username="ann", password="pw-12345678")
     headers = headers_for(creds, {"X-User": "{ username }:{{ password }}", "X-Session": "{{ session_id }}/{trace_id}"})
-    assert headers["X-User"] == "ann:pw-1234"
+    assert headers["X-User"] == "ann:pw-12345678"
     assert headers["X-Session"] == "ext-1/inf-1"
 
 
@@ -58,8 +58,8 @@ def test_unknown_placeholders_are_left_alone() -> None:
 
 @pytest.mark.parametrize("override", ["Authorization", "authorization", "X-API-Key", "x-api-key"])
 def test_custom_authorization_or_api_key_header_replaces_the_default(override: str) -> None:
-    headers = headers_for(Credentials(AuthType.BEARER, "t0k3n-x"), {override: "Custom {{ bearer_token }}"})
-    assert headers[override] == "Custom t0k3n-x"
+    headers = headers_for(Credentials(AuthType.BEARER, "t0k3n-xyz"), {override: "Custom {{ bearer_token }}"})
+    assert headers[override] == "Custom t0k3n-xyz"
     assert [k for k in headers if k.lower() in ("authorization", "x-api-key")] == [override]
 
 

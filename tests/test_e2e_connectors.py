@@ -6,6 +6,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cohere
 import httpx
@@ -119,7 +120,8 @@ def test_unreachable_connector_and_bad_input(co: cohere.Client, proxy_server: Ru
             both.status_code == 422 and "oauth" in both.json()["message"] and "service_auth" in both.json()["message"]
         )
         bad_type = client.post(
-            "/v1/connectors", json={"name": "x", "url": "http://h/s", "service_auth": {"type": "jwt", "token": "t"}}
+            "/v1/connectors",
+            json={"name": "x", "url": "http://h/s", "service_auth": {"type": "jwt", "token": "t0ken-123"}},
         )
         assert bad_type.status_code == 422 and "serviceAuth.type" in bad_type.json()["message"]
         assert client.post("/v1/connectors", json={"url": "http://h/s"}).status_code == 422
@@ -339,3 +341,24 @@ def test_a_data_dir_with_a_plain_client_id_is_migrated_on_load(tmp_path: Path) -
         oauth = co.connectors.get("wiki").connector.oauth
         assert oauth is not None and oauth.client_id == CLIENT_ID
     assert CLIENT_ID.encode() not in database_bytes(data_dir)
+
+
+@pytest.mark.parametrize(
+    ("auth", "field"),
+    [
+        ({"service_auth": {"type": "bearer", "token": "short"}}, "service_auth.token"),
+        ({"oauth": {"client_id": "app", "client_secret": "short"}}, "oauth.client_secret"),
+    ],
+)
+def test_a_connector_secret_too_short_to_mask_is_refused_naming_its_field(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, auth: dict[str, Any], field: str
+) -> None:
+    search_server(upstream)
+    with httpx.Client(base_url=proxy_server.url) as client:
+        created = client.post("/v1/connectors", json={"name": "docs", "url": f"{upstream_url}/search", **auth})
+        assert created.status_code == 422 and created.json()["errors"][0]["field"] == field, created.text
+        assert upstream.requests_to("/search") == []  # refused before any test query
+        ok = client.post("/v1/connectors", json={"name": "docs", "url": f"{upstream_url}/search"})
+        assert ok.status_code == 200, ok.text
+        patched = client.patch("/v1/connectors/docs", json=auth)
+        assert patched.status_code == 422 and patched.json()["errors"][0]["field"] == field

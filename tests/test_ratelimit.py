@@ -9,6 +9,7 @@ import httpx
 from proxy.engine import CallContext, Engine
 from proxy.ratelimit import RateLimiter, RateLimiters
 from proxy.record_mode import RecordMode
+from proxy.redaction import Redactor
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
@@ -101,7 +102,7 @@ async def test_a_recording_keeps_the_upstream_latency_without_the_wait(tmp_path:
     store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
     library = CassetteLibrary(tmp_path / "cassettes", store)
     answer = httpx.MockTransport(lambda r: httpx.Response(200, json={"reply": "ok"}))
-    engine = Engine(RecordReplayTransport(PacedTransport(answer, RateLimiters(window_s=0.6)), library))
+    engine = Engine(RecordReplayTransport(PacedTransport(answer, RateLimiters(window_s=0.6)), library, Redactor()))
     conn = connection(rateLimit=1)
     try:
         handle = library.open("sessions", "paced", RecordMode.NEW_EPISODES)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 from pathlib import Path
 
 import httpx
 import pytest
 
-from proxy.secrets import REDACTOR, Redactor, Vault, load_fernet
+from proxy.redaction import Redactor
+from proxy.secrets import Vault, install_log_redaction, load_fernet
+from proxy.store import Store
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection, running_proxy
 from tests.upstream import Reply, Upstream
 
@@ -74,16 +77,92 @@ def test_env_key_is_used_instead_of_a_key_file(tmp_path: Path, monkeypatch: pyte
     assert "s3cret" not in token and Vault(load_fernet(tmp_path)).decrypt(token) == "s3cret"
 
 
-def test_redactor_masks_longest_first_and_ignores_tiny_values() -> None:
+def test_redactor_masks_longest_first_and_ignores_values_too_short_to_mask(caplog: pytest.LogCaptureFixture) -> None:
     redactor = Redactor()
-    redactor.add("abcd", "abcdefgh", "x", None)
-    assert redactor.redact("abcdefgh abcd x") == "•••••••• •••••••• x"
+    redactor.register("test", ["abcdefgh", "abcdefgh-ijkl", "x", "abcdefg", None])
+    assert redactor.redact("abcdefgh-ijkl abcdefgh abcdefg x") == "•••••••• •••••••• abcdefg x"
+    assert "test holds a secret of 7 characters" in caplog.text  # the warning names no secret
+    assert "abcdefg" not in caplog.text
 
 
 def test_every_log_record_is_scrubbed_whichever_library_logs_it(caplog: pytest.LogCaptureFixture) -> None:
-    from proxy.secrets import install_log_redaction
+    redactor = Redactor()
+    uninstall = install_log_redaction(redactor)
+    try:
+        redactor.register("test", ["log-secret-123"])
+        logging.getLogger("some.library").warning("calling with %s", "log-secret-123")
+        logging.getLogger("some.library").warning("echo %s", "".join(f"\\u{ord(c):04x}" for c in "log-secret-123"))
+    finally:
+        uninstall()
+    assert "log-secret-123" not in caplog.text and "\\u006c" not in caplog.text
+    assert caplog.text.count("••••••••") == 2
 
-    install_log_redaction()
-    REDACTOR.add("log-secret-123")
-    logging.getLogger("some.library").warning("calling with %s", "log-secret-123")
-    assert "log-secret-123" not in caplog.text and "••••••••" in caplog.text
+
+def test_a_short_secret_from_an_older_data_dir_still_loads_and_breaks_no_other_connection(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        old_id = client.post("/endpointConnections", json=chat_connection(upstream_url, name="old")).json()["id"]
+        other_id = client.post("/endpointConnections", json=chat_connection(upstream_url, name="other")).json()["id"]
+    # An older version accepted a 4-character token; store one as it would have.
+    store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
+    row = next(r for r in store.call(store.live_connections) if r["id"] == old_id)
+    store.call(
+        store.save_connection, row | {"secrets": store.seal(store.unseal(row["secrets"]) | {"auth_token": '": "'})}
+    )
+    store.close()
+    upstream.script("/chat", Reply(json={"reply": "fine", "other": "value"}))
+    caplog.set_level(logging.WARNING)
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        assert f"connection {old_id} holds a secret of 4 characters: it cannot be masked reliably" in caplog.text
+        for conn_id, token in ((other_id, TEST_TOKEN), (old_id, '": "')):
+            answer = client.post("/endpointConnections/testConnection", json={"id": conn_id}).json()
+            assert answer["success"] and answer["extractedOutput"] == {"output": "fine"}, answer
+            assert upstream.received[-1].headers["authorization"] == f"Bearer {token}"
+
+
+def test_proxy_serve_scrubs_every_log_line_of_its_own_secrets(
+    tmp_path: Path, upstream_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+    import yaml
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from proxy.cli import main
+    from proxy.listener import AnnouncingServer
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        yaml.safe_dump({"settings": {"allow_http": True}, "connections": [chat_connection(upstream_url)]})
+    )
+    escaped = "".join(f"\\u{ord(c):04x}" for c in TEST_TOKEN)
+
+    def serving(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        for sock in sockets or ():
+            sock.close()
+        with TestClient(server.config.app):  # start-up loads the config's connection
+            logging.getLogger("some.library").warning("upstream said %s", escaped)
+
+    monkeypatch.setattr(AnnouncingServer, "run", serving)
+    monkeypatch.setattr(logging.getLogger("httpx"), "level", logging.getLogger("httpx").level)
+    factory = logging.getLogRecordFactory()
+    try:
+        args = ["serve", "--config", str(config), "--port", "0", "--data-dir", str(tmp_path / "d")]
+        args += ["--cassettes", str(tmp_path / "c")]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+    finally:
+        logging.setLogRecordFactory(factory)  # the process is pytest's, not the server's
+    assert result.exit_code == 0, result.output
+    assert "upstream said ••••••••" in caplog.text and escaped not in caplog.text
+
+
+def test_a_config_value_to_mask_that_is_too_short_stops_start_up(tmp_path: Path) -> None:
+    from proxy.config import Config
+    from proxy.errors import ConfigError
+    from proxy.runtime import Runtime
+    from proxy.settings import Settings
+
+    config = Config(settings={"redact_values": ["acct-99881", "x-1"]})
+    with pytest.raises(ConfigError, match=r"settings\.redact_values\[1\]: is 3 characters long"):
+        Runtime(Settings(data_dir=tmp_path / "d", cassettes_dir=tmp_path / "c"), config)

@@ -2,6 +2,8 @@
 
 Tests assert on exactly what arrived (method, path, query, headers, body). A script is a list of
 replies for a path, used in order (the last one repeats); without one, the server echoes.
+`/echo-auth/<encoding>` answers the token of the Authorization header it received, encoded as
+`tests.encodings.ECHOES[encoding]` says (an upstream that echoes a credential back).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.encodings import ECHOES
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Upstream:
             self.received.append(received)
             matching = [(len(prefix), h) for prefix, h in self._handlers if path.startswith(prefix)]
             handler = max(matching, key=lambda m: m[0])[1] if matching else None  # the most specific prefix
+        if path.startswith("/echo-auth/"):
+            return self._echo_auth(received, path.removeprefix("/echo-auth/"))
         reply = handler(received) if handler else self._next_reply(path)
         if reply is None:
             return Response(
@@ -107,3 +113,8 @@ class Upstream:
 
             return StreamingResponse(pieces(), status_code=reply.status, headers=reply.headers, media_type=media)
         return Response(content, status_code=reply.status, headers=reply.headers, media_type=media)
+
+    @staticmethod
+    def _echo_auth(received: Received, encoding: str) -> Response:
+        token = received.headers.get("authorization", "").partition(" ")[2]
+        return Response(ECHOES[encoding](token), media_type="application/json")  # no charset named

@@ -103,7 +103,9 @@ async def test_connection(request: Request) -> JSONResponse:
         conn = rt.connections.build(data)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
     ctx = CallContext(input=test_input, context=test_context, cassette=handle)
-    result = await rt.engine.call(conn, ctx)
+    # Credentials given here are masked in what this call produces, and not kept after it.
+    with rt.connections.secrets_for_one_call(conn):
+        result = await rt.engine.call(conn, ctx)
     return json_response(test_result(result))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
-from proxy.secrets import REDACTOR
+from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.transports.cassette import Interaction, load_interactions
 from proxy.transports.record_replay import ALWAYS_MASKED
@@ -82,8 +82,9 @@ def _pretty(body: object) -> list[str]:
         return text.splitlines()
 
 
-def verify(root: Path) -> tuple[list[Entry], list[str]]:
-    """Every cassette: parses, loads in vcrpy's own loader, holds no credential. Returns (entries, problems)."""
+def verify(root: Path, redactor: Redactor) -> tuple[list[Entry], list[str]]:
+    """Every cassette: parses, loads in vcrpy's own loader, holds no credential — none of `redactor`'s
+    secrets in any encoding it knows, nothing shaped like a well-known token. Returns (entries, problems)."""
     problems: list[str] = []
     entries = inventory(root)
     for entry in entries:
@@ -96,28 +97,28 @@ def verify(root: Path) -> tuple[list[Entry], list[str]]:
         except Exception as exc:  # vcrpy raises several kinds; any of them means plain vcrpy cannot load it
             problems.append(f"{entry.name}: vcrpy cannot load it: {exc}")
         for number, interaction in enumerate(load_interactions(entry.path)):
-            problems += [f"{entry.name} #{number}: {p}" for p in _secrets_in(interaction)]
+            problems += [f"{entry.name} #{number}: {p}" for p in _secrets_in(interaction, redactor)]
     return entries, problems
 
 
-def _secrets_in(interaction: Interaction) -> list[str]:
+def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
     found = []
     for side, headers in (("request", interaction.request["headers"]), ("response", interaction.response["headers"])):
         for name, values in headers.items():
             for value in values if isinstance(values, list) else [values]:
                 if name.lower() in ALWAYS_MASKED and value != MASK:
                     found.append(f"{side} header {name} is not masked")
-                elif REDACTOR.contains_secret(str(value)) or SECRET_SHAPES.search(str(value)):
+                elif redactor.contains_secret(str(value)) or SECRET_SHAPES.search(str(value)):
                     found.append(f"{side} header {name} holds a credential")
     for side, body in (
         ("request", interaction.request.get("body")),
         ("response", interaction.response["body"]["string"]),
     ):
-        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body or "")
-        if REDACTOR.contains_secret(text):
+        body = body if isinstance(body, bytes) else str(body or "")
+        if redactor.contains_secret(body):
             found.append(f"{side} body holds a credential this server knows")
-        elif match := SECRET_SHAPES.search(text):
+        elif match := SECRET_SHAPES.search(body.decode("utf-8", "replace") if isinstance(body, bytes) else body):
             found.append(f"{side} body holds something shaped like a credential ({match.group(0)[:12]}…)")
-    if REDACTOR.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
+    if redactor.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
         found.append("request URL holds a credential")
     return found

@@ -1,7 +1,8 @@
 """The record/replay transport: per request, the cassette handle it carries decides live, record or replay.
 
 Redaction happens here, before anything is stored: credential headers are masked and every secret
-the process knows is scrubbed from the URL, headers and bodies, both ways.
+the server knows is scrubbed, in every encoding its redactor knows, from the URL, headers and bodies,
+both ways.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 import httpx
 
 from proxy.auth import is_secret_header
-from proxy.secrets import REDACTOR
+from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.transports import read_capped, waited_ms
 from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
@@ -29,9 +30,10 @@ ALWAYS_MASKED = frozenset({"authorization", "proxy-authorization", "x-api-key", 
 
 
 class RecordReplayTransport(httpx.AsyncBaseTransport):
-    def __init__(self, live: httpx.AsyncBaseTransport, library: CassetteLibrary) -> None:
+    def __init__(self, live: httpx.AsyncBaseTransport, library: CassetteLibrary, redactor: Redactor) -> None:
         self.live = live
         self.library = library
+        self.redactor = redactor
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         handle: CassetteHandle | None = request.extensions.get(CASSETTE_EXTENSION)
@@ -39,7 +41,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             return _tag(await self.live.handle_async_request(request), "live")
         cassette = await self.library.cassette(handle.name)
         body = await request.aread()
-        recorded_request = _redacted_request(request, body, request.extensions.get(PER_RUN_EXTENSION) or {})
+        per_run = request.extensions.get(PER_RUN_EXTENSION) or {}
+        recorded_request = _redacted_request(request, body, per_run, self.redactor)
         key = self.library.rules.key(recorded_request)
         if handle.replays:
             hit = handle.next_hit(cassette, key)
@@ -55,7 +58,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         # A rate-limit wait before sending is not the upstream's latency: a replay must not repeat it.
         latency_ms = (time.perf_counter() - started) * 1000 - waited_ms(request)
-        interaction = _redacted_interaction(recorded_request, response, content, latency_ms)
+        interaction = _redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
         await self.library.record(handle, cassette, interaction)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
         extensions = {
@@ -93,27 +96,19 @@ def _tag(response: httpx.Response, outcome: str) -> httpx.Response:
     return response
 
 
-def _mask_header(name: str, value: str) -> str:
+def _mask_header(name: str, value: str, redactor: Redactor) -> str:
     if name.lower() in ALWAYS_MASKED or is_secret_header(name, value):
         return MASK
-    return REDACTOR.redact(value)
+    return redactor.redact(value)
 
 
-def _redact_bytes(body: bytes) -> bytes:
-    if not body:
-        return body
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return body
-    return REDACTOR.redact(text).encode("utf-8")
-
-
-def _redacted_request(request: httpx.Request, body: bytes, per_run: dict[str, str]) -> RecordedRequest:
+def _redacted_request(
+    request: httpx.Request, body: bytes, per_run: dict[str, str], redactor: Redactor
+) -> RecordedRequest:
     """What is matched and stored: secrets masked, and per-run ids (a Galtea session id rendered into the
     body, say) replaced by a stable `<name>` so a replay in another run still matches."""
-    headers = {k.lower(): _mask_header(k, v) for k, v in request.headers.items()}
-    uri, text = REDACTOR.redact(str(request.url)), _redact_bytes(body)
+    headers = {k.lower(): _mask_header(k, v, redactor) for k, v in request.headers.items()}
+    uri, text = redactor.redact(str(request.url)), redactor.redact_bytes(body)
     for name, value in per_run.items():
         if value and len(value) >= MIN_PER_RUN_LEN:
             token = f"<{name}>"
@@ -123,9 +118,10 @@ def _redacted_request(request: httpx.Request, body: bytes, per_run: dict[str, st
 
 
 def _redacted_interaction(
-    request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float
+    request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float, redactor: Redactor
 ) -> Interaction:
-    response_headers = [(k, _mask_header(k, v)) for k, v in response.headers.multi_items()]
+    # A body that is not UTF-8 keeps every byte but the secrets' (see Redactor.redact_bytes).
+    response_headers = [(k, _mask_header(k, v, redactor)) for k, v in response.headers.multi_items()]
     return make_interaction(
         request.method,
         request.uri,
@@ -134,7 +130,7 @@ def _redacted_interaction(
         response.status_code,
         response.reason_phrase,
         response_headers,
-        _redact_bytes(content),
+        redactor.redact_bytes(content),
         {
             "recorded_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "latency_ms": round(latency_ms, 3),

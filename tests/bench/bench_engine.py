@@ -4,15 +4,17 @@ through httpx.MockTransport (no network), in microseconds."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
 import httpx
 
 from proxy.auth import build_headers
-from proxy.connection import compile_connection
+from proxy.connection import compile_connection, connection_secrets
 from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
+from proxy.redaction import Redactor
 
 TEMPLATE = (
     '{"model": "m", "messages": [{% for t in past_turns %}{"role": "user", "content": "{{ t.input }}"},'
@@ -38,7 +40,7 @@ def run() -> list[str]:
             "url": "https://up.test/chat",
             "type": "CONVERSATION",
             "authType": "BEARER",
-            "authToken": "bench-token",
+            "authToken": "bench-token-1",
             "headers": {"X-Tenant": "t", "X-Sig": "{{ api_key }}"},
             "inputTemplate": TEMPLATE,
             "outputMapping": {"output": "$.choices[0].message.content", "retrieval_context": "$.docs", "plan": "$.x"},
@@ -66,8 +68,15 @@ def run() -> list[str]:
     )
     mapping = per_call_us(lambda: conn.mapping.apply(REPLY))
 
+    redactor = Redactor()  # as the server's: it knows the connection's token, so every reply is masked
+    redactor.register("bench", connection_secrets(spec))
+    answer = "Here is a longer answer about the thing you asked, with some detail. " * 30  # ~2 KB
+    plain, escaped = json.dumps({"content": answer}), json.dumps({"content": answer.replace("the", "thé")})
+    mask_plain = per_call_us(lambda: redactor.redact(plain))
+    mask_escaped = per_call_us(lambda: redactor.redact(escaped))
+
     async def engine_calls(n: int) -> float:
-        engine = Engine(httpx.MockTransport(lambda r: httpx.Response(200, json=REPLY)))
+        engine = Engine(httpx.MockTransport(lambda r: httpx.Response(200, json=REPLY)), redactor=redactor)
         await engine.call(conn, ctx)
         started = time.perf_counter()
         for _ in range(n):
@@ -81,5 +90,7 @@ def run() -> list[str]:
         f"  render body template (2 past turns)          {render:8.1f}",
         f"  build auth + custom headers + traceparent    {headers:8.1f}",
         f"  apply output mapping (3 JSONPaths)           {mapping:8.1f}",
+        f"  mask a 2 KB reply                            {mask_plain:8.1f}",
+        f"  mask a 2 KB reply with \\u00e9 escapes        {mask_escaped:8.1f}",
         f"  whole engine.call via httpx.MockTransport    {whole:8.1f}",
     ]

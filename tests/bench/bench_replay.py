@@ -16,6 +16,7 @@ from proxy.connection import compile_connection
 from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
+from proxy.redaction import Redactor
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction, sidecar_path, write_cassette
@@ -56,7 +57,8 @@ def make_cassette(path: Path, size: int) -> None:
 async def replay_rate(root: Path, store: Store, key: str, size: int) -> tuple[float, float]:
     """(load seconds, replayed calls per second) through the real engine and transport stack."""
     library = CassetteLibrary(root, store, default_mode=RecordMode.NONE)
-    engine = Engine(RecordReplayTransport(PacedTransport(NoNetwork()), library))
+    redactor = Redactor()
+    engine = Engine(RecordReplayTransport(PacedTransport(NoNetwork()), library, redactor), redactor=redactor)
     spec = parse_spec(
         {
             "name": "bench",

@@ -1,0 +1,405 @@
+"""Masking one server's secrets in every form an upstream may echo them in.
+
+A secret is masked as it is, and in the forms an echo of it takes:
+- JSON-escaped: any mix of `\\uXXXX` escapes (either hex case, surrogate pairs) and the short escapes;
+- percent-encoded: any mix of `%XX` for its UTF-8 bytes (either hex case), `+` for a space;
+- base64, standard and URL-safe, at each of the three byte alignments, so a secret inside a larger
+  encoded value (a Basic `base64(user:pass)`) is found too;
+- UTF-16 LE and BE, as those bytes read when decoded as UTF-8 (each character beside a NUL).
+
+The plain, `+`, base64 and UTF-16 forms are literal strings, searched for as plain substrings (a text that
+holds none costs a few `in` checks; a pattern is compiled only for the forms a text holds). Escaped forms are found by
+decoding: where a text holds escapes that decode to a character some form contains, it is decoded into
+a view that remembers where each character came from, the same pattern runs over the view, and what it
+finds is masked in the text. A reply full of `\\n` is decoded only if some secret holds a newline.
+
+A body that is not UTF-8 is masked byte for byte (read as Latin-1, so every byte is one character)
+with the forms' UTF-8 and UTF-16 bytes, and the rest of it stays as it was.
+
+Every secret belongs to an owner (a connection, a connector, one testConnection call): an owner's
+secrets are replaced or forgotten together, and a secret stays known while any owner holds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+
+from proxy.settings import MASK, MIN_SECRET_LEN
+
+log = logging.getLogger("proxy")
+
+_URLSAFE = str.maketrans("+/", "-_")
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_JSON_TOKENS = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a surrogate pair
+    r"|\\u[0-9a-fA-F]{4}|\\[\"\\/bfnrt]"
+)
+# A leading literal lets the regex engine skip to each `%`; the `+` branch (a space) costs a try at every
+# position, so it is used only when some secret holds a space.
+_PERCENT_TOKENS = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2})*")
+_PERCENT_OR_PLUS_TOKENS = re.compile(r"(?:%[0-9a-fA-F]{2})+|\+")
+JSON_VIEW_DEPTH = 2  # a JSON document inside a JSON string is escaped twice
+Span = tuple[int, int]
+Pieces = list[tuple[str, int]]  # (what a token decodes to, how many source characters it spans)
+
+
+def text_forms(secret: str) -> set[str]:
+    """The literal strings an echo of `secret` may be found as in a text."""
+    forms = {secret}
+    if " " in secret:
+        forms.add(secret.replace(" ", "+"))
+    for core in _base64_cores(secret.encode("utf-8", "surrogatepass")):
+        forms |= {core, core.translate(_URLSAFE)}
+    for codec in ("utf-16-le", "utf-16-be"):
+        # Where these bytes are not UTF-8, the body they are in is not either: it is masked as bytes.
+        with contextlib.suppress(UnicodeDecodeError):
+            forms.add(secret.encode(codec, "surrogatepass").decode("utf-8"))
+    return forms
+
+
+def _base64_cores(data: bytes) -> Iterator[str]:
+    """The base64 characters that depend on `data` alone, for each position of it in a 3-byte group."""
+    for shift in range(3):
+        encoded = base64.b64encode(bytes(shift) + data).decode()
+        yield encoded[-(-8 * shift // 6) : 8 * (shift + len(data)) // 6]
+
+
+def _merged(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _whole_escapes(text: str, spans: list[Span]) -> list[Span]:
+    """A span that cuts a JSON escape (a plain `e9abcdef` found in `caf\\u00e9abcdef`) takes the escape whole:
+    half an escape would leave the document unparseable."""
+    if "\\" not in text:
+        return spans
+    widened = []
+    for start, end in spans:
+        first, last = _escape_at(text, start), _escape_at(text, end - 1)
+        widened.append((first[0] if first else start, last[1] if last else end))
+    return widened
+
+
+def _escape_at(text: str, index: int) -> Span | None:
+    # An escape holding text[index] starts at most 11 characters before it (a surrogate pair is 12).
+    for match in _JSON_TOKENS.finditer(text, max(0, index - 11), index + 12):
+        if match.start() > index:
+            break
+        if index < match.end():
+            return match.span()
+    return None
+
+
+def _masked(text: str, spans: list[Span], mask: str) -> str:
+    out, pos = [], 0
+    for start, end in _merged(spans):
+        out += [text[pos:start], mask]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# -- decoded views ------------------------------------------------------------------------------
+
+
+def _json_text(token: str) -> Pieces:
+    if len(token) == 12:
+        high, low = int(token[2:6], 16), int(token[8:12], 16)
+        return [(chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)), 12)]
+    if len(token) == 6:
+        return [(chr(int(token[2:], 16)), 6)]
+    return [(_SHORT_ESCAPES[token[1]], 2)]
+
+
+def _json_raw(token: str) -> Pieces:
+    """In a body read as Latin-1, an escape stands for its character's UTF-8 bytes."""
+    ((char, size),) = _json_text(token)
+    return [(char.encode("utf-8", "surrogatepass").decode("latin-1"), size)]
+
+
+def _percent_text(token: str) -> Pieces:
+    if token == "+":
+        return [(" ", 1)]
+    data = bytes.fromhex(token.replace("%", ""))
+    pieces: Pieces = []
+    i = 0
+    while i < len(data):
+        lead = data[i]
+        size = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+        try:
+            pieces.append((data[i : i + size].decode("utf-8"), 3 * size))
+            i += size
+        except UnicodeDecodeError:  # not UTF-8: the escape stays as it is
+            pieces.append((token[3 * i : 3 * i + 3], 3))
+            i += 1
+    return pieces
+
+
+def _percent_raw(token: str) -> Pieces:
+    if token == "+":
+        return [(" ", 1)]
+    return [(chr(int(token[i + 1 : i + 3], 16)), 3) for i in range(0, len(token), 3)]
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    tokens: re.Pattern[str]
+    space_tokens: re.Pattern[str]  # the tokens when some form holds a space
+    decode: Callable[[str], Pieces]
+    json: bool
+    raw: bool  # works on a body read as Latin-1
+
+    def worth_it(self, text: str, masks: _Masks) -> bool:
+        if self.json:
+            return any(escape in text for escape in masks.json_escapes)
+        return "%" in text
+
+
+JSON_TEXT = _Decoding(_JSON_TOKENS, _JSON_TOKENS, _json_text, json=True, raw=False)
+PERCENT_TEXT = _Decoding(_PERCENT_TOKENS, _PERCENT_OR_PLUS_TOKENS, _percent_text, json=False, raw=False)
+JSON_RAW = _Decoding(_JSON_TOKENS, _JSON_TOKENS, _json_raw, json=True, raw=True)
+PERCENT_RAW = _Decoding(_PERCENT_TOKENS, _PERCENT_OR_PLUS_TOKENS, _percent_raw, json=False, raw=True)
+DECODED_KEPT = 4096  # decoded escapes remembered per decoding (`\\u00e9` recurs in every French reply)
+
+
+class _View:
+    """A text with some of its escapes decoded, and where each decoded character came from."""
+
+    def __init__(self, source: str, tokens: list[tuple[int, Pieces]]) -> None:
+        parts: list[str] = []
+        self._starts: list[int] = []  # where each piece starts in the view
+        self._sources: list[Span | None] = []  # a decoded piece's source span; None for a literal run
+        self._offsets: list[int] = []  # where each piece starts in the source
+        length, pos = 0, 0
+        for at, pieces in tokens:
+            if at > pos:
+                self._piece(pos, None, length)
+                parts.append(source[pos:at])
+                length += at - pos
+            for decoded, size in pieces:
+                self._piece(at, (at, at + size), length)
+                parts.append(decoded)
+                length += len(decoded)
+                at += size
+            pos = at
+        parts.append(source[pos:])
+        self._piece(pos, None, length)
+        self.text = "".join(parts)
+
+    def _piece(self, offset: int, source: Span | None, at: int) -> None:
+        self._starts.append(at)
+        self._sources.append(source)
+        self._offsets.append(offset)
+
+    def source_span(self, start: int, end: int) -> Span:
+        return self._source_at(start)[0], self._source_at(end - 1)[1]
+
+    def _source_at(self, index: int) -> Span:
+        piece = bisect.bisect_right(self._starts, index) - 1
+        source = self._sources[piece]
+        if source is not None:
+            return source
+        at = self._offsets[piece] + index - self._starts[piece]
+        return at, at + 1
+
+
+# -- the masks for one set of secrets -----------------------------------------------------------
+
+
+class _Masks:
+    """Everything worked out for one set of secrets; made anew when the set changes. Nothing is compiled
+    up front (that costs milliseconds for a few dozen secrets, and a throwaway credential changes the set
+    twice a call): a text is first searched for each form as a plain substring, and a pattern is compiled
+    for the forms found, which the `re` module's cache keeps for the next text that holds the same."""
+
+    def __init__(self, secrets: frozenset[str]) -> None:
+        forms = set().union(*(text_forms(s) for s in secrets))
+        self.needles = tuple(sorted(f for f in forms if "\0" not in f))
+        self.nul_needles = tuple(sorted(f for f in forms if "\0" in f))
+        self.chars = frozenset("".join(forms))
+        self.json_escapes = ("\\u", *(f"\\{e}" for e, c in _SHORT_ESCAPES.items() if c in self.chars))
+        # A body that is not UTF-8, read as Latin-1: the forms' UTF-8 bytes, and the secrets' UTF-16 bytes
+        # (masked with the mask's UTF-16 bytes, so a UTF-16 reader still sees text there).
+        self.raw_needles = tuple(sorted({f.encode("utf-8", "surrogatepass").decode("latin-1") for f in forms}))
+        self.raw_chars = frozenset("".join(self.raw_needles))
+        self.raw_utf16 = [
+            (tuple(s.encode(codec, "surrogatepass").decode("latin-1") for s in secrets), MASK.encode(codec))
+            for codec in ("utf-16-le", "utf-16-be")
+        ]
+        self._decoded: dict[_Decoding, dict[str, Pieces | None]] = {}
+
+    def spans(self, text: str) -> list[Span]:
+        hits = [n for n in self.needles if n in text]
+        if "\0" in text:
+            hits += [n for n in self.nul_needles if n in text]
+        return _found(hits, text)
+
+    def raw_spans(self, raw: str) -> list[Span]:
+        return _found([n for n in self.raw_needles if n in raw], raw)
+
+    def decoded_spans(
+        self, text: str, decoding: _Decoding, find: Callable[[str], list[Span]], depth: int
+    ) -> list[Span]:
+        if not decoding.worth_it(text, self):
+            return []
+        tokens = self._tokens(text, decoding)
+        if not tokens:
+            return []
+        view = _View(text, tokens)
+        found = find(view.text)
+        if depth > 1:
+            found += self.decoded_spans(view.text, decoding, find, depth - 1)
+        return [view.source_span(start, end) for start, end in found]
+
+    def _tokens(self, text: str, decoding: _Decoding) -> list[tuple[int, Pieces]]:
+        """The escapes in `text` worth decoding: those that decode to characters some form holds (only they
+        can be part of an echo), each with where it starts and what it decodes to."""
+        chars = self.raw_chars if decoding.raw else self.chars
+        known = self._decoded.setdefault(decoding, {})
+        tokens = []
+        for match in (decoding.space_tokens if " " in chars else decoding.tokens).finditer(text):
+            token = match.group()
+            if token in known:
+                pieces = known[token]
+            else:
+                decoded = decoding.decode(token)
+                pieces = decoded if any(chars.issuperset(piece) for piece, _ in decoded) else None
+                if len(known) >= DECODED_KEPT:
+                    known.clear()
+                known[token] = pieces
+            if pieces is not None:
+                tokens.append((match.start(), pieces))
+        return tokens
+
+
+def _found(forms: list[str], text: str) -> list[Span]:
+    if not forms:
+        return []
+    # Longest first, so a form that contains another is masked whole.
+    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))))
+    return [match.span() for match in pattern.finditer(text)]
+
+
+class Redactor:
+    """The secrets one server knows, masked wherever they turn up (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[Hashable, frozenset[str]] = {}
+        self._known: frozenset[str] = frozenset()
+        self._masks: _Masks | None = None
+        self._lock = threading.Lock()
+
+    # -- the set of secrets ----------------------------------------------------------------------
+
+    def register(self, owner: Hashable, values: Iterable[str | None]) -> None:
+        """`owner`'s secrets are now `values` (what it held before is forgotten, unless another holds it)."""
+        kept = set()
+        for value in values:
+            if not value:
+                continue
+            if len(value) < MIN_SECRET_LEN:
+                log.warning(
+                    "%s holds a secret of %d characters: it cannot be masked reliably (%d or more are needed); "
+                    "change it",
+                    _describe(owner),
+                    len(value),
+                    MIN_SECRET_LEN,
+                )
+                continue
+            kept.add(value)
+        with self._lock:
+            if kept:
+                self._owners[owner] = frozenset(kept)
+            else:
+                self._owners.pop(owner, None)
+            self._rebuild()
+
+    def forget(self, owner: Hashable) -> None:
+        with self._lock:
+            if self._owners.pop(owner, None) is not None:
+                self._rebuild()
+
+    @contextlib.contextmanager
+    def scoped(self, values: Iterable[str | None]) -> Iterator[None]:
+        """Secrets known for the duration of one call (throwaway credentials), forgotten after it."""
+        owner = _CallScope()
+        self.register(owner, values)
+        try:
+            yield
+        finally:
+            self.forget(owner)
+
+    def knows(self, value: str) -> bool:
+        return value in self._known
+
+    def _rebuild(self) -> None:
+        known = frozenset().union(*self._owners.values())
+        if known != self._known:
+            self._known = known
+            self._masks = _Masks(known) if known else None
+
+    # -- masking ---------------------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        masks = self._masks
+        if masks is None or len(text) < MIN_SECRET_LEN:  # every form of a secret is at least as long as it
+            return text
+        spans = masks.spans(text)
+        if spans:
+            text = _masked(text, _whole_escapes(text, spans), MASK)
+        for decoding, depth in ((JSON_TEXT, JSON_VIEW_DEPTH), (PERCENT_TEXT, 1)):
+            spans = masks.decoded_spans(text, decoding, masks.spans, depth)
+            if spans:
+                text = _masked(text, _whole_escapes(text, spans), MASK)
+        return text
+
+    def redact_bytes(self, body: bytes) -> bytes:
+        """A body masked as text when it is UTF-8, else byte for byte; nothing else in it changes."""
+        masks = self._masks
+        if masks is None or len(body) < MIN_SECRET_LEN:
+            return body
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._redact_raw(masks, body.decode("latin-1")).encode("latin-1")
+        masked = self.redact(text)
+        return body if masked == text else masked.encode("utf-8")
+
+    def _redact_raw(self, masks: _Masks, raw: str) -> str:
+        for forms, mask in masks.raw_utf16:
+            raw = _masked(raw, _found([f for f in forms if f in raw], raw), mask.decode("latin-1"))
+        utf8_mask = MASK.encode("utf-8").decode("latin-1")
+        raw = _masked(raw, masks.raw_spans(raw), utf8_mask)
+        for decoding, depth in ((JSON_RAW, JSON_VIEW_DEPTH), (PERCENT_RAW, 1)):
+            spans = masks.decoded_spans(raw, decoding, masks.raw_spans, depth)
+            if spans:
+                raw = _masked(raw, spans, utf8_mask)
+        return raw
+
+    def contains_secret(self, value: str | bytes) -> bool:
+        """Whether any form of a known secret is in `value` (`proxy cassettes verify`)."""
+        if isinstance(value, bytes):
+            return self.redact_bytes(value) != value
+        return self.redact(value) != value
+
+
+class _CallScope:
+    def __repr__(self) -> str:
+        return "one call"
+
+
+def _describe(owner: Hashable) -> str:
+    return " ".join(map(str, owner)) if isinstance(owner, tuple) else str(owner)
