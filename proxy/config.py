@@ -1,4 +1,4 @@
-"""The YAML config file (SPEC 3): settings, connections, versions, connectors.
+"""The YAML config file (docs/configuration.md): settings, connections, versions, connectors.
 
 `${VAR}` and `${VAR:-default}` are expanded in every string value after parsing, so a token
 never has to be written into the file, and a value with YAML-special characters stays intact.

@@ -1,4 +1,4 @@
-"""Endpoint connection fields, defaults and validation rules (SPEC 5).
+"""Endpoint connection fields, defaults and validation rules, as Galtea documents them.
 
 Pydantic checks shapes and ranges; `check_connection` applies the cross-field rules. Every
 failure becomes `InvalidField` (422) naming the field and the reason. camelCase and snake_case
@@ -224,7 +224,7 @@ def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:
-    """The cross-field rules of SPEC 5 that pydantic's per-field checks cannot express."""
+    """The cross-field rules of an endpoint connection that pydantic's per-field checks cannot express."""
     check_url(spec.url, spec.acknowledged_insecure_http or allow_http)
     if spec.auth_type in (AuthType.BEARER, AuthType.API_KEY) and not spec.auth_token:
         raise InvalidField("authToken", f"is required when authType is {spec.auth_type.value}")

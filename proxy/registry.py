@@ -1,7 +1,8 @@
 """Endpoint connections: validated, compiled once, kept in memory, persisted write-through.
 
 The Galtea API, the config loader and the CLI all change connections through here, so the
-rules of SPEC 5 (validation, credential keeping on PATCH, masked header write-back) live in one place.
+rules of Galtea endpoint connections (validation, credential keeping on PATCH, masked header write-back)
+live in one place.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class ConnectionRegistry:
 
 
 def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:
-    """SPEC 5 write rules: empty credentials keep the stored ones, masked headers keep stored values,
+    """Galtea's write rules: empty credentials keep the stored ones, masked headers keep stored values,
     changing authType drops the credentials the new type does not use."""
     merged = current.model_dump(mode="json")
     for key, value in patch.items():

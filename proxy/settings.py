@@ -12,7 +12,7 @@ DEFAULT_CASSETTES_DIR = "cassettes"
 REPLAY_LATENCIES = ("none", "recorded")  # on replay: answer at once, or sleep each answer's recorded latency
 DEFAULT_REPLAY_SPEED = 1.0  # recorded delays are divided by it
 
-# Endpoint connection defaults and caps (SPEC 5).
+# Endpoint connection defaults and caps (Galtea's documented values).
 DEFAULT_TIMEOUT_S = 15.0
 MAX_TIMEOUT_S = 120.0
 DEFAULT_RETRY_MAX_ATTEMPTS = 3
