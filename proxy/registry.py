@@ -16,8 +16,13 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.auth import is_secret_header
-from proxy.connection import CompiledConnection, compile_connection, connection_secrets, refuse_short_secrets
+from proxy.connection import (
+    CompiledConnection,
+    compile_connection,
+    connection_secrets,
+    refuse_short_secrets,
+    secret_fields,
+)
 from proxy.errors import InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.models import (
@@ -231,7 +236,7 @@ def refuse_credentials_to_new_origin(current: ConnectionSpec, new: ConnectionSpe
     them anywhere)."""
     if url_origin(new.url) == url_origin(current.url):
         return
-    kept = stored_credentials_kept(current, new, given)
+    kept = stored_credentials_kept(new, given)
     if kept:
         raise InvalidField(
             "url",
@@ -241,22 +246,10 @@ def refuse_credentials_to_new_origin(current: ConnectionSpec, new: ConnectionSpe
         )
 
 
-def stored_credentials_kept(current: ConnectionSpec, new: ConnectionSpec, given: dict[str, Any]) -> list[str]:
+def stored_credentials_kept(new: ConnectionSpec, given: dict[str, Any]) -> list[str]:
     """The API names of the credentials `new` still carries from the stored connection rather than from the request."""
-    kept = [
-        field
-        for name, field in (("auth_token", "authToken"), ("password", "password"))
-        if getattr(new, name) and not given.get(name) and getattr(new, name) == getattr(current, name)
-    ]
-    given_headers = given.get("headers")
-    if not isinstance(given_headers, dict):
-        given_headers = {}
-    stored_headers = current.headers or {}
-    for name, value in (new.headers or {}).items():
-        restated = given_headers.get(name) not in (None, MASK)
-        if not restated and stored_headers.get(name) == value and is_secret_header(name, value):
-            kept.append(f"headers.{name}")
-    return kept
+    was_given = _given_in(given)
+    return list(dict.fromkeys(field for field, _ in secret_fields(new) if not was_given(field)))
 
 
 def _origin_text(url: str) -> str:
