@@ -409,6 +409,49 @@ _PRINTING = ("capitalize", "e", "escape", "forceescape", "lower", "pprint", "str
              "trim", "truncate", "upper", "urlencode", "wordcount", "xmlattr")  # fmt: skip
 # HTML helpers with no use in a request body and an output no estimate bounds well.
 DROPPED_FILTERS = ("urlize",)
+# Filters that walk their value item by item, often calling back into Python for each one (`map`, `select`,
+# `sort` with a key): held to TEMPLATE_MAX_ITEMS items and ticked per item, so a 10 MB string turned into a
+# list of 10 million characters cannot run for seconds between two checks of the clock.
+_ITEM_WALKING = ("list", "map", "select", "reject", "selectattr", "rejectattr", "sort", "unique", "dictsort",
+                 "groupby", "reverse", "sum", "min", "max", "join", "batch", "slice", "wordwrap")  # fmt: skip
+_SIZED = (str, bytes, list, tuple, dict, set, frozenset)
+
+
+def _items_over(name: str, count: int) -> BudgetExceeded:
+    return BudgetExceeded(f"the `{name}` filter would walk over {count:,} items (the limit is {TEMPLATE_MAX_ITEMS:,})")
+
+
+def counted(name: str, value: Any) -> Any:
+    """`value` as a filter may walk it: a sized one refused when too long, any other iterable metered."""
+    if isinstance(value, _SIZED):
+        if len(value) > TEMPLATE_MAX_ITEMS:
+            raise _items_over(name, len(value))
+        return value
+    if isinstance(value, Iterable):
+        return _metered_items(name, value)
+    return value
+
+
+def _metered_items(name: str, iterable: Iterable[Any]) -> Iterator[Any]:
+    for count, item in enumerate(iterable, 1):
+        if count > TEMPLATE_MAX_ITEMS:
+            raise _items_over(name, count)
+        if not count & 63:  # the clock every 64 items: cheap, and still well inside the time budget
+            tick()
+        yield item
+
+
+def _guard_items(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    skip = _value_arg(func)
+
+    @wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        tick()
+        if len(args) > skip:
+            args = (*args[:skip], counted(name, args[skip]), *args[skip + 1 :])
+        return func(*args, **kwargs)
+
+    return guarded
 
 
 def guarded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
@@ -419,4 +462,6 @@ def guarded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callabl
     for name in _PRINTING:
         guarded[name] = _guard(name, filters[name], None)
     guarded["join"] = _guard_join(filters["join"])
+    for name in _ITEM_WALKING:
+        guarded[name] = _guard_items(name, guarded[name])
     return guarded

@@ -182,6 +182,14 @@ def test_compiling_a_stored_template_never_computes_its_constants() -> None:
         ('{{ "a".ljust(999999999) }}', "ljust\\(\\) would make"),
         ('{{ "aaaa".replace("a", big) }}', "replace\\(\\) would make"),
         ("{{ [1] | batch(999999999, 0) | list }}", "would make 999,999,999 rows"),
+        # Filters that walk a value item by item, each call back into Python unseen by the clock before.
+        ('{{ big | list | map("int") | list }}', "the `list` filter would walk over 5,000,000 items"),
+        ('{{ big | map("upper") | list }}', "the `map` filter would walk over 5,000,000 items"),
+        ('{{ big | select("equalto", "b") | list | length }}', "the `select` filter would walk over 5,000,000"),
+        ("{{ big | sort }}", "the `sort` filter would walk over 5,000,000 items"),
+        ("{{ big | unique | list }}", "the `unique` filter would walk over 5,000,000 items"),
+        ("{{ big | wordwrap(2) }}", "the `wordwrap` filter would walk over 5,000,000 items"),
+        ("{{ (items * 20) | map('string') | join }}", "the `map` filter would walk over 200,000 items"),
     ],
 )
 def test_a_render_over_its_budget_stops_with_a_clear_error(source: str, reason: str) -> None:
