@@ -24,7 +24,8 @@ from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.mapping import CompiledMapping
-from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first, url_origin
+from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first
+from proxy.origins import same_origin
 from proxy.redaction import Redactor
 from proxy.registry import now_iso
 from proxy.store import Store, entity_json
@@ -216,7 +217,7 @@ class ConnectorRegistry:
             updated.url = fields.url
         stored = self._secrets(current)
         secrets = self._apply(updated, fields, stored)
-        if url_origin(updated.url) != url_origin(current.url):
+        if not same_origin(current.url, updated.url):
             restated = {
                 "token": fields.service_auth is not None,
                 "client_secret": bool(fields.oauth and fields.oauth.client_secret),

@@ -255,21 +255,9 @@ def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:
             raise InvalidField(f"headers.{name}", "a header value cannot contain a line break")
 
 
-def url_origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, default ports filled in; placeholders stay as written, so a templated
-    host is its own origin."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or parts.netloc).lower(), port or {"http": 80, "https": 443}.get(scheme)
-
-
 def check_url(url: str, http_allowed: bool) -> None:
     # Placeholders are not part of the URL's shape: check what is left around them.
-    shape = re.sub(r"\{\{.*?\}\}", "x", url)
+    shape = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "x", url)
     parts = urlsplit(shape)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidField("url", f"{url!r} is not an absolute http(s) URL")

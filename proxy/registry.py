@@ -33,8 +33,9 @@ from proxy.models import (
     ConnectionSpec,
     normalise_keys,
     parse_spec,
-    url_origin,
 )
+from proxy.origins import describe as describe_origin
+from proxy.origins import same_origin
 from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.store import Store
@@ -234,13 +235,13 @@ def refuse_credentials_to_new_origin(current: ConnectionSpec, new: ConnectionSpe
     """A stored credential only ever goes to the origin it was stored for: a URL moved to another origin must
     come with its credentials given again in the same request (a web page, or a typo, could otherwise send
     them anywhere)."""
-    if url_origin(new.url) == url_origin(current.url):
+    if same_origin(current.url, new.url):
         return
     kept = stored_credentials_kept(new, given)
     if kept:
         raise InvalidField(
             "url",
-            f"moves the connection from {_origin_text(current.url)} to {_origin_text(new.url)}, and the stored "
+            f"moves the connection from {describe_origin(current.url)} to {describe_origin(new.url)}, and the stored "
             f"{', '.join(kept)} would be sent there: give {'it' if len(kept) == 1 else 'them'} again in the same "
             "request, or keep the origin",
         )
@@ -250,11 +251,6 @@ def stored_credentials_kept(new: ConnectionSpec, given: dict[str, Any]) -> list[
     """The API names of the credentials `new` still carries from the stored connection rather than from the request."""
     was_given = _given_in(given)
     return list(dict.fromkeys(field for field, _ in secret_fields(new) if not was_given(field)))
-
-
-def _origin_text(url: str) -> str:
-    scheme, host, port = url_origin(url)
-    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
 def _given_in(patch: dict[str, Any]) -> Callable[[str], bool]:

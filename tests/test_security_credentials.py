@@ -179,3 +179,65 @@ def test_the_servers_own_api_key_never_goes_upstream(tmp_path: Path, upstream: U
     assert "authorization" not in {name.lower() for name in arrived.headers}
     written = "".join(p.read_text() for p in (tmp_path / "cassettes").rglob("*.yaml"))
     assert written and API_KEY not in written
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # A block tag renders into the authority: urllib reads the host after `@`, the rendered URL has none.
+        "{evil}{{% if false %}}@{up}/{{% endif %}}/v1",
+        # The origin the forward route cut at `{{` was another than the one the check read.
+        '{evil}{{{{ "" }}}}@{up}/v1',
+        "{evil}{{# a comment #}}@{up}/v1",
+    ],
+)
+def test_a_template_in_the_authority_is_no_way_around_the_origin_rule(
+    proxy_server: RunningProxy, upstream_url: str, attacker: tuple[Upstream, str], template: str
+) -> None:
+    listener, evil = attacker
+    swapped_url = template.format(evil=evil, up=upstream_url.removeprefix("http://"))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = client.post("/endpointConnections", json=chat_connection(upstream_url)).json()
+        moved = client.patch(f"/endpointConnections/{conn['id']}", json={"url": swapped_url})
+        assert moved.status_code == 422 and "authToken" in moved.json()["message"], moved.text
+        tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"], "url": swapped_url})
+        assert tested.status_code == 422
+        assert client.get(f"/endpointConnections/{conn['id']}").json()["url"] == f"{upstream_url}/chat"
+        client.post("/forward/chat/v1/x", json={})
+    assert listener.received == []
+
+
+def test_a_port_written_so_that_only_one_parser_reads_it_is_no_way_around_the_origin_rule(
+    proxy_server: RunningProxy, upstream: Upstream, attacker: tuple[Upstream, str]
+) -> None:
+    listener, evil = attacker
+    port = evil.rsplit(":", 1)[1]
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = client.post("/endpointConnections", json=chat_connection("http://127.0.0.1")).json()
+        moved = client.patch(f"/endpointConnections/{conn['id']}", json={"url": f"http://127.0.0.1:+{port}/chat"})
+        assert moved.status_code == 422 and "127.0.0.1" in moved.json()["message"], moved.text
+    assert listener.received == []
+
+
+def test_forward_refuses_a_connection_whose_template_decides_the_host(
+    proxy_server: RunningProxy, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    listener, evil = attacker
+    templated = f"{evil}{{{{ '' }}}}@{upstream_url.removeprefix('http://')}/chat"  # renders to the upstream
+    with httpx.Client(base_url=proxy_server.url) as client:
+        created = client.post("/endpointConnections", json=chat_connection(upstream_url, url=templated))
+        assert created.status_code == 201, created.text
+        answer = client.post("/forward/chat/v1/x", json={})
+    assert answer.status_code == 422 and "fixed origin" in answer.json()["message"]
+    assert listener.received == []
+
+
+def test_a_secret_an_upstream_echoes_in_a_header_is_masked_not_a_500(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.handle("/v1/hdr", lambda r: Reply(json={}, headers={"X-Echo": r.headers["authorization"]}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        client.post("/endpointConnections", json=chat_connection(upstream_url))
+        answer = client.get("/forward/chat/v1/hdr")
+    assert answer.status_code == 200
+    assert answer.headers["x-echo"] == "Bearer ********" and TEST_TOKEN not in str(answer.headers)

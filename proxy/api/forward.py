@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,9 @@ from starlette.responses import Response
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult
+from proxy.errors import InvalidField
+from proxy.origins import fixed_origin
+from proxy.settings import MASK
 
 # Per-hop headers, and those httpx sets itself for the upstream.
 HOP_BY_HOP = frozenset(
@@ -43,6 +45,7 @@ SAFETY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _SAFETY_NAMES = frozenset(name.lower() for name in SAFETY_HEADERS)
+HEADER_MASK = "********"
 MISS_STATUS = 404  # not retried by HTTP clients, unlike 5xx/429
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -51,8 +54,13 @@ async def forward(request: Request) -> Response:
     """Forward the request as it is to the connection's origin."""
     rt = runtime(request)
     conn = rt.connections.resolve(request.path_params["connection"])
-    origin = urlsplit(conn.spec.url.split("{{")[0])
-    url = urlunsplit((origin.scheme, origin.netloc, "/" + request.path_params["path"], request.url.query, ""))
+    origin = fixed_origin(conn.spec.url)
+    if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
+        raise InvalidField(
+            "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.spec.url}"
+        )
+    query = f"?{request.url.query}" if request.url.query else ""
+    url = f"{origin.base_url()}/{request.path_params['path']}{query}"
     headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
     result = await rt.engine.forward(conn, request.method, url, headers, await request.body(), handle)
@@ -73,6 +81,11 @@ def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key_in_use: 
     return kept
 
 
+def _header_text(value: str) -> str:
+    """A header value as HTTP can carry it (Latin-1): a masked secret echoed in a header reads as ASCII stars."""
+    return value.replace(MASK, HEADER_MASK).encode("latin-1", "replace").decode("latin-1")
+
+
 def _passed_back(name: str) -> bool:
     lower = name.lower()
     return not (
@@ -91,7 +104,7 @@ def _response(result: CallResult) -> Response:
         body = {"message": result.error or "no reply from the upstream"}
         headers = {**SAFETY_HEADERS, "X-Proxy-Cassette": outcome}
         return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
-    headers = {k: v for k, v in reply.headers.items() if _passed_back(k)}
+    headers = {k: _header_text(v) for k, v in reply.headers.items() if _passed_back(k)}
     headers.update(SAFETY_HEADERS)
     headers["X-Proxy-Cassette"] = outcome
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
