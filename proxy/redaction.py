@@ -5,7 +5,7 @@ A secret is masked as it is, and in the forms an echo of it takes:
 - percent-encoded: any mix of `%XX` for its UTF-8 bytes (either hex case), `+` for a space;
 - base64, standard and URL-safe, at each of the three byte alignments, so a secret inside a larger
   encoded value (a Basic `base64(user:pass)`) is found too;
-- UTF-16 LE and BE, as those bytes read when decoded as UTF-8 (each character beside a NUL).
+- UTF-16 and UTF-32, LE and BE, as those bytes read when decoded as UTF-8 (each character beside a NUL).
 
 The plain, `+`, base64 and UTF-16 forms are literal strings, searched for as plain substrings (a text that
 holds none costs a few `in` checks; a pattern is compiled only for the forms a text holds). Escaped forms are found by
@@ -47,6 +47,8 @@ _PERCENT_TOKENS = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2})*")
 _PERCENT_OR_PLUS_TOKENS = re.compile(r"(?:%[0-9a-fA-F]{2})+|\+")
 JSON_VIEW_DEPTH = 2  # a JSON document inside a JSON string is escaped twice
 Span = tuple[int, int]
+# Encodings of a few bytes a character: an upstream answering in one of them echoes a secret as these bytes.
+WIDE_CODECS = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 Pieces = list[tuple[str, int]]  # (what a token decodes to, how many source characters it spans)
 
 
@@ -57,7 +59,7 @@ def text_forms(secret: str) -> set[str]:
         forms.add(secret.replace(" ", "+"))
     for core in _base64_cores(secret.encode("utf-8", "surrogatepass")):
         forms |= {core, core.translate(_URLSAFE)}
-    for codec in ("utf-16-le", "utf-16-be"):
+    for codec in WIDE_CODECS:
         # Where these bytes are not UTF-8, the body they are in is not either: it is masked as bytes.
         with contextlib.suppress(UnicodeDecodeError):
             forms.add(secret.encode(codec, "surrogatepass").decode("utf-8"))
@@ -235,9 +237,9 @@ class _Masks:
         # (masked with the mask's UTF-16 bytes, so a UTF-16 reader still sees text there).
         self.raw_needles = tuple(sorted({f.encode("utf-8", "surrogatepass").decode("latin-1") for f in forms}))
         self.raw_chars = frozenset("".join(self.raw_needles))
-        self.raw_utf16 = [
+        self.raw_wide = [
             (tuple(s.encode(codec, "surrogatepass").decode("latin-1") for s in secrets), MASK.encode(codec))
-            for codec in ("utf-16-le", "utf-16-be")
+            for codec in WIDE_CODECS
         ]
         self._decoded: dict[_Decoding, dict[str, Pieces | None]] = {}
 
@@ -379,7 +381,7 @@ class Redactor:
         return body if masked == text else masked.encode("utf-8")
 
     def _redact_raw(self, masks: _Masks, raw: str) -> str:
-        for forms, mask in masks.raw_utf16:
+        for forms, mask in masks.raw_wide:
             raw = _masked(raw, _found([f for f in forms if f in raw], raw), mask.decode("latin-1"))
         utf8_mask = MASK.encode("utf-8").decode("latin-1")
         raw = _masked(raw, masks.raw_spans(raw), utf8_mask)

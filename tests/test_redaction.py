@@ -139,6 +139,16 @@ def test_a_body_that_is_not_utf8_keeps_every_byte_but_the_secrets() -> None:
     assert masked == head + MASK.encode("utf-16-le") + b"|" + MASK.encode() + tail
 
 
+@pytest.mark.parametrize("codec", ["utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be"])
+def test_a_wide_encoding_echo_is_masked_and_found_by_verify(codec: str) -> None:
+    redactor = Redactor()
+    redactor.register("conn", [TEST_TOKEN])
+    body = f'{{"echo": "{TEST_TOKEN}", "n": "é"}}'.encode(codec)
+    masked = redactor.redact_bytes(body)
+    assert TEST_TOKEN.encode(codec) not in masked and TEST_TOKEN.encode(codec) in body
+    assert redactor.contains_secret(body) and not redactor.contains_secret(masked)
+
+
 def test_text_without_any_form_of_a_secret_is_returned_as_it_is() -> None:
     redactor = redactor_of(TEST_TOKEN)
     text = '{"reply": "line one\\nline \\"two\\" 100% sure", "path": "a\\/b"}'
