@@ -103,6 +103,7 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         allowed_hosts=tuple(flags.get("allowed_hosts") or ()),
         cors_origins=tuple(flags.get("cors_origins") or ()),
         replay_speed=float(pick("replay_speed", DEFAULT_REPLAY_SPEED)),
+        fault_seed=None if file.get("fault_seed") is None else int(file["fault_seed"]),
     )
 
 
