@@ -336,6 +336,10 @@ class ConnectorRegistry:
             CompiledMapping({}),
         )
 
+    def as_connection(self, connector: Connector) -> CompiledConnection:
+        """The connector as the engine sees a connection, with its stored credential."""
+        return self._as_connection(connector, self._secrets(connector).get("token"))
+
     async def call(self, connector: Connector, body: dict[str, Any], token: str | None = None) -> CallResult:
         token = token if token is not None else self._secrets(connector).get("token")
         conn = self._as_connection(connector, token)
