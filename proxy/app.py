@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, forward, galtea, inspector, login, products, sessions
+from proxy.api import cohere, faults, forward, galtea, inspector, login, products, sessions
 from proxy.api.guard import BrowserKeys, GuardPolicy, RequestGuard
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
@@ -56,6 +56,7 @@ def all_routes() -> list[Route]:
         *products.ROUTES,
         *forward.ROUTES,
         *cohere.ROUTES,
+        *faults.ROUTES,
         *inspector.ROUTES,
         *login.ROUTES,
     ]
@@ -81,6 +82,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Middleware(RequestGuard, policy=GuardPolicy.from_settings(settings), keys=keys),
             Middleware(ApiKeyMiddleware, api_key=settings.api_key, login=browser_login),
             Middleware(BodyLimitMiddleware),
+            Middleware(faults.FaultScopeMiddleware),
         ],
         exception_handlers={ProxyError: on_proxy_error, HTTPException: on_http_error, Exception: on_unexpected},
     )

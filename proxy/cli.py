@@ -103,6 +103,7 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         allowed_hosts=tuple(flags.get("allowed_hosts") or ()),
         cors_origins=tuple(flags.get("cors_origins") or ()),
         replay_speed=float(pick("replay_speed", DEFAULT_REPLAY_SPEED)),
+        fault_seed=None if file.get("fault_seed") is None else int(file["fault_seed"]),
     )
 
 
@@ -402,7 +403,7 @@ def check(
 
 @main.group()
 def cassettes() -> None:
-    """List, show and verify cassettes.
+    """List, show, verify cassettes, and check them for drift against the live endpoints.
 
     Exit status: see each command; 2 on bad usage.
     """
@@ -452,6 +453,60 @@ def cassettes_show(name: str, cassettes: Path, config_path: Path | None) -> None
         click.echo("\n".join(show(path)))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@cassettes.command("drift")
+@click.argument("names", nargs=-1)
+@CONFIG_OPTION
+@DATA_DIR_OPTION
+@CASSETTES_OPTION
+@click.option(
+    "--update", is_flag=True, help="Re-record the interactions that drifted (each cassette written atomically)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (JSON) instead of text.")
+def cassettes_drift(
+    names: tuple[str, ...], config_path: Path | None, update: bool, as_json: bool, **flags: Any
+) -> None:
+    """Re-send recorded requests live and report where the answers drifted from the recordings.
+
+    NAMES are cassettes (e.g. connections/chat, sessions/tc-1); all of them by default. Each recorded
+    request is sent again, live, with its connection's current credentials. A different status, a key
+    added or missing, or a value whose JSON type changed is drift (named by JSONPath, e.g.
+    `$.usage.total_tokens: number → string`); a value that changed within its type is not.
+
+    Exit status: 0 when nothing drifted (with --update: once what drifted is re-recorded), 1 when an
+    interaction drifted or could not be re-sent, a cassette is unknown, or the config file is unusable.
+    """
+    import asyncio
+
+    from proxy.drift import drift, report_lines, summary
+    from proxy.transports.inventory import cassette_files, find
+
+    runtime = _runtime(config_path, flags)
+    root = runtime.settings.cassettes_dir
+    paths = []
+    for name in names:
+        path = find(root, name)
+        if path is None:
+            runtime.store.close()
+            raise click.ClickException(f"no cassette {name!r} under {root} (see: proxy cassettes list)")
+        paths.append(path)
+
+    async def go() -> Any:
+        await runtime.start()
+        try:
+            return await drift(runtime, paths or cassette_files(root), update)
+        finally:
+            await runtime.close()
+
+    checked = asyncio.run(go())
+    counts = summary(checked)
+    if as_json:
+        click.echo(json.dumps({"interactions": [c.to_json() for c in checked], "summary": counts}, ensure_ascii=False))
+    else:
+        click.echo("\n".join(report_lines(checked)))
+    if counts["errors"] or counts["drifted"] > counts["updated"]:
+        sys.exit(1)
 
 
 @cassettes.command("verify")

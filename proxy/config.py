@@ -103,6 +103,7 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
     _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
+    _number(settings, "fault_seed", int, lambda n: n == int(n), "an integer")
     return settings
 
 

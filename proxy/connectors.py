@@ -22,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from proxy.connection import CompiledConnection, check_secret_length
 from proxy.engine import CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
+from proxy.faults import FaultRule
 from proxy.known_keys import check_model_keys
 from proxy.mapping import CompiledMapping
 from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod, check_url, raise_first
 from proxy.origins import same_origin
 from proxy.redaction import Redactor
 from proxy.registry import now_iso
+from proxy.settings import MAX_FAULT_RULES
 from proxy.store import Store, entity_json
 from proxy.templating import CompiledTemplate
 from proxy.transports.library import CassetteLibrary
@@ -70,6 +72,7 @@ class ConnectorIn(BaseModel):
     continue_on_failure: bool | None = None
     oauth: OAuthIn | None = None
     service_auth: ServiceAuthIn | None = None
+    faults: list[FaultRule] | None = Field(default=None, max_length=MAX_FAULT_RULES)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Connector:
     service_auth_type: str | None = None
     sealed: str | None = None  # Fernet token of {"token", "client_secret"}
     sealed_client_id: str | None = None  # at rest only: Fernet token of {"client_id"}
+    faults: list[dict[str, Any]] = field(default_factory=list)  # fault rules, as given
 
     def to_api(self) -> dict[str, Any]:
         auth_type = "oauth" if self.oauth is not None else "service_auth" if self.service_auth_type else None
@@ -103,6 +107,7 @@ class Connector:
             "oauth": self.oauth,
             "active": self.active,
             "continue_on_failure": self.continue_on_failure,
+            "faults": self.faults,
         }
 
 
@@ -271,6 +276,8 @@ class ConnectorRegistry:
             value = getattr(fields, name)
             if value is not None:
                 setattr(connector, name, value)
+        if fields.faults is not None:
+            connector.faults = [rule.model_dump(exclude_none=True) for rule in fields.faults]
         if fields.service_auth is not None:
             connector.oauth = None
             connector.service_auth_type = fields.service_auth.type
@@ -314,10 +321,11 @@ class ConnectorRegistry:
             http_method=HttpMethod.POST,
             auth_type=AuthType.NONE,
             headers=auth_header(connector.service_auth_type, token),
+            faults=[FaultRule.model_validate(rule) for rule in connector.faults],
             **{
                 name: ConnectionSpec.model_fields[name].get_default(call_default_factory=True)
                 for name in ConnectionSpec.model_fields
-                if name not in ("name", "product_id", "url", "type", "http_method", "auth_type", "headers")
+                if name not in ("name", "product_id", "url", "type", "http_method", "auth_type", "headers", "faults")
             },
         )
         return CompiledConnection(
@@ -328,6 +336,10 @@ class ConnectorRegistry:
             CompiledTemplate("", url=True),  # never rendered: a connector's URL is sent as it is
             CompiledMapping({}),
         )
+
+    def as_connection(self, connector: Connector) -> CompiledConnection:
+        """The connector as the engine sees a connection, with its stored credential."""
+        return self._as_connection(connector, self._secrets(connector).get("token"))
 
     async def call(self, connector: Connector, body: dict[str, Any], token: str | None = None) -> CallResult:
         token = token if token is not None else self._secrets(connector).get("token")

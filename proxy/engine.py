@@ -38,7 +38,8 @@ from proxy.models import ConnectionType, HttpMethod
 from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
-from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyTooLarge, read_capped
+from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyCut, BodyTooLarge, read_capped
+from proxy.transports.faults import FAULTS_EXTENSION
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION
@@ -106,6 +107,7 @@ class Attempt:
     error: str | None = None
     waited_ms: float = 0.0  # backoff or rate-limit wait before this attempt
     outcome: str | None = None
+    cut: CutReply | None = None  # the answer whose body broke off, as far as it came
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +136,12 @@ class UpstreamReply:
             "headers": self.headers,
             "body": self.json if self.is_json else self.text,
         }
+
+
+@dataclass
+class CutReply:
+    reply: UpstreamReply  # the text as far as it came
+    expected_bytes: int
 
 
 @dataclass
@@ -296,7 +304,12 @@ class Engine:
         conn: CompiledConnection, handle: CassetteHandle | None, per_run: dict[str, str | None] | None = None
     ) -> dict[str, Any]:
         limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
-        return {CASSETTE_EXTENSION: handle, RATE_LIMIT_EXTENSION: limit, PER_RUN_EXTENSION: per_run or {}}
+        return {
+            CASSETTE_EXTENSION: handle,
+            RATE_LIMIT_EXTENSION: limit,
+            PER_RUN_EXTENSION: per_run or {},
+            FAULTS_EXTENSION: (conn.id, conn.spec.faults),
+        }
 
     async def _send(
         self, conn: CompiledConnection, request: httpx.Request, result: CallResult, end_rules: bool = True
@@ -404,6 +417,12 @@ class Engine:
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, timeout, message), None, False
+        except BodyCut as exc:
+            attempt = self._failed(number, started, timeout, f"{_transport_failure(exc, request.url)} ({request.url})")
+            head = httpx.Response(exc.status, headers=exc.headers)
+            attempt.outcome = exc.outcome
+            attempt.cut = CutReply(_reply(head, exc.received, self.redactor), exc.expected)
+            return attempt, None, True
         except httpx.TransportError as exc:
             # A request refused before sending (a control character in a header) fails the same way every time.
             retryable = not isinstance(exc, httpx.LocalProtocolError)

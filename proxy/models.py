@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from proxy.errors import InvalidField
+from proxy.faults import FaultRule
 from proxy.known_keys import check_model_keys
 from proxy.settings import (
     DEFAULT_RETRY_INITIAL_DELAY_MS,
@@ -24,6 +25,7 @@ from proxy.settings import (
     DEFAULT_RETRYABLE_STATUS_CODES,
     DEFAULT_TIMEOUT_S,
     MAX_CONVERSATION_END_RULES,
+    MAX_FAULT_RULES,
     MAX_RETRY_DELAY_MS,
     MAX_RETRY_MAX_ATTEMPTS,
     MAX_TIMEOUT_S,
@@ -124,6 +126,7 @@ class ConnectionSpec(ApiModel):
     acknowledged_insecure_http: bool = False
     traceparent: bool = True  # off: no traceparent is generated, and a custom one is sent as written
     conversation_end_rules: list[EndRule] = Field(default_factory=list, max_length=MAX_CONVERSATION_END_RULES)
+    faults: list[FaultRule] = Field(default_factory=list, max_length=MAX_FAULT_RULES)
 
     @field_validator("retryable_status_codes")
     @classmethod
@@ -146,6 +149,7 @@ NULLABLE_TO_DEFAULT = {
     "acknowledged_insecure_http",
     "traceparent",
     "conversation_end_rules",
+    "faults",
     "http_method",
     "auth_type",
 }

@@ -27,6 +27,7 @@ from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
+from proxy.transports.faults import FaultTransport
 from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
@@ -57,8 +58,10 @@ class Runtime:
             replay_speed=settings.replay_speed,
         )
         live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
+        # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.
+        self.faults = FaultTransport(RecordReplayTransport(live, self.library, self.redactor), settings.fault_seed)
         self.engine = Engine(
-            RecordReplayTransport(live, self.library, self.redactor),
+            self.faults,
             send_traceparent=settings.traceparent,
             redactor=self.redactor,
         )

@@ -23,7 +23,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from proxy.faults import FaultRule
 from proxy.models import ApiModel, CaseInsensitiveEnum, ConnectionSpec, raise_first
+from proxy.settings import MAX_FAULT_RULES
 
 
 class SessionStatus(CaseInsensitiveEnum):
@@ -245,7 +247,7 @@ class Exchange(Answer):
     extraction_errors: dict[str, str]
     error: str | None
     ended_by_rule: int | None
-    cassette: str | None = Field(description="hit, recorded, miss or live")
+    cassette: str | None = Field(description="hit, recorded, miss, live or injected (a fault rule acted)")
 
 
 class InferenceResult(Answer):
@@ -349,6 +351,7 @@ class Connector(CohereAnswer):
     oauth: dict[str, Any] | None = Field(description="without client_secret")
     active: bool
     continue_on_failure: bool
+    faults: list[dict[str, Any]] = Field(default_factory=list, description="fault rules, as given")
 
 
 class ConnectorAnswer(CohereAnswer):
@@ -372,3 +375,23 @@ class SearchAnswer(CohereAnswer):
     model_config = ConfigDict(extra="allow")
     results: list[Any]
     warning: str | None = Field(default=None, description="the connector failed and continue_on_failure is set")
+
+
+# -- faults on purpose -------------------------------------------------------------------------
+
+
+class FaultsSet(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    faults: list[FaultRule] = Field(max_length=MAX_FAULT_RULES, description="the rules, in the order they are tried")
+
+
+class FaultsSetAnswer(Answer):
+    connection: str = Field(description="the connection's id (connector:<id> for a connector)")
+    test_id: str | None = Field(description="the X-Proxy-Test-Id the rules apply to; null: every call")
+    faults: list[FaultRule]
+
+
+class FaultsCleared(Answer):
+    connection: str
+    test_id: str | None
+    cleared: bool = Field(description="whether rules had been set")

@@ -23,6 +23,8 @@ MAX_RETRY_DELAY_MS = 60000
 DEFAULT_RETRYABLE_STATUS_CODES = (429, 500, 502, 503, 504)
 MAX_CONVERSATION_END_RULES = 20
 RATE_LIMIT_WINDOW_S = 60.0
+MAX_FAULT_RULES = 50
+MAX_FAULT_DELAY_MS = 120_000
 
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
@@ -77,3 +79,4 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()  # Host names answered beside the bind address, localhost and loopback
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (CORS)
     replay_speed: float = DEFAULT_REPLAY_SPEED
+    fault_seed: int | None = None  # seeds the generators of fault rules with a `probability` (a rule's `seed` wins)

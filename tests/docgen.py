@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from proxy import settings as limits
 from proxy.cli import main
 from proxy.connectors import Connector, ConnectorIn, OAuthIn, ServiceAuthIn
+from proxy.faults import FaultMatch, FaultRule
 from proxy.models import BodyMatch, ConnectionSpec, EndRule
 from proxy.settings import Settings
 
@@ -123,6 +124,8 @@ SETTINGS = {
     "replay_speed": "With `replay_latency: recorded`, divide the recorded waits by this factor.",
     "allowed_hosts": "Extra `Host` names the server answers (DNS rebinding protection refuses the others).",
     "cors_origins": "Web origins allowed to call the API from a browser (CORS); others are refused.",
+    "fault_seed": "Seed for the generators of [fault rules](#fault-rules) with a `probability`, so a run repeats "
+    "(a rule's own `seed` wins); unset, each server run draws differently. Config file only.",
 }
 MATCH_SETTINGS = [
     ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
@@ -176,7 +179,22 @@ CONNECTION = {
     "header is sent as written.",
     "response_mode": "`json`, or `sse` for a server-sent-events reply whose pieces are joined before mapping.",
     "stream_text_path": "With `sse`: JSONPath applied to each event's JSON `data`; the strings found are joined.",
-    "faults": "Faults injected on purpose before the cassette, so never recorded: status, delay, cut body.",
+    "faults": "[Fault rules](#fault-rules): answers, delays and cut bodies injected on purpose, above the "
+    "cassette, so never recorded.",
+}
+FAULT_RULE = {
+    "status": "Answer this status instead of calling (the upstream and the cassette are not reached).",
+    "retry_after": "With `status`: the answer's `Retry-After` (seconds, or an HTTP date).",
+    "delay_ms": "Wait this long before the call (it counts in the attempt's latency and timeout).",
+    "cut_after_bytes": "The body (the injected one, else the real or replayed one) breaks off after this many "
+    "bytes: a forward client gets a short body and a closed connection, a turn a failed call.",
+    "body": "The answer's body (200 unless `status` is given): a string as it is, anything else as JSON.",
+    "times": "Act on the first N matching calls only; the next rule may act on the later ones.",
+    "probability": "Act on this share of matching calls, drawn from a seeded generator.",
+    "seed": "Seed of this rule's generator; else `settings.fault_seed`.",
+    "match": "Act only on calls with this `method` and/or `path` (a glob of the upstream URL's path).",
+    "method": "HTTP method, any case.",
+    "path": "The upstream URL's path; `*` matches any characters (`/v1/*`).",
 }
 END_RULE = {
     "status_code": "The reply status that ends the conversation.",
@@ -192,6 +210,7 @@ CONNECTOR = {
     "excludes": "Result fields to leave out of what a search returns (see `POST /v1/connectors/{id}/search`).",
     "active": "An inactive connector refuses searches (400).",
     "continue_on_failure": 'A failing search answers `{"results": [], "warning": …}` instead of an error.',
+    "faults": "[Fault rules](#fault-rules) for searches (and the registration query).",
     "oauth": "OAuth client settings, stored and reported, not performed. Exclusive with `service_auth`.",
     "service_auth": "The credential searches carry. Exclusive with `oauth`.",
     "client_id": "OAuth client id.",
@@ -218,6 +237,8 @@ LIMITS = {
     "DEFAULT_RETRYABLE_STATUS_CODES": "`retryable_status_codes`",
     "MAX_CONVERSATION_END_RULES": "most `conversation_end_rules` on one connection",
     "RATE_LIMIT_WINDOW_S": "the window `rate_limit` counts calls in, seconds",
+    "MAX_FAULT_RULES": "most fault rules on one connection or connector, or in one `PUT /_proxy/faults`",
+    "MAX_FAULT_DELAY_MS": "largest `delay_ms` of a fault rule",
     "MAX_API_BODY_BYTES": "largest request body the API takes (413 beyond)",
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
@@ -244,8 +265,10 @@ MODEL_NAMES: dict[type, tuple[str, str]] = {  # one, several
     BodyMatch: ("[body match](#end-rules)", "[body matches](#end-rules)"),
     OAuthIn: ("[oauth object](#connectors)", "[oauth objects](#connectors)"),
     ServiceAuthIn: ("[service_auth object](#connectors)", "[service_auth objects](#connectors)"),
+    FaultRule: ("[fault rule](#fault-rules)", "[fault rules](#fault-rules)"),
+    FaultMatch: ("[fault match](#fault-rules)", "[fault matches](#fault-rules)"),
 }
-WORDS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+WORDS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", Any: "any JSON value"}
 REQUIRED_ON_CREATE = object()
 
 
@@ -304,7 +327,7 @@ def limit_text(field: FieldInfo) -> str:
         elif isinstance(item, annotated_types.MinLen) and item.min_length > 0:
             parts.append(f"length ≥ {item.min_length}")
         elif isinstance(item, annotated_types.MaxLen):
-            unit = "items" if typing.get_origin(field.annotation) is list else "characters"
+            unit = "items" if "list" in str(field.annotation) else "characters"
             parts.append(f"at most {item.max_length} {unit}")
     return ", ".join([p for p in (low, high) if p] + parts)
 
@@ -390,6 +413,13 @@ def configuration_blocks() -> dict[str, tuple[str, str]]:
         "end rule fields": (
             "End rules",
             table(FIELD_HEADER, model_rows(EndRule, END_RULE) + model_rows(BodyMatch, END_RULE, prefix="body_match.")),
+        ),
+        "fault rule fields": (
+            "Fault rules",
+            table(
+                FIELD_HEADER,
+                model_rows(FaultRule, FAULT_RULE) + model_rows(FaultMatch, FAULT_RULE, prefix="match."),
+            ),
         ),
         "connector fields": (
             "Connectors",

@@ -92,6 +92,8 @@ def test_every_answer_matches_its_schema(
     api.get(f"/endpointConnections/{chat['id']}")
     api.patch(f"/endpointConnections/{chat['id']}", json={"timeout": 30})
     api.post("/endpointConnections/testConnection", json={"id": chat["id"]})
+    api.put(f"/_proxy/faults/{chat['id']}", json={"faults": [{"status": 503, "times": 1, "match": {"path": "/x"}}]})
+    api.delete(f"/_proxy/faults/{chat['id']}")
     api.get("/versions")
     api.get(f"/versions/{version}")
     session = post(api, "/sessions", {"versionId": version, "testCaseId": "tc-1", "metadata": {"k": 1}})

@@ -7,10 +7,11 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
-from proxy.engine import CallResult
+from proxy.engine import CallResult, CutReply
 from proxy.errors import InvalidField
 from proxy.origins import fixed_origin
 from proxy.settings import MASK
@@ -98,6 +99,9 @@ def _passed_back(name: str) -> bool:
 
 def _response(result: CallResult) -> Response:
     outcome = result.outcome or "live"
+    cut = result.attempts[-1].cut if result.attempts else None
+    if cut is not None:
+        return CutResponse(cut, outcome)
     reply = result.reply
     if reply is None:
         status = MISS_STATUS if outcome == "miss" else 502
@@ -108,6 +112,24 @@ def _response(result: CallResult) -> Response:
     headers.update(SAFETY_HEADERS)
     headers["X-Proxy-Cassette"] = outcome
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
+
+
+class CutResponse(Response):
+    """An answer whose body broke off: its head and the bytes that came, then the connection closes, so the
+    client's HTTP library sees the same short read the proxy did."""
+
+    def __init__(self, cut: CutReply, outcome: str) -> None:
+        content = cut.reply.text.encode()
+        headers = {k: v for k, v in cut.reply.headers.items() if _passed_back(k)}
+        # Longer than what is sent, whatever masking did to the text: the client must see a short body.
+        declared = max(cut.expected_bytes, len(content) + 1)
+        headers.update(SAFETY_HEADERS, **{"X-Proxy-Cassette": outcome, "Content-Length": str(declared)})
+        super().__init__(content, status_code=cut.reply.status, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        # Returning without the rest of the body: the server closes the connection.
 
 
 ROUTES = [

@@ -14,6 +14,28 @@ import httpx
 ATTEMPT_TIMEOUT_EXTENSION = "proxy.attempt_timeout"  # request: the caller's AttemptTimeout, if it times attempts
 
 
+class BodyCut(httpx.ReadError):
+    """A body that broke off: the answer's head and the `received` bytes (of `expected`), so a caller that
+    passes bodies on (the forward route) can pass on as much and hang up, as the upstream did. `outcome`
+    is what the answer's OUTCOME_EXTENSION would have read."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        received: bytes,
+        expected: int,
+        outcome: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+        self.received = received
+        self.expected = expected
+        self.outcome = outcome
+
+
 class BodyTooLarge(Exception):
     """An upstream body over the cap: the call fails cleanly, and nothing is recorded."""
 

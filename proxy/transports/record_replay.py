@@ -58,7 +58,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         # A rate-limit wait before sending is not the upstream's latency: a replay must not repeat it.
         latency_ms = (time.perf_counter() - started) * 1000 - waited_ms(request)
-        interaction = _redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
+        interaction = redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
         await self.library.record(handle, cassette, interaction)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
         extensions = {
@@ -117,7 +117,7 @@ def _redacted_request(
     return RecordedRequest(request.method, uri, text, headers)
 
 
-def _redacted_interaction(
+def redacted_interaction(
     request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float, redactor: Redactor
 ) -> Interaction:
     # A body that is not UTF-8 keeps every byte but the secrets' (see Redactor.redact_bytes).

@@ -1,0 +1,301 @@
+"""Drift: re-send recorded requests live and compare each answer with its recording, in status and JSON
+shape (a key added or missing, a value's type changed), JSONPath by JSONPath. Values that differ but keep
+their type are not drift: a live model never answers the same words twice.
+
+A recorded request is sent again as it was recorded, with the credentials its connection holds now in place
+of the masked ones. The connection is the one the cassette is named after (`connections/<name>`,
+`connectors/<name>`: the interactions' session key), else, for session cassettes, the stored connection
+whose URL the recorded request went to. A secret masked inside a recorded URL or body cannot be restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy import jsonbounds
+from proxy.auth import build_headers, new_trace_id
+from proxy.connection import CompiledConnection
+from proxy.connectors import connector_id
+from proxy.engine import CallContext, build_request
+from proxy.errors import ProxyError
+from proxy.runtime import Runtime
+from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.transports import BodyTooLarge, read_capped
+from proxy.transports.cassette import Cassette, Interaction, load_interactions, write_cassette
+from proxy.transports.inventory import name_of
+from proxy.transports.live import RATE_LIMIT_EXTENSION
+from proxy.transports.record_replay import redacted_interaction
+
+# Set by the client library for each request, never worth re-sending as recorded.
+RESENT_WITHOUT = frozenset({"host", "content-length", "transfer-encoding", "connection", "traceparent"})
+PER_RUN_TOKEN = re.compile("<({})>".format("|".join(CallContext().per_run_values())))
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class Difference:
+    path: str  # a JSONPath, or "status"
+    recorded: str | None  # a JSON type name or a status; None: the key was added
+    live: str | None  # None: the key is missing
+
+    def text(self) -> str:
+        if self.recorded is None:
+            return f"{self.path}: added"
+        if self.live is None:
+            return f"{self.path}: missing"
+        return f"{self.path}: {self.recorded} → {self.live}"
+
+    def to_json(self) -> dict[str, Any]:
+        change = "added" if self.recorded is None else "missing" if self.live is None else "changed"
+        return {"path": self.path, "change": change, "recorded": self.recorded, "live": self.live}
+
+
+@dataclass
+class Checked:
+    """One recorded interaction, sent again."""
+
+    cassette: str
+    index: int
+    method: str
+    uri: str
+    differences: list[Difference] = field(default_factory=list)
+    error: str | None = None
+    live: Interaction | None = None  # the live answer, recorded as the cassette would hold it
+    updated: bool = False
+
+    @property
+    def outcome(self) -> str:
+        return "error" if self.error else "drifted" if self.differences else "unchanged"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cassette": self.cassette,
+            "index": self.index,
+            "method": self.method,
+            "uri": self.uri,
+            "outcome": self.outcome,
+            "differences": [d.to_json() for d in self.differences],
+            "error": self.error,
+            "updated": self.updated,
+        }
+
+
+# -- shapes ----------------------------------------------------------------------------------------
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def child_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if _IDENTIFIER.match(key) else f"{path}[{key!r}]"
+
+
+def shape_differences(recorded: Any, live: Any, path: str = "$") -> list[Difference]:
+    """Where `live` differs from `recorded` in shape. Arrays are compared item by item as far as both go:
+    a list that grew or shrank is a value, not a shape."""
+    recorded_type, live_type = json_type(recorded), json_type(live)
+    if recorded_type != live_type:
+        return [Difference(path, recorded_type, live_type)]
+    found: list[Difference] = []
+    if isinstance(recorded, dict):
+        for key in recorded:
+            if key not in live:
+                found.append(Difference(child_path(path, key), json_type(recorded[key]), None))
+            else:
+                found += shape_differences(recorded[key], live[key], child_path(path, key))
+        found += [Difference(child_path(path, key), None, json_type(live[key])) for key in live if key not in recorded]
+    elif isinstance(recorded, list):
+        for index, (old, new) in enumerate(zip(recorded, live, strict=False)):
+            found += shape_differences(old, new, f"{path}[{index}]")
+    return found
+
+
+def _json_or_none(body: bytes) -> tuple[bool, Any]:
+    try:
+        return True, jsonbounds.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError):  # JsonRefused is a ValueError too
+        return False, None
+
+
+def answer_differences(recorded: Interaction, status: int, body: bytes) -> list[Difference]:
+    found = []
+    recorded_status = int(recorded.response["status"]["code"])
+    if recorded_status != status:
+        found.append(Difference("status", str(recorded_status), str(status)))
+    recorded_body = recorded.response["body"]["string"] or b""
+    if isinstance(recorded_body, str):
+        recorded_body = recorded_body.encode()
+    was_json, old = _json_or_none(recorded_body)
+    is_json, new = _json_or_none(body)
+    if was_json and is_json:
+        found += shape_differences(old, new)
+    elif was_json != is_json:
+        found.append(Difference("$", "JSON" if was_json else "not JSON", "JSON" if is_json else "not JSON"))
+    return found
+
+
+# -- re-sending ------------------------------------------------------------------------------------
+
+
+def connection_for(runtime: Runtime, kind: str, interaction: Interaction) -> CompiledConnection | None:
+    key = str(interaction.proxy.get("session_key") or "")
+    if kind == "connections":
+        return runtime.connections.find(key)
+    if kind == "connectors":
+        try:
+            return runtime.connectors.as_connection(runtime.connectors.get(connector_id(key)))
+        except ProxyError:  # no such connector (any more)
+            return None
+    uri = str(interaction.request["uri"])
+    candidates = [(len(prefix), conn) for conn in runtime.connections.all() if uri.startswith(prefix := _static(conn))]
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def _static(conn: CompiledConnection) -> str:
+    """The part of the connection's URL before any placeholder."""
+    return conn.spec.url.split("{{")[0].split("{")[0]
+
+
+def resend_request(conn: CompiledConnection, interaction: Interaction) -> httpx.Request:
+    recorded = interaction.request
+    headers = {}
+    for name, values in recorded["headers"].items():
+        value = values[0] if isinstance(values, list) and values else str(values)
+        if name.lower() not in RESENT_WITHOUT and MASK not in value:
+            headers[name] = value
+    added = build_headers(
+        conn.credentials,
+        conn.spec.headers or {},
+        session_id=None,
+        inference_id=uuid.uuid4().hex,
+        trace_id=new_trace_id(),
+        send_traceparent=False,
+    )
+    headers = {k: v for k, v in headers.items() if k.lower() not in {a.lower() for a in added}} | added
+    body = recorded.get("body") or b""
+    if isinstance(body, str):
+        body = body.encode()
+    fresh = lambda _: uuid.uuid4().hex  # noqa: E731 - a new per-run id where the recording holds its token
+    uri = PER_RUN_TOKEN.sub(fresh, str(recorded["uri"]))
+    body = PER_RUN_TOKEN.sub(fresh, body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+    limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
+    return build_request(
+        str(recorded["method"]), uri, headers, body or None, conn.spec.timeout, {RATE_LIMIT_EXTENSION: limit}
+    )
+
+
+async def check_interaction(runtime: Runtime, name: str, index: int, interaction: Interaction) -> Checked:
+    checked = Checked(name, index, str(interaction.request["method"]), str(interaction.request["uri"]))
+    conn = connection_for(runtime, name.split("/")[0], interaction)
+    if conn is None:
+        checked.error = "no connection or connector sends this request (see the cassette's session key and URL)"
+        return checked
+    redact = runtime.redactor.redact
+    try:
+        request = resend_request(conn, interaction)
+        started = time.perf_counter()
+        async with asyncio.timeout(conn.spec.timeout):
+            response = await runtime.engine.transport.handle_async_request(request)
+            try:
+                content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
+            finally:
+                await response.aclose()
+        latency_ms = (time.perf_counter() - started) * 1000
+    except TimeoutError:
+        checked.error = f"timed out after {conn.spec.timeout:g}s"
+        return checked
+    except BodyTooLarge:
+        checked.error = f"the live body is larger than the {MAX_UPSTREAM_BODY_BYTES} byte cap"
+        return checked
+    except (httpx.HTTPError, ValueError) as exc:
+        checked.error = redact(f"could not be sent: {type(exc).__name__}: {exc}")
+        return checked
+    masked = runtime.redactor.redact_bytes(content)
+    checked.differences = answer_differences(interaction, response.status_code, masked)
+    live = redacted_interaction(interaction.recorded_request(), response, content, latency_ms, runtime.redactor)
+    # The request stays as recorded (it is what replays match); the answer and its time are the live ones.
+    checked.live = Interaction(interaction.request, live.response, {**interaction.proxy, **live.proxy})
+    return checked
+
+
+async def check_cassette(runtime: Runtime, root: Path, path: Path) -> tuple[list[Checked], list[Interaction]]:
+    name = name_of(root, path)
+    interactions = await asyncio.to_thread(load_interactions, path)
+    checked = [await check_interaction(runtime, name, i, item) for i, item in enumerate(interactions)]
+    return checked, interactions
+
+
+def rerecord(runtime: Runtime, path: Path, name: str, interactions: list[Interaction], checked: list[Checked]) -> int:
+    """Write the live answers of what drifted into the cassette, atomically; returns how many."""
+    count = 0
+    for item in checked:
+        if item.outcome == "drifted" and item.live is not None:
+            interactions[item.index] = item.live
+            item.updated = True
+            count += 1
+    if count:
+        write_cassette(path, Cassette(name, path, runtime.library.rules).serialize(interactions), interactions)
+    return count
+
+
+async def drift(runtime: Runtime, paths: list[Path], update: bool) -> list[Checked]:
+    """Check every interaction of the cassettes at `paths` (the server's own folder), in order; with
+    `update`, re-record what drifted."""
+    root = runtime.settings.cassettes_dir
+    found: list[Checked] = []
+    for path in paths:
+        checked, interactions = await check_cassette(runtime, root, path)
+        if update:
+            await asyncio.to_thread(rerecord, runtime, path, name_of(root, path), interactions, checked)
+        found += checked
+    return found
+
+
+def summary(checked: list[Checked]) -> dict[str, int]:
+    outcomes = [c.outcome for c in checked]
+    return {
+        "cassettes": len({c.cassette for c in checked}),
+        "interactions": len(checked),
+        "drifted": outcomes.count("drifted"),
+        "unchanged": outcomes.count("unchanged"),
+        "errors": outcomes.count("error"),
+        "updated": sum(c.updated for c in checked),
+    }
+
+
+def report_lines(checked: list[Checked]) -> list[str]:
+    lines = []
+    for item in checked:
+        head = f"{item.cassette} #{item.index} {item.method} {item.uri}"
+        if item.outcome == "unchanged":
+            lines.append(f"ok       {head}")
+            continue
+        label = "ERROR" if item.error else "UPDATED" if item.updated else "DRIFT"
+        lines.append(f"{label:<8} {head}")
+        lines += [f"         {d.text()}" for d in item.differences]
+        if item.error:
+            lines.append(f"         {item.error}")
+    counts = summary(checked)
+    tail = f", {counts['updated']} re-recorded" if counts["updated"] else ""
+    lines.append(
+        f"{counts['cassettes']} cassettes, {counts['interactions']} interactions: {counts['drifted']} drifted, "
+        f"{counts['unchanged']} unchanged, {counts['errors']} not checked{tail}"
+    )
+    return lines
