@@ -27,7 +27,7 @@ from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
-from proxy.transports.http11 import Http11Transport
+from proxy.transports.client import AiohttpTransport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
@@ -56,7 +56,7 @@ class Runtime:
             replay_latency=settings.replay_latency == "recorded",
             replay_speed=settings.replay_speed,
         )
-        live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
+        live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
         self.engine = Engine(
             RecordReplayTransport(live, self.library, self.redactor),
             send_traceparent=settings.traceparent,
