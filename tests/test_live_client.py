@@ -686,3 +686,16 @@ async def test_https_is_verified(tmp_path: Path) -> None:
         assert (await send(trusting, url)).content == b"again"
         await trusting.aclose()
     assert server.connections == 1  # one kept-alive TLS connection (the refused handshake never got this far)
+
+
+def test_a_transport_serves_one_event_loop_after_another() -> None:
+    """`proxy run` and the tests call a server's engine under `asyncio.run`: a second loop gets a session too."""
+
+    async def call(transport: httpx.AsyncBaseTransport) -> bytes:
+        async with raw_server(answering(ok(b"answered"))) as (_, url):
+            return (await send(transport, url)).content
+
+    transport = live_transport()
+    assert asyncio.run(call(transport)) == b"answered"
+    assert asyncio.run(call(transport)) == b"answered"
+    asyncio.run(transport.aclose())

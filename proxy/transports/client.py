@@ -19,6 +19,7 @@ the engine's retry rules and messages expect. What it sets on aiohttp, and why:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import ssl
@@ -59,13 +60,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.keepalive_timeout = keepalive_timeout
         self._ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._urls: dict[str, URL] = {}
         self._proxies: dict[tuple[str, str, int | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
         self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
-        """The session, made on first use: aiohttp binds it to the running event loop."""
-        if self._session is None or self._session.closed:
+        """The session, made on first use: aiohttp binds it to the running event loop (a transport used
+        again under another loop, as `asyncio.run` twice, gets a session of its own there)."""
+        session, loop = self._session, asyncio.get_running_loop()
+        if session is None or session.closed or self._loop is not loop:
+            self._loop = loop
             if self._ssl_context is None:  # loading the CA store takes ~20 ms: once, and only when used
                 self._ssl_context = ssl.create_default_context()
             connector = InStepConnector(
@@ -74,7 +79,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 keepalive_timeout=self.keepalive_timeout,
                 ssl=self._ssl_context,
             )
-            self._session = aiohttp.ClientSession(
+            session = self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,  # the environment's proxies are looked up once per origin, below
@@ -82,7 +87,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 skip_auto_headers=AIOHTTP_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
-        return self._session
+        return session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         headers = outgoing_headers(request)
