@@ -39,8 +39,8 @@ from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyCut, BodyTooLarge, read_capped
+from proxy.transports.client import AiohttpTransport
 from proxy.transports.faults import FAULTS_EXTENSION
-from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteHandle, CassetteMiss
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import (
@@ -220,7 +220,7 @@ class Engine:
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
         redactor: Redactor | None = None,
     ) -> None:
-        self.transport = transport if transport is not None else Http11Transport()
+        self.transport = transport if transport is not None else AiohttpTransport()
         self.redactor = redactor if redactor is not None else Redactor()  # without one, nothing is secret
         self.send_traceparent = send_traceparent
         self.sleep = sleep

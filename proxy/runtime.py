@@ -27,8 +27,8 @@ from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
+from proxy.transports.client import AiohttpTransport
 from proxy.transports.faults import FaultTransport
-from proxy.transports.http11 import Http11Transport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
@@ -57,7 +57,7 @@ class Runtime:
             replay_latency=settings.replay_latency == "recorded",
             replay_speed=settings.replay_speed,
         )
-        live = PacedTransport(DemoHostTransport(transport or Http11Transport()))
+        live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
         # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.
         self.faults = FaultTransport(RecordReplayTransport(live, self.library, self.redactor), settings.fault_seed)
         self.engine = Engine(

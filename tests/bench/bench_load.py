@@ -29,6 +29,7 @@ MITMDUMP = ROOT / ".venv-mitm" / "bin" / "mitmdump"
 REPLAY_SECONDS = float(os.environ.get("PROXY_LOAD_SECONDS", "60"))
 SESSIONS, TURNS = 200, 5
 WRK_SECONDS, WRK_CONNECTIONS = 10, 32
+BODY = json.dumps({"message": "hello"})
 
 
 def wrk(url: str, body: str) -> float:
@@ -89,19 +90,50 @@ async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list
     return latencies, errors, sample
 
 
+def load_config(folder: Path, upstream: str) -> Path:
+    config = folder / "load.yaml"
+    config.write_text(
+        "settings: {allow_http: true}\n"
+        "connections:\n"
+        f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: NONE,\n"
+        '      input_template: \'{"message": "{{ input.user_message }}"}\', output_mapping: {output: $.reply}}\n'
+        "versions:\n  - {name: v1, product_id: p, conversation: bench}\n"
+    )
+    return config
+
+
+def forward_route(upstream: str, config: Path, folder: Path, body: str, bare: float) -> list[str]:
+    """The forward route (live, record mode off) against the minimal pass-through and mitmproxy."""
+    args, base = serve_command(config, folder / "forward", "off")
+    with process(args, f"{base}/healthz"):
+        forward = wrk(f"{base}/forward/bench/chat", body)
+    with app_process("passthrough", "/chat", {"PASSTHROUGH_TARGET": upstream}) as passthrough_base:
+        passthrough = wrk(f"{passthrough_base}/chat", body)
+    mitm = None
+    if MITMDUMP.exists():
+        port = free_port()
+        with process(
+            [str(MITMDUMP), "--mode", f"reverse:{upstream}", "-p", str(port), "-q"], f"http://127.0.0.1:{port}/chat"
+        ):
+            mitm = wrk(f"http://127.0.0.1:{port}/chat", body)
+    return [
+        f"Forward route, live (wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each)",
+        f"  upstream direct                        {bare:8.0f} req/s",
+        f"  proxy /forward (record mode off)       {forward:8.0f} req/s   {forward / bare:.2f} of direct",
+        f"  minimal Starlette + httpx pass-through {passthrough:8.0f} req/s"
+        f"   forward / it = {forward / passthrough:.2f} (target >= 3)",
+        f"  mitmproxy reverse mode                 {mitm:8.0f} req/s"
+        f"   forward / it = {forward / mitm:.2f} (target >= 3)"
+        if mitm
+        else "  mitmproxy reverse mode: not installed (make bench installs it into .venv-mitm)",
+    ]
+
+
 def run() -> list[str]:
     lines = []
-    body = json.dumps({"message": "hello"})
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        config = tmp / "load.yaml"
-        config.write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: NONE,\n"
-            '      input_template: \'{"message": "{{ input.user_message }}"}\', output_mapping: {output: $.reply}}\n'
-            "versions:\n  - {name: v1, product_id: p, conversation: bench}\n"
-        )
+        config = load_config(tmp, upstream)
         # Record the sessions the replay load will use.
         dataset = tmp / "load.jsonl"
         dataset.write_text(
@@ -134,7 +166,7 @@ def run() -> list[str]:
             timeout=600,
         )
 
-        bare = wrk(f"{upstream}/chat", body)
+        bare = wrk(f"{upstream}/chat", BODY)
         args, base = serve_command(config, tmp / "replay", "none")
         with process(args, f"{base}/healthz") as proxy_process:
             version = httpx.get(f"{base}/versions").json()[0]["id"]
@@ -161,31 +193,15 @@ def run() -> list[str]:
             f" replay / it = {replay_rate / canned:.2f}",
         ]
 
-        args, base = serve_command(config, tmp / "forward", "off")
-        with process(args, f"{base}/healthz"):
-            forward = wrk(f"{base}/forward/bench/chat", body)
-        with app_process("passthrough", "/chat", {"PASSTHROUGH_TARGET": upstream}) as passthrough_base:
-            passthrough = wrk(f"{passthrough_base}/chat", body)
-        mitm = None
-        if MITMDUMP.exists():
-            port = free_port()
-            with process(
-                [str(MITMDUMP), "--mode", f"reverse:{upstream}", "-p", str(port), "-q"], f"http://127.0.0.1:{port}/chat"
-            ):
-                mitm = wrk(f"http://127.0.0.1:{port}/chat", body)
-        lines += [
-            f"Forward route, live (wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each)",
-            f"  upstream direct                        {bare:8.0f} req/s",
-            f"  proxy /forward (record mode off)       {forward:8.0f} req/s   {forward / bare:.2f} of direct",
-            f"  minimal Starlette + httpx pass-through {passthrough:8.0f} req/s"
-            f"   forward / it = {forward / passthrough:.2f} (target >= 1)",
-            f"  mitmproxy reverse mode                 {mitm:8.0f} req/s"
-            f"   forward / it = {forward / mitm:.2f} (target >= 2)"
-            if mitm
-            else "  mitmproxy reverse mode: not installed (make bench installs it into .venv-mitm)",
-        ]
+        lines += forward_route(upstream, config, tmp, BODY, bare)
     return lines
 
 
 if shutil.which("wrk") is None:
     raise SystemExit("the load benchmark needs wrk: apt-get install wrk")
+
+if __name__ == "__main__":  # the forward route alone: python -m tests.bench.bench_load
+    with upstream_process() as upstream_url, tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        direct = wrk(f"{upstream_url}/chat", BODY)
+        print("\n".join(forward_route(upstream_url, load_config(folder, upstream_url), folder, BODY, direct)))
