@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.api.common import record_mode_header
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult
@@ -50,11 +51,13 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 async def forward(request: Request) -> Response:
     """Forward the request as it is to the connection's origin."""
     rt = runtime(request)
+    mode = record_mode_header(request)
     conn = rt.connections.resolve(request.path_params["connection"])
     origin = urlsplit(conn.spec.url.split("{{")[0])
     url = urlunsplit((origin.scheme, origin.netloc, "/" + request.path_params["path"], request.url.query, ""))
     headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
+    handle = handle.for_call(mode)
     result = await rt.engine.forward(conn, request.method, url, headers, await request.body(), handle)
     return _response(result)
 

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from proxy.record_mode import RecordMode
@@ -68,6 +68,11 @@ class CassetteHandle:
         return self.mode in (RecordMode.NEW_EPISODES, RecordMode.ALL) or (
             self.mode is RecordMode.ONCE and not self.existed
         )
+
+    def for_call(self, mode: RecordMode | None) -> CassetteHandle:
+        """This opening under another mode for one call (`X-Proxy-Record-Mode`): the same cassette, play-back
+        positions and `once` decision. A per-call `all` records without clearing a cassette other calls share."""
+        return self if mode is None or mode is self.mode else replace(self, mode=mode)
 
     def next_hit(self, cassette: Cassette, key: tuple[str, str, str, str]) -> Interaction | None:
         recorded = cassette.index.get(key)
