@@ -20,6 +20,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,6 +115,7 @@ class CassetteLibrary:
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
         self.connection_modes: dict[str, RecordMode] = {}  # per-connection overrides from the config file
         self._flush_task: asyncio.Task[None] | None = None
+        self.miss_listeners: list[Callable[[str], None]] = []  # told every miss message (the pytest plugin)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -198,7 +200,14 @@ class CassetteLibrary:
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
     def explain_miss(self, cassette: Cassette, request: RecordedRequest) -> str:
-        """The cassette, the nearest recorded request and where they differ. A scan, but only on a miss."""
+        """The cassette, the nearest recorded request and where they differ, told to the miss listeners too.
+        A scan, but only on a miss."""
+        message = self._miss_message(cassette, request)
+        for listener in self.miss_listeners:
+            listener(message)
+        return message
+
+    def _miss_message(self, cassette: Cassette, request: RecordedRequest) -> str:
         head = f"cassette {cassette.name} has no recording for {request.method} {request.uri}"
         if not cassette.interactions:
             where = "is empty" if cassette.existed or cassette.path.exists() else "does not exist"
