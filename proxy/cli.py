@@ -24,6 +24,7 @@ from proxy.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_REPLAY_SPEED,
+    ON_EXPIRED,
     REPLAY_LATENCIES,
     Settings,
 )
@@ -104,6 +105,8 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         cors_origins=tuple(flags.get("cors_origins") or ()),
         replay_speed=float(pick("replay_speed", DEFAULT_REPLAY_SPEED)),
         fault_seed=None if file.get("fault_seed") is None else int(file["fault_seed"]),
+        cassette_max_age=file.get("cassette_max_age"),
+        on_expired=str(file.get("on_expired", ON_EXPIRED[0])),
     )
 
 
@@ -409,6 +412,13 @@ def cassettes() -> None:
     """
 
 
+def data_dir_option(what_for: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--data-dir` for a cassettes command, saying what it reads there."""
+    return click.option(
+        "--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, help=f"Data folder: {what_for}"
+    )
+
+
 def _cassette_root(cassettes: Path, config_path: Path | None) -> Path:
     config = read_config(config_path)
     return build_settings(config, cassettes=cassettes).cassettes_dir
@@ -512,12 +522,7 @@ def cassettes_drift(
 @cassettes.command("verify")
 @CASSETTES_OPTION
 @CONFIG_OPTION
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DATA_DIR,
-    help="Data folder: the secrets stored there are looked for too.",
-)
+@data_dir_option("the secrets stored there are looked for too.")
 def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
     """Check that every cassette parses, loads in vcrpy and holds no secret.
 
@@ -543,3 +548,50 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     )
     if problems:
         sys.exit(1)
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    """A date (`2026-01-31`), a time (`2026-01-31T12:00Z`), or an age (`30d`, `12h`) before now."""
+    from datetime import UTC, datetime, timedelta
+
+    from proxy.errors import InvalidField
+    from proxy.expiry import parse_max_age, parse_time
+
+    when = parse_time(value)
+    if when is not None:
+        return when
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_max_age(value, "--unused-since"))
+    except InvalidField:
+        raise click.BadParameter(f"{value!r} is not a date (2026-01-31), a time or an age (30d, 12h, 90m)") from None
+
+
+@cassettes.command("prune")
+@click.option(
+    "--unused-since", "since", required=True, callback=_since, metavar="DATE", help="A date, or an age (30d)."
+)
+@click.option("--delete", is_flag=True, help="Delete the cassettes listed (otherwise only list them).")
+@CASSETTES_OPTION
+@CONFIG_OPTION
+@data_dir_option("where the server noted each cassette's last use.")
+def cassettes_prune(since: Any, delete: bool, cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
+    """List the cassettes no session, connection or connector has used since DATE (never used counts as
+    unused), as the server whose data dir this is noted their use; --delete deletes them.
+
+    Exit status: 0 (also when there is nothing to prune), 1 when the config file is unusable.
+    """
+    from proxy.store import read_cassette_usage
+    from proxy.transports.inventory import unused
+
+    config = read_config(config_path)
+    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
+    root = settings.cassettes_dir
+    stale, total = unused(root, read_cassette_usage(settings.data_dir), since)
+    for entry in stale:
+        click.echo(f"{entry.name}  {entry.last_use}")
+        if delete:
+            entry.path.unlink(missing_ok=True)
+    verb = "deleted" if delete else "unused"
+    click.echo(
+        f"{len(stale)} of {counted(total, 'cassette')} under {root} {verb}: not used since {since:%Y-%m-%d %H:%M}"
+    )

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from proxy.errors import ConfigError, InvalidField, UnknownField
+from proxy.expiry import OnExpired, parse_max_age
 from proxy.known_keys import check_keys
 from proxy.record_mode import RecordMode
 from proxy.settings import REPLAY_LATENCIES, Settings
@@ -101,6 +102,14 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     latency = settings.get("replay_latency")
     if latency is not None and str(latency).lower() not in REPLAY_LATENCIES:
         raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
+    try:
+        if settings.get("cassette_max_age") is not None:
+            parse_max_age(settings["cassette_max_age"], "settings.cassette_max_age")
+            settings["cassette_max_age"] = str(settings["cassette_max_age"])
+        if settings.get("on_expired") is not None:
+            settings["on_expired"] = OnExpired.parse(settings["on_expired"], "settings.on_expired").value
+    except InvalidField as exc:
+        raise ConfigError(f"config {exc.message}") from None
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
     _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
     _number(settings, "fault_seed", int, lambda n: n == int(n), "an integer")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# A request header that sets the record mode for that one call (forward, turn, testConnection); never forwarded.
+RECORD_MODE_HEADER = "X-Proxy-Record-Mode"
+
 
 class RecordMode(StrEnum):
     NONE = "none"  # replay only; a miss fails
@@ -29,3 +32,10 @@ class RecordMode(StrEnum):
             return cls(str(value).lower())
         except ValueError:
             raise InvalidField(field, f"{value!r} is not a valid record mode; valid modes are: {valid}") from None
+
+
+def call_mode(value: str | None) -> RecordMode | None:
+    """The per-call mode a request asks for with `X-Proxy-Record-Mode`, if any."""
+    if value is None:
+        return None
+    return RecordMode.parse(value.strip(), f"header {RECORD_MODE_HEADER}")

@@ -17,6 +17,7 @@ from proxy.connectors import ConnectorIn, ConnectorRegistry, config_connector_se
 from proxy.connectors import redactor_owner as connector_owner
 from proxy.engine import Engine
 from proxy.errors import ConfigError, ProxyError, UnknownField
+from proxy.expiry import OnExpired, parse_max_age
 from proxy.known_keys import check_keys, check_model_keys
 from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
@@ -56,6 +57,8 @@ class Runtime:
             RecordMode.parse(settings.record_mode),
             replay_latency=settings.replay_latency == "recorded",
             replay_speed=settings.replay_speed,
+            max_age_s=parse_max_age(settings.cassette_max_age) if settings.cassette_max_age else None,
+            on_expired=OnExpired.parse(settings.on_expired),
         )
         live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
         # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.

@@ -22,6 +22,7 @@ from proxy.engine import CallContext, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
 from proxy.models import ConnectionType
+from proxy.record_mode import RecordMode
 from proxy.registry import new_id, now_iso
 from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionStatus, SessionUpdate, TurnRequest
 from proxy.store import Store, entity_json
@@ -287,7 +288,9 @@ class SessionService:
 
     # -- turns -------------------------------------------------------------------------------
 
-    async def run_turn(self, session_id: str, data: dict[str, Any]) -> Turn:
+    async def run_turn(self, session_id: str, data: dict[str, Any], mode: RecordMode | None = None) -> Turn:
+        """One turn; `mode` (the call's `X-Proxy-Record-Mode`) overrides the cassette's record mode for the
+        upstream calls this turn makes (INITIALIZATION, the turn, FINALIZATION when it ends the session)."""
         session = self.get(session_id)
         request = TurnRequest.parse(data)
         turn_input, turn_context = request.input, request.context
@@ -306,15 +309,16 @@ class SessionService:
                 input=turn_input,
             )
             if not session.initialized:
-                init_error = await self._initialize(session, version, turn_input, turn_context)
+                init_error = await self._initialize(session, version, turn_input, turn_context, mode)
                 if init_error is not None:
                     turn.status, turn.error = FAILED, init_error
                     session.status, session.error = FAILED, init_error
-                    await self._finish_turn(session, turn)
+                    await self._finish_turn(session, turn, mode)
                     return turn
-            result = await self.engine.call(conversation, self._context(session, turn.id, turn_input, turn_context))
+            context = self._context(session, turn.id, turn_input, turn_context, mode)
+            result = await self.engine.call(conversation, context)
             self._apply_turn_result(session, turn, result)
-            await self._finish_turn(session, turn)
+            await self._finish_turn(session, turn, mode)
             return turn
 
     async def log_turn(self, data: dict[str, Any]) -> Turn:
@@ -343,21 +347,26 @@ class SessionService:
     # -- lifecycle internals -----------------------------------------------------------------
 
     async def _initialize(
-        self, session: Session, version: Version, turn_input: Any, turn_context: dict[str, Any] | None
+        self,
+        session: Session,
+        version: Version,
+        turn_input: Any,
+        turn_context: dict[str, Any] | None,
+        mode: RecordMode | None = None,
     ) -> str | None:
         """Run INITIALIZATION if the version has one; returns the error that failed it, if any."""
         session.initialized = True
         conn = self.versions.connection(version, ConnectionType.INITIALIZATION)
         if conn is None:
             return None
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, turn_input, turn_context))
+        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, turn_input, turn_context, mode))
         await self._record_call(session, ConnectionType.INITIALIZATION.value, result)
         if not result.ok:
             return result.error
         self._absorb_mapped_keys(session, result)
         return None
 
-    async def _finalize(self, session: Session) -> None:
+    async def _finalize(self, session: Session, mode: RecordMode | None = None) -> None:
         if session.finalized:
             return
         session.finalized = True
@@ -365,7 +374,7 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.FINALIZATION)
         if conn is None:
             return
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None))
+        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None, mode))
         await self._record_call(session, ConnectionType.FINALIZATION.value, result)
 
     def _apply_turn_result(self, session: Session, turn: Turn, result: CallResult) -> None:
@@ -405,7 +414,12 @@ class SessionService:
                 session.metadata[key] = value
 
     def _context(
-        self, session: Session, inference_id: str, turn_input: Any, turn_context: dict[str, Any] | None
+        self,
+        session: Session,
+        inference_id: str,
+        turn_input: Any,
+        turn_context: dict[str, Any] | None,
+        mode: RecordMode | None = None,
     ) -> CallContext:
         context = template_context(session.context)
         if turn_context:
@@ -426,13 +440,13 @@ class SessionService:
             metadata=dict(session.metadata),
             past_turns=past,
             trace_id=session.trace_id,
-            cassette=self._handle(session),
+            cassette=self._handle(session).for_call(mode),
         )
 
-    async def _finish_turn(self, session: Session, turn: Turn) -> None:
+    async def _finish_turn(self, session: Session, turn: Turn, mode: RecordMode | None = None) -> None:
         self._index_turn(turn)
         if session.status != PENDING:
-            await self._finalize(session)
+            await self._finalize(session, mode)
         await self._save_turn(turn, session)
         if session.status != PENDING:
             await self.library.flush(self._handle(session).name)

@@ -11,6 +11,8 @@ DEFAULT_DATA_DIR = ".proxy"
 DEFAULT_CASSETTES_DIR = "cassettes"
 REPLAY_LATENCIES = ("none", "recorded")  # on replay: answer at once, or sleep each answer's recorded latency
 DEFAULT_REPLAY_SPEED = 1.0  # recorded delays are divided by it
+ON_EXPIRED = ("warn", "fail", "rerecord")  # what `on_expired` does with a cassette older than cassette_max_age
+USAGE_REFRESH_S = 3600.0  # a cassette's last-used time is written at most this often per server run
 
 # Endpoint connection defaults and caps (Galtea's documented values).
 DEFAULT_TIMEOUT_S = 15.0
@@ -80,3 +82,5 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (CORS)
     replay_speed: float = DEFAULT_REPLAY_SPEED
     fault_seed: int | None = None  # seeds the generators of fault rules with a `probability` (a rule's `seed` wins)
+    cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
+    on_expired: str = ON_EXPIRED[0]

@@ -26,6 +26,7 @@ from proxy.secrets import Vault
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
+USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
 # Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
 ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls", "connectors")
 
@@ -154,6 +155,10 @@ class Store:
             # claims them (see `journal_claim_unplaced`), as every folder did then.
             self.db.execute("ALTER TABLE journal ADD COLUMN path TEXT")
         self.db.execute("CREATE INDEX IF NOT EXISTS journal_path ON journal (path, seq)")
+        if not self.db.table(USAGE_TABLE).exists():
+            self.db.execute(
+                f"CREATE TABLE {USAGE_TABLE} (path TEXT PRIMARY KEY, last_used TEXT NOT NULL, used_by TEXT NOT NULL)"
+            )
 
     def close(self) -> None:
         if self._db is not None:
@@ -238,9 +243,32 @@ class Store:
             rows.setdefault(path, (cassette, []))[1].append((seq, kind, data))
         return rows
 
+    def cassette_used(self, path: str, used_at: str, used_by: str) -> None:
+        """Note a cassette file's use (writer thread; through `write`), for `proxy cassettes prune`."""
+        self.db.conn.execute(
+            f"INSERT INTO {USAGE_TABLE} (path, last_used, used_by) VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE "
+            "SET last_used = excluded.last_used, used_by = excluded.used_by",
+            (path, used_at, used_by),
+        )
+
     def journal_forget(self, path: str, upto_seq: int) -> None:
         """The cassette file at `path` now holds everything up to `upto_seq`."""
         self.db.conn.execute("DELETE FROM journal WHERE path = ? AND seq <= ?", (path, upto_seq))
+
+
+def read_cassette_usage(data_dir: Path) -> dict[str, tuple[str, str]]:
+    """{cassette file: (last used, by whom)} from a data dir's database, read-only and without its key;
+    empty when there is no database yet."""
+    path = data_dir / DB_FILE_NAME
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (USAGE_TABLE,)).fetchone():
+            return {}
+        return {row[0]: (row[1], row[2]) for row in conn.execute(f"SELECT path, last_used, used_by FROM {USAGE_TABLE}")}
+    finally:
+        conn.close()
 
 
 def entity_json(entity: Any) -> str:

@@ -126,6 +126,10 @@ SETTINGS = {
     "cors_origins": "Web origins allowed to call the API from a browser (CORS); others are refused.",
     "fault_seed": "Seed for the generators of [fault rules](#fault-rules) with a `probability`, so a run repeats "
     "(a rule's own `seed` wins); unset, each server run draws differently. Config file only.",
+    "cassette_max_age": "A cassette whose newest recording is older than this (`30d`, `12h`, `90m`) is expired "
+    "when opened; `on_expired` says what then ([cassettes.md](cassettes.md#age-and-unused-cassettes)).",
+    "on_expired": "`warn` logs a line and replays, `fail` fails every call that would replay from it, naming the "
+    "cassette and its age, `rerecord` treats it as mode `all` for the server run.",
 }
 MATCH_SETTINGS = [
     ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
@@ -246,6 +250,8 @@ LIMITS = {
     "GC_THRESHOLDS": "garbage-collector thresholds the server runs with (start-up state is frozen)",
     "REPLAY_LATENCIES": "the values `--replay-latency` takes",
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
+    "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",
+    "USAGE_REFRESH_S": "a cassette's last-used time (for `proxy cassettes prune`) is written at most this often",
     "JSON_MAX_DEPTH": "deepest JSON nesting taken in a request (400 beyond) or an upstream reply (the call fails)",
     "JSON_MAX_NUMBER_DIGITS": "most digits in one JSON number, in a request or an upstream reply",
     "OFF_LOOP_REPLY_BYTES": "replies larger than this are parsed and mapped in a worker thread",

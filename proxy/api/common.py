@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 
 from proxy import jsonbounds
 from proxy.errors import BadRequest, InvalidField, NotFound
+from proxy.record_mode import RECORD_MODE_HEADER, RecordMode, call_mode
 
 T = TypeVar("T")
 
@@ -28,6 +29,11 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def record_mode_header(request: Request) -> RecordMode | None:
+    """The record mode this one call asks for (422 naming the header for a bad value)."""
+    return call_mode(request.headers.get(RECORD_MODE_HEADER))
 
 
 def json_response(data: Any, status_code: int = 200) -> JSONResponse:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.api.common import record_mode_header
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult, CutReply
@@ -54,6 +55,7 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 async def forward(request: Request) -> Response:
     """Forward the request as it is to the connection's origin."""
     rt = runtime(request)
+    mode = record_mode_header(request)
     conn = rt.connections.resolve(request.path_params["connection"])
     origin = fixed_origin(conn.spec.url)
     if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
@@ -64,6 +66,7 @@ async def forward(request: Request) -> Response:
     url = f"{origin.base_url()}/{request.path_params['path']}{query}"
     headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
+    handle = handle.for_call(mode)
     result = await rt.engine.forward(conn, request.method, url, headers, await request.body(), handle)
     return _response(result)
 

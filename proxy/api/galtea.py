@@ -15,6 +15,7 @@ from proxy.api.common import (
     paginate_sorted,
     query_list,
     read_json_object,
+    record_mode_header,
 )
 from proxy.api.openapi import ApiRoute
 from proxy.connection import CompiledConnection, public_fields
@@ -87,6 +88,7 @@ async def test_connection(request: Request) -> JSONResponse:
     """With `id`: the stored connection plus overrides; without: the fields given. `input` and
     `context` (this server's extension) choose what the template renders; a sample input otherwise."""
     rt = runtime(request)
+    mode = record_mode_header(request)
     data = await read_json_object(request)
     given = schemas.TestConnectionRequest.parse(data)  # a model made at import time: fields read by name
     test_input = getattr(given, "input", None)
@@ -102,7 +104,7 @@ async def test_connection(request: Request) -> JSONResponse:
         data.setdefault("type", "CONVERSATION")
         conn = rt.connections.build(data)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
-    ctx = CallContext(input=test_input, context=test_context, cassette=handle)
+    ctx = CallContext(input=test_input, context=test_context, cassette=handle.for_call(mode))
     # Credentials given here are masked in what this call produces, and not kept after it.
     with rt.connections.secrets_for_one_call(conn):
         result = await rt.engine.call(conn, ctx)

@@ -13,6 +13,7 @@ from proxy.api.common import (
     paginate_sorted,
     query_list,
     read_json_object,
+    record_mode_header,
 )
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ApiRoute
@@ -109,7 +110,7 @@ async def finish_session(request: Request) -> JSONResponse:
 async def run_turn(request: Request) -> JSONResponse:
     body = await read_json_object(request)
     sessions = runtime(request).sessions
-    turn = await sessions.run_turn(request.path_params["id"], body)
+    turn = await sessions.run_turn(request.path_params["id"], body, record_mode_header(request))
     session = sessions.get(turn.session_id)
     return json_response(
         {**turn.to_api(), "sessionStatus": session.status, "stoppingReason": session.stopping_reason}, 201

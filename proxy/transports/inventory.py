@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
+from proxy.expiry import parse_time
 from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.transports.cassette import Interaction, load_interactions
@@ -122,3 +124,25 @@ def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
     if redactor.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
         found.append("request URL holds a credential")
     return found
+
+
+@dataclass
+class Unused:
+    name: str
+    path: Path
+    last_use: str  # "never used", or "last used <time> by <session|connection|connector> <key>"
+
+
+def unused(root: Path, usage: dict[str, tuple[str, str]], since: datetime) -> tuple[list[Unused], int]:
+    """The cassettes under `root` not used since `since` (by `usage`, keyed by absolute file path), and how
+    many cassettes there are."""
+    files = cassette_files(root)
+    found = []
+    for path in files:
+        used = usage.get(str(path.resolve()))
+        when = parse_time(used[0]) if used else None
+        if used is None or when is None:
+            found.append(Unused(name_of(root, path), path, "never used"))
+        elif when < since:
+            found.append(Unused(name_of(root, path), path, f"last used {used[0]} by {used[1]}"))
+    return found, len(files)

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
+from proxy.settings import USAGE_REFRESH_S
 from proxy.store import Store
 from proxy.transports.cassette import (
     Cassette,
@@ -45,6 +50,10 @@ class CassetteMiss(Exception):
     """No recording answers this request and the mode forbids calling live."""
 
 
+class CassetteExpired(CassetteMiss):
+    """A recording answers, but its cassette is older than `cassette_max_age` and `on_expired` is `fail`."""
+
+
 @dataclass
 class CassetteHandle:
     """One opening of a cassette: its mode, whether the cassette existed then, and its own play-back
@@ -55,6 +64,7 @@ class CassetteHandle:
     existed: bool
     session_key: str
     repeat_last: bool = False  # forward route: once a request's answers are used up, the last one repeats
+    expired: str | None = None  # on_expired fail: why a replay from this cassette is refused
     positions: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 
     @property
@@ -69,15 +79,24 @@ class CassetteHandle:
             self.mode is RecordMode.ONCE and not self.existed
         )
 
+    def for_call(self, mode: RecordMode | None) -> CassetteHandle:
+        """This opening under another mode for one call (`X-Proxy-Record-Mode`): the same cassette, play-back
+        positions and `once` decision. A per-call `all` records without clearing a cassette other calls share."""
+        return self if mode is None or mode is self.mode else replace(self, mode=mode)
+
     def next_hit(self, cassette: Cassette, key: tuple[str, str, str, str]) -> Interaction | None:
         recorded = cassette.index.get(key)
         if not recorded:
             return None
         position = self.positions.get(key, 0)
+        if position >= len(recorded) and not self.repeat_last:
+            return None
+        if self.expired:
+            raise CassetteExpired(self.expired)
         if position < len(recorded):
             self.positions[key] = position + 1
             return cassette.interactions[recorded[position]]
-        return cassette.interactions[recorded[-1]] if self.repeat_last else None
+        return cassette.interactions[recorded[-1]]
 
     def skip_own_recording(self, cassette: Cassette, key: tuple[str, str, str, str]) -> None:
         """What this handle just recorded is not for it to replay (a retry must reach the server)."""
@@ -93,6 +112,8 @@ class CassetteLibrary:
         default_mode: RecordMode = RecordMode.ONCE,
         replay_latency: bool = False,
         replay_speed: float = 1.0,
+        max_age_s: float | None = None,
+        on_expired: OnExpired = OnExpired.WARN,
     ) -> None:
         self.root = root
         self._journal_root = root.resolve()
@@ -109,6 +130,11 @@ class CassetteLibrary:
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
         self.connection_modes: dict[str, RecordMode] = {}  # per-connection overrides from the config file
         self._flush_task: asyncio.Task[None] | None = None
+        self.miss_listeners: list[Callable[[str], None]] = []  # told every miss message (the pytest plugin)
+        self.max_age_s = max_age_s
+        self.on_expired = on_expired
+        self._expired: dict[str, str] = {}  # cassettes found over max_age_s at their first opening this run
+        self._used_at: dict[str, float] = {}  # when this run last wrote a cassette's use (monotonic)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -145,6 +171,58 @@ class CassetteLibrary:
             handle = self._server_handles[slot] = self.open(kind, key, mode, repeat_last=purpose == "forward")
         return handle
 
+    async def opened(self, handle: CassetteHandle) -> tuple[Cassette, CassetteHandle]:
+        """The handle's cassette, loaded, and the handle this call goes with: under `on_expired: rerecord` an
+        expired cassette is recorded afresh (mode `all`), under `fail` its replays are refused. The use is noted
+        for `proxy cassettes prune`."""
+        cassette = await self.cassette(handle.name)
+        await self._note_use(handle)
+        why = self._expired.get(handle.name)
+        if why is None:
+            return cassette, handle
+        if self.on_expired is OnExpired.RERECORD:
+            return cassette, handle.for_call(RecordMode.ALL)
+        if self.on_expired is OnExpired.FAIL:
+            return cassette, replace(handle, expired=why)
+        return cassette, handle
+
+    async def _note_use(self, handle: CassetteHandle) -> None:
+        now = time.monotonic()
+        last = self._used_at.get(handle.name)
+        if last is not None and now - last < USAGE_REFRESH_S:
+            return
+        self._used_at[handle.name] = now
+        kind = handle.name.split("/", 1)[0].removesuffix("s")  # session, connection, connector
+        used_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        await self.store.write(
+            self.store.cassette_used, self.journal_path(handle.name), used_at, f"{kind} {handle.session_key}"
+        )
+
+    def _check_age(self, cassette: Cassette, newest: datetime | None) -> None:
+        """At a cassette's first opening in this server run: is it older than `cassette_max_age`?"""
+        if self.max_age_s is None or newest is None or not cassette.interactions:
+            return
+        age_s = (datetime.now(UTC) - newest).total_seconds()
+        if age_s <= self.max_age_s:
+            return
+        recorded = newest.isoformat(timespec="seconds").replace("+00:00", "Z")
+        why = (
+            f"cassette {cassette.name} is {describe_age(age_s)} old (newest recording {recorded}), over "
+            f"cassette_max_age {describe_age(self.max_age_s)}"
+        )
+        if self.on_expired is OnExpired.WARN:
+            log.warning("%s: replaying it anyway (on_expired: warn)", why)
+            return
+        if self.on_expired is OnExpired.RERECORD:
+            log.warning("%s: recording it afresh (on_expired: rerecord)", why)
+            self._reset_this_run.add(cassette.name)
+            self._pending_reset.add(cassette.name)
+        self._expired[cassette.name] = (
+            f"{why}; on_expired: fail refuses to replay it (re-record it with record mode all)"
+            if self.on_expired is OnExpired.FAIL
+            else why
+        )
+
     async def cassette(self, name: str) -> Cassette:
         cassette = self._cassettes.get(name)
         if cassette is None:
@@ -169,6 +247,9 @@ class CassetteLibrary:
             for interaction in interactions:
                 cassette.add(interaction)
             cassette.existed = True
+            if self.max_age_s is not None:
+                recorded_at = [i.proxy.get("recorded_at") for i in interactions]
+                self._check_age(cassette, await loop.run_in_executor(self._files, newest_recording, recorded_at, path))
         cassette.dirty = False
         self._cassettes[name] = cassette
         self._loading.pop(name, None)
@@ -193,7 +274,14 @@ class CassetteLibrary:
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
     def explain_miss(self, cassette: Cassette, request: RecordedRequest) -> str:
-        """The cassette, the nearest recorded request and where they differ. A scan, but only on a miss."""
+        """The cassette, the nearest recorded request and where they differ, told to the miss listeners too.
+        A scan, but only on a miss."""
+        message = self._miss_message(cassette, request)
+        for listener in self.miss_listeners:
+            listener(message)
+        return message
+
+    def _miss_message(self, cassette: Cassette, request: RecordedRequest) -> str:
         head = f"cassette {cassette.name} has no recording for {request.method} {request.uri}"
         if not cassette.interactions:
             where = "is empty" if cassette.existed or cassette.path.exists() else "does not exist"

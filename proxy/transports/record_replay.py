@@ -39,7 +39,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         handle: CassetteHandle | None = request.extensions.get(CASSETTE_EXTENSION)
         if handle is None or not (handle.replays or handle.records):  # mode off
             return _tag(await self.live.handle_async_request(request), "live")
-        cassette = await self.library.cassette(handle.name)
+        cassette, handle = await self.library.opened(handle)
         body = await request.aread()
         per_run = request.extensions.get(PER_RUN_EXTENSION) or {}
         recorded_request = _redacted_request(request, body, per_run, self.redactor)

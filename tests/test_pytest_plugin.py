@@ -1,0 +1,177 @@
+"""The pytest plugin, as a user's suite meets it: pytest run in a subprocess on a small project with no
+conftest, against a real upstream. Record, replay with the upstream stopped, a changed request fails its
+test with the miss message, and the marker sets one test's mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.servers import serve_in_thread
+from tests.upstream import Received, Reply, Upstream
+
+pytestmark = pytest.mark.e2e
+RUN_TIMEOUT_S = 180
+# Other plugins of this venv, off to save start-up time; `proxy` still loads from its entry point.
+QUIET_PLUGINS = [f"-p no:{name}" for name in ("cacheprovider", "schemathesis", "hypothesispytest", "asyncio", "anyio")]
+
+TESTS = """
+import os
+
+import httpx
+import pytest
+from galtea import Galtea
+from openai import OpenAI
+
+
+def test_openai_sdk_through_the_forward_route(proxy_server):
+    client = OpenAI(api_key="sk-user-key-1234", base_url=f"{proxy_server.url}/forward/chat/v1", max_retries=0)
+    message = os.environ["CHAT_MESSAGE"]
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": message}])
+    assert answer.choices[0].message.content == f"answer to {message}"
+
+
+def test_galtea_sdk_test_connection(proxy_server):
+    galtea = Galtea(api_key="galtea-key", base_url=proxy_server.url, suppress_updatable_version_message=True)
+    try:
+        conn = galtea.endpoint_connections.get_by_name("bot", "prod-1")
+        result = galtea.endpoint_connections.test(id=conn.id)
+    finally:
+        galtea.shutdown()
+    assert result.success and result.extracted_output == {"output": "pong"}
+
+
+@pytest.mark.proxy_record_mode("new_episodes")
+def test_marked_new_episodes(proxy_server):
+    answer = httpx.post(f"{proxy_server.url}/forward/chat/v1/extra", json={"n": os.environ["EXTRA"]})
+    assert answer.status_code == 200, answer.text
+"""
+
+
+def config_yaml(upstream_url: str) -> str:
+    common = {"product_id": "prod-1", "type": "CONVERSATION", "auth_type": "BEARER", "auth_token": "tok-Plug1n-Secret"}
+    connections = [
+        {
+            **common,
+            "name": "chat",  # for the forward route: its origin and credentials
+            "url": f"{upstream_url}/v1/chat/completions",
+            "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
+            "output_mapping": {"output": "$.choices[0].message.content"},
+        },
+        {
+            **common,
+            "name": "bot",
+            "url": f"{upstream_url}/bot",
+            "input_template": '{"q": "{{ input.user_message }}"}',
+            "output_mapping": {"output": "$.reply"},
+        },
+    ]
+    return json.dumps({"connections": connections, "settings": {"allow_http": True}})  # JSON is YAML
+
+
+def completion(received: Received) -> Reply:
+    content = received.json["messages"][0]["content"]
+    message = {"role": "assistant", "content": f"answer to {content}"}
+    return Reply(
+        json={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+        }
+    )
+
+
+def fake_upstream() -> Upstream:
+    upstream = Upstream()
+    upstream.handle("/v1/chat/completions", completion)
+    upstream.script("/bot", Reply(json={"reply": "pong"}))
+    return upstream
+
+
+def run_pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "--strict-markers", "-rA", *args],
+        cwd=project,
+        env={**os.environ, "CHAT_MESSAGE": "hello", "EXTRA": "first", **env},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "test_app.py").write_text(TESTS)
+    return folder
+
+
+def test_record_then_replay_offline_then_a_changed_request_fails_with_the_miss(project: Path) -> None:
+    upstream = fake_upstream()
+    with serve_in_thread(upstream.app) as url:
+        (project / "proxy.yaml").write_text(config_yaml(url))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")  # relative to the ini file
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert "3 passed" in recorded.stdout
+        assert {r.path for r in upstream.received} == {"/v1/chat/completions", "/bot", "/v1/extra"}
+        assert not any(name.startswith("x-proxy") for r in upstream.received for name in r.headers)
+        upstream.received.clear()
+
+        # The default mode (none) replays; the marked test (new_episodes) records its new request live.
+        marked = run_pytest(project, EXTRA="second")
+        assert marked.returncode == 0, marked.stdout + marked.stderr
+        assert [(r.path, r.json) for r in upstream.received] == [("/v1/extra", {"n": "second"})]
+    cassette = (project / "cassettes" / "connections" / "chat.yaml").read_text()
+    assert "answer to hello" in cassette and "sk-user-key-1234" not in cassette
+
+    # The upstream is gone: everything replays.
+    replayed = run_pytest(project, EXTRA="second")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "3 passed" in replayed.stdout
+
+    changed = run_pytest(project, CHAT_MESSAGE="changed")
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert "FAILED test_app.py::test_openai_sdk_through_the_forward_route" in changed.stdout
+    assert "2 passed" in changed.stdout
+    assert "proxy: 1 replay miss (record mode none):" in changed.stdout
+    assert "cassette connections/chat has no recording for POST" in changed.stdout
+    assert 'differing at body $.messages[0].content: "hello" recorded, "changed" now' in changed.stdout
+
+    # --proxy-cassettes beats the default folder (`cassettes` beside the ini file): an empty one misses.
+    elsewhere = run_pytest(project, "--proxy-cassettes", "tapes", "-k", "galtea")
+    assert elsewhere.returncode == 1 and "cassette connections/bot has no recording" in elsewhere.stdout
+    assert "tapes/connections/bot.yaml" in elsewhere.stdout
+
+
+def test_a_bad_marker_fails_its_test_and_an_unused_fixture_loads_nothing(project: Path) -> None:
+    (project / "test_app.py").write_text(
+        textwrap.dedent(
+            """
+            import sys
+
+            import pytest
+
+            def test_nothing_of_the_server_is_imported():
+                assert "proxy.pytest_plugin" in sys.modules  # loaded from the entry point
+                assert not [m for m in ("proxy.runtime", "proxy.app", "proxy.engine") if m in sys.modules]
+
+            @pytest.mark.proxy_record_mode("sometimes")
+            def test_bad_marker():
+                pass
+            """
+        )
+    )
+    result = run_pytest(project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed, 1 error" in result.stdout
+    assert "@pytest.mark.proxy_record_mode: 'sometimes' is not a valid record mode" in result.stdout
