@@ -23,6 +23,8 @@ MAX_RETRY_DELAY_MS = 60000
 DEFAULT_RETRYABLE_STATUS_CODES = (429, 500, 502, 503, 504)
 MAX_CONVERSATION_END_RULES = 20
 RATE_LIMIT_WINDOW_S = 60.0
+# `response_mode: sse`: where each event's JSON data holds its piece of the reply's text (OpenAI's shape).
+DEFAULT_STREAM_TEXT_PATH = "$.choices[0].delta.content"
 
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
