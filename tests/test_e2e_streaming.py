@@ -3,6 +3,7 @@ the official OpenAI and Anthropic SDKs, and read whole by a streaming endpoint c
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ import openai
 import pytest
 import vcr
 import yaml
+from click.testing import CliRunner
 
+from proxy.cli import main
 from proxy.config import Config
 from tests.conftest import TEST_TOKEN, NoNetwork, running_proxy
 from tests.servers import serve_in_thread
@@ -94,8 +97,11 @@ def test_openai_stream_is_relayed_as_it_arrives_recorded_and_replayed(
     # The upstream is stopped for the replays: no network at all.
     upstream.reset(cut_after=0)
     offline = NoNetwork()
-    for latency, speed, first_at_least, first_below in (("none", 1.0, 0.0, 0.3), ("recorded", 1.0, 0.38, 2.0),
-                                                       ("recorded", 4.0, 0.09, 0.3)):
+    for latency, speed, first_at_least, first_below in (
+        ("none", 1.0, 0.0, 0.3),
+        ("recorded", 1.0, 0.38, 2.0),
+        ("recorded", 4.0, 0.09, 0.3),
+    ):
         with running_proxy(
             tmp_path / f"b-{latency}-{speed}",
             forward_config(url),
@@ -197,8 +203,15 @@ def sse_config(url: str, **connection: Any) -> Config:
         "output_mapping": {"output": "$.text", "tokens": "$.last.usage.total_tokens"},
         **connection,
     }
-    final = {"name": "final", "product_id": "p", "type": "FINALIZATION", "url": f"{url}/final", "auth_type": "NONE",
-             "input_template": "{}", "output_mapping": {}}
+    final = {
+        "name": "final",
+        "product_id": "p",
+        "type": "FINALIZATION",
+        "url": f"{url}/final",
+        "auth_type": "NONE",
+        "input_template": "{}",
+        "output_mapping": {},
+    }
     version = {"name": "v1", "product_id": "p", "conversation": "chat", "finalization": "final"}
     return Config(connections=[conversation, final], versions=[version])
 
@@ -262,8 +275,15 @@ def test_streaming_connection_cut_mid_stream_fails_the_turn_records_nothing_and_
 
 def test_streaming_connection_refuses_a_bad_response_mode(tmp_path: Path) -> None:
     with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
-        data = {"name": "c", "productId": "p", "url": "http://127.0.0.1:9/x", "type": "CONVERSATION",
-                "authType": "NONE", "inputTemplate": '{"m": "{{ input }}"}', "outputMapping": {"output": "$.text"}}
+        data = {
+            "name": "c",
+            "productId": "p",
+            "url": "http://127.0.0.1:9/x",
+            "type": "CONVERSATION",
+            "authType": "NONE",
+            "inputTemplate": '{"m": "{{ input }}"}',
+            "outputMapping": {"output": "$.text"},
+        }
         bad_mode = client.post("/endpointConnections", json={**data, "responseMode": "xml"})
         bad_path = client.post("/endpointConnections", json={**data, "responseMode": "SSE", "streamTextPath": "$["})
         good = client.post("/endpointConnections", json={**data, "responseMode": "SSE", "streamTextPath": "$.t"})
@@ -271,3 +291,47 @@ def test_streaming_connection_refuses_a_bad_response_mode(tmp_path: Path) -> Non
     assert bad_path.status_code == 422 and "streamTextPath" in bad_path.json()["message"]
     assert good.status_code == 201, good.text
     assert good.json()["responseMode"] == "sse" and good.json()["streamTextPath"] == "$.t"
+
+
+def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+    upstream, url = streaming
+    upstream.reset(first_delay=0.1, gap=0.01)
+    config = sse_config(url)
+    path = tmp_path / "proxy.yaml"
+    settings = {"allow_http": True}
+    path.write_text(
+        yaml.safe_dump({"settings": settings, "connections": config.connections, "versions": config.versions})
+    )
+    where = ["--config", str(path), "--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes")]
+
+    checked = CliRunner().invoke(main, ["check", "chat", *where, "--input", '{"user_message": "hi"}'])
+    assert checked.exit_code == 0, checked.output
+    assert f'→ "{"".join(WORDS)}"' in checked.output
+    assert f"{len(WORDS) + 2} chunks, {len(WORDS) + 1} events, first token at " in checked.output
+    assert checked.output.split("Stream  first byte")[1].count(' ms  {"id": "c-1"') == len(WORDS) + 1
+
+    dataset = tmp_path / "cases.jsonl"
+    dataset.write_text('{"id": "tc-run", "input": {"user_message": "hi"}}\n')
+    outs = []
+    for index, mode in enumerate(("once", "none", "none")):
+        out = tmp_path / f"results-{index}.jsonl"
+        ran = CliRunner().invoke(
+            main, ["run", str(dataset), "--version", "v1", *where, "--record-mode", mode, "--out", str(out)]
+        )
+        assert ran.exit_code == 0, ran.output
+        outs.append(out.read_text())
+        upstream.reset(cut_after=0)  # replays only from here on
+    (turn,) = json.loads(outs[1])["turns"]
+    assert turn["output"] == "".join(WORDS) and turn["timeToFirstTokenMs"] >= 100
+    assert outs[1] == outs[2]  # replays are byte-identical, time to first token included
+
+    with (
+        running_proxy(
+            tmp_path / "inspect", config, NoNetwork(), cassettes_dir=tmp_path / "cassettes", record_mode="none"
+        ) as proxy,
+        httpx.Client(base_url=proxy.url) as client,
+    ):
+        turn_api, _ = run_turn(client, "tc-run")
+        page = client.get(f"/inspector/sessions/{turn_api['sessionId']}").text
+    assert f"{len(WORDS) + 2} chunks</h3>" in page and "Stream · first byte at" in page
+    assert "chat.completion.chunk" in page
