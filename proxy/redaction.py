@@ -303,6 +303,7 @@ class Redactor:
         self._lock = threading.Lock()
         self.longest_echo = 0  # bytes: the longest any form of a known secret can be (see StreamMasker)
         self.echo_heads: tuple[bytes, ...] = ()  # the bytes an echo can begin with, before any escape in it
+        self.longest_head = 0
         self.echo_starts = re.compile(b"[\\\\%]")  # the first bytes of those, and of an escape
 
     # -- the set of secrets ----------------------------------------------------------------------
@@ -355,6 +356,7 @@ class Redactor:
             self._masks = _Masks(known) if known else None
             self.longest_echo = max(map(_longest_echo, known), default=0)
             self.echo_heads = _echo_heads(known, self._masks)
+            self.longest_head = max(map(len, self.echo_heads), default=0)
             first = sorted({form[0] for form in self.echo_heads if form} | {ord("\\"), ord("%")})
             self.echo_starts = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in first) + b"]")
 
@@ -440,17 +442,17 @@ class StreamMasker:
         return masked[:release]
 
     def _echo_start(self, data: bytes, start: int) -> int:
-        """The first place from `start` on where an echo may begin and run past the end of `data`: up to its
-        first escape (`\\`, `%`), an echo reads as one of the secret's literal forms does."""
-        heads, starts = self.redactor.echo_heads, self.redactor.echo_starts
-        for found in starts.finditer(data, start):
-            at = found.start()
-            tail = data[at:]
-            escape = _ESCAPE_START.search(tail)
-            head = tail[: escape.start()] if escape else tail
+        """The first place from `start` on where an echo may begin and run past the end of `data`. Up to its
+        first escape (`\\\\`, `%`) an echo reads as one of the secret's literal forms does, so it begins at an
+        escape or at a run that is the start of a literal form, no longer than the longest of them."""
+        escape = _ESCAPE_START.search(data, start)
+        limit = escape.start() if escape else len(data)
+        heads = self.redactor.echo_heads
+        for found in self.redactor.echo_starts.finditer(data, max(start, limit - self.redactor.longest_head), limit):
+            head = data[found.start() : limit]
             if any(form.startswith(head) for form in heads):
-                return _char_start(data, at)
-        return len(data)
+                return _char_start(data, found.start())
+        return _char_start(data, limit)
 
     def flush(self) -> bytes:
         held, self._held = self._held, b""

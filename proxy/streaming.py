@@ -65,7 +65,7 @@ class SseParser:
         """A last event without its closing blank line still counts."""
         self.feed(b"", offset_ms)
         if self._pending:
-            self._line(self._pending, offset_ms)
+            self._line(self._pending.rstrip("\r"), offset_ms)
             self._pending = ""
         self._line("", offset_ms)
 
@@ -153,7 +153,8 @@ class Relay:
         self.max_bytes = max_bytes
         self.deadline = deadline
         self.timing = timing
-        self.events = SseParser() if is_event_stream(response.headers) else None
+        # An event stream's chunks as relayed, read into events only if the exchange is looked at.
+        self.seen: list[tuple[float, bytes]] | None = [] if is_event_stream(response.headers) else None
         self.ended = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -184,9 +185,14 @@ class Relay:
             await self.response.aclose()
 
     def _saw(self, chunk: bytes) -> None:
-        if self.events is not None:
-            self.events.feed(chunk, self.timing.chunks[-1][0] if self.timing.chunks else self.timing.ttfb_ms)
+        if self.seen is not None:
+            self.seen.append((self.timing.chunks[-1][0] if self.timing.chunks else self.timing.ttfb_ms, chunk))
 
     def stream_json(self) -> dict[str, Any]:
         timing = self.response.extensions.get(STREAM_EXTENSION) or self.timing
-        return stream_json(timing, self.events.events if self.events else [])
+        parser = SseParser()
+        for offset, chunk in self.seen or ():
+            parser.feed(chunk, offset)
+        if self.ended and self.seen:
+            parser.end(self.seen[-1][0])
+        return stream_json(timing, parser.events)
