@@ -12,7 +12,7 @@ from jsonpath_ng import JSONPath
 from proxy.auth import Credentials, masked_headers, secret_header_parts
 from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
-from proxy.models import ConnectionSpec, check_connection
+from proxy.models import ConnectionSpec, ResponseMode, check_connection
 from proxy.retry import RetryPolicy
 from proxy.settings import MIN_SECRET_LEN
 from proxy.templating import CompiledTemplate, TemplateRefused
@@ -34,6 +34,7 @@ class CompiledConnection:
     url_template: CompiledTemplate
     mapping: CompiledMapping
     end_rules: list[CompiledEndRule] = field(default_factory=list)
+    stream_text_path: JSONPath | None = None  # response_mode sse: each event's piece of the text
 
     @property
     def name(self) -> str:
@@ -82,7 +83,12 @@ def compile_connection(
             except JsonPathRefused as exc:
                 raise InvalidField(f"conversationEndRules[{index}].bodyMatch.path", str(exc)) from None
         rules.append(CompiledEndRule(rule.status_code, path, rule.body_match.equals if rule.body_match else None))
-    return CompiledConnection(conn_id, spec, created_at, body, url, CompiledMapping(mapping_source, paths), rules)
+    try:
+        text_path = compile_jsonpath(spec.stream_text_path) if spec.response_mode is ResponseMode.SSE else None
+    except JsonPathRefused as exc:
+        raise InvalidField("streamTextPath", str(exc)) from None
+    mapping = CompiledMapping(mapping_source, paths)
+    return CompiledConnection(conn_id, spec, created_at, body, url, mapping, rules, text_path)
 
 
 def secret_fields(spec: ConnectionSpec) -> list[tuple[str, str]]:

@@ -37,6 +37,7 @@ from proxy.mapping import (
 from proxy.models import ConnectionType, HttpMethod
 from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
+from proxy.streaming import Event, Relay, events_of, read_timed, sse_reply, stream_json
 from proxy.templating import TemplateRefused, as_template_input
 from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyCut, BodyTooLarge, read_capped
 from proxy.transports.client import AiohttpTransport
@@ -49,6 +50,7 @@ from proxy.transports.record_replay import (
     PER_RUN_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
 )
+from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
 
 # The headers httpx.AsyncClient would add, kept so upstreams and cassettes see what they always saw.
 CLIENT_HEADERS = {
@@ -129,6 +131,9 @@ class UpstreamReply:
     json: Any = None
     is_json: bool = False
     json_refused: str | None = None  # JSON over a bound (nesting, number length): why it was not parsed
+    timing: StreamTiming | None = None  # a streamed reply's chunk timing
+    events: list[Event] | None = None  # a server-sent event stream's events
+    relay: Relay | None = None  # the forward route: a stream still on its way, relayed to the client
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +141,13 @@ class UpstreamReply:
             "headers": self.headers,
             "body": self.json if self.is_json else self.text,
         }
+
+    def stream_json(self) -> dict[str, Any] | None:
+        if self.relay is not None:
+            return self.relay.stream_json()
+        if self.timing is None:
+            return None
+        return stream_json(self.timing, self.events or [])
 
 
 @dataclass
@@ -165,6 +177,7 @@ class CallResult:
     error: str | None = None
     extraction_error: str | None = None
     ended_by_rule: int | None = None  # index of the conversation end rule that matched
+    time_to_first_token_ms: float | None = None  # response_mode sse: when the first piece of text arrived
 
     @property
     def ok(self) -> bool:
@@ -193,6 +206,7 @@ class CallResult:
             "error": self.error,
             "endedByRule": self.ended_by_rule,
             "cassette": self.outcome,
+            "stream": self.reply.stream_json() if self.reply else None,
         }
 
 
@@ -294,7 +308,7 @@ class Engine:
             result.error = self.redactor.redact(f"the forwarded URL is not usable ({exc}): {url}")
             return result
         try:
-            await self._send(conn, request, result, end_rules=False)
+            await self._send(conn, request, result, end_rules=False, relay=True)
         except Exception as exc:
             _internal_failure(result, exc, self.redactor)
         return result
@@ -312,13 +326,21 @@ class Engine:
         }
 
     async def _send(
-        self, conn: CompiledConnection, request: httpx.Request, result: CallResult, end_rules: bool = True
+        self,
+        conn: CompiledConnection,
+        request: httpx.Request,
+        result: CallResult,
+        end_rules: bool = True,
+        relay: bool = False,
     ) -> None:
-        """The retry loop: retryable statuses, timeouts and connection errors, backoff or Retry-After."""
+        """The retry loop: retryable statuses, timeouts and connection errors, backoff or Retry-After.
+        With `relay`, a streamed reply that will not be retried is handed on as it arrives (`reply.relay`):
+        once its bytes go to a client, it is never retried."""
         policy = conn.retry_policy
         backoff_ms = 0.0
+        relayed = policy.retryable_statuses if relay else None
         for number in range(1, policy.max_calls + 1):
-            attempt, reply, retryable = await self._attempt(number, request, conn.spec.timeout)
+            attempt, reply, retryable = await self._attempt(number, request, conn.spec.timeout, relayed)
             attempt.waited_ms += backoff_ms
             result.attempts.append(attempt)
             if reply is not None:
@@ -393,10 +415,12 @@ class Engine:
             return None
 
     async def _attempt(
-        self, number: int, request: httpx.Request, timeout_s: float
+        self, number: int, request: httpx.Request, timeout_s: float, relay_unless: Any = None
     ) -> tuple[Attempt, UpstreamReply | None, bool]:
-        """One call; returns the attempt, the reply (if any) and whether a failure without reply may retry."""
+        """One call; returns the attempt, the reply (if any) and whether a failure without reply may retry.
+        With `relay_unless` (statuses to read whole), a streamed reply is returned unread, to be relayed."""
         started = time.perf_counter()
+        timing: StreamTiming | None = StreamTiming()
         # The timeout covers the whole attempt, body included: a trickling body must not hang a turn. It starts
         # when the request is sent: a transport's wait before that (the rate limit) is reported apart.
         timeout = AttemptTimeout(timeout_s)
@@ -404,8 +428,17 @@ class Engine:
         try:
             async with timeout:
                 response = await self.transport.handle_async_request(request)
+                assert timing is not None
+                timing.head()
+                streamed = is_streamed(response)
+                if streamed and relay_unless is not None and response.status_code not in relay_unless:
+                    attempt, reply = self._relayed(number, started, timeout, response, timing)
+                    return attempt, reply, False
                 try:
-                    raw = await read_capped(response, self.max_body_bytes)
+                    if streamed:
+                        raw, timing = await read_timed(response, self.max_body_bytes, timing)
+                    else:
+                        raw, timing = await read_capped(response, self.max_body_bytes), None
                 finally:
                     await response.aclose()
         except TimeoutError:
@@ -433,9 +466,31 @@ class Engine:
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
+        if timing is not None and timing.latency_ms is not None and recorded_latency is None and outcome != "live":
+            latency = timing.latency_ms  # a stream recorded just now: the latency its recording keeps
         reply = await _off_loop_if_large(len(raw), _reply, response, raw, self.redactor)
+        if timing is not None:
+            reply.timing = timing
+            if is_event_stream(reply.headers):
+                reply.events = events_of(reply.text.encode(), timing)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         return attempt, reply, False
+
+    def _relayed(
+        self, number: int, started: float, timeout: AttemptTimeout, response: httpx.Response, timing: StreamTiming
+    ) -> tuple[Attempt, UpstreamReply]:
+        """A streamed reply handed on unread: its head now, its body as the client reads it."""
+        latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
+        recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
+        if recorded_latency is not None:
+            latency = float(recorded_latency)
+        headers = {k.lower(): self.redactor.redact(v) for k, v in response.headers.items()}
+        reply = UpstreamReply(response.status_code, response.reason_phrase, headers, "")
+        deadline = timeout.deadline() or asyncio.get_running_loop().time() + timeout.timeout_s
+        reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
+        outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
+        attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        return attempt, reply
 
     def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
         latency = (time.perf_counter() - started) * 1000 - timeout.waited_ms
@@ -455,18 +510,25 @@ class Engine:
         reply = result.reply
         if reply is None:
             return
-        if reply.json_refused:  # even without a mapping: a reply nobody can read back is a failed call
-            result.error = f"the upstream reply is refused: {reply.json_refused}"
-            return
-        if not conn.mapping.paths:
-            return
-        if not reply.is_json:
-            preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
-            result.error = self.redactor.redact(
-                f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
-            )
-            return
-        mapped = conn.mapping.apply(reply.json)
+        document: Any
+        if conn.stream_text_path is not None:
+            document = self._sse_document(conn.stream_text_path, reply, result)
+            if document is None or not conn.mapping.paths:
+                return
+        else:
+            if reply.json_refused:  # even without a mapping: a reply nobody can read back is a failed call
+                result.error = f"the upstream reply is refused: {reply.json_refused}"
+                return
+            if not conn.mapping.paths:
+                return
+            if not reply.is_json:
+                preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+                result.error = self.redactor.redact(
+                    f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
+                )
+                return
+            document = reply.json
+        mapped = conn.mapping.apply(document)
         result.extracted = mapped.values
         result.misses = {k: self.redactor.redact(v) for k, v in mapped.misses.items()}
         if TRACES in result.extracted:
@@ -485,6 +547,20 @@ class Engine:
         if failed:
             key = failed[0]
             result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+    def _sse_document(self, text_path: Any, reply: UpstreamReply, result: CallResult) -> dict[str, Any] | None:
+        """`response_mode: sse`: the events' text pieces joined, what the output mapping runs over."""
+        if reply.events is None:
+            reply.events = events_of(reply.text.encode(), reply.timing or StreamTiming())
+        if not reply.events:
+            preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+            result.error = self.redactor.redact(
+                f"the connection reads server-sent events (responseMode sse), but the reply holds none: {preview}"
+            )
+            return None
+        sse = sse_reply(reply.events, text_path)
+        result.time_to_first_token_ms = sse.time_to_first_token_ms
+        return sse.document
 
 
 async def _off_loop_if_large(size: int, func: Callable[..., Any], *args: Any) -> Any:

@@ -14,6 +14,7 @@ from proxy.connection import CompiledConnection
 from proxy.engine import REQUIRED_KEYS, CallResult
 
 WIDTH = 100
+SHOWN_EVENTS = 50  # of a stream; the rest are counted
 
 
 def _pretty(body: Any) -> list[str]:
@@ -31,6 +32,19 @@ def _short(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
     return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
+
+
+def _stream(stream: dict[str, Any], first_token_ms: float | None) -> list[str]:
+    first_token = f", first token at {first_token_ms:.1f} ms" if first_token_ms is not None else ""
+    events = stream["events"]
+    lines = [
+        f"Stream  first byte at {stream['timeToFirstByteMs']:.1f} ms, {len(stream['chunks'])} chunks, "
+        f"{len(events)} events{first_token}"
+    ]
+    lines += [f"  {event['offsetMs']:>9.1f} ms  {_short(event['data'])}" for event in events[:SHOWN_EVENTS]]
+    if len(events) > SHOWN_EVENTS:
+        lines.append(f"  … {len(events) - SHOWN_EVENTS} more events")
+    return lines
 
 
 def explain(conn: CompiledConnection, result: CallResult, sent: bool = True) -> list[str]:
@@ -63,6 +77,9 @@ def explain(conn: CompiledConnection, result: CallResult, sent: bool = True) -> 
     if reply is not None:
         lines += ["", f"Response  HTTP {reply.status} {reply.reason}  ({result.latency_ms:.1f} ms)"]
         lines += [f"  {line}" for line in _pretty(reply.json if reply.is_json else reply.text)]
+        stream = reply.stream_json()
+        if stream is not None:
+            lines += ["", *_stream(stream, result.time_to_first_token_ms)]
     lines += ["", "Output mapping"]
     required = REQUIRED_KEYS.get(spec.type, ())
     if not conn.mapping.source:

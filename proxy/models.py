@@ -23,6 +23,7 @@ from proxy.settings import (
     DEFAULT_RETRY_MAX_ATTEMPTS,
     DEFAULT_RETRY_MAX_DELAY_MS,
     DEFAULT_RETRYABLE_STATUS_CODES,
+    DEFAULT_STREAM_TEXT_PATH,
     DEFAULT_TIMEOUT_S,
     MAX_CONVERSATION_END_RULES,
     MAX_FAULT_RULES,
@@ -79,6 +80,17 @@ class BackoffStrategy(CaseInsensitiveEnum):
     EXPONENTIAL = "EXPONENTIAL"
 
 
+class ResponseMode(CaseInsensitiveEnum):
+    """How a reply is read: one JSON document, or server-sent events whose text pieces are joined."""
+
+    JSON = "json"
+    SSE = "sse"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ResponseMode | None:
+        return next((m for m in cls if isinstance(value, str) and m.value == value.lower()), None)
+
+
 class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -127,6 +139,8 @@ class ConnectionSpec(ApiModel):
     traceparent: bool = True  # off: no traceparent is generated, and a custom one is sent as written
     conversation_end_rules: list[EndRule] = Field(default_factory=list, max_length=MAX_CONVERSATION_END_RULES)
     faults: list[FaultRule] = Field(default_factory=list, max_length=MAX_FAULT_RULES)
+    response_mode: ResponseMode = ResponseMode.JSON
+    stream_text_path: str = Field(default=DEFAULT_STREAM_TEXT_PATH, min_length=1, max_length=1000)
 
     @field_validator("retryable_status_codes")
     @classmethod
@@ -150,6 +164,8 @@ NULLABLE_TO_DEFAULT = {
     "traceparent",
     "conversation_end_rules",
     "faults",
+    "response_mode",
+    "stream_text_path",
     "http_method",
     "auth_type",
 }

@@ -61,6 +61,7 @@ def turn_result(turn: Turn) -> dict[str, Any]:
         "retrievalContext": turn.retrieval_context,
         "traces": turn.traces,
         "latencyMs": turn.latency,
+        "timeToFirstTokenMs": turn.time_to_first_token_ms,
         "status": turn.status,
         "cassette": exchange.get("cassette"),
     }

@@ -236,6 +236,18 @@ class UpstreamReply(Answer):
     body: Any
 
 
+class StreamEvent(Answer):
+    offset_ms: float = Field(description="when the chunk that completed the event arrived, ms from the request")
+    data: Any = Field(description="the event's data, parsed when it is JSON")
+
+
+class Stream(Answer):
+    model_config = ConfigDict(extra="allow")
+    time_to_first_byte_ms: float
+    chunks: list[list[float]] = Field(description="[offset_ms, bytes] per chunk, offsets from sending the request")
+    events: list[StreamEvent]
+
+
 class Exchange(Answer):
     """What one upstream call sent and received."""
 
@@ -248,6 +260,7 @@ class Exchange(Answer):
     error: str | None
     ended_by_rule: int | None
     cassette: str | None = Field(description="hit, recorded, miss, live or injected (a fault rule acted)")
+    stream: Stream | None = Field(default=None, description="a streamed reply's timing and events; null otherwise")
 
 
 class InferenceResult(Answer):
@@ -262,6 +275,9 @@ class InferenceResult(Answer):
     retrieval_context: str | None
     traces: list[dict[str, Any]]
     latency: float | None
+    time_to_first_token_ms: float | None = Field(
+        default=None, description="responseMode sse: ms from sending the request to the first piece of text"
+    )
     status: TurnStatus
     error: str | None
     exchange: Exchange | None = Field(description="null for a turn the client logged")

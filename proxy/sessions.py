@@ -94,6 +94,7 @@ class Turn:
     retrieval_context: str | None = None
     traces: list[dict[str, Any]] = field(default_factory=list)
     latency: float | None = None
+    time_to_first_token_ms: float | None = None  # a streamed reply (responseMode sse): its first piece of text
     status: str = GENERATED
     error: str | None = None
     exchange: dict[str, Any] | None = None
@@ -110,6 +111,9 @@ class Turn:
             "retrievalContext": self.retrieval_context,
             "traces": self.traces,
             "latency": self.latency,
+            "timeToFirstTokenMs": self.time_to_first_token_ms
+            if self.time_to_first_token_ms is not None
+            else self.extra.get("timeToFirstTokenMs"),
             "status": self.status,
             "error": self.error,
             "exchange": self.exchange,
@@ -380,6 +384,7 @@ class SessionService:
     def _apply_turn_result(self, session: Session, turn: Turn, result: CallResult) -> None:
         turn.exchange = result.to_json()
         turn.latency = round(result.latency_ms, 3)
+        turn.time_to_first_token_ms = result.time_to_first_token_ms
         extracted = result.extracted
         if result.ended_by_rule is not None:
             # The endpoint ended the conversation: the session completes with the turns so far.

@@ -27,6 +27,8 @@ MAX_CONVERSATION_END_RULES = 20
 RATE_LIMIT_WINDOW_S = 60.0
 MAX_FAULT_RULES = 50
 MAX_FAULT_DELAY_MS = 120_000
+# `response_mode: sse`: where each event's JSON data holds its piece of the reply's text (OpenAI's shape).
+DEFAULT_STREAM_TEXT_PATH = "$.choices[0].delta.content"
 
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600

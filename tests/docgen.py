@@ -240,6 +240,7 @@ LIMITS = {
     "MAX_RETRY_DELAY_MS": "largest `retry_initial_delay_ms` and `retry_max_delay_ms`",
     "DEFAULT_RETRYABLE_STATUS_CODES": "`retryable_status_codes`",
     "MAX_CONVERSATION_END_RULES": "most `conversation_end_rules` on one connection",
+    "DEFAULT_STREAM_TEXT_PATH": "`stream_text_path`: where an OpenAI-shaped event holds its piece of the text",
     "RATE_LIMIT_WINDOW_S": "the window `rate_limit` counts calls in, seconds",
     "MAX_FAULT_RULES": "most fault rules on one connection or connector, or in one `PUT /_proxy/faults`",
     "MAX_FAULT_DELAY_MS": "largest `delay_ms` of a fault rule",

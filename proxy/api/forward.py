@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 
+import httpx
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from proxy.api.common import record_mode_header
@@ -16,6 +18,8 @@ from proxy.engine import CallResult, CutReply
 from proxy.errors import InvalidField
 from proxy.origins import fixed_origin
 from proxy.settings import MASK
+from proxy.streaming import Relay
+from proxy.transports import BodyTooLarge
 
 # Per-hop headers, and those httpx sets itself for the upstream.
 HOP_BY_HOP = frozenset(
@@ -50,6 +54,10 @@ _SAFETY_NAMES = frozenset(name.lower() for name in SAFETY_HEADERS)
 HEADER_MASK = "********"
 MISS_STATUS = 404  # not retried by HTTP clients, unlike 5xx/429
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# How a relayed stream can break off: the upstream cut it, it ran past the attempt's timeout or the body cap.
+STREAM_CUTS = (httpx.TransportError, TimeoutError, BodyTooLarge)
+
+log = logging.getLogger("proxy")
 
 
 async def forward(request: Request) -> Response:
@@ -114,6 +122,8 @@ def _response(result: CallResult) -> Response:
     headers = {k: _header_text(v) for k, v in reply.headers.items() if _passed_back(k)}
     headers.update(SAFETY_HEADERS)
     headers["X-Proxy-Cassette"] = outcome
+    if reply.relay is not None:
+        return RelayedStream(reply.relay, reply.status, headers)
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
 
 
@@ -133,6 +143,25 @@ class CutResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.body, "more_body": True})
         # Returning without the rest of the body: the server closes the connection.
+
+
+class RelayedStream(StreamingResponse):
+    """A streamed reply passed on chunk by chunk as it arrives. One that breaks off is left unfinished, so the
+    client sees it cut as it was (never a clean end to a partial body)."""
+
+    def __init__(self, relay: Relay, status: int, headers: dict[str, str]) -> None:
+        super().__init__(relay.chunks(), status_code=status, headers=headers)
+        self.relay = relay
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except STREAM_CUTS as exc:
+            log.warning("forward: the upstream stream broke off mid-body (%s); relayed as cut", type(exc).__name__)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 ROUTES = [

@@ -80,6 +80,10 @@ class AttemptTimeout:
         assert self._timeout is not None
         await self._timeout.__aexit__(exc_type, exc, tb)
 
+    def deadline(self) -> float | None:
+        """When the attempt runs out, in the event loop's time (a stream relayed on must end by then)."""
+        return self._timeout.when() if self._timeout is not None else None
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         self._reschedule(None)

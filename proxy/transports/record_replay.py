@@ -17,9 +17,17 @@ from proxy.auth import is_secret_header
 from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.transports import read_capped, waited_ms
-from proxy.transports.cassette import WIRE_HEADERS, Interaction, make_interaction
+from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
 from proxy.transports.matching import RecordedRequest
+from proxy.transports.streams import (
+    REDACTED_EXTENSION,
+    STREAM_EXTENSION,
+    RecordingStream,
+    ReplayStream,
+    StreamTiming,
+    is_streamed,
+)
 
 CASSETTE_EXTENSION = "proxy.cassette"  # request: the CassetteHandle, or None for plain live calls
 PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
@@ -51,7 +59,11 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if not handle.records:
             raise CassetteMiss(self.library.explain_miss(cassette, recorded_request))
         started = time.perf_counter()
+        timing = StreamTiming()
         response = await self.live.handle_async_request(request)
+        if is_streamed(response):
+            timing.head()
+            return self._recording(handle, cassette, request, recorded_request, response, timing)
         try:
             content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
         finally:
@@ -68,10 +80,38 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         }
         return httpx.Response(response.status_code, headers=headers, content=content, extensions=extensions)
 
+    def _recording(
+        self,
+        handle: CassetteHandle,
+        cassette: Cassette,
+        request: httpx.Request,
+        recorded_request: RecordedRequest,
+        response: httpx.Response,
+        timing: StreamTiming,
+    ) -> httpx.Response:
+        """A streamed answer goes on as it arrives; it is recorded once it has ended whole."""
+
+        async def record(content: bytes, timing: StreamTiming) -> None:
+            # The whole body is masked at once, so a secret split across two chunks is masked too.
+            latency_ms = (timing.latency_ms or 0.0) - waited_ms(request)
+            interaction = redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
+            interaction.proxy["stream"] = timing.to_cassette()
+            await self.library.record(handle, cassette, interaction)
+            timing.latency_ms = interaction.proxy["latency_ms"]  # what a replay will report
+
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
+        extensions = {**response.extensions, OUTCOME_EXTENSION: "recorded", STREAM_EXTENSION: timing}
+        stream = RecordingStream(response, timing, MAX_UPSTREAM_BODY_BYTES, record)
+        return httpx.Response(response.status_code, headers=headers, stream=stream, extensions=extensions)
+
     async def _replay(self, interaction: Interaction) -> httpx.Response:
         latency_ms = float(interaction.proxy.get("latency_ms") or 0.0)
-        if self.library.replay_latency and latency_ms:
-            await asyncio.sleep(latency_ms / 1000 / self.library.replay_speed)
+        timing = StreamTiming.from_cassette(interaction.proxy.get("stream"), latency_ms)
+        pace = self.library.replay_speed if self.library.replay_latency else None
+        if timing is not None:
+            return await self._replay_stream(interaction, timing, pace)
+        if pace and latency_ms:
+            await asyncio.sleep(latency_ms / 1000 / pace)
         recorded = interaction.response
         headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
         message = recorded["status"].get("message")
@@ -86,6 +126,31 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             content=recorded["body"]["string"] or b"",
             extensions=extensions,
         )
+
+    async def _replay_stream(
+        self, interaction: Interaction, timing: StreamTiming, pace: float | None
+    ) -> httpx.Response:
+        if pace and timing.ttfb_ms:
+            await asyncio.sleep(timing.ttfb_ms / 1000 / pace)
+        recorded = interaction.response
+        headers = [
+            (name, value)
+            for name, values in recorded["headers"].items()
+            if name.lower() != "content-length"  # the chunks follow one another: no length up front
+            for value in values
+        ]
+        extensions = {
+            OUTCOME_EXTENSION: "hit",
+            RECORDED_LATENCY_EXTENSION: timing.latency_ms,
+            STREAM_EXTENSION: timing,
+            REDACTED_EXTENSION: True,
+        }
+        message = recorded["status"].get("message")
+        if message:
+            extensions["reason_phrase"] = message.encode("ascii", "replace")
+        body = recorded["body"]["string"] or b""
+        stream = ReplayStream(body.encode() if isinstance(body, str) else body, timing, pace)
+        return httpx.Response(recorded["status"]["code"], headers=headers, stream=stream, extensions=extensions)
 
     async def aclose(self) -> None:
         await self.live.aclose()

@@ -59,3 +59,30 @@ def _passthrough() -> Starlette:
 
 
 passthrough = _passthrough()
+
+
+def _streams() -> Starlette:
+    """An upstream that streams OpenAI-shaped chunks: `?chunks=N&gap_ms=G` (G ms between chunks)."""
+    import asyncio
+    import json
+
+    from starlette.responses import StreamingResponse
+
+    async def stream(request: Request) -> StreamingResponse:
+        await request.body()
+        count = int(request.query_params.get("chunks", "50"))
+        gap = float(request.query_params.get("gap_ms", "0")) / 1000
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for index in range(count):
+                if index and gap:
+                    await asyncio.sleep(gap)
+                delta = {"choices": [{"index": 0, "delta": {"content": f"word{index} "}}]}
+                yield f"data: {json.dumps(delta)}\n\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/stream", stream, methods=["POST"])])
+
+
+streams = _streams()

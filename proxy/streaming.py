@@ -1,0 +1,198 @@
+"""Streamed replies above the transport: relaying one to the forward route's client as it arrives, masked;
+reading one whole for a turn, timed; and the server-sent events in one (`response_mode: sse`)."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from jsonpath_ng import JSONPath
+
+from proxy import jsonbounds
+from proxy.redaction import Redactor, StreamMasker
+from proxy.transports import BodyTooLarge
+from proxy.transports.streams import REDACTED_EXTENSION, STREAM_EXTENSION, StreamTiming, is_event_stream
+
+DONE = "[DONE]"
+_LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end may be half of a \r\n
+
+
+@dataclass
+class Event:
+    offset_ms: float  # when the chunk that completed it arrived
+    data: str
+
+    def parsed(self) -> Any:
+        """The event's data as JSON, or as the text it is."""
+        try:
+            return jsonbounds.loads(self.data)
+        except ValueError:
+            return self.data
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offsetMs": self.offset_ms, "data": self.parsed()}
+
+
+class SseParser:
+    """Server-sent events as the chunks of a stream arrive: the `data:` lines of each event joined; comments,
+    `event:`, `id:` and `retry:` lines read past. A `data: [DONE]` event ends the stream."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes, offset_ms: float) -> None:
+        if self.done:
+            return
+        text = self._pending + self._decoder.decode(chunk)
+        pos = 0
+        for match in _LINE.finditer(text):
+            self._line(match.group(1), offset_ms)
+            pos = match.end()
+            if self.done:
+                return
+        self._pending = text[pos:]
+
+    def end(self, offset_ms: float) -> None:
+        """A last event without its closing blank line still counts."""
+        self.feed(b"", offset_ms)
+        if self._pending:
+            self._line(self._pending.rstrip("\r"), offset_ms)
+            self._pending = ""
+        self._line("", offset_ms)
+
+    def _line(self, line: str, offset_ms: float) -> None:
+        if self.done:
+            return
+        if not line:
+            if self._data:
+                data = "\n".join(self._data)
+                self._data = []
+                if data.strip() == DONE:
+                    self.done = True
+                else:
+                    self.events.append(Event(offset_ms, data))
+            return
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+
+
+def events_of(body: bytes, timing: StreamTiming) -> list[Event]:
+    """The events of a whole (masked) body, each at the offset of the recorded chunk that completed it."""
+    parser = SseParser()
+    offset = timing.ttfb_ms
+    for offset, piece in timing.pieces(body):
+        parser.feed(piece, offset)
+    parser.end(offset)
+    return parser.events
+
+
+@dataclass
+class SseReply:
+    """What `response_mode: sse` maps over, and when the first piece of text arrived."""
+
+    document: dict[str, Any]
+    time_to_first_token_ms: float | None
+
+
+def sse_reply(events: list[Event], text_path: JSONPath) -> SseReply:
+    pieces, parsed, last, first_token = [], [], None, None
+    for event in events:
+        data = event.parsed()
+        parsed.append(data)
+        if isinstance(data, dict | list):
+            last = data
+            found = [m.value for m in text_path.find(data) if isinstance(m.value, str) and m.value]
+            if found and first_token is None:
+                first_token = event.offset_ms
+            pieces += found
+    return SseReply({"text": "".join(pieces), "events": parsed, "last": last}, first_token)
+
+
+def stream_json(timing: StreamTiming, events: list[Event]) -> dict[str, Any]:
+    """The `stream` part of an exchange."""
+    return {
+        "timeToFirstByteMs": timing.ttfb_ms,
+        "chunks": [[offset, int(size)] for offset, size in timing.chunks],
+        "events": [event.to_json() for event in events],
+    }
+
+
+async def read_timed(response: httpx.Response, max_bytes: int, timing: StreamTiming) -> tuple[bytes, StreamTiming]:
+    """A streamed body read whole, each chunk timed; a recording's or a replay's own timing wins."""
+    parts, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge
+        timing.chunk(len(chunk))
+        parts.append(chunk)
+    timing.end()
+    return b"".join(parts), response.extensions.get(STREAM_EXTENSION) or timing
+
+
+class Relay:
+    """A streamed reply on its way to the forward route's client: each chunk masked as it arrives (a secret
+    split across two chunks too, see StreamMasker), the body capped, the whole stream within the attempt's
+    deadline. The upstream's events are collected as they pass, for the exchange."""
+
+    def __init__(
+        self, response: httpx.Response, redactor: Redactor, max_bytes: int, deadline: float, timing: StreamTiming
+    ) -> None:
+        self.response = response
+        self.masker = None if response.extensions.get(REDACTED_EXTENSION) else StreamMasker(redactor)
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+        self.timing = timing
+        # An event stream's chunks as relayed, read into events only if the exchange is looked at.
+        self.seen: list[tuple[float, bytes]] | None = [] if is_event_stream(response.headers) else None
+        self.ended = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        upstream = self.response.aiter_bytes()
+        size = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self.deadline):
+                        chunk = await anext(upstream)
+                except StopAsyncIteration:
+                    break
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise BodyTooLarge
+                self.timing.chunk(len(chunk))
+                out = self.masker.feed(chunk) if self.masker else chunk
+                if out:
+                    self._saw(out)
+                    yield out
+            tail = self.masker.flush() if self.masker else b""
+            if tail:
+                self._saw(tail)
+                yield tail
+            self.timing.end()
+            self.ended = True
+        finally:
+            await self.response.aclose()
+
+    def _saw(self, chunk: bytes) -> None:
+        if self.seen is not None:
+            self.seen.append((self.timing.chunks[-1][0] if self.timing.chunks else self.timing.ttfb_ms, chunk))
+
+    def stream_json(self) -> dict[str, Any]:
+        timing = self.response.extensions.get(STREAM_EXTENSION) or self.timing
+        parser = SseParser()
+        for offset, chunk in self.seen or ():
+            parser.feed(chunk, offset)
+        if self.ended and self.seen:
+            parser.end(self.seen[-1][0])
+        return stream_json(timing, parser.events)
