@@ -79,7 +79,6 @@ def test_a_cut_body_reaches_a_forward_client_truncated(
         with pytest.raises(httpx.RemoteProtocolError), client.stream("POST", "/forward/chat/chat", json={}) as response:
             assert response.status_code == 200
             assert response.headers["x-proxy-cassette"] == "injected"
-            assert response.headers["content-length"] == str(len(REPLY_BYTES))
             for chunk in response.iter_raw():
                 received += chunk
         assert received == REPLY_BYTES[:20]
