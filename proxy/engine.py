@@ -62,6 +62,19 @@ REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALI
 log = logging.getLogger("proxy")
 
 
+@dataclass(frozen=True)
+class CallLabel:
+    """What kind of call this is, for whoever watches calls (the flow log): `turn`, `initialization`,
+    `finalization`, `testConnection`, `forward`, `connector search`, … and the session it belongs to."""
+
+    kind: str
+    session_id: str | None = None
+
+
+# Told of every finished call (label, connection, result); installed by the server, never raises into a call.
+CallObserver = Callable[[CallLabel, "CompiledConnection", "CallResult"], None]
+
+
 @dataclass
 class CallContext:
     """Everything a template, URL or header may refer to, plus where the call is recorded."""
@@ -77,6 +90,7 @@ class CallContext:
     past_turns: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
     cassette: CassetteHandle | None = None
+    label: CallLabel | None = None
 
     def per_run_values(self) -> dict[str, str | None]:
         """Ids that differ on every run: they never take part in cassette matching."""
@@ -106,6 +120,8 @@ class Attempt:
     error: str | None = None
     waited_ms: float = 0.0  # backoff or rate-limit wait before this attempt
     outcome: str | None = None
+    first_byte_ms: float | None = None  # until the response headers arrived
+    nearest: dict[str, Any] | None = None  # on a cassette miss: the nearest recording and where it differs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +143,7 @@ class UpstreamReply:
     json: Any = None
     is_json: bool = False
     json_refused: str | None = None  # JSON over a bound (nesting, number length): why it was not parsed
+    size: int = 0  # body bytes as received
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +234,15 @@ class Engine:
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
+        self.observer: CallObserver | None = None
+
+    def _observe(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(label, conn, result)
+        except Exception as exc:  # watching a call must never fail it
+            log.error("a call observer failed: %s", self.redactor.redact(f"{type(exc).__name__}: {exc}"))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -228,6 +254,7 @@ class Engine:
             await self._call(conn, ctx, result)
         except Exception as exc:  # a session must never be left half-done by an exception: fail the call
             _internal_failure(result, exc, self.redactor)
+        self._observe(ctx.label or CallLabel(conn.spec.type.value.lower()), conn, result)
         return result
 
     async def _call(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> None:
@@ -260,9 +287,23 @@ class Engine:
         client_headers: dict[str, str],
         body: bytes,
         handle: CassetteHandle | None,
+        label: CallLabel | None = None,
     ) -> CallResult:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
         headers, retries, rate limit and record/replay. No templating, no output mapping."""
+        result = await self._forward(conn, method, url, client_headers, body, handle)
+        self._observe(label or CallLabel("forward"), conn, result)
+        return result
+
+    async def _forward(
+        self,
+        conn: CompiledConnection,
+        method: str,
+        url: str,
+        client_headers: dict[str, str],
+        body: bytes,
+        handle: CassetteHandle | None,
+    ) -> CallResult:
         result = CallResult()
         inference_id = uuid.uuid4().hex
         headers = {**client_headers}
@@ -391,6 +432,7 @@ class Engine:
         try:
             async with timeout:
                 response = await self.transport.handle_async_request(request)
+                first_byte_ms = (time.perf_counter() - started) * 1000 - timeout.waited_ms
                 try:
                     raw = await read_capped(response, self.max_body_bytes)
                 finally:
@@ -400,6 +442,7 @@ class Engine:
         except CassetteMiss as exc:
             attempt = self._failed(number, started, timeout, f"cassette miss: {exc}")
             attempt.outcome = "miss"
+            attempt.nearest = exc.nearest
             return attempt, None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
@@ -416,6 +459,7 @@ class Engine:
             latency = float(recorded_latency)  # in replay, the latency the recording measured
         reply = await _off_loop_if_large(len(raw), _reply, response, raw, self.redactor)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        attempt.first_byte_ms = None if recorded_latency is not None else first_byte_ms
         return attempt, reply, False
 
     def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
@@ -566,7 +610,7 @@ def _reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> Upstream
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
     text = _masked_text(raw, encoding, redactor)
     headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
-    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
+    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text, size=len(raw))
     try:
         reply.json = jsonbounds.loads(text) if text.strip() else None
         reply.is_json = bool(text.strip())

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from proxy import jsonbounds
 from proxy.auth import new_trace_id
-from proxy.engine import CallContext, CallResult, Engine
+from proxy.engine import CallContext, CallLabel, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
 from proxy.models import ConnectionType
@@ -312,7 +312,8 @@ class SessionService:
                     session.status, session.error = FAILED, init_error
                     await self._finish_turn(session, turn)
                     return turn
-            result = await self.engine.call(conversation, self._context(session, turn.id, turn_input, turn_context))
+            ctx = self._context(session, turn.id, turn_input, turn_context, "turn")
+            result = await self.engine.call(conversation, ctx)
             self._apply_turn_result(session, turn, result)
             await self._finish_turn(session, turn)
             return turn
@@ -350,7 +351,8 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.INITIALIZATION)
         if conn is None:
             return None
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, turn_input, turn_context))
+        ctx = self._context(session, uuid.uuid4().hex, turn_input, turn_context, "initialization")
+        result = await self.engine.call(conn, ctx)
         await self._record_call(session, ConnectionType.INITIALIZATION.value, result)
         if not result.ok:
             return result.error
@@ -365,7 +367,7 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.FINALIZATION)
         if conn is None:
             return
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None))
+        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None, "finalization"))
         await self._record_call(session, ConnectionType.FINALIZATION.value, result)
 
     def _apply_turn_result(self, session: Session, turn: Turn, result: CallResult) -> None:
@@ -405,7 +407,7 @@ class SessionService:
                 session.metadata[key] = value
 
     def _context(
-        self, session: Session, inference_id: str, turn_input: Any, turn_context: dict[str, Any] | None
+        self, session: Session, inference_id: str, turn_input: Any, turn_context: dict[str, Any] | None, kind: str
     ) -> CallContext:
         context = template_context(session.context)
         if turn_context:
@@ -427,6 +429,7 @@ class SessionService:
             past_turns=past,
             trace_id=session.trace_id,
             cassette=self._handle(session),
+            label=CallLabel(kind, session.id),
         )
 
     async def _finish_turn(self, session: Session, turn: Turn) -> None:
