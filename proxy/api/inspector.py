@@ -126,6 +126,7 @@ def _connection_context(conn: CompiledConnection, **shown: Any) -> dict[str, Any
         "plain_fields": {k: v for k, v in fields.items() if k not in (*EDITED_FIELDS, "headers")},
         "input_text": json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
         "context_text": "",
+        "preview_input_text": json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
         "template_text": conn.spec.input_template or "",
         "mapping_text": json.dumps(conn.spec.output_mapping or {}, indent=2, ensure_ascii=False),
         **shown,
@@ -159,11 +160,11 @@ async def preview_edit(request: Request) -> HTMLResponse:
         conn,
         template_text=form.get("input_template", ""),
         mapping_text=form.get("output_mapping", ""),
-        input_text=form.get("input", "") or json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
+        preview_input_text=form.get("preview_input", "") or json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
     )
     try:
         patch = _edited(form)
-        test_input = jsonbounds.loads(shown["input_text"])
+        test_input = jsonbounds.loads(shown["preview_input_text"])
         edited = rt.connections.build_patched(conn, patch)
     except ValueError as exc:
         return page(request, "connection.html", 400, edit_problem=str(exc), **shown)
@@ -239,7 +240,7 @@ EDIT_FORM = {
     "properties": {
         "input_template": {"type": "string", "description": "the input template (Jinja2)"},
         "output_mapping": {"type": "string", "description": "a JSON object of key → JSONPath"},
-        "input": {"type": "string", "description": "JSON input to render the template with (preview only)"},
+        "preview_input": {"type": "string", "description": "JSON input to render the template with (preview only)"},
     },
 }
 FORM = "application/x-www-form-urlencoded"
