@@ -199,6 +199,10 @@ class FlowLog:
         self._subscribers.add(queue)
         return queue
 
+    @property
+    def viewers(self) -> int:
+        return len(self._subscribers)
+
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._subscribers.discard(queue)
 

@@ -284,6 +284,10 @@ def test_flows_in_a_real_browser(
         page.wait_for_selector("#turn-0")
         shot(page, tmp_path, "session")
         browser.close()
+    deadline = time.monotonic() + 10
+    while proxy.runtime.flows.viewers and time.monotonic() < deadline:  # a closed page ends its event stream
+        time.sleep(0.05)
+    assert proxy.runtime.flows.viewers == 0
 
 
 def wait_session(client: httpx.Client) -> str:
