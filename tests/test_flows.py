@@ -90,6 +90,9 @@ def test_every_kind_of_call_is_a_flow_and_filters_select_them(
         bad = client.get("/flows", params={"outcome": "maybe"})
         assert bad.status_code == 400 and "outcome" in bad.json()["message"]
         assert TEST_TOKEN not in client.get("/flows.har").text
+        for missing in ("/flows/nope", "/flows/999999", "/flows/999999.har"):
+            gone = client.get(missing)
+            assert gone.status_code == 404 and "not found" in gone.json()["message"], missing
 
 
 def upstream_url_of(upstream: Upstream, entries: list[dict[str, Any]]) -> str:

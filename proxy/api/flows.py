@@ -99,7 +99,8 @@ async def flow_events(request: Request) -> StreamingResponse:
 
 
 async def _flow(request: Request) -> dict[str, Any]:
-    flow = await runtime(request).flows.get(request.path_params["id"])
+    given = request.path_params["id"]
+    flow = await runtime(request).flows.get(int(given)) if given.isdigit() else None
     if flow is None:
         raise NotFound(f"flow {request.path_params['id']} not found (the log keeps the newest ones only)")
     return flow
@@ -165,6 +166,6 @@ ROUTES = [
     ApiRoute("/flows", flows_page, methods=["GET"], response=HTML, media="text/html"),
     ApiRoute("/flows/events", flow_events, methods=["GET"], response=EVENTS_SCHEMA, media="text/event-stream"),
     ApiRoute("/flows.har", flows_har, methods=["GET"], response=HAR_SCHEMA),
-    ApiRoute("/flows/{id:int}.har", flow_har, methods=["GET"], response=HAR_SCHEMA),
-    ApiRoute("/flows/{id:int}", flow_page, methods=["GET"], response=HTML, media="text/html"),
+    ApiRoute("/flows/{id}.har", flow_har, methods=["GET"], response=HAR_SCHEMA),
+    ApiRoute("/flows/{id}", flow_page, methods=["GET"], response=HTML, media="text/html"),
 ]
