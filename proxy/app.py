@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, faults, forward, galtea, inspector, login, products, sessions
+from proxy.api import cohere, faults, flows, forward, galtea, inspector, login, products, sessions
 from proxy.api.guard import BrowserKeys, GuardPolicy, RequestGuard
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
@@ -58,6 +58,7 @@ def all_routes() -> list[Route]:
         *cohere.ROUTES,
         *faults.ROUTES,
         *inspector.ROUTES,
+        *flows.ROUTES,
         *login.ROUTES,
     ]
 

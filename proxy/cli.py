@@ -21,6 +21,7 @@ from proxy.runner import DEFAULT_CONCURRENCY
 from proxy.settings import (
     DEFAULT_CASSETTES_DIR,
     DEFAULT_DATA_DIR,
+    DEFAULT_FLOW_LOG_SIZE,
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_REPLAY_SPEED,
@@ -107,7 +108,14 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         fault_seed=None if file.get("fault_seed") is None else int(file["fault_seed"]),
         cassette_max_age=file.get("cassette_max_age"),
         on_expired=str(file.get("on_expired", ON_EXPIRED[0])),
+        flow_log_size=flow_log_size(file.get("flow_log_size", DEFAULT_FLOW_LOG_SIZE)),
     )
+
+
+def flow_log_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise click.ClickException(f"settings.flow_log_size: {value!r} is not a positive whole number of flows")
+    return value
 
 
 def _checked(normalize: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], Any]:

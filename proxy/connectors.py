@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from proxy.connection import CompiledConnection, check_secret_length
-from proxy.engine import CallResult, Engine
+from proxy.engine import CallLabel, CallResult, Engine
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.faults import FaultRule
 from proxy.known_keys import check_model_keys
@@ -341,19 +341,23 @@ class ConnectorRegistry:
         """The connector as the engine sees a connection, with its stored credential."""
         return self._as_connection(connector, self._secrets(connector).get("token"))
 
-    async def call(self, connector: Connector, body: dict[str, Any], token: str | None = None) -> CallResult:
+    async def call(
+        self, connector: Connector, body: dict[str, Any], token: str | None = None, kind: str = "connector search"
+    ) -> CallResult:
         token = token if token is not None else self._secrets(connector).get("token")
         conn = self._as_connection(connector, token)
         handle = self.library.server_handle("connectors", connector.name, "search", self.library.default_mode)
         payload = json.dumps(body, ensure_ascii=False).encode()
         return await self.engine.forward(
-            conn, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle
+            conn, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle, CallLabel(kind)
         )
 
     async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
         # Until the test query passes the secrets are not the connector's: known for this call only.
         with self.redactor.scoped(secrets.values()):
-            result = await self.call(connector, {"query": REGISTRATION_QUERY}, secrets.get("token"))
+            result = await self.call(
+                connector, {"query": REGISTRATION_QUERY}, secrets.get("token"), "connector registration"
+            )
         problem = search_problem(result)
         if problem:
             raise BadRequest(f"connector registration cancelled: the test query to {connector.url} {problem}")

@@ -65,6 +65,19 @@ REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALI
 log = logging.getLogger("proxy")
 
 
+@dataclass(frozen=True)
+class CallLabel:
+    """What kind of call this is, for whoever watches calls (the flow log): `turn`, `initialization`,
+    `finalization`, `testConnection`, `forward`, `connector search`, … and the session it belongs to."""
+
+    kind: str
+    session_id: str | None = None
+
+
+# Told of every finished call (label, connection, result); installed by the server, never raises into a call.
+CallObserver = Callable[[CallLabel, "CompiledConnection", "CallResult"], None]
+
+
 @dataclass
 class CallContext:
     """Everything a template, URL or header may refer to, plus where the call is recorded."""
@@ -80,6 +93,7 @@ class CallContext:
     past_turns: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
     cassette: CassetteHandle | None = None
+    label: CallLabel | None = None
 
     def per_run_values(self) -> dict[str, str | None]:
         """Ids that differ on every run: they never take part in cassette matching."""
@@ -110,6 +124,8 @@ class Attempt:
     waited_ms: float = 0.0  # backoff or rate-limit wait before this attempt
     outcome: str | None = None
     cut: CutReply | None = None  # the answer whose body broke off, as far as it came
+    first_byte_ms: float | None = None  # until the response headers arrived
+    nearest: dict[str, Any] | None = None  # on a cassette miss: the nearest recording and where it differs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +150,7 @@ class UpstreamReply:
     timing: StreamTiming | None = None  # a streamed reply's chunk timing
     events: list[Event] | None = None  # a server-sent event stream's events
     relay: Relay | None = None  # the forward route: a stream still on its way, relayed to the client
+    size: int = 0  # body bytes as received
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -239,6 +256,15 @@ class Engine:
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
+        self.observer: CallObserver | None = None
+
+    def _observe(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(label, conn, result)
+        except Exception as exc:  # watching a call must never fail it
+            log.error("a call observer failed: %s", self.redactor.redact(f"{type(exc).__name__}: {exc}"))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -250,6 +276,7 @@ class Engine:
             await self._call(conn, ctx, result)
         except Exception as exc:  # a session must never be left half-done by an exception: fail the call
             _internal_failure(result, exc, self.redactor)
+        self._observe(ctx.label or CallLabel(conn.spec.type.value.lower()), conn, result)
         return result
 
     async def _call(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> None:
@@ -282,9 +309,23 @@ class Engine:
         client_headers: dict[str, str],
         body: bytes,
         handle: CassetteHandle | None,
+        label: CallLabel | None = None,
     ) -> CallResult:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
         headers, retries, rate limit and record/replay. No templating, no output mapping."""
+        result = await self._forward(conn, method, url, client_headers, body, handle)
+        self._observe(label or CallLabel("forward"), conn, result)
+        return result
+
+    async def _forward(
+        self,
+        conn: CompiledConnection,
+        method: str,
+        url: str,
+        client_headers: dict[str, str],
+        body: bytes,
+        handle: CassetteHandle | None,
+    ) -> CallResult:
         result = CallResult()
         inference_id = uuid.uuid4().hex
         headers = {**client_headers}
@@ -428,6 +469,7 @@ class Engine:
         try:
             async with timeout:
                 response = await self.transport.handle_async_request(request)
+                first_byte_ms = (time.perf_counter() - started) * 1000 - timeout.waited_ms
                 assert timing is not None
                 timing.head()
                 streamed = is_streamed(response)
@@ -446,6 +488,7 @@ class Engine:
         except CassetteMiss as exc:
             attempt = self._failed(number, started, timeout, f"cassette miss: {exc}")
             attempt.outcome = "miss"
+            attempt.nearest = exc.nearest
             return attempt, None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
@@ -474,6 +517,7 @@ class Engine:
             if is_event_stream(reply.headers):
                 reply.events = events_of(reply.text.encode(), timing)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        attempt.first_byte_ms = None if recorded_latency is not None else first_byte_ms
         return attempt, reply, False
 
     def _relayed(
@@ -490,6 +534,7 @@ class Engine:
         reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        attempt.first_byte_ms = None if recorded_latency is not None else latency
         return attempt, reply
 
     def _failed(self, number: int, started: float, timeout: AttemptTimeout, message: str) -> Attempt:
@@ -661,7 +706,7 @@ def _reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> Upstream
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
     text = _masked_text(raw, encoding, redactor)
     headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
-    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text)
+    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text, size=len(raw))
     try:
         reply.json = jsonbounds.loads(text) if text.strip() else None
         reply.is_json = bool(text.strip())

@@ -18,6 +18,7 @@ from proxy.connectors import redactor_owner as connector_owner
 from proxy.engine import Engine
 from proxy.errors import ConfigError, ProxyError, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
+from proxy.flows import FlowLog
 from proxy.known_keys import check_keys, check_model_keys
 from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
@@ -68,6 +69,8 @@ class Runtime:
             send_traceparent=settings.traceparent,
             redactor=self.redactor,
         )
+        self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size)
+        self.engine.observer = self.flows.observe
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
         self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http, self.redactor)
@@ -130,6 +133,7 @@ class Runtime:
     async def close(self) -> None:
         await self.library.close()
         await self.engine.aclose()
+        await self.flows.close()
         self.store.close()
 
 

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from proxy import jsonbounds
 from proxy.auth import new_trace_id
-from proxy.engine import CallContext, CallResult, Engine
+from proxy.engine import CallContext, CallLabel, CallResult, Engine
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
 from proxy.models import ConnectionType
@@ -319,8 +319,8 @@ class SessionService:
                     session.status, session.error = FAILED, init_error
                     await self._finish_turn(session, turn, mode)
                     return turn
-            context = self._context(session, turn.id, turn_input, turn_context, mode)
-            result = await self.engine.call(conversation, context)
+            ctx = self._context(session, turn.id, turn_input, turn_context, "turn", mode)
+            result = await self.engine.call(conversation, ctx)
             self._apply_turn_result(session, turn, result)
             await self._finish_turn(session, turn, mode)
             return turn
@@ -363,7 +363,8 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.INITIALIZATION)
         if conn is None:
             return None
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, turn_input, turn_context, mode))
+        ctx = self._context(session, uuid.uuid4().hex, turn_input, turn_context, "initialization", mode)
+        result = await self.engine.call(conn, ctx)
         await self._record_call(session, ConnectionType.INITIALIZATION.value, result)
         if not result.ok:
             return result.error
@@ -378,7 +379,8 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.FINALIZATION)
         if conn is None:
             return
-        result = await self.engine.call(conn, self._context(session, uuid.uuid4().hex, None, None, mode))
+        ctx = self._context(session, uuid.uuid4().hex, None, None, "finalization", mode)
+        result = await self.engine.call(conn, ctx)
         await self._record_call(session, ConnectionType.FINALIZATION.value, result)
 
     def _apply_turn_result(self, session: Session, turn: Turn, result: CallResult) -> None:
@@ -424,6 +426,7 @@ class SessionService:
         inference_id: str,
         turn_input: Any,
         turn_context: dict[str, Any] | None,
+        kind: str,
         mode: RecordMode | None = None,
     ) -> CallContext:
         context = template_context(session.context)
@@ -446,6 +449,7 @@ class SessionService:
             past_turns=past,
             trace_id=session.trace_id,
             cassette=self._handle(session).for_call(mode),
+            label=CallLabel(kind, session.id),
         )
 
     async def _finish_turn(self, session: Session, turn: Turn, mode: RecordMode | None = None) -> None:

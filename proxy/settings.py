@@ -61,6 +61,13 @@ DEFAULT_TEST_INPUT = {"user_message": "Hello! This is a test message."}
 # thresholds (700, 10, 10) the collector re-walks it so often that it cost a quarter of replay time.
 GC_THRESHOLDS = (10000, 10, 10)
 
+# The flow log (every upstream call, for the inspector): the newest this many are kept in the data dir.
+DEFAULT_FLOW_LOG_SIZE = 10_000
+FLOWS_PAGE_SIZE = 200  # flows the list page and a HAR export show at most
+FLOW_EVENTS_HEARTBEAT_S = 15.0  # an idle live-update stream sends a comment this often
+FLOW_EVENTS_MAX_S = 300.0  # a live-update stream ends after this long (the browser reconnects)
+FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by before its stream ends
+
 MASK = "••••••••"
 # Secrets shorter than this are refused: masking them in free text would shred every message.
 MIN_SECRET_LEN = 8
@@ -86,3 +93,4 @@ class Settings:
     fault_seed: int | None = None  # seeds the generators of fault rules with a `probability` (a rule's `seed` wins)
     cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
     on_expired: str = ON_EXPIRED[0]
+    flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept

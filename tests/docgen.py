@@ -130,6 +130,7 @@ SETTINGS = {
     "when opened; `on_expired` says what then ([cassettes.md](cassettes.md#age-and-unused-cassettes)).",
     "on_expired": "`warn` logs a line and replays, `fail` fails every call that would replay from it, naming the "
     "cassette and its age, `rerecord` treats it as mode `all` for the server run.",
+    "flow_log_size": "How many upstream calls the flow log keeps (the newest; see [inspector.md](inspector.md)).",
 }
 MATCH_SETTINGS = [
     ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
@@ -263,6 +264,11 @@ LIMITS = {
     "TEMPLATE_MAX_CALL_DEPTH": "deepest nesting of macro and function calls in a template",
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
+    "DEFAULT_FLOW_LOG_SIZE": "`flow_log_size`: upstream calls the flow log keeps",
+    "FLOWS_PAGE_SIZE": "most flows `GET /flows` lists and `GET /flows.har` exports at once",
+    "FLOW_EVENTS_HEARTBEAT_S": "an idle `GET /flows/events` stream sends a heartbeat this often, seconds",
+    "FLOW_EVENTS_MAX_S": "a `GET /flows/events` stream ends after this long (the browser reconnects), seconds",
+    "FLOW_EVENTS_QUEUE": "flows a slow `GET /flows/events` client may fall behind by before its stream ends",
     "MASK": "what a masked secret reads as, in answers, logs and cassettes",
     "LATEST_SDK_VERSION": "`latestSdkVersionPublished` of `GET /minimum-sdk-version`",
     "MINIMUM_SDK_VERSION": "`minimumSdkVersionSupported` of `GET /minimum-sdk-version`",

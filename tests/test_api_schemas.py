@@ -70,6 +70,12 @@ class AnswerChecker:
             self.checked.add((request.method, route.path))
 
 
+def flows_newest(api: httpx.Client) -> int:
+    entries = api.get("/flows.har").json()["log"]["entries"]
+    assert entries, "the calls above are in the flow log"
+    return int(entries[0]["_flowId"])
+
+
 @pytest.fixture
 def checked(proxy_server: RunningProxy) -> Iterator[tuple[httpx.Client, AnswerChecker]]:
     checker = AnswerChecker()
@@ -120,6 +126,8 @@ def test_every_answer_matches_its_schema(
     api.delete(f"/sessions/{session['id']}")
     api.delete(f"/endpointConnections/{chat['id']}")
     api.get("/sessions/nope")  # errors are {"message": ...}
+    api.get("/flows.har", params={"connection": "conv"})
+    api.get(f"/flows/{flows_newest(api)}.har")
 
     json_routes = {(m, r.path) for r in checker.routes if r.media == "application/json" for m in r.methods or ()}
     assert json_routes - {(m, p) for m, p in json_routes if m == "HEAD"} == checker.checked

@@ -19,7 +19,7 @@ from proxy.api.common import (
 )
 from proxy.api.openapi import ApiRoute
 from proxy.connection import CompiledConnection, public_fields
-from proxy.engine import CallContext, CallResult
+from proxy.engine import CallContext, CallLabel, CallResult
 from proxy.models import ConnectionSpec
 from proxy.runtime import Runtime
 from proxy.settings import DEFAULT_TEST_INPUT, LATEST_SDK_VERSION, MINIMUM_SDK_VERSION
@@ -104,7 +104,9 @@ async def test_connection(request: Request) -> JSONResponse:
         data.setdefault("type", "CONVERSATION")
         conn = rt.connections.build(data)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
-    ctx = CallContext(input=test_input, context=test_context, cassette=handle.for_call(mode))
+    ctx = CallContext(
+        input=test_input, context=test_context, cassette=handle.for_call(mode), label=CallLabel("testConnection")
+    )
     # Credentials given here are masked in what this call produces, and not kept after it.
     with rt.connections.secrets_for_one_call(conn):
         result = await rt.engine.call(conn, ctx)

@@ -44,8 +44,8 @@ FRAME_DESTINATIONS = frozenset({"iframe", "frame", "embed", "object", "fencedfra
 
 
 def is_inspector_path(path: str) -> bool:
-    """The inspector's HTML pages and forms (the login form included)."""
-    return path == "/" or path.startswith("/inspector/")
+    """The inspector's HTML pages and forms (the login form included), the flow log and its exports."""
+    return path == "/" or path.startswith(("/inspector/", "/flows/", "/flows.")) or path == "/flows"
 
 
 def normalize_origin(value: str) -> str:

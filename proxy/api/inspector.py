@@ -4,6 +4,7 @@ a form to test a connection that shows the same explanation as `proxy check`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,12 +17,15 @@ from proxy import jsonbounds
 from proxy.api.galtea import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.api.openapi import HTML, ApiRoute
-from proxy.connection import public_fields
-from proxy.engine import CallContext
+from proxy.connection import CompiledConnection, public_fields
+from proxy.engine import CallContext, CallLabel
+from proxy.errors import ProxyError
 from proxy.explain import explain
+from proxy.models import ConnectionType
 from proxy.settings import DEFAULT_TEST_INPUT
 
 RECENT_SESSIONS = 200
+EDITED_FIELDS = ("inputTemplate", "outputMapping")
 # No page of the inspector may be framed by another site (a click on a framed form would be the user's).
 PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
@@ -89,28 +93,116 @@ async def session_page(request: Request) -> HTMLResponse:
     rt = runtime(request)
     session = rt.sessions.get(request.path_params["id"])
     version = rt.versions.get(session.version_id)
+    turns, calls = rt.sessions.turns(session.id), rt.sessions.lifecycle_calls(session.id)
+    paths = {}  # phase → key → JSONPath, from the version's connections as they are now
+    for kind in ConnectionType:
+        conn = rt.versions.connection(version, kind)
+        paths[kind.value] = dict(conn.mapping.source) if conn is not None else {}
+    # The session's error is the one of the call where it happened: named there, linked from the top.
+    error_at = None
+    if session.error:
+        failed = [(f"turn-{t.index}", f"turn {t.index}") for t in turns if t.error == session.error]
+        failed += [(c.phase.lower(), c.phase) for c in calls if (c.exchange or {}).get("error") == session.error]
+        error_at = failed[0] if failed else None
     return page(
         request,
         "session.html",
         session=session,
         version_name=version.name,
         cassette=rt.sessions.cassette_handle(session.id).name,
-        turns=rt.sessions.turns(session.id),
-        calls=rt.sessions.lifecycle_calls(session.id),
+        turns=turns,
+        calls=calls,
+        paths=paths,
+        error_at=error_at,
     )
+
+
+def _connection_context(conn: CompiledConnection, **shown: Any) -> dict[str, Any]:
+    """What the connection page shows: its fields laid out, the test form, the template and mapping editor."""
+    fields = public_fields(conn)
+    return {
+        "conn": conn,
+        "fields": fields,
+        "plain_fields": {k: v for k, v in fields.items() if k not in (*EDITED_FIELDS, "headers")},
+        "input_text": json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
+        "context_text": "",
+        "preview_input_text": json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
+        "template_text": conn.spec.input_template or "",
+        "mapping_text": json.dumps(conn.spec.output_mapping or {}, indent=2, ensure_ascii=False),
+        **shown,
+    }
 
 
 async def connection_page(request: Request) -> HTMLResponse:
-    """Inspector: one connection and its test form."""
+    """Inspector: one connection, its test form and its template and mapping editor."""
     conn = runtime(request).connections.get(request.path_params["id"])
-    return page(
-        request,
-        "connection.html",
-        conn=conn,
-        fields=public_fields(conn),
-        input_text=json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
-        context_text="",
+    return page(request, "connection.html", **_connection_context(conn))
+
+
+def _edited(form: dict[str, str]) -> dict[str, Any]:
+    """The editor's fields as a connection patch; ValueError names what is wrong."""
+    try:
+        mapping = jsonbounds.loads(form.get("output_mapping") or "{}")
+    except ValueError as exc:
+        raise ValueError(f"outputMapping: is not valid JSON ({exc})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError("outputMapping: must be a JSON object of key → JSONPath")
+    return {"inputTemplate": form.get("input_template", ""), "outputMapping": mapping}
+
+
+async def preview_edit(request: Request) -> HTMLResponse:
+    """Inspector: render the edited template and map the connection's last reply with the edited mapping.
+    Nothing is sent upstream and nothing is saved."""
+    rt = runtime(request)
+    conn = rt.connections.get(request.path_params["id"])
+    form = await read_form(request)
+    shown = _connection_context(
+        conn,
+        template_text=form.get("input_template", ""),
+        mapping_text=form.get("output_mapping", ""),
+        preview_input_text=form.get("preview_input", "") or json.dumps(DEFAULT_TEST_INPUT, ensure_ascii=False),
     )
+    try:
+        patch = _edited(form)
+        test_input = jsonbounds.loads(shown["preview_input_text"])
+        edited = rt.connections.build_patched(conn, patch)
+    except ValueError as exc:
+        return page(request, "connection.html", 400, edit_problem=str(exc), **shown)
+    except ProxyError as exc:
+        return page(request, "connection.html", exc.status_code, edit_problem=exc.message, **shown)
+    rendered = rt.engine.render(edited, CallContext(input=test_input))
+    last = await rt.flows.last_reply(conn.id)
+    preview: dict[str, Any] = {"request": rendered.request, "error": rendered.error, "flow": last, "rows": []}
+    response = (last["data"]["exchange"].get("response") or {}) if last else {}
+    body = response.get("body")
+    if last is not None and not isinstance(body, dict | list):
+        preview["problem"] = f"the last reply (flow {last['id']}) is not JSON: the mapping cannot apply"
+    elif last is not None:
+        mapped = await asyncio.to_thread(edited.mapping.apply, body)
+        for key, path in edited.mapping.source.items():
+            row = {"key": key, "path": path}
+            if key in mapped.values:
+                row["value"] = mapped.values[key]
+            else:
+                row["why"] = f"matched nothing: {mapped.misses.get(key, '')}"
+            preview["rows"].append(row)
+    return page(request, "connection.html", preview=preview, **shown)
+
+
+async def save_edit(request: Request) -> HTMLResponse:
+    """Inspector: save the edited input template and output mapping (as PATCH /endpointConnections/{id})."""
+    rt = runtime(request)
+    conn = rt.connections.get(request.path_params["id"])
+    form = await read_form(request)
+    shown = {"template_text": form.get("input_template", ""), "mapping_text": form.get("output_mapping", "")}
+    try:
+        saved = await rt.connections.update(conn.id, _edited(form))
+    except ValueError as exc:
+        return page(request, "connection.html", 400, edit_problem=str(exc), **_connection_context(conn, **shown))
+    except ProxyError as exc:
+        context = _connection_context(conn, **shown)
+        return page(request, "connection.html", exc.status_code, edit_problem=exc.message, **context)
+    return page(request, "connection.html", saved=True, **_connection_context(saved))
 
 
 async def test_from_form(request: Request) -> HTMLResponse:
@@ -120,13 +212,7 @@ async def test_from_form(request: Request) -> HTMLResponse:
     form = await read_form(request)
     input_text, context_text = form.get("input", ""), form.get("context", "")
     dry_run = bool(form.get("dry_run"))
-    shown: dict[str, Any] = {
-        "conn": conn,
-        "fields": public_fields(conn),
-        "input_text": input_text,
-        "context_text": context_text,
-        "dry_run": dry_run,
-    }
+    shown = _connection_context(conn, input_text=input_text, context_text=context_text, dry_run=dry_run)
     try:
         test_input = jsonbounds.loads(input_text) if input_text.strip() else DEFAULT_TEST_INPUT
         context = jsonbounds.loads(context_text) if context_text.strip() else {}
@@ -135,7 +221,7 @@ async def test_from_form(request: Request) -> HTMLResponse:
     if not isinstance(context, dict):
         return page(request, "connection.html", 400, problem="Context must be a JSON object.", **shown)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
-    ctx = CallContext(input=test_input, context=context, cassette=handle)
+    ctx = CallContext(input=test_input, context=context, cassette=handle, label=CallLabel("testConnection"))
     result = rt.engine.render(conn, ctx) if dry_run else await rt.engine.call(conn, ctx)
     explanation = "\n".join(explain(conn, result, sent=not dry_run))
     return page(request, "connection.html", explanation=explanation, **shown)
@@ -147,6 +233,14 @@ TEST_FORM = {
         "input": {"type": "string", "description": "JSON; a sample input when empty"},
         "context": {"type": "string", "description": "a JSON object"},
         "dry_run": {"type": "string", "description": "any value: render only, send nothing"},
+    },
+}
+EDIT_FORM = {
+    "type": "object",
+    "properties": {
+        "input_template": {"type": "string", "description": "the input template (Jinja2)"},
+        "output_mapping": {"type": "string", "description": "a JSON object of key → JSONPath"},
+        "preview_input": {"type": "string", "description": "JSON input to render the template with (preview only)"},
     },
 }
 FORM = "application/x-www-form-urlencoded"
@@ -163,5 +257,17 @@ ROUTES = [
         body_media=FORM,
         response=HTML,
         media="text/html",
+    ),
+    *(
+        ApiRoute(
+            f"/inspector/connections/{{id}}/{name}",
+            endpoint,
+            methods=["POST"],
+            body=EDIT_FORM,
+            body_media=FORM,
+            response=HTML,
+            media="text/html",
+        )
+        for name, endpoint in (("preview", preview_edit), ("save", save_edit))
     ),
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
@@ -43,11 +45,17 @@ from proxy.transports.cassette import (
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
 
 log = logging.getLogger("proxy.cassettes")
+DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
 DEFAULT_FLUSH_INTERVAL_S = 5.0
 
 
 class CassetteMiss(Exception):
-    """No recording answers this request and the mode forbids calling live."""
+    """No recording answers this request and the mode forbids calling live. `nearest` describes the
+    closest recording (method, uri, body, difference, path: the differing body JSONPath), if any."""
+
+    def __init__(self, message: str, nearest: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.nearest = nearest
 
 
 class CassetteExpired(CassetteMiss):
@@ -273,23 +281,33 @@ class CassetteLibrary:
         )
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
-    def explain_miss(self, cassette: Cassette, request: RecordedRequest) -> str:
-        """The cassette, the nearest recorded request and where they differ, told to the miss listeners too.
-        A scan, but only on a miss."""
-        message = self._miss_message(cassette, request)
+    def miss(self, cassette: Cassette, request: RecordedRequest) -> CassetteMiss:
+        """The cassette, the nearest recorded request and where they differ (also as data, for the
+        inspector), told to the miss listeners too. A scan, but only on a miss."""
+        miss = self._miss(cassette, request)
         for listener in self.miss_listeners:
-            listener(message)
-        return message
+            listener(str(miss))
+        return miss
 
-    def _miss_message(self, cassette: Cassette, request: RecordedRequest) -> str:
+    def _miss(self, cassette: Cassette, request: RecordedRequest) -> CassetteMiss:
         head = f"cassette {cassette.name} has no recording for {request.method} {request.uri}"
         if not cassette.interactions:
             where = "is empty" if cassette.existed or cassette.path.exists() else "does not exist"
-            return f"{head} (the cassette {where}: {cassette.path})"
+            return CassetteMiss(f"{head} (the cassette {where}: {cassette.path})")
         nearest = max(cassette.interactions, key=lambda i: similarity(self.rules, i.recorded_request(), request))
         recorded = nearest.recorded_request()
         difference = describe_difference(self.rules, recorded, request)
-        return f"{head}; nearest recorded: {recorded.method} {recorded.uri}, differing at {difference}"
+        found = DIFFERING_BODY_PATH.match(difference)
+        details = {
+            "cassette": cassette.name,
+            "method": recorded.method,
+            "uri": recorded.uri,
+            "body": recorded.body.decode("utf-8", errors="replace"),
+            "difference": difference,
+            "path": found.group(1) if found else None,
+        }
+        message = f"{head}; nearest recorded: {recorded.method} {recorded.uri}, differing at {difference}"
+        return CassetteMiss(message, details)
 
     # -- flushing ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.transports import read_capped, waited_ms
 from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, make_interaction
-from proxy.transports.library import CassetteHandle, CassetteLibrary, CassetteMiss
+from proxy.transports.library import CassetteHandle, CassetteLibrary
 from proxy.transports.matching import RecordedRequest
 from proxy.transports.streams import (
     REDACTED_EXTENSION,
@@ -57,7 +57,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             if hit is not None:
                 return await self._replay(hit)
         if not handle.records:
-            raise CassetteMiss(self.library.explain_miss(cassette, recorded_request))
+            raise self.library.miss(cassette, recorded_request)
         started = time.perf_counter()
         timing = StreamTiming()
         response = await self.live.handle_async_request(request)

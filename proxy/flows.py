@@ -1,0 +1,253 @@
+"""The flow log: every upstream call the server makes (turns, lifecycle calls, testConnection, forward,
+connector searches), masked, for the inspector to list, filter, show and export.
+
+The engine tells `FlowLog.observe` of each finished call; the row is built there (masked again with
+the server's redactor, while a throwaway testConnection credential is still known) and written through
+the store's writer, off the event loop. The table keeps the newest `flow_log_size` rows: each insert
+deletes what fell off the end, by primary key. Live viewers subscribe to the rows as they are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.connection import CompiledConnection
+from proxy.engine import CallLabel, CallResult
+from proxy.redaction import Redactor
+from proxy.settings import DEFAULT_FLOW_LOG_SIZE, FLOW_EVENTS_QUEUE, FLOWS_PAGE_SIZE
+from proxy.store import Store
+
+log = logging.getLogger("proxy")
+OUTCOMES = ("hit", "recorded", "miss", "live", "injected")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+SUMMARY_COLUMNS = (
+    "id",
+    "at",
+    "kind",
+    "method",
+    "url",
+    "status",
+    "latency_ms",
+    "ttfb_ms",
+    "size",
+    "outcome",
+    "connection",
+    "connection_id",
+    "session_id",
+    "error",
+)
+TABLE = f"""CREATE TABLE IF NOT EXISTS flows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, method TEXT, url TEXT,
+    status INTEGER, latency_ms REAL, ttfb_ms REAL, size INTEGER, outcome TEXT, connection TEXT,
+    connection_id TEXT, session_id TEXT, error TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS flows_connection ON flows (connection, id);
+CREATE INDEX IF NOT EXISTS flows_session ON flows (session_id, id);
+-- {len(SUMMARY_COLUMNS)} summary columns and the exchange"""
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """A filtered view of the log, as the query parameters of `/flows` spell it."""
+
+    connection: str = ""
+    status: str = ""  # one of STATUS_CLASSES, or "" for all
+    outcome: str = ""  # one of OUTCOMES, or ""
+    q: str = ""  # free text: URL, method, error, kind or anything in the exchange
+    session: str = ""
+
+    @classmethod
+    def from_query(cls, params: Any) -> FlowFilter:
+        def one(name: str, allowed: tuple[str, ...] | None = None) -> str:
+            value = str(params.get(name) or "").strip()
+            if allowed is not None and value and value not in allowed:
+                raise ValueError(f"query parameter {name}: {value!r} is not one of {', '.join(allowed)}")
+            return value
+
+        return cls(one("connection"), one("status", STATUS_CLASSES), one("outcome", OUTCOMES), one("q"), one("session"))
+
+    def query(self) -> dict[str, str]:
+        """The non-empty parameters, to build links to the same view."""
+        return {k: v for k, v in vars(self).items() if v}
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if self.connection:
+            clauses.append("connection = ?")
+            args.append(self.connection)
+        if self.session:
+            clauses.append("session_id = ?")
+            args.append(self.session)
+        if self.status == "none":
+            clauses.append("status IS NULL")
+        elif self.status:
+            low = int(self.status[0]) * 100
+            clauses.append("status BETWEEN ? AND ?")
+            args += [low, low + 99]
+        if self.outcome:
+            clauses.append("outcome = ?")
+            args.append(self.outcome)
+        if self.q:
+            like = "%" + self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            clauses.append(
+                "(url LIKE ? ESCAPE '\\' OR method LIKE ? ESCAPE '\\' OR kind LIKE ? ESCAPE '\\'"
+                " OR error LIKE ? ESCAPE '\\' OR data LIKE ? ESCAPE '\\')"
+            )
+            args += [like] * 5
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+class FlowLog:
+    def __init__(self, store: Store, redactor: Redactor, size: int = DEFAULT_FLOW_LOG_SIZE) -> None:
+        self.store = store
+        self.redactor = redactor
+        self.size = size
+        self._pending: set[asyncio.Task[None]] = set()
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        store.call(store.db.executescript, TABLE)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def observe(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> None:
+        """The engine's observer: build the row now (still masked with this call's secrets), write it later."""
+        row = self._row(label, conn, result)
+        task = asyncio.get_running_loop().create_task(self._save(row))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _row(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> dict[str, Any]:
+        exchange = result.to_json()
+        last = result.attempts[-1] if result.attempts else None
+        stream = exchange.get("stream") or None
+        ttfb = stream.get("timeToFirstByteMs") if isinstance(stream, dict) else None
+        if ttfb is None and last is not None:
+            ttfb = last.first_byte_ms
+        data = {
+            "exchange": exchange,
+            "mapping": dict(conn.mapping.source),
+            "nearest": last.nearest if last is not None else None,
+            "authType": conn.spec.auth_type.value,
+            "connectionType": conn.spec.type.value,
+        }
+        request = result.request
+        reply = result.reply
+        redact = self.redactor.redact
+        return {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "kind": label.kind,
+            "method": request.method if request else None,
+            "url": redact(request.url) if request else None,
+            "status": reply.status if reply else None,
+            "latency_ms": round(result.latency_ms, 3) if result.attempts else None,
+            "ttfb_ms": round(ttfb, 3) if ttfb is not None else None,
+            "size": reply.size if reply else None,
+            "outcome": result.outcome or ("live" if result.attempts else None),
+            "connection": conn.spec.name,
+            "connection_id": conn.id,
+            "session_id": label.session_id,
+            "error": redact(result.error) if result.error else None,
+            "data": redact(json.dumps(data, ensure_ascii=False, default=str)),
+        }
+
+    async def _save(self, row: dict[str, Any]) -> None:
+        try:
+            row["id"] = await self.store.write(self._insert, row)
+        except Exception as exc:  # the log is for looking at: a failed write never fails a call
+            log.error("a flow could not be written: %s", self.redactor.redact(repr(exc)))
+            return
+        summary = {k: row[k] for k in SUMMARY_COLUMNS}
+        for queue in list(self._subscribers):
+            if queue.full():  # a client that does not read: its stream ends, the browser reconnects
+                self._subscribers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(summary)
+
+    def _insert(self, row: dict[str, Any]) -> int:
+        names = [k for k in row if k != "id"]
+        cursor = self.store.db.conn.execute(
+            f"INSERT INTO flows ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [row[k] for k in names]
+        )
+        flow_id = int(cursor.lastrowid or 0)
+        self.store.db.conn.execute("DELETE FROM flows WHERE id <= ?", (flow_id - self.size,))
+        return flow_id
+
+    async def settled(self) -> None:
+        """Wait until every observed call is written (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.settled()
+        for queue in list(self._subscribers):
+            self._subscribers.discard(queue)
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
+
+    # -- live viewers ------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue of each new flow's summary; None means the stream is over."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(FLOW_EVENTS_QUEUE)
+        self._subscribers.add(queue)
+        return queue
+
+    @property
+    def viewers(self) -> int:
+        return len(self._subscribers)
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._subscribers.discard(queue)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def recent(self, view: FlowFilter, limit: int = FLOWS_PAGE_SIZE, full: bool = False) -> list[dict[str, Any]]:
+        """Newest first; `full` adds each flow's exchange (`data`), for exports."""
+        return await self.store.run(self._select, view, limit, full)
+
+    def _select(self, view: FlowFilter, limit: int, full: bool) -> list[dict[str, Any]]:
+        where, args = view.where()
+        columns = ", ".join(SUMMARY_COLUMNS + (("data",) if full else ()))
+        cursor = self.store.db.conn.execute(
+            f"SELECT {columns} FROM flows{where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        )
+        rows = [dict(zip([d[0] for d in cursor.description], values, strict=True)) for values in cursor]
+        if full:
+            for row in rows:
+                row["data"] = json.loads(row["data"])
+        return rows
+
+    async def get(self, flow_id: int) -> dict[str, Any] | None:
+        rows = await self.store.run(self._one, flow_id)
+        return rows
+
+    def _one(self, flow_id: int) -> dict[str, Any] | None:
+        cursor = self.store.db.conn.execute(
+            f"SELECT {', '.join(SUMMARY_COLUMNS)}, data FROM flows WHERE id = ?", (flow_id,)
+        )
+        values = cursor.fetchone()
+        if values is None:
+            return None
+        row = dict(zip([d[0] for d in cursor.description], values, strict=True))
+        row["data"] = json.loads(row["data"])
+        return row
+
+    async def last_reply(self, connection_id: str) -> dict[str, Any] | None:
+        """The newest flow of a connection that got a reply (the connection page's editor maps it again)."""
+        query = "SELECT id FROM flows WHERE connection_id = ? AND status IS NOT NULL ORDER BY id DESC LIMIT 1"
+        found = await self.store.run(lambda: self.store.db.conn.execute(query, (connection_id,)).fetchone())
+        return await self.get(found[0]) if found else None
+
+    async def connections(self) -> list[str]:
+        """The connection names the log holds, for the filter's choices."""
+        rows = await self.store.run(
+            lambda: [r[0] for r in self.store.db.conn.execute("SELECT DISTINCT connection FROM flows ORDER BY 1")]
+        )
+        return [r for r in rows if r]
