@@ -9,7 +9,6 @@ and no stored id reached the listener, no request reached the real upstream, and
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,15 @@ import pytest
 
 from tests.conftest import RunningProxy, chat_connection
 from tests.servers import serve_in_thread
+from tests.test_inspector import launch
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CANARY = "canary-Tok3n-do-not-leak-7731"
 CONNECTOR_CANARY = "canary-Svc-Token-do-not-leak-5519"
 REBIND_HOST = "rebind.attacker.example"
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # DNS rebinding without DNS: the attacker's name resolves to the loopback address the proxy listens on.
-    f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1",
-]
+# DNS rebinding without DNS: the attacker's name resolves to the loopback address the proxy listens on.
+REBIND_RULE = f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1"
 
 ATTACK_PAGE = """<!doctype html><html><body><h1>Free kittens</h1>
 <script>
@@ -125,7 +115,6 @@ def test_a_hostile_page_learns_nothing_and_changes_nothing(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
     listener, evil = attacker
     upstream.handle("/search", lambda r: Reply(json={"results": [{"id": "d1", "text": "doc"}]}))
     upstream.handle(
@@ -147,7 +136,7 @@ def test_a_hostile_page_learns_nothing_and_changes_nothing(
     port = urlsplit(proxy_server.url).port
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        browser = launch(p, REBIND_RULE)
         page = browser.new_page()
         page.goto(f"{evil}/attack")
         page.wait_for_function("window.attackDone === true", timeout=30_000)

@@ -88,7 +88,7 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
         assert client.get("/inspector/sessions/nope").status_code == 404
 
 
-def launch(playwright: Any) -> Any:
+def launch(playwright: Any, *extra_args: str) -> Any:
     """Debian's headless chromium, quiet: no network of its own."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
     args = [
@@ -99,6 +99,7 @@ def launch(playwright: Any) -> Any:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        *extra_args,
     ]
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
 
