@@ -29,6 +29,7 @@ from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
+from proxy.transports.cassette import ParseCache
 from proxy.transports.client import AiohttpTransport
 from proxy.transports.faults import FaultTransport
 from proxy.transports.library import CassetteLibrary
@@ -60,6 +61,7 @@ class Runtime:
             replay_speed=settings.replay_speed,
             max_age_s=parse_max_age(settings.cassette_max_age) if settings.cassette_max_age else None,
             on_expired=OnExpired.parse(settings.on_expired),
+            cache=ParseCache.in_data_dir(settings.data_dir),
         )
         live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
         # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.

@@ -113,7 +113,7 @@ SETTINGS = {
     "host": "Address to bind. Loopback by default: anything else exposes the server to the network.",
     "port": "Port to listen on.",
     "data_dir": "Folder for the SQLite database (`proxy.db`: the entities and the recording journal) and the "
-    "secret key (`secret.key`).",
+    "secret key (`secret.key`), and the cassettes' parse cache (`cassette-cache/`).",
     "cassettes_dir": "Cassette folder (also read as `cassettes`); its layout is in [cassettes.md](cassettes.md).",
     "record_mode": "Record mode for every cassette: `none`, `once`, `new_episodes`, `all` or `off` "
     '([cassettes.md](cassettes.md#record-modes)). Quote `"off"`: YAML reads a bare off as false.',
