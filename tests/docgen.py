@@ -249,7 +249,8 @@ LIMITS = {
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
-    "GC_THRESHOLDS": "garbage-collector thresholds the server runs with (start-up state is frozen)",
+    "GC_THRESHOLDS": "garbage-collector thresholds `proxy serve` runs with, its start-up state frozen (a server "
+    "started in-process, as the pytest plugin does, leaves its host process's collector alone)",
     "REPLAY_LATENCIES": "the values `--replay-latency` takes",
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
     "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",

@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
 from proxy.settings import USAGE_REFRESH_S
 from proxy.store import Store
+from proxy.transports import CassetteMiss
 from proxy.transports.cassette import (
     Cassette,
     Interaction,
@@ -48,15 +48,6 @@ from proxy.transports.matching import MatchRules, RecordedRequest, describe_diff
 log = logging.getLogger("proxy.cassettes")
 DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
 DEFAULT_FLUSH_INTERVAL_S = 5.0
-
-
-class CassetteMiss(Exception):
-    """No recording answers this request and the mode forbids calling live. `nearest` describes the
-    closest recording (method, uri, body, difference, path: the differing body JSONPath), if any."""
-
-    def __init__(self, message: str, nearest: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.nearest = nearest
 
 
 class CassetteExpired(CassetteMiss):
