@@ -206,12 +206,25 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         sys.exit(2)
 
     def announce() -> None:
+        settle_heap()
         click.echo(f"proxy listening on {url_of(sock)}")
         sys.stdout.flush()
 
     install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     server_config = uvicorn.Config(create_app(runtime), log_level="info", access_log=False)
     AnnouncingServer(server_config, announce).run(sockets=[sock])
+
+
+def settle_heap() -> None:
+    """Once start-up has loaded what lives as long as the server, keep the collector from walking it again
+    (`proxy serve` only: this process is the server's, so its collector is too)."""
+    import gc
+
+    from proxy.settings import GC_THRESHOLDS
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _runtime(config_path: Path | None, flags: dict[str, Any]) -> Any:

@@ -237,7 +237,7 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
 
 async def check_cassette(runtime: Runtime, root: Path, path: Path) -> tuple[list[Checked], list[Interaction]]:
     name = name_of(root, path)
-    interactions = await asyncio.to_thread(load_interactions, path)
+    interactions = await asyncio.to_thread(load_interactions, path, runtime.library.cache)
     checked = [await check_interaction(runtime, name, i, item) for i, item in enumerate(interactions)]
     return checked, interactions
 
@@ -251,7 +251,8 @@ def rerecord(runtime: Runtime, path: Path, name: str, interactions: list[Interac
             item.updated = True
             count += 1
     if count:
-        write_cassette(path, Cassette(name, path, runtime.library.rules).serialize(interactions), interactions)
+        rules = runtime.library.rules
+        write_cassette(path, Cassette(name, path, rules).serialize(interactions), interactions, runtime.library.cache)
     return count
 
 

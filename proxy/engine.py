@@ -39,18 +39,26 @@ from proxy.redaction import Redactor
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.streaming import Event, Relay, events_of, read_timed, sse_reply, stream_json
 from proxy.templating import TemplateRefused, as_template_input
-from proxy.transports import ATTEMPT_TIMEOUT_EXTENSION, AttemptTimeout, BodyCut, BodyTooLarge, read_capped
-from proxy.transports.client import AiohttpTransport
-from proxy.transports.faults import FAULTS_EXTENSION
-from proxy.transports.library import CassetteHandle, CassetteMiss
-from proxy.transports.live import RATE_LIMIT_EXTENSION
-from proxy.transports.record_replay import (
+from proxy.transports import (
+    ATTEMPT_TIMEOUT_EXTENSION,
     CASSETTE_EXTENSION,
     OUTCOME_EXTENSION,
     PER_RUN_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
+    REPLAYED_EXTENSION,
+    AttemptTimeout,
+    BodyCut,
+    BodyTooLarge,
+    CassetteMiss,
+    read_capped,
 )
+from proxy.transports.client import AiohttpTransport
+from proxy.transports.faults import FAULTS_EXTENSION
+from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
+
+# The cassette a call goes with, as the record/replay transport handed it out: passed down unread.
+CassetteRef = object
 
 # The headers httpx.AsyncClient would add, kept so upstreams and cassettes see what they always saw.
 CLIENT_HEADERS = {
@@ -92,7 +100,7 @@ class CallContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     past_turns: list[dict[str, Any]] = field(default_factory=list)
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
-    cassette: CassetteHandle | None = None
+    cassette: CassetteRef | None = None
     label: CallLabel | None = None
 
     def per_run_values(self) -> dict[str, str | None]:
@@ -126,6 +134,7 @@ class Attempt:
     cut: CutReply | None = None  # the answer whose body broke off, as far as it came
     first_byte_ms: float | None = None  # until the response headers arrived
     nearest: dict[str, Any] | None = None  # on a cassette miss: the nearest recording and where it differs
+    replayed: bool = False  # the transport played the answer back (REPLAYED_EXTENSION)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -308,7 +317,7 @@ class Engine:
         url: str,
         client_headers: dict[str, str],
         body: bytes,
-        handle: CassetteHandle | None,
+        handle: CassetteRef | None,
         label: CallLabel | None = None,
     ) -> CallResult:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
@@ -324,7 +333,7 @@ class Engine:
         url: str,
         client_headers: dict[str, str],
         body: bytes,
-        handle: CassetteHandle | None,
+        handle: CassetteRef | None,
     ) -> CallResult:
         result = CallResult()
         inference_id = uuid.uuid4().hex
@@ -356,7 +365,7 @@ class Engine:
 
     @staticmethod
     def _extensions(
-        conn: CompiledConnection, handle: CassetteHandle | None, per_run: dict[str, str | None] | None = None
+        conn: CompiledConnection, handle: CassetteRef | None, per_run: dict[str, str | None] | None = None
     ) -> dict[str, Any]:
         limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
         return {
@@ -406,7 +415,7 @@ class Engine:
             retry_after = reply.headers.get("retry-after") if reply else None
             backoff_ms = policy.delay_ms(number, reply.status if reply else None, retry_after)
             # A replayed attempt is followed by a replayed one: the recording has no wait to repeat.
-            if attempt.outcome != "hit":
+            if not attempt.replayed:
                 await self.sleep(backoff_ms / 1000)
 
     def _build_request(self, conn: CompiledConnection, ctx: CallContext, result: CallResult) -> httpx.Request | None:
@@ -517,6 +526,7 @@ class Engine:
             if is_event_stream(reply.headers):
                 reply.events = events_of(reply.text.encode(), timing)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))
         attempt.first_byte_ms = None if recorded_latency is not None else first_byte_ms
         return attempt, reply, False
 
@@ -534,6 +544,7 @@ class Engine:
         reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
+        attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))
         attempt.first_byte_ms = None if recorded_latency is not None else latency
         return attempt, reply
 

@@ -1,16 +1,15 @@
 """The long-lived pieces the server and the CLI share: store, registries, engine, and the redactor that
-knows this server's secrets (one per Runtime: two servers in one process never see each other's)."""
+knows this server's secrets (one per Runtime: two servers in one process never see each other's). A Runtime
+leaves its host process as it found it (collector, logging): that is for `proxy serve` to set."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from typing import Any
 
 import httpx
 
-from proxy.api.demo import DemoHostTransport
 from proxy.config import Config
 from proxy.connection import connection_secrets
 from proxy.connectors import ConnectorIn, ConnectorRegistry, config_connector_secrets, stored_connector_secrets
@@ -27,9 +26,11 @@ from proxy.registry import ConnectionRegistry, stored_specs
 from proxy.registry import redactor_owner as connection_owner
 from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
-from proxy.settings import GC_THRESHOLDS, MIN_SECRET_LEN, Settings
+from proxy.settings import MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
+from proxy.transports.cassette import ParseCache
 from proxy.transports.client import AiohttpTransport
+from proxy.transports.demo import DemoHostTransport
 from proxy.transports.faults import FaultTransport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
@@ -60,6 +61,7 @@ class Runtime:
             replay_speed=settings.replay_speed,
             max_age_s=parse_max_age(settings.cassette_max_age) if settings.cassette_max_age else None,
             on_expired=OnExpired.parse(settings.on_expired),
+            cache=ParseCache.in_data_dir(settings.data_dir),
         )
         live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
         # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.
@@ -125,10 +127,6 @@ class Runtime:
             except ProxyError as exc:
                 log.error("config connectors[%d] (%s) not registered: %s", index, data.get("name", "?"), exc.message)
         self.library.start_periodic_flush()
-        # What start-up loaded lives as long as the server: keep the collector from walking it again.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
 
     async def close(self) -> None:
         await self.library.close()

@@ -113,7 +113,7 @@ SETTINGS = {
     "host": "Address to bind. Loopback by default: anything else exposes the server to the network.",
     "port": "Port to listen on.",
     "data_dir": "Folder for the SQLite database (`proxy.db`: the entities and the recording journal) and the "
-    "secret key (`secret.key`).",
+    "secret key (`secret.key`), and the cassettes' parse cache (`cassette-cache/`).",
     "cassettes_dir": "Cassette folder (also read as `cassettes`); its layout is in [cassettes.md](cassettes.md).",
     "record_mode": "Record mode for every cassette: `none`, `once`, `new_episodes`, `all` or `off` "
     '([cassettes.md](cassettes.md#record-modes)). Quote `"off"`: YAML reads a bare off as false.',
@@ -249,7 +249,8 @@ LIMITS = {
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
-    "GC_THRESHOLDS": "garbage-collector thresholds the server runs with (start-up state is frozen)",
+    "GC_THRESHOLDS": "garbage-collector thresholds `proxy serve` runs with, its start-up state frozen (a server "
+    "started in-process, as the pytest plugin does, leaves its host process's collector alone)",
     "REPLAY_LATENCIES": "the values `--replay-latency` takes",
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
     "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",

@@ -149,18 +149,62 @@ def test_unparseable_cassette_names_the_file(tmp_path: Path) -> None:
         load_interactions(bad)
 
 
-def test_sidecar_speeds_loading_and_a_hand_edit_invalidates_it(tmp_path: Path) -> None:
-    from proxy.transports.cassette import Cassette, sidecar_path, write_cassette
-    from proxy.transports.matching import MatchRules
+def refuse_yaml(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make parsing any cassette's YAML fail; returns the sources it was asked for."""
+    from proxy.transports import cassette as module
 
-    path = tmp_path / "tc.yaml"
+    asked: list[str] = []
+
+    def parse(text: str, source: str) -> list[object]:
+        asked.append(source)
+        raise AssertionError(f"{source} parsed from YAML")
+
+    monkeypatch.setattr(module, "parse_interactions", parse)
+    return asked
+
+
+def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.transports.cassette import ParseCache, write_cassette
+
+    folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
+    path = folder / "tc.yaml"
     cassette = Cassette("tc", path, MatchRules())
     cassette.add(interaction(1))
-    write_cassette(path, cassette.serialize(), cassette.interactions)
-    assert sidecar_path(path).exists() and bodies(path) == [b'{"n": 1}']
-    path.write_text(path.read_text().replace('{"n": 1}', '{"n": 2}'))  # edited by hand
-    assert bodies(path) == [b'{"n": 2}']  # the YAML wins, and the sidecar is rewritten
-    assert '{\\"n\\": 2}' in sidecar_path(path).read_text()
+    write_cassette(path, cassette.serialize(), cassette.interactions, cache)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [p.name for p in folder.iterdir()] == ["tc.yaml"]  # nothing beside the cassette
+    assert [p.name for p in cache.folder.iterdir()] == [f"{digest}.json"]
+    with monkeypatch.context() as patched:
+        asked = refuse_yaml(patched)
+        assert [i.request["body"] for i in load_interactions(path, cache)] == [b'{"n": 1}']  # from the cache
+        assert asked == []
+    path.write_text(path.read_text().replace('{"n": 1}', '{"n": 2}'))  # edited by hand: another hash
+    assert [i.request["body"] for i in load_interactions(path, cache)] == [b'{"n": 2}']  # the YAML wins
+    edited = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (cache.folder / f"{edited}.json").exists()
+    cassette.add(interaction(3))
+    write_cassette(path, cassette.serialize(), cassette.interactions, cache)  # a rewrite drops the old entry
+    assert not (cache.folder / f"{edited}.json").exists() and len(list(cache.folder.iterdir())) == 2
+    assert [p.name for p in folder.iterdir()] == ["tc.yaml"]
+
+
+async def test_a_library_loads_through_the_cache_and_writes_only_cassettes(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.transports.cassette import ParseCache
+
+    folder, cache = tmp_path / "c", ParseCache.in_data_dir(tmp_path / "data")
+    library = CassetteLibrary(folder, store, cache=cache)
+    await record(library, "tc", range(2))
+    await library.close()
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == ["sessions", "sessions/tc.yaml"]
+    asked = refuse_yaml(monkeypatch)
+    again = CassetteLibrary(folder, store, cache=cache)
+    loaded = await again.cassette("sessions/tc")
+    assert [i.request["body"] for i in loaded.interactions] == [b'{"n": 0}', b'{"n": 1}'] and asked == []
+    await again.close()
 
 
 async def test_journal_rows_belong_to_one_cassettes_folder(tmp_path: Path, store: Store) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,7 +11,14 @@ import pytest
 from proxy.connection import compile_connection
 from proxy.engine import CallContext, Engine
 from proxy.models import BackoffStrategy, parse_spec
+from proxy.record_mode import RecordMode
+from proxy.redaction import Redactor
 from proxy.retry import RetryPolicy, parse_retry_after
+from proxy.secrets import Vault, load_fernet
+from proxy.store import Store
+from proxy.transports import OUTCOME_EXTENSION, REPLAYED_EXTENSION
+from proxy.transports.library import CassetteLibrary
+from proxy.transports.record_replay import RecordReplayTransport
 
 
 def policy(strategy: str, initial: int = 100, cap: int = 30000, retries: int = 5) -> RetryPolicy:
@@ -134,3 +142,44 @@ async def test_end_rule_match_is_never_retried() -> None:
     )
     result = await engine_with(script, []).call(conn, CallContext(input={"m": "x"}))
     assert script.calls == 1 and result.ok and result.ended_by_rule == 0
+
+
+@pytest.mark.parametrize(
+    ("extensions", "expected_sleeps"),
+    [
+        ({REPLAYED_EXTENSION: True, OUTCOME_EXTENSION: "hit"}, []),  # played back: no wait to repeat
+        ({OUTCOME_EXTENSION: "hit"}, [0.1]),  # the outcome's name is not what decides
+    ],
+)
+async def test_backoff_is_skipped_on_the_transports_replayed_flag(
+    extensions: dict[str, Any], expected_sleeps: list[float]
+) -> None:
+    script = Script(httpx.Response(500, extensions=extensions), httpx.Response(200, json={"reply": "ok"}))
+    sleeps: list[float] = []
+    conn = connection(retryEnabled=True, retryMaxAttempts=2, retryInitialDelayMs=100, retryableStatusCodes=[500])
+    result = await engine_with(script, sleeps).call(conn, CallContext(input={"m": "x"}))
+    assert result.ok and script.calls == 2 and sleeps == expected_sleeps
+
+
+async def test_a_replayed_retry_sequence_waits_nothing(tmp_path: Path) -> None:
+    """Recorded live with its backoff; replayed from the cassette, the same two attempts without it."""
+    store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
+    library = CassetteLibrary(tmp_path / "cassettes", store)
+    script = Script(httpx.Response(500), httpx.Response(200, json={"reply": "ok"}))
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    engine = Engine(RecordReplayTransport(httpx.MockTransport(script), library, Redactor()), sleep=fake_sleep)
+    conn = connection(retryEnabled=True, retryMaxAttempts=2, retryInitialDelayMs=100, retryableStatusCodes=[500])
+    try:
+        recorded = await engine.call(conn, CallContext(input={"m": "x"}, cassette=library.open("sessions", "r")))
+        assert recorded.ok and sleeps == [0.1] and script.calls == 2
+        handle = library.open("sessions", "r", RecordMode.NONE)
+        replayed = await engine.call(conn, CallContext(input={"m": "x"}, cassette=handle))
+        assert replayed.ok and [a.status for a in replayed.attempts] == [500, 200]
+        assert sleeps == [0.1] and script.calls == 2  # nothing waited, nothing sent
+    finally:
+        await library.close()
+        store.close()

@@ -1,5 +1,6 @@
 """The transport seam: every upstream call goes through one httpx transport that is live, recording
-or replaying per cassette. Nothing above it branches on the mode."""
+or replaying per cassette. Nothing above it branches on the mode or imports cassette code: what a caller
+passes down and reads back are the extensions and exceptions named here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,25 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 ATTEMPT_TIMEOUT_EXTENSION = "proxy.attempt_timeout"  # request: the caller's AttemptTimeout, if it times attempts
+CASSETTE_EXTENSION = "proxy.cassette"  # request: an opaque cassette handle, or None for plain live calls
+PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
+OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live | injected
+RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"  # response: the latency a recording measured
+REPLAYED_EXTENSION = "proxy.replayed"  # response: True when played back, so no wait before a retry is real
+
+
+class CassetteMiss(Exception):
+    """No recording answers this request and the mode forbids calling live. `nearest` describes the
+    closest recording (method, uri, body, difference, path: the differing body JSONPath), if any."""
+
+    def __init__(self, message: str, nearest: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.nearest = nearest
 
 
 class BodyCut(httpx.ReadError):

@@ -26,7 +26,7 @@ from vcr.serializers import compat, yamlserializer
 from proxy.transports.matching import MatchRules, RecordedRequest
 
 TEMP_MARKER = ".tmp-"
-SIDECAR_SUFFIX = ".index.json"  # hidden JSON copy beside a cassette, keyed by the cassette's SHA-256
+CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cassette, named by the YAML's SHA-256
 # Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
 WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
@@ -108,53 +108,86 @@ class Cassette:
         return str(yamlserializer.serialize(data))
 
 
-def load_interactions(path: Path) -> list[Interaction]:
-    """A cassette's interactions: from its JSON sidecar when that matches the file's SHA-256, else by
-    parsing the YAML (libyaml when present), which then writes the sidecar. YAML parsing costs ~0.7 ms an
-    interaction even with libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it."""
+@dataclass(frozen=True)
+class ParseCache:
+    """Parsed cassettes as JSON, one file per cassette content: `<folder>/<SHA-256 of the YAML>.json`. It lives
+    in the data dir, never beside the cassettes, so a cassette folder is only ever read when it is loaded. Any
+    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry."""
+
+    folder: Path
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> ParseCache:
+        return cls(data_dir / CACHE_DIR_NAME)
+
+    def entry(self, digest: str) -> Path:
+        return self.folder / f"{digest}.json"
+
+    def read(self, digest: str) -> list[Interaction] | None:
+        try:
+            data = json.loads(self.entry(digest).read_text(encoding="utf-8"))
+            if data.get("sha256") != digest:
+                return None
+            return [_from_jsonable(item) for item in data["interactions"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            return None
+
+    def write(self, digest: str, interactions: list[Interaction]) -> None:
+        data = {"sha256": digest, "interactions": [_jsonable(i) for i in interactions]}
+        try:
+            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False))
+        except OSError:
+            pass  # a cache that cannot be written: loads stay correct, only slower
+
+    def forget(self, digest: str) -> None:
+        try:
+            self.entry(digest).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
+    """A cassette's interactions: from `cache` when it holds the file's SHA-256, else by parsing the YAML
+    (libyaml when present), which then fills the cache. YAML parsing costs ~0.7 ms an interaction even with
+    libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cassette {path} cannot be read: {exc}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    cached = _read_sidecar(path, digest)
-    if cached is not None:
-        return cached
+    digest = sha256_of(raw)
+    if cache is not None:
+        cached = cache.read(digest)
+        if cached is not None:
+            return cached
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"cassette {path} is not UTF-8 text: {exc}") from None
     interactions = parse_interactions(text, f"cassette {path}")
-    _write_sidecar(path, digest, interactions)
+    if cache is not None:
+        cache.write(digest, interactions)
     return interactions
 
 
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{SIDECAR_SUFFIX}")
+def sha256_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
-def write_cassette(path: Path, text: str, interactions: list[Interaction]) -> None:
-    """The YAML atomically, then its sidecar (a lost sidecar only costs one slow load)."""
-    atomic_write(path, text)
-    _write_sidecar(path, hashlib.sha256(text.encode("utf-8")).hexdigest(), interactions)
-
-
-def _write_sidecar(path: Path, digest: str, interactions: list[Interaction]) -> None:
-    data = {"sha256": digest, "interactions": [_jsonable(i) for i in interactions]}
+def write_cassette(path: Path, text: str, interactions: list[Interaction], cache: ParseCache | None = None) -> None:
+    """The YAML atomically; then `cache` holds the new content and drops the old (a lost entry only costs one
+    slow load). Nothing but the YAML is written into the cassette folder."""
+    if cache is None:
+        atomic_write(path, text)
+        return
     try:
-        atomic_write(sidecar_path(path), json.dumps(data, ensure_ascii=False))
+        previous: str | None = sha256_of(path.read_bytes())
     except OSError:
-        pass  # a read-only cassette folder: loads stay correct, only slower
-
-
-def _read_sidecar(path: Path, digest: str) -> list[Interaction] | None:
-    try:
-        data = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
-        if data.get("sha256") != digest:
-            return None
-        return [_from_jsonable(item) for item in data["interactions"]]
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error):
-        return None
+        previous = None
+    atomic_write(path, text)
+    digest = sha256_of(text.encode("utf-8"))
+    cache.write(digest, interactions)
+    if previous is not None and previous != digest:
+        cache.forget(previous)
 
 
 def _body_to_json(body: Any) -> Any:

@@ -12,9 +12,8 @@ import httpx
 
 from proxy.faults import FaultPlan, FaultRule, current_test_id
 from proxy.settings import MAX_UPSTREAM_BODY_BYTES
-from proxy.transports import BodyCut, read_capped
+from proxy.transports import OUTCOME_EXTENSION, RECORDED_LATENCY_EXTENSION, REPLAYED_EXTENSION, BodyCut, read_capped
 from proxy.transports.cassette import WIRE_HEADERS
-from proxy.transports.record_replay import OUTCOME_EXTENSION, RECORDED_LATENCY_EXTENSION
 
 FAULTS_EXTENSION = "proxy.faults"  # request: (connection id, the connection's own fault rules)
 INJECTED = "injected"  # the OUTCOME_EXTENSION of an answer a rule acted on
@@ -68,7 +67,9 @@ class FaultTransport(httpx.AsyncBaseTransport):
         if rule.cut_after_bytes is not None:
             response = await _cut(response, rule.cut_after_bytes)
         # The answer is not the recording's: its latency is the one measured, delay included.
-        extensions = {k: v for k, v in response.extensions.items() if k != RECORDED_LATENCY_EXTENSION}
+        extensions = {
+            k: v for k, v in response.extensions.items() if k not in (RECORDED_LATENCY_EXTENSION, REPLAYED_EXTENSION)
+        }
         response.extensions = {**extensions, OUTCOME_EXTENSION: INJECTED}
         return response
 

@@ -88,18 +88,22 @@ def verify(root: Path, redactor: Redactor) -> tuple[list[Entry], list[str]]:
     """Every cassette: parses, loads in vcrpy's own loader, holds no credential — none of `redactor`'s
     secrets in any encoding it knows, nothing shaped like a well-known token. Returns (entries, problems)."""
     problems: list[str] = []
-    entries = inventory(root)
-    for entry in entries:
-        if entry.error:
-            problems.append(f"{entry.name}: {entry.error}")
-            continue
-        text = entry.path.read_text(encoding="utf-8")
+    entries = []
+    for path in cassette_files(root):
+        name = name_of(root, path)
         try:
-            deserialize(text, yamlserializer)
+            interactions = load_interactions(path)
+        except ValueError as exc:
+            entries.append(Entry(name, path, None, str(exc)))
+            problems.append(f"{name}: {exc}")
+            continue
+        entries.append(Entry(name, path, len(interactions)))
+        try:
+            deserialize(path.read_text(encoding="utf-8"), yamlserializer)
         except Exception as exc:  # vcrpy raises several kinds; any of them means plain vcrpy cannot load it
-            problems.append(f"{entry.name}: vcrpy cannot load it: {exc}")
-        for number, interaction in enumerate(load_interactions(entry.path)):
-            problems += [f"{entry.name} #{number}: {p}" for p in _secrets_in(interaction, redactor)]
+            problems.append(f"{name}: vcrpy cannot load it: {exc}")
+        for number, interaction in enumerate(interactions):
+            problems += [f"{name} #{number}: {p}" for p in _secrets_in(interaction, redactor)]
     return entries, problems
 
 

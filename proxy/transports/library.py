@@ -27,15 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
 from proxy.settings import USAGE_REFRESH_S
 from proxy.store import Store
+from proxy.transports import CassetteMiss
 from proxy.transports.cassette import (
     Cassette,
     Interaction,
+    ParseCache,
     file_name,
     load_interactions,
     parse_interactions,
@@ -47,15 +48,6 @@ from proxy.transports.matching import MatchRules, RecordedRequest, describe_diff
 log = logging.getLogger("proxy.cassettes")
 DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
 DEFAULT_FLUSH_INTERVAL_S = 5.0
-
-
-class CassetteMiss(Exception):
-    """No recording answers this request and the mode forbids calling live. `nearest` describes the
-    closest recording (method, uri, body, difference, path: the differing body JSONPath), if any."""
-
-    def __init__(self, message: str, nearest: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.nearest = nearest
 
 
 class CassetteExpired(CassetteMiss):
@@ -122,8 +114,10 @@ class CassetteLibrary:
         replay_speed: float = 1.0,
         max_age_s: float | None = None,
         on_expired: OnExpired = OnExpired.WARN,
+        cache: ParseCache | None = None,
     ) -> None:
         self.root = root
+        self.cache = cache  # parsed cassettes, in the data dir: loads skip YAML parsing
         self._journal_root = root.resolve()
         self.store = store
         self.rules = rules or MatchRules()
@@ -251,7 +245,7 @@ class CassetteLibrary:
         cassette = Cassette(name, path, self.rules)
         if path.exists():
             # Parsing a large cassette is CPU work: off the event loop.
-            interactions = await loop.run_in_executor(self._files, load_interactions, path)
+            interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
             for interaction in interactions:
                 cassette.add(interaction)
             cassette.existed = True
@@ -328,7 +322,7 @@ class CassetteLibrary:
             await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
-        write_cassette(cassette.path, cassette.serialize(snapshot), snapshot)
+        write_cassette(cassette.path, cassette.serialize(snapshot), snapshot, self.cache)
 
     def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
         async def loop() -> None:
@@ -361,7 +355,7 @@ class CassetteLibrary:
                 folder = str(path.parents[len(Path(name).parts) - 1])  # the file is <folder>/<name>.yaml
                 elsewhere[folder] += sum(kind == "interaction" for _, kind, _ in rows)
                 continue
-            interactions = load_interactions(path) if path.exists() else []
+            interactions = load_interactions(path, self.cache) if path.exists() else []
             for _seq, kind, text in rows:
                 if kind == "reset":
                     interactions = []
@@ -371,7 +365,7 @@ class CassetteLibrary:
                     if str(item.proxy.get("id")) not in known:
                         interactions.append(item)
                         recovered[name] = recovered.get(name, 0) + 1
-            write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions)
+            write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions, self.cache)
             self.store.call(self.store.journal_forget, journal_path, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)

@@ -16,7 +16,15 @@ import httpx
 from proxy.auth import is_secret_header
 from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
-from proxy.transports import read_capped, waited_ms
+from proxy.transports import (
+    CASSETTE_EXTENSION,
+    OUTCOME_EXTENSION,
+    PER_RUN_EXTENSION,
+    RECORDED_LATENCY_EXTENSION,
+    REPLAYED_EXTENSION,
+    read_capped,
+    waited_ms,
+)
 from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary
 from proxy.transports.matching import RecordedRequest
@@ -29,10 +37,6 @@ from proxy.transports.streams import (
     is_streamed,
 )
 
-CASSETTE_EXTENSION = "proxy.cassette"  # request: the CassetteHandle, or None for plain live calls
-PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
-OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live
-RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"
 MIN_PER_RUN_LEN = 8  # shorter values could occur by chance in a body
 ALWAYS_MASKED = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"})
 
@@ -117,6 +121,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         message = recorded["status"].get("message")
         extensions = {
             OUTCOME_EXTENSION: "hit",
+            REPLAYED_EXTENSION: True,
             RECORDED_LATENCY_EXTENSION: latency_ms,
             **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
         }
@@ -141,6 +146,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         ]
         extensions = {
             OUTCOME_EXTENSION: "hit",
+            REPLAYED_EXTENSION: True,
             RECORDED_LATENCY_EXTENSION: timing.latency_ms,
             STREAM_EXTENSION: timing,
             REDACTED_EXTENSION: True,

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api.common import read_json_object
+from proxy import jsonbounds
 
 DEMO_TOKEN_HEADER = "authorization"
 
@@ -19,8 +19,11 @@ DEMO_TOKEN_HEADER = "authorization"
 async def demo_chat(request: Request) -> JSONResponse:
     if not request.headers.get(DEMO_TOKEN_HEADER, "").startswith("Bearer "):
         return JSONResponse({"detail": "missing bearer token"}, status_code=401)
-    body = await read_json_object(request)
-    message = body.get("message")
+    try:
+        body = jsonbounds.loads(await request.body())
+    except ValueError as exc:  # not JSON, not UTF-8, or refused by its bounds
+        return JSONResponse({"detail": f"the body is not usable JSON: {exc}"}, status_code=400)
+    message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, str):
         return JSONResponse({"detail": "field 'message' (string) is required"}, status_code=422)
     answer = f"You said: {message}"
