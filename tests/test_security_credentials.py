@@ -241,3 +241,15 @@ def test_a_secret_an_upstream_echoes_in_a_header_is_masked_not_a_500(
         answer = client.get("/forward/chat/v1/hdr")
     assert answer.status_code == 200
     assert answer.headers["x-echo"] == "Bearer ********" and TEST_TOKEN not in str(answer.headers)
+
+
+def test_a_secret_echoed_in_a_header_of_a_cut_answer_is_masked_not_a_500(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.handle("/v1/hdr", lambda r: Reply(json={"a": "bcdefgh"}, headers={"X-Echo": r.headers["authorization"]}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        client.post("/endpointConnections", json=chat_connection(upstream_url, faults=[{"cut_after_bytes": 5}]))
+        with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", "/forward/chat/v1/hdr") as answer:
+            assert answer.status_code == 200 and answer.headers["x-echo"] == "Bearer ********"
+            assert answer.headers["x-proxy-cassette"] == "injected"
+            answer.read()

@@ -93,6 +93,13 @@ def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key_in_use: 
     return kept
 
 
+def answer_headers(upstream: dict[str, str], outcome: str) -> dict[str, str]:
+    """Every forward answer's headers, whole, cut or streamed: the upstream's that may pass back, as HTTP can
+    carry them, then the safety headers and the cassette outcome."""
+    headers = {k: _header_text(v) for k, v in upstream.items() if _passed_back(k)}
+    return {**headers, **SAFETY_HEADERS, "X-Proxy-Cassette": outcome}
+
+
 def _header_text(value: str) -> str:
     """A header value as HTTP can carry it (Latin-1): a masked secret echoed in a header reads as ASCII stars."""
     return value.replace(MASK, HEADER_MASK).encode("latin-1", "replace").decode("latin-1")
@@ -117,11 +124,9 @@ def _response(result: CallResult) -> Response:
     if reply is None:
         status = MISS_STATUS if outcome == "miss" else 502
         body = {"message": result.error or "no reply from the upstream"}
-        headers = {**SAFETY_HEADERS, "X-Proxy-Cassette": outcome}
+        headers = answer_headers({}, outcome)
         return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
-    headers = {k: _header_text(v) for k, v in reply.headers.items() if _passed_back(k)}
-    headers.update(SAFETY_HEADERS)
-    headers["X-Proxy-Cassette"] = outcome
+    headers = answer_headers(reply.headers, outcome)
     if reply.relay is not None:
         return RelayedStream(reply.relay, reply.status, headers)
     return Response(reply.text.encode(), status_code=reply.status, headers=headers)
@@ -133,10 +138,9 @@ class CutResponse(Response):
 
     def __init__(self, cut: CutReply, outcome: str) -> None:
         content = cut.reply.text.encode()
-        headers = {k: v for k, v in cut.reply.headers.items() if _passed_back(k)}
+        headers = answer_headers(cut.reply.headers, outcome)
         # Longer than what is sent, whatever masking did to the text: the client must see a short body.
-        declared = max(cut.expected_bytes, len(content) + 1)
-        headers.update(SAFETY_HEADERS, **{"X-Proxy-Cassette": outcome, "Content-Length": str(declared)})
+        headers["Content-Length"] = str(max(cut.expected_bytes, len(content) + 1))
         super().__init__(content, status_code=cut.reply.status, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
