@@ -13,6 +13,7 @@ from proxy.auth import Credentials, masked_headers, secret_header_parts
 from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
 from proxy.models import ConnectionSpec, ResponseMode, check_connection
+from proxy.origins import Origin, fixed_origin
 from proxy.retry import RetryPolicy
 from proxy.settings import MIN_SECRET_LEN
 from proxy.templating import CompiledTemplate, TemplateRefused
@@ -44,6 +45,12 @@ class CompiledConnection:
     def credentials(self) -> Credentials:
         s = self.spec
         return Credentials(s.auth_type, s.auth_token, s.username, s.password)
+
+    @cached_property
+    def origin(self) -> Origin | None:
+        """Where its calls go, read once (the forward route needs it on every request); None when the URL
+        template decides the host."""
+        return fixed_origin(self.spec.url)
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:

@@ -16,7 +16,6 @@ from proxy.api.galtea import runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult, CutReply
 from proxy.errors import InvalidField
-from proxy.origins import fixed_origin
 from proxy.settings import MASK
 from proxy.streaming import Relay
 from proxy.transports import BodyTooLarge
@@ -65,7 +64,7 @@ async def forward(request: Request) -> Response:
     rt = runtime(request)
     mode = record_mode_header(request)
     conn = rt.connections.resolve(request.path_params["connection"])
-    origin = fixed_origin(conn.spec.url)
+    origin = conn.origin
     if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
         raise InvalidField(
             "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.spec.url}"
