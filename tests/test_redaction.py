@@ -105,11 +105,14 @@ def test_an_echo_in_any_encoding_is_masked_in_every_reading(data: Any, secret: s
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         text = None  # UTF-16 bytes that are not UTF-8: only a body can hold them
+    # A backslash drawn just before the echo escapes its first backslash, so no reading holds the secret any
+    # more: verify must then say what each reading says, not what was drawn.
     if text is not None:
         assert revealed(secret, redactor.redact(text)) == []
-        assert redactor.contains_secret(text)
+        assert redactor.contains_secret(text) or not revealed(secret, text)
     assert revealed(secret, redactor.redact_bytes(body)) == []
-    assert redactor.contains_secret(body)
+    assert redactor.contains_secret(body) or not revealed(secret, body)
+    assert redactor.contains_secret(echo) and revealed(secret, echo)
 
 
 @settings(max_examples=200, deadline=None)
