@@ -23,7 +23,7 @@ import httpx
 from proxy import jsonbounds
 from proxy.auth import build_headers, new_trace_id
 from proxy.connection import CompiledConnection
-from proxy.connectors import connector_id
+from proxy.connector import connector_id
 from proxy.engine import CallContext, build_request
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime

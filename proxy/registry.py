@@ -8,13 +8,12 @@ live in one place.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from proxy.connection import (
     CompiledConnection,
@@ -23,6 +22,7 @@ from proxy.connection import (
     refuse_short_secrets,
     secret_fields,
 )
+from proxy.entities import EntityKind, EntityTable
 from proxy.errors import InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.models import (
@@ -41,6 +41,7 @@ from proxy.settings import MASK
 from proxy.store import Store
 
 SECRET_SPEC_FIELDS = ("auth_token", "password", "headers")
+SPEC_COLUMNS = ("product_id", "name", "type")  # spec fields kept in columns of their own
 
 log = logging.getLogger("proxy")
 
@@ -53,14 +54,52 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
 
-def stored_specs(store: Store) -> Iterator[tuple[dict[str, Any], ConnectionSpec]]:
-    """Every live stored connection's row and spec, its secrets decrypted."""
-    for row in store.call(store.live_connections):
-        yield row, ConnectionSpec.model_validate(json.loads(row["spec"]) | store.unseal(row["secrets"]))
+class ConnectionKind(EntityKind[CompiledConnection]):
+    """Lists filter on product, name and type, by creation time; the credentials are sealed."""
+
+    table = "connections"
+    label = "Endpoint connection"
+    columns: ClassVar[dict[str, type]] = {"product_id": str, "name": str, "type": str, "created_at": str}
+    indexes = (("product_id", "name"), ("type",), ("created_at",))
+    owner = "connection"
+    soft_delete = True
+
+    def row(self, conn: CompiledConnection, store: Store) -> dict[str, Any]:
+        everything = conn.spec.model_dump(mode="json")
+        secret = {k: everything.pop(k) for k in SECRET_SPEC_FIELDS}
+        columns = {k: everything.pop(k) for k in SPEC_COLUMNS}
+        return columns | {"created_at": conn.created_at, "data": json.dumps(everything), "sealed": store.seal(secret)}
+
+    def spec(self, row: dict[str, Any], store: Store) -> ConnectionSpec:
+        columns = {k: row[k] for k in SPEC_COLUMNS}
+        return ConnectionSpec.model_validate(json.loads(row["data"]) | columns | store.unseal(row["sealed"]))
+
+    def revive(self, row: dict[str, Any], store: Store) -> CompiledConnection:
+        spec = self.spec(row, store)
+        # Stored connections were valid when saved; --allow-http may have been on then. An older data
+        # dir may hold a secret too short to mask: it still loads (the redactor warns about it).
+        try:
+            return compile_connection(row["id"], spec, row["created_at"], allow_http=True)
+        except InvalidField as exc:
+            # Saved before a template bound: kept (compiling never runs it) so it can be read and fixed;
+            # its renders are held to the bounds like any other.
+            log.warning("stored connection %s (%s): %s; loaded as stored", spec.name, row["id"], exc.message)
+            return compile_connection(row["id"], spec, row["created_at"], allow_http=True, strict=False)
+
+    def secrets(self, conn: CompiledConnection, store: Store) -> list[str]:
+        return connection_secrets(conn.spec)
+
+    def secrets_in(self, row: dict[str, Any], store: Store) -> list[str]:
+        return connection_secrets(self.spec(row, store))
+
+    def upgrade(self, old: dict[str, Any], store: Store) -> dict[str, Any]:
+        """From `spec` (the non-secret fields, JSON) and `secrets` (already sealed)."""
+        spec = json.loads(old["spec"])
+        columns = {k: spec.pop(k) for k in SPEC_COLUMNS}
+        return columns | {"created_at": old["created_at"], "data": json.dumps(spec), "sealed": old["secrets"]}
 
 
-def redactor_owner(conn_id: str) -> tuple[str, str]:
-    return ("connection", conn_id)
+CONNECTIONS = ConnectionKind()
 
 
 class ConnectionRegistry:
@@ -70,46 +109,28 @@ class ConnectionRegistry:
         self.store = store
         self.allow_http = allow_http
         self.redactor = redactor
-        self._by_id: dict[str, CompiledConnection] = {}
-        self._seq = itertools.count(1)
-
-    # -- loading -----------------------------------------------------------------------------
+        self.table = EntityTable(store, CONNECTIONS, redactor)
 
     def load(self) -> None:
-        for row, spec in stored_specs(self.store):
-            # Stored connections were valid when saved; --allow-http may have been on then. An older data
-            # dir may hold a secret too short to mask: it still loads (the redactor warns about it).
-            try:
-                conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True)
-            except InvalidField as exc:
-                # Saved before a template bound: kept (compiling never runs it) so it can be read and fixed;
-                # its renders are held to the bounds like any other.
-                log.warning("stored connection %s (%s): %s; loaded as stored", spec.name, row["id"], exc.message)
-                conn = compile_connection(row["id"], spec, row["created_at"], allow_http=True, strict=False)
-            self._by_id[row["id"]] = conn
-            self.redactor.register(redactor_owner(row["id"]), connection_secrets(spec))
-            next(self._seq)
+        self.table.load()
 
     # -- reads -------------------------------------------------------------------------------
 
     def all(self) -> list[CompiledConnection]:
-        return list(self._by_id.values())
+        return self.table.all()
 
     def get(self, conn_id: str) -> CompiledConnection:
-        conn = self._by_id.get(conn_id)
-        if conn is None:
-            raise NotFound(f"Endpoint connection {conn_id} not found")
-        return conn
+        return self.table.get(conn_id)
 
     def by_name(self, name: str, product_id: str | None = None) -> CompiledConnection | None:
-        for conn in self._by_id.values():
+        for conn in self.table:
             if conn.spec.name == name and (product_id is None or conn.spec.product_id == product_id):
                 return conn
         return None
 
     def find(self, ref: str, product_id: str | None = None) -> CompiledConnection | None:
         """By id, else by name in the product, else by name anywhere."""
-        return self._by_id.get(ref) or self.by_name(ref, product_id) or self.by_name(ref)
+        return self.table.find(ref) or self.by_name(ref, product_id) or self.by_name(ref)
 
     def resolve(self, ref: str) -> CompiledConnection:
         """A connection by id, else by name."""
@@ -123,7 +144,7 @@ class ConnectionRegistry:
     async def create(self, data: dict[str, Any]) -> CompiledConnection:
         conn = self.build(data)
         self._check_unique(conn.spec)
-        await self._persist(conn)
+        await self.table.save(conn)
         return conn
 
     def build(
@@ -142,7 +163,7 @@ class ConnectionRegistry:
         current = self.get(conn_id)
         conn = self.build_patched(current, patch)
         self._check_unique(conn.spec, exclude=conn_id)
-        await self._persist(conn)
+        await self.table.save(conn)
         return conn
 
     def build_patched(self, current: CompiledConnection, patch: dict[str, Any]) -> CompiledConnection:
@@ -162,14 +183,11 @@ class ConnectionRegistry:
         if existing is None:
             return await self.create(data)
         conn = self.build(data, conn_id=existing.id, created_at=existing.created_at)
-        await self._persist(conn)
+        await self.table.save(conn)
         return conn
 
     async def delete(self, conn_id: str) -> None:
-        self.get(conn_id)
-        del self._by_id[conn_id]
-        await self.store.run(self.store.delete_connection, conn_id, now_iso())
-        self.redactor.forget(redactor_owner(conn_id))
+        await self.table.delete(conn_id, now_iso())
 
     @contextlib.contextmanager
     def secrets_for_one_call(self, conn: CompiledConnection) -> Iterator[None]:
@@ -182,24 +200,6 @@ class ConnectionRegistry:
         clash = self.by_name(spec.name, spec.product_id)
         if clash is not None and clash.id != exclude:
             raise InvalidField("name", f"an endpoint connection named {spec.name!r} already exists in this product")
-
-    async def _persist(self, conn: CompiledConnection) -> None:
-        everything = conn.spec.model_dump(mode="json")
-        secret = {k: everything.pop(k) for k in SECRET_SPEC_FIELDS}
-        seq = next(self._seq)
-        row = {
-            "id": conn.id,
-            "seq": seq,
-            "product_id": conn.spec.product_id,
-            "name": conn.spec.name,
-            "created_at": conn.created_at,
-            "deleted_at": None,
-            "spec": json.dumps(everything),
-            "secrets": self.store.seal(secret),
-        }
-        await self.store.run(self.store.save_connection, row)
-        self._by_id[conn.id] = conn
-        self.redactor.register(redactor_owner(conn.id), connection_secrets(conn.spec))  # the old ones go
 
 
 def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:

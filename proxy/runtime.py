@@ -12,9 +12,11 @@ import httpx
 
 from proxy.config import Config
 from proxy.connection import connection_secrets
-from proxy.connectors import ConnectorIn, ConnectorRegistry, config_connector_secrets, stored_connector_secrets
-from proxy.connectors import redactor_owner as connector_owner
+from proxy.connector_input import ConnectorIn, config_connector_secrets
+from proxy.connector_store import CONNECTORS
+from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
+from proxy.entities import stored_secrets
 from proxy.errors import ConfigError, ProxyError, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
 from proxy.flows import FlowLog
@@ -22,8 +24,7 @@ from proxy.known_keys import check_keys, check_model_keys
 from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
-from proxy.registry import ConnectionRegistry, stored_specs
-from proxy.registry import redactor_owner as connection_owner
+from proxy.registry import CONNECTIONS, ConnectionRegistry
 from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
 from proxy.sessions import SessionService
 from proxy.settings import MIN_SECRET_LEN, Settings
@@ -167,10 +168,9 @@ def known_secrets(settings: Settings, config: Config) -> Redactor:
         raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
     store = Store(data_dir, Vault(load_fernet(data_dir)))
     try:
-        for row, spec in stored_specs(store):
-            redactor.register(connection_owner(row["id"]), connection_secrets(spec))
-        for connector, secrets in stored_connector_secrets(store):
-            redactor.register(connector_owner(connector.id), secrets.values())
+        for kind in (CONNECTIONS, CONNECTORS):
+            for owner, secrets in stored_secrets(store, kind):
+                redactor.register(owner, secrets)
     finally:
         store.close()
     return redactor

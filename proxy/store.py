@@ -4,8 +4,8 @@ Every database call runs on a single dedicated thread, so the event loop never w
 and SQLite never sees two writers; `call` and `run` commit what they run. The hot writes (entities,
 journal) go through `write` and are group-committed: those queued while one commit is on the disk go
 together in the next, and each caller still waits for its own write to be committed before it answers
-anyone. Reads of hot data (connections) are served from memory by the registry; the database is the
-durable copy. Secrets are stored Fernet-encrypted.
+anyone. Reads of small entities (connections, versions, connectors) are served from memory by their
+table (`proxy.entities`); the database is the durable copy. Secrets are stored Fernet-encrypted.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
-# Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
-ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls", "connectors")
+# Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory. Endpoint
+# connections, versions and connectors have tables of real columns (`proxy.entities`), made when they load.
+ENTITY_TABLES = ("sessions", "inference_results", "lifecycle_calls")
 
 
 class Store:
@@ -125,22 +126,6 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        connections = self.db.table("connections")
-        if not connections.exists():
-            connections.create(
-                {
-                    "id": str,
-                    "seq": int,
-                    "product_id": str,
-                    "name": str,
-                    "created_at": str,
-                    "deleted_at": str,
-                    "spec": str,  # non-secret fields, JSON
-                    "secrets": str,  # Fernet token of {auth_token, password, headers}
-                },
-                pk="id",
-            )
-
         for table in ENTITY_TABLES:
             if not self.db.table(table).exists():
                 self.db.table(table).create({"id": str, "seq": int, "data": str}, pk="id")
@@ -173,17 +158,6 @@ class Store:
 
     def unseal(self, token: str | None) -> dict[str, Any]:
         return json.loads(self.vault.decrypt(token)) if token else {}
-
-    # -- connections (writer thread only) ----------------------------------------------------
-
-    def save_connection(self, row: dict[str, Any]) -> None:
-        self.db.table("connections").upsert(row, pk="id")
-
-    def delete_connection(self, conn_id: str, deleted_at: str) -> None:
-        self.db.table("connections").update(conn_id, {"deleted_at": deleted_at})
-
-    def live_connections(self) -> list[dict[str, Any]]:
-        return list(self.db.table("connections").rows_where("deleted_at is null", order_by="seq"))
 
     # -- JSON entities (through `write`: these do not commit) ---------------------------------
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from proxy.connection import CompiledConnection
-from proxy.errors import InvalidField, NotFound
+from proxy.entities import EntityKind, EntityTable
+from proxy.errors import InvalidField
 from proxy.models import ConnectionType, normalise_keys
 from proxy.registry import ConnectionRegistry, new_id, now_iso
 from proxy.schemas import VersionCreate
-from proxy.store import Store, entity_json
+from proxy.store import Store
 
 # API field → (config shorthand, connection type the slot takes)
 SLOTS = {
@@ -56,30 +57,47 @@ class Version:
         }
 
 
+class VersionKind(EntityKind[Version]):
+    """Lists filter on product and name, by creation time; the latest of a product is its highest number."""
+
+    table = "versions"
+    label = "Version"
+    columns: ClassVar[dict[str, type]] = {"product_id": str, "name": str, "number": int, "created_at": str}
+    indexes = (("product_id", "name"), ("product_id", "number"), ("created_at",))
+
+    def row(self, version: Version, store: Store) -> dict[str, Any]:
+        data = {name: value for name, value in vars(version).items() if name != "id"}
+        columns = {name: data.pop(name) for name in self.columns}
+        return columns | {"data": json.dumps(data, ensure_ascii=False), "sealed": None}
+
+    def revive(self, row: dict[str, Any], store: Store) -> Version:
+        return Version(id=row["id"], **{name: row[name] for name in self.columns}, **json.loads(row["data"]))
+
+    def upgrade(self, old: dict[str, Any], store: Store) -> dict[str, Any]:
+        """From one JSON document a row."""
+        return self.row(Version(**json.loads(old["data"])), store)
+
+
+VERSIONS = VersionKind()
+
+
 class VersionRegistry:
     def __init__(self, store: Store, connections: ConnectionRegistry) -> None:
         self.store = store
         self.connections = connections
-        self._by_id: dict[str, Version] = {}
-        self._seq = itertools.count(1)
+        self.table = EntityTable(store, VERSIONS)
 
     def load(self) -> None:
-        for data in self.store.call(self.store.load, "versions"):
-            version = Version(**data)
-            self._by_id[version.id] = version
-            next(self._seq)
+        self.table.load()
 
     def all(self) -> list[Version]:
-        return list(self._by_id.values())
+        return self.table.all()
 
     def get(self, version_id: str) -> Version:
-        version = self._by_id.get(version_id)
-        if version is None:
-            raise NotFound(f"Version {version_id} not found")
-        return version
+        return self.table.get(version_id)
 
     def latest_for_product(self, product_id: str) -> Version | None:
-        versions = [v for v in self._by_id.values() if v.product_id == product_id]
+        versions = [v for v in self.table if v.product_id == product_id]
         return max(versions, key=lambda v: v.number) if versions else None
 
     def connection(self, version: Version, connection_type: ConnectionType) -> CompiledConnection | None:
@@ -98,11 +116,7 @@ class VersionRegistry:
         """Config-file versions: connections named rather than referenced by id."""
         fields = _fields(data)
         existing = next(
-            (
-                v
-                for v in self._by_id.values()
-                if v.name == fields.get("name") and v.product_id == fields.get("product_id")
-            ),
+            (v for v in self.table if v.name == fields.get("name") and v.product_id == fields.get("product_id")),
             None,
         )
         version = self._build(fields, existing)
@@ -117,10 +131,10 @@ class VersionRegistry:
         number = (
             existing.number
             if existing
-            else 1 + max((v.number for v in self._by_id.values() if v.product_id == product_id), default=0)
+            else 1 + max((v.number for v in self.table if v.product_id == product_id), default=0)
         )
         name = fields.get("name") or f"v{number}"
-        clash = next((v for v in self._by_id.values() if v.name == name and v.product_id == product_id), None)
+        clash = next((v for v in self.table if v.name == name and v.product_id == product_id), None)
         if clash is not None and clash is not existing:
             raise InvalidField("name", f"a version named {name!r} already exists in product {product_id!r}")
         slots = {slot: self._resolve_slot(fields, slot, product_id) for slot in SLOTS}
@@ -149,11 +163,7 @@ class VersionRegistry:
         if ref is None:
             return None
         api_field = _camel(slot)
-        conn = (
-            self.connections._by_id.get(ref)
-            or self.connections.by_name(ref, product_id)
-            or self.connections.by_name(ref)
-        )
+        conn = self.connections.find(ref, product_id)
         if conn is None:
             raise InvalidField(api_field, f"no endpoint connection {ref!r}")
         if conn.spec.type is not wanted:
@@ -173,8 +183,7 @@ class VersionRegistry:
                 )
 
     async def _persist(self, version: Version) -> None:
-        await self.store.write(self.store.put, "versions", version.id, next(self._seq), entity_json(version))
-        self._by_id[version.id] = version
+        await self.table.save(version)
 
 
 def _fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from pydantic.fields import FieldInfo
 
 from proxy import settings as limits
 from proxy.cli import main
-from proxy.connectors import Connector, ConnectorIn, OAuthIn, ServiceAuthIn
+from proxy.connector import Connector
+from proxy.connector_input import ConnectorIn, OAuthIn, ServiceAuthIn
 from proxy.faults import FaultMatch, FaultRule
 from proxy.models import BodyMatch, ConnectionSpec, EndRule
 from proxy.settings import Settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ import httpx
 import pytest
 
 from proxy.config import Config
-from proxy.secrets import Vault, load_fernet
-from proxy.store import Store
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
 from tests.upstream import Received, Reply, Upstream
 
@@ -309,38 +306,6 @@ def test_oauth_client_id_is_encrypted_at_rest_and_returned(
         oauth_read = co.connectors.get("wiki").connector.oauth
         assert oauth_read is not None and oauth_read.client_id == CLIENT_ID and oauth_read.client_secret is None
     assert CLIENT_ID.encode() not in database_bytes(tmp_path / "data")
-
-
-def test_a_data_dir_with_a_plain_client_id_is_migrated_on_load(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    store = Store(data_dir, Vault(load_fernet(data_dir)))
-    old_row = {
-        "id": "wiki",
-        "name": "wiki",
-        "url": "http://127.0.0.1:9/search",
-        "created_at": "2026-01-01T00:00:00.000Z",
-        "updated_at": "2026-01-01T00:00:00.000Z",
-        "description": None,
-        "excludes": [],
-        "active": True,
-        "continue_on_failure": False,
-        "oauth": {"client_id": CLIENT_ID, "authorize_url": "https://a/x", "token_url": "t", "scope": None},
-        "service_auth_type": None,
-        "sealed": store.seal({"client_secret": OAUTH_SECRET}),
-    }
-    store.call(store.put, "connectors", "wiki", 1, json.dumps(old_row))
-    store.close()
-    assert CLIENT_ID.encode() in database_bytes(data_dir)  # the test starts from plain text
-    with running_proxy(tmp_path) as proxy:
-        assert CLIENT_ID.encode() not in database_bytes(data_dir)  # erased at load, not only at shutdown
-        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
-        oauth = co.connectors.get("wiki").connector.oauth
-        assert oauth is not None and oauth.client_id == CLIENT_ID
-    with running_proxy(tmp_path) as proxy:
-        co = cohere.Client(api_key="cohere-key", base_url=proxy.url, timeout=30)
-        oauth = co.connectors.get("wiki").connector.oauth
-        assert oauth is not None and oauth.client_id == CLIENT_ID
-    assert CLIENT_ID.encode() not in database_bytes(data_dir)
 
 
 @pytest.mark.parametrize(

@@ -164,9 +164,9 @@ def test_a_stored_bomb_template_from_an_older_data_dir_loads_without_running(
         session_id, conn_id = session_with_finalization(client, upstream_url)
     bomb = '{"m": "{{ input.user_message }}", "x": {{ (7**9000000) % 10 }}}'
     with sqlite3.connect(tmp_path / "data" / DB_FILE_NAME) as db:  # as a server without the bounds saved it
-        (spec,) = db.execute("select spec from connections where id = ?", (conn_id,)).fetchone()
+        (spec,) = db.execute("select data from connections where id = ?", (conn_id,)).fetchone()
         spec = json.dumps({**json.loads(spec), "input_template": bomb})
-        db.execute("update connections set spec = ? where id = ?", (spec, conn_id))
+        db.execute("update connections set data = ? where id = ?", (spec, conn_id))
     caplog.set_level(logging.WARNING, logger="proxy")
     started = time.perf_counter()
     with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url, timeout=60) as client:

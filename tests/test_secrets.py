@@ -106,10 +106,9 @@ def test_a_short_secret_from_an_older_data_dir_still_loads_and_breaks_no_other_c
         other_id = client.post("/endpointConnections", json=chat_connection(upstream_url, name="other")).json()["id"]
     # An older version accepted a 4-character token; store one as it would have.
     store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
-    row = next(r for r in store.call(store.live_connections) if r["id"] == old_id)
-    store.call(
-        store.save_connection, row | {"secrets": store.seal(store.unseal(row["secrets"]) | {"auth_token": '": "'})}
-    )
+    (sealed,) = store.call(lambda: store.db.execute("SELECT sealed FROM connections WHERE id = ?", [old_id]).fetchone())
+    short = store.seal(store.unseal(sealed) | {"auth_token": '": "'})
+    store.call(store.db.execute, "UPDATE connections SET sealed = ? WHERE id = ?", [short, old_id])
     store.close()
     upstream.script("/chat", Reply(json={"reply": "fine", "other": "value"}))
     caplog.set_level(logging.WARNING)

@@ -88,10 +88,10 @@ def test_put_erasing_leaves_no_trace_of_the_old_row_where_sqlite_would_keep_it(t
         store = open_store(tmp_path / rewrite)
         # Many builds keep freed cells as they were; Debian's turns secure_delete on by default.
         store.call(store.db.conn.execute, "PRAGMA secure_delete = OFF")
-        store.call(store.put, "connectors", "wiki", 1, plain)
+        store.call(store.put, "sessions", "wiki", 1, plain)
         store.call(store.db.conn.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
-        store.call(getattr(store, rewrite), [("connectors", "wiki", 2, sealed)])
+        store.call(getattr(store, rewrite), [("sessions", "wiki", 2, sealed)])
         assert (b"cid-Plain-Marker-31337" in file_bytes(store)) is left, rewrite
-        assert store.call(store.load, "connectors") == [{"client_id": None, "sealed": "y" * 100}]
+        assert store.call(store.load, "sessions") == [{"client_id": None, "sealed": "y" * 100}]
         assert store.call(store.db.conn.execute, "PRAGMA secure_delete").fetchone() == (0,)  # put back as it was
         store.close()

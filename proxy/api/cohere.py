@@ -9,7 +9,8 @@ from proxy import schemas
 from proxy.api.common import json_response, query_int, read_json_object
 from proxy.api.galtea import runtime
 from proxy.api.openapi import ApiRoute
-from proxy.connectors import ConnectorIn, SearchFailed
+from proxy.connector_input import ConnectorIn
+from proxy.connector_search import SearchFailed
 from proxy.errors import InvalidField
 
 MAX_PAGE = 100

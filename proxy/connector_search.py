@@ -1,0 +1,134 @@
+"""Calls to a connector: its registration test query and its searches, through the same engine (and
+cassettes) as any call. A registration is cancelled — with a 400 saying why, never a 409 or 5xx, which the
+cohere SDK retries — when the connector cannot be reached, answers non-2xx, or has no `results` list. A
+search answers each result whole and names the connector's `excludes` as `excluded_fields`: as in Cohere,
+excluded fields remain in the document and are only kept out of the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from proxy.connection import CompiledConnection
+from proxy.connector import Connector
+from proxy.engine import CallLabel, CallResult, Engine
+from proxy.errors import BadRequest, InvalidField
+from proxy.faults import FaultRule
+from proxy.mapping import CompiledMapping
+from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod
+from proxy.redaction import Redactor
+from proxy.templating import CompiledTemplate
+from proxy.transports.library import CassetteLibrary
+
+REGISTRATION_QUERY = "proxy connector registration test"
+
+
+def auth_header(auth_type: str | None, token: str | None) -> dict[str, str]:
+    if not auth_type or not token:
+        return {}
+    value = {"bearer": f"Bearer {token}", "basic": f"Basic {token}", "noscheme": token}[auth_type]
+    return {"Authorization": value}
+
+
+class ConnectorCalls:
+    """The calls of `ConnectorRegistry`, which provides `get` and `_secrets`."""
+
+    engine: Engine
+    library: CassetteLibrary
+    redactor: Redactor
+
+    def get(self, connector_id_: str) -> Connector:
+        raise NotImplementedError
+
+    def _secrets(self, connector: Connector) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _as_connection(self, connector: Connector, token: str | None) -> CompiledConnection:
+        """The connector as the engine sees a connection: POST to its URL with its service auth."""
+        spec = ConnectionSpec.model_construct(
+            name=connector.name,
+            product_id="connectors",
+            url=connector.url,
+            type=ConnectionType.CONVERSATION,
+            http_method=HttpMethod.POST,
+            auth_type=AuthType.NONE,
+            headers=auth_header(connector.service_auth_type, token),
+            faults=[FaultRule.model_validate(rule) for rule in connector.faults],
+            **{
+                name: ConnectionSpec.model_fields[name].get_default(call_default_factory=True)
+                for name in ConnectionSpec.model_fields
+                if name not in ("name", "product_id", "url", "type", "http_method", "auth_type", "headers", "faults")
+            },
+        )
+        return CompiledConnection(
+            f"connector:{connector.id}",
+            spec,
+            connector.created_at,
+            None,
+            CompiledTemplate("", url=True),  # never rendered: a connector's URL is sent as it is
+            CompiledMapping({}),
+        )
+
+    def as_connection(self, connector: Connector) -> CompiledConnection:
+        """The connector as the engine sees a connection, with its stored credential."""
+        return self._as_connection(connector, self._secrets(connector).get("token"))
+
+    async def call(
+        self, connector: Connector, body: dict[str, Any], token: str | None = None, kind: str = "connector search"
+    ) -> CallResult:
+        token = token if token is not None else self._secrets(connector).get("token")
+        conn = self._as_connection(connector, token)
+        handle = self.library.server_handle("connectors", connector.name, "search", self.library.default_mode)
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        return await self.engine.forward(
+            conn, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle, CallLabel(kind)
+        )
+
+    async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
+        # Until the test query passes the secrets are not the connector's: known for this call only.
+        with self.redactor.scoped(secrets.values()):
+            result = await self.call(
+                connector, {"query": REGISTRATION_QUERY}, secrets.get("token"), "connector registration"
+            )
+        problem = search_problem(result)
+        if problem:
+            raise BadRequest(f"connector registration cancelled: the test query to {connector.url} {problem}")
+
+    async def search(self, connector_id_: str, body: dict[str, Any]) -> tuple[dict[str, Any], CallResult]:
+        connector = self.get(connector_id_)
+        if not connector.active:
+            raise BadRequest(f"connector {connector.id} is inactive: activate it (active: true) to search")
+        query = body.get("query")
+        if not isinstance(query, str) or not query:
+            raise InvalidField("query", "is required (a non-empty string)")
+        result = await self.call(connector, body)
+        problem = search_problem(result)
+        if problem:
+            if connector.continue_on_failure:
+                warning = f"connector {connector.id} failed: it {problem}"
+                return {"results": [], "excluded_fields": list(connector.excludes), "warning": warning}, result
+            raise SearchFailed(f"connector {connector.id} failed: it {problem}", result)
+        assert result.reply is not None
+        # As in Cohere, excluded fields stay in each document: they are named for the client to keep them out
+        # of its prompt.
+        return {**result.reply.json, "excluded_fields": list(connector.excludes)}, result
+
+
+class SearchFailed(Exception):
+    def __init__(self, message: str, result: CallResult) -> None:
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+
+def search_problem(result: CallResult) -> str | None:
+    """Why a connector call does not count as a search answer, or None when it does."""
+    reply = result.reply
+    if reply is None:
+        return f"could not be completed: {result.error}"
+    if not 200 <= reply.status < 300:
+        return f"answered HTTP {reply.status}: {reply.text[:300]}"
+    if not reply.is_json or not isinstance(reply.json, dict) or not isinstance(reply.json.get("results"), list):
+        return f"answered without a 'results' list: {reply.text[:300]}"
+    return None

@@ -1,0 +1,59 @@
+"""How a connector is kept at rest: its `service_auth` token, OAuth `client_secret` and OAuth `client_id`
+sealed together in one Fernet token. In memory the client id is plain (the API returns it, as Cohere does)
+and the two secrets stay sealed on the connector until a call needs them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from proxy.connector import Connector
+from proxy.entities import EntityKind
+from proxy.store import Store
+
+
+class ConnectorKind(EntityKind[Connector]):
+    """Listed newest first; looked up by id (derived from the name)."""
+
+    table = "connectors"
+    label = "connector"
+    columns: ClassVar[dict[str, type]] = {"name": str, "url": str, "created_at": str, "updated_at": str}
+    indexes = (("created_at",),)
+    owner = "connector"
+
+    def row(self, connector: Connector, store: Store) -> dict[str, Any]:
+        secrets = store.unseal(connector.sealed)
+        client_id = (connector.oauth or {}).get("client_id")
+        if client_id:
+            connector = replace(connector, oauth={**(connector.oauth or {}), "client_id": None})
+            secrets["client_id"] = client_id
+        data = {name: value for name, value in vars(connector).items() if name not in ("id", "sealed")}
+        columns = {name: data.pop(name) for name in self.columns}
+        sealed = store.seal(secrets) if secrets else None
+        return columns | {"data": json.dumps(data, ensure_ascii=False), "sealed": sealed}
+
+    def revive(self, row: dict[str, Any], store: Store) -> Connector:
+        connector = Connector(id=row["id"], **{name: row[name] for name in self.columns}, **json.loads(row["data"]))
+        secrets = store.unseal(row["sealed"])
+        if "client_id" in secrets:
+            connector.oauth = {**(connector.oauth or {}), "client_id": secrets.pop("client_id")}
+        connector.sealed = store.seal(secrets) if secrets else None
+        return connector
+
+    def secrets(self, connector: Connector, store: Store) -> list[str]:
+        return list(store.unseal(connector.sealed).values())
+
+    def secrets_in(self, row: dict[str, Any], store: Store) -> list[str]:
+        return [value for name, value in store.unseal(row["sealed"]).items() if name != "client_id"]
+
+    def upgrade(self, old: dict[str, Any], store: Store) -> dict[str, Any]:
+        """From one JSON document a row, the client id in it sealed apart (or, older still, in plain text)."""
+        data = json.loads(old["data"])
+        sealed_client_id = data.pop("sealed_client_id", None)
+        if sealed_client_id:
+            data["oauth"] = {**(data["oauth"] or {}), "client_id": store.unseal(sealed_client_id)["client_id"]}
+        return self.row(Connector(**data), store)
+
+
+CONNECTORS = ConnectorKind()
