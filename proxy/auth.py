@@ -9,10 +9,11 @@ generated and a custom one is sent as written.
 from __future__ import annotations
 
 import base64
+import os
 import re
-import secrets as random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from random import Random
 
 from proxy.models import AuthType
 from proxy.settings import MASK, MIN_SECRET_LEN
@@ -98,12 +99,62 @@ def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: MASK if is_secret_header(name, value) else value for name, value in headers.items()}
 
 
+# Trace ids are W3C's random ids, not secrets: drawn from one generator seeded from the OS, not per call from it.
+_random = Random(os.urandom(16))
+
+
 def new_trace_id() -> str:
-    return random.token_hex(16)
+    return f"{_random.getrandbits(128):032x}"
 
 
 def traceparent(trace_id: str) -> str:
-    return f"00-{trace_id}-{random.token_hex(8)}-01"
+    return f"00-{trace_id}-{_random.getrandbits(64):016x}-01"
+
+
+# Placeholders only a call can fill in; the credential ones are the connection's and filled in once.
+PER_CALL_PLACEHOLDERS = frozenset({"session_id", "trace_id"})
+
+
+@dataclass(frozen=True)
+class HeaderPlan:
+    """A connection's request headers worked out once: the default auth header and each custom header with
+    its credential placeholders filled in; the ones naming a per-call placeholder are filled in per call."""
+
+    headers: tuple[tuple[str, str, bool], ...]  # (name, value, has per-call placeholders)
+    values: Mapping[str, str]  # the credential placeholders' values
+    send_traceparent: bool
+
+    def build(self, *, session_id: str | None, inference_id: str, trace_id: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        values: dict[str, str] | None = None
+        for name, value, per_call in self.headers:
+            if per_call:
+                if values is None:
+                    values = {**self.values, "session_id": session_id or "", "trace_id": inference_id}
+                value = substitute(value, values)
+            headers[name] = value
+        headers[INFERENCE_ID_HEADER] = inference_id
+        if self.send_traceparent and trace_id:
+            headers[TRACEPARENT_HEADER] = traceparent(trace_id)
+        return headers
+
+
+def compile_headers(credentials: Credentials, custom: Mapping[str, str], send_traceparent: bool) -> HeaderPlan:
+    values = credentials.placeholder_values()
+    headers: list[tuple[str, str, bool]] = []
+    lowered = {name.lower() for name in custom}
+    default = credentials.default_header()
+    if default and not (lowered & AUTH_OVERRIDE_HEADERS):
+        headers.append((default[0], default[1], False))
+    for name, value in custom.items():
+        if name.lower() == TRACEPARENT_HEADER and send_traceparent:
+            continue  # replaced by ours, per call
+        names = {(m.group(1) or m.group(2)).lower() for m in PLACEHOLDER.finditer(value)}
+        if names & PER_CALL_PLACEHOLDERS:
+            headers.append((name, value, True))
+        else:
+            headers.append((name, substitute(value, values), False))
+    return HeaderPlan(tuple(headers), values, send_traceparent)
 
 
 def build_headers(
@@ -115,19 +166,5 @@ def build_headers(
     trace_id: str | None,
     send_traceparent: bool,
 ) -> dict[str, str]:
-    values = credentials.placeholder_values()
-    values["session_id"] = session_id or ""
-    values["trace_id"] = inference_id
-    headers: dict[str, str] = {}
-    lowered = {name.lower() for name in custom}
-    default = credentials.default_header()
-    if default and not (lowered & AUTH_OVERRIDE_HEADERS):
-        headers[default[0]] = default[1]
-    for name, value in custom.items():
-        if name.lower() == TRACEPARENT_HEADER and send_traceparent:
-            continue  # replaced by ours below
-        headers[name] = substitute(value, values)
-    headers[INFERENCE_ID_HEADER] = inference_id
-    if send_traceparent and trace_id:
-        headers[TRACEPARENT_HEADER] = traceparent(trace_id)
-    return headers
+    plan = compile_headers(credentials, custom, send_traceparent)
+    return plan.build(session_id=session_id, inference_id=inference_id, trace_id=trace_id)

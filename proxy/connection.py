@@ -16,6 +16,7 @@ from proxy.models import ConnectionSpec, ResponseMode, check_connection
 from proxy.origins import Origin, fixed_origin
 from proxy.retry import RetryPolicy
 from proxy.settings import MIN_SECRET_LEN
+from proxy.targets import CallSubject, ForwardTarget
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 
@@ -55,6 +56,27 @@ class CompiledConnection:
     @cached_property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy.of(self.spec)
+
+    @cached_property
+    def subject(self) -> CallSubject:
+        s = self.spec
+        return CallSubject(self.id, s.name, s.auth_type.value, s.type.value, self.mapping.source)
+
+    @cached_property
+    def target(self) -> ForwardTarget:
+        """Where and how its calls go, apart from what its templates render."""
+        s = self.spec
+        return ForwardTarget(
+            self.id,
+            self.subject,
+            self.credentials,
+            s.headers or {},
+            s.timeout,
+            self.retry_policy,
+            s.rate_limit,
+            s.faults,
+            s.traceparent,
+        )
 
     def url_uses_session_id(self) -> bool:
         return "session_id" in self.url_template.names

@@ -18,6 +18,7 @@ from proxy.faults import FaultRule
 from proxy.mapping import CompiledMapping
 from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod
 from proxy.redaction import Redactor
+from proxy.targets import CallSubject, ForwardTarget
 from proxy.templating import CompiledTemplate
 from proxy.transports.library import CassetteLibrary
 
@@ -70,6 +71,13 @@ class ConnectorCalls:
             CompiledMapping({}),
         )
 
+    def _target(self, connector: Connector, token: str | None) -> ForwardTarget:
+        """Where the engine sends the connector's calls: POST to its URL with its service auth."""
+        target_id = f"connector:{connector.id}"
+        subject = CallSubject(target_id, connector.name, AuthType.NONE.value, ConnectionType.CONVERSATION.value)
+        faults = [FaultRule.model_validate(rule) for rule in connector.faults]
+        return ForwardTarget(target_id, subject, headers=auth_header(connector.service_auth_type, token), faults=faults)
+
     def as_connection(self, connector: Connector) -> CompiledConnection:
         """The connector as the engine sees a connection, with its stored credential."""
         return self._as_connection(connector, self._secrets(connector).get("token"))
@@ -78,11 +86,11 @@ class ConnectorCalls:
         self, connector: Connector, body: dict[str, Any], token: str | None = None, kind: str = "connector search"
     ) -> CallResult:
         token = token if token is not None else self._secrets(connector).get("token")
-        conn = self._as_connection(connector, token)
+        target = self._target(connector, token)
         handle = self.library.server_handle("connectors", connector.name, "search", self.library.default_mode)
         payload = json.dumps(body, ensure_ascii=False).encode()
         return await self.engine.forward(
-            conn, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle, CallLabel(kind)
+            target, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle, CallLabel(kind)
         )
 
     async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:

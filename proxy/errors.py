@@ -9,12 +9,18 @@ ProxyError                      base; never escapes as a 500
 │   └── UnknownField    422     a key no field takes (names the nearest known key)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
 
+CallFailure                     an upstream call that cannot complete, raised by a transport (proxy.transports)
+├── CassetteMiss                no recording answers and the mode forbids calling live
+├── BodyTooLarge                an upstream body over the cap
+└── BodyCut                     a body that broke off (also an httpx.ReadError, as a transport's own would be)
+
 Before any route runs, the request guard answers 403 (foreign Host or Origin, cross-site fetch, no CSRF
 token) and 415 (a write that is not JSON) itself, and the API-key middleware 401 to a missing or wrong
 key (with the login form on an inspector page).
 
 Engine failures are not exceptions at the API boundary: a failed upstream call is a result
-(`CallResult.error`), because a failed turn is data the user wants to inspect.
+(`CallResult.error`), because a failed turn is data the user wants to inspect; the engine turns each
+CallFailure into one.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ class UnknownField(InvalidField):
 
 class ConfigError(ProxyError):
     pass
+
+
+class CallFailure(Exception):
+    """An upstream call that cannot complete; the engine makes it the call's error, never a 500."""
 
 
 _PATH_STEP = re.compile(r"[.\[]")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.connection import CompiledConnection
 from proxy.engine import CallLabel, CallResult
 from proxy.redaction import Redactor
 from proxy.settings import DEFAULT_FLOW_LOG_SIZE, FLOW_EVENTS_QUEUE, FLOWS_PAGE_SIZE
 from proxy.store import Store
+from proxy.targets import CallSubject
 
 log = logging.getLogger("proxy")
 OUTCOMES = ("hit", "recorded", "miss", "live", "injected")
@@ -113,14 +113,14 @@ class FlowLog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def observe(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> None:
+    def observe(self, label: CallLabel, conn: CallSubject, result: CallResult) -> None:
         """The engine's observer: build the row now (still masked with this call's secrets), write it later."""
         row = self._row(label, conn, result)
         task = asyncio.get_running_loop().create_task(self._save(row))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def _row(self, label: CallLabel, conn: CompiledConnection, result: CallResult) -> dict[str, Any]:
+    def _row(self, label: CallLabel, conn: CallSubject, result: CallResult) -> dict[str, Any]:
         exchange = result.to_json()
         last = result.attempts[-1] if result.attempts else None
         stream = exchange.get("stream") or None
@@ -129,10 +129,10 @@ class FlowLog:
             ttfb = last.first_byte_ms
         data = {
             "exchange": exchange,
-            "mapping": dict(conn.mapping.source),
+            "mapping": dict(conn.mapping),
             "nearest": last.nearest if last is not None else None,
-            "authType": conn.spec.auth_type.value,
-            "connectionType": conn.spec.type.value,
+            "authType": conn.auth_type,
+            "connectionType": conn.connection_type,
         }
         request = result.request
         reply = result.reply
@@ -147,7 +147,7 @@ class FlowLog:
             "ttfb_ms": round(ttfb, 3) if ttfb is not None else None,
             "size": reply.size if reply else None,
             "outcome": result.outcome or ("live" if result.attempts else None),
-            "connection": conn.spec.name,
+            "connection": conn.name,
             "connection_id": conn.id,
             "session_id": label.session_id,
             "error": redact(result.error) if result.error else None,

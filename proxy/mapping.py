@@ -9,6 +9,7 @@ and which keys exist there, because that is the question a user debugging a mapp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,50 @@ def compile_jsonpath(expression: str) -> JSONPath:
         return parse_jsonpath(expression)
     except (JsonPathLexerError, JsonPathParserError, Exception) as exc:  # the parser raises bare Exceptions too
         raise JsonPathRefused(f"JSONPath {expression!r} does not parse: {exc}") from exc
+
+
+# A compiled lookup: the values a path finds in a document, as `[m.value for m in path.find(document)]`.
+Lookup = Callable[[Any], list[Any]]
+_NOT_SET = object()
+
+
+def fast_lookup(path: JSONPath) -> Lookup | None:
+    """`$.a.b[0]`, `$['a']`, `$.a[-1]`: a chain of single fields and indices as plain dict and list steps
+    (jsonpath-ng's `find` builds a context object per step); None for anything else, which jsonpath-ng runs.
+    Read from the parsed path, so both agree on what the expression means."""
+    steps = _steps(path)
+    if not steps or not isinstance(steps[0], Root):
+        return None
+    plan: list[str | int] = []
+    for step in steps[1:]:
+        if type(step) is Fields and len(step.fields) == 1 and step.fields[0] != "*":
+            plan.append(step.fields[0])
+        elif type(step) is Index and len(step.indices) == 1:
+            plan.append(step.indices[0])
+        else:
+            return None
+
+    def lookup(document: Any) -> list[Any]:
+        value = document
+        for key in plan:
+            if isinstance(key, str):  # jsonpath-ng reads a field with `.get`: objects only
+                if not isinstance(value, dict):
+                    return []
+                value = value.get(key, _NOT_SET)
+                if value is _NOT_SET:
+                    return []
+            else:  # an index applies to arrays only, from either end
+                if not isinstance(value, list | tuple) or not -len(value) <= key < len(value):
+                    return []
+                value = value[key]
+        return [value]
+
+    return lookup
+
+
+def lookup_of(path: JSONPath) -> Lookup:
+    """The fastest lookup for `path`: the plain one when it is simple, else jsonpath-ng's."""
+    return fast_lookup(path) or (lambda document: [m.value for m in path.find(document)])
 
 
 def _steps(path: JSONPath) -> list[JSONPath]:
@@ -106,16 +151,18 @@ class CompiledMapping:
     def __init__(self, mapping: dict[str, str], paths: dict[str, JSONPath] | None = None) -> None:
         self.source = dict(mapping)
         self.paths = paths if paths is not None else {key: compile_jsonpath(expr) for key, expr in mapping.items()}
+        self._lookups = {key: lookup_of(path) for key, path in self.paths.items()}
+        self._multi = {key: _is_multi(path) for key, path in self.paths.items()}
 
     def apply(self, document: Any) -> MappingResult:
         result = MappingResult()
         for key, path in self.paths.items():
-            matches = [m.value for m in path.find(document)]
+            matches = self._lookups[key](document)
             if not matches:
                 result.misses[key] = f"{self.source[key]}: " + explain_miss(path, document)
                 continue
             # A wildcard path yields a list; a plain path yields its one value.
-            value: Any = matches if _is_multi(path) else matches[0]
+            value: Any = matches if self._multi[key] else matches[0]
             result.values[key] = value
         return result
 

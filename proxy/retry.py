@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from proxy.models import BackoffStrategy, ConnectionSpec
+from proxy.settings import (
+    DEFAULT_RETRY_INITIAL_DELAY_MS,
+    DEFAULT_RETRY_MAX_ATTEMPTS,
+    DEFAULT_RETRY_MAX_DELAY_MS,
+    DEFAULT_RETRYABLE_STATUS_CODES,
+)
 
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -29,6 +35,18 @@ class RetryPolicy:
             spec.retry_backoff_strategy,
             spec.retry_max_delay_ms,
             frozenset(spec.retryable_status_codes),
+        )
+
+    @classmethod
+    def default(cls) -> RetryPolicy:
+        """A connection's policy with every retry field left at its default (no retries)."""
+        return cls(
+            False,
+            DEFAULT_RETRY_MAX_ATTEMPTS,
+            DEFAULT_RETRY_INITIAL_DELAY_MS,
+            BackoffStrategy.EXPONENTIAL,
+            DEFAULT_RETRY_MAX_DELAY_MS,
+            frozenset(DEFAULT_RETRYABLE_STATUS_CODES),
         )
 
     @property

@@ -220,6 +220,14 @@ def _parse(env: BoundedEnvironment, source: str, strict: bool) -> nodes.Template
         ) from None
 
 
+def _is_static(tree: nodes.Template) -> bool:
+    """A template of plain text only: no expression, tag or name in it."""
+    outputs = [node for node in tree.body if isinstance(node, nodes.Output)]
+    return len(outputs) == len(tree.body) and all(
+        isinstance(piece, nodes.TemplateData) for output in outputs for piece in output.nodes
+    )
+
+
 class CompiledTemplate:
     """A template compiled once. `strict=False` (a template stored before the compile-time bounds)
     skips the source size cap and the constant check; its renders run under the same bounds."""
@@ -233,9 +241,13 @@ class CompiledTemplate:
         try:
             if strict:
                 _check_constants(tree)
+            static = _is_static(tree)
             tree = _Metering().visit(tree)
             tree.set_environment(env)
             self._template = env.from_string(tree)
+            # Nothing to fill in (a URL without placeholders, say): rendered once, here, not on every call.
+            self.constant: str | None = None
+            self.constant = self.render({}) if static else None
         except limits.BudgetExceeded as exc:
             raise TemplateRefused(f"template refused: {exc}") from None
         except TemplateError as exc:
@@ -244,6 +256,8 @@ class CompiledTemplate:
             raise TemplateRefused(f"template does not compile: it nests too deeply or is too large ({exc})") from None
 
     def render(self, context: Mapping[str, Any]) -> str:
+        if self.constant is not None:
+            return self.constant
         template = self._template
         variables = context if isinstance(context, dict) else dict(context)
         token = limits.start()

@@ -213,7 +213,7 @@ async def test_a_reply_over_a_json_bound_fails_the_call_with_the_bound(body: str
 async def test_a_forwarded_reply_over_a_json_bound_is_passed_through_as_it_is() -> None:
     body = "[" * 100_000 + "]" * 100_000
     engine, _ = capture(httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/json"}))
-    result = await engine.forward(connection(), "GET", "https://up.test/x", {}, b"", None)
+    result = await engine.forward(connection().target, "GET", "https://up.test/x", {}, b"", None)
     assert result.ok and result.reply is not None and result.reply.text == body
 
 
@@ -226,5 +226,5 @@ async def test_anything_the_engine_raises_becomes_the_calls_error() -> None:
     assert result.error == (
         "the call failed inside the proxy (RuntimeError: transport bug); the server log has the details"
     )
-    forwarded = await engine.forward(connection(), "GET", "https://up.test/x", {}, b"", None)
+    forwarded = await engine.forward(connection().target, "GET", "https://up.test/x", {}, b"", None)
     assert forwarded.error is not None and "RuntimeError: transport bug" in forwarded.error

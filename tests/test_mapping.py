@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath, normalise_traces
+from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath, fast_lookup, normalise_traces
 
 REPLY = {
     "choices": [{"message": {"content": "first"}}, {"message": {"content": "last"}}],
@@ -61,3 +63,46 @@ def test_traces_need_a_name_and_keep_known_fields() -> None:
     traces, error = normalise_traces([{"name": "t", "type": "TOOL", "latencyMs": 3, "junk": 1}])
     assert error is None and traces == [{"name": "t", "type": "TOOL", "latencyMs": 3}]
     assert normalise_traces([{"type": "TOOL"}])[1] == "traces[0] must be an object with a non-empty 'name'"
+
+
+# -- the plain lookup simple paths compile to ------------------------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "0", "x y", "é"])
+DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+STEPS = st.lists(
+    st.one_of(
+        KEYS.filter(lambda k: k.isascii() and k.isidentifier()).map(lambda k: f".{k}"),
+        KEYS.map(lambda k: f"['{k}']"),
+        st.integers(-4, 4).map(lambda i: f"[{i}]"),
+    ),
+    max_size=5,
+)
+
+
+@given(document=DOCUMENTS, steps=STEPS)
+@settings(max_examples=400, deadline=None)
+def test_fast_lookup_finds_what_jsonpath_ng_finds(document: object, steps: list[str]) -> None:
+    path = compile_jsonpath("$" + "".join(steps))
+    lookup = fast_lookup(path)
+    assert lookup is not None, f"{path} should compile to a plain lookup"
+    assert lookup(document) == [m.value for m in path.find(document)]
+
+
+@pytest.mark.parametrize("expression", ["$.a[*]", "$..a", "$.a[0:2]", "$.a[0,1]", "$.*", "$.a.b[?(@.c)]"])
+def test_other_paths_stay_with_jsonpath_ng(expression: str) -> None:
+    try:
+        path = compile_jsonpath(expression)
+    except JsonPathRefused:
+        return
+    assert fast_lookup(path) is None
+
+
+def test_mapping_uses_the_plain_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    mapping = CompiledMapping({"output": "$.choices[-1].message.content", "texts": "$.docs[*].text"})
+    simple = mapping.paths["output"]
+    monkeypatch.setattr(simple, "find", lambda *a: pytest.fail("jsonpath-ng ran a simple path"))
+    assert mapping.apply(REPLY).values["output"] == "last"

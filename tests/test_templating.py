@@ -207,3 +207,17 @@ def test_loops_and_concatenation_behave_as_before_under_the_budget() -> None:
         "{% endfor %}"
     )
     assert template.render({"items": [7, 8, 9]}) == "1/3,2/3,3/3|a1None[7, 8, 9]|123"
+
+
+@pytest.mark.parametrize(("source", "url"), [("https://up.test/v1/chat", True), ('{"model": "m"}\n', False)])
+def test_a_template_without_placeholders_is_rendered_once_when_compiled(
+    source: str, url: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = CompiledTemplate(source, url=url)
+    monkeypatch.setattr(template._template, "root_render_func", lambda context: pytest.fail("rendered per call"))
+    assert template.render({"input": "x"}) == source.rstrip("\n")  # Jinja drops one trailing newline
+
+
+def test_a_template_with_any_tag_or_expression_still_renders_per_call() -> None:
+    for source in ("{{ input }}", "{% if input %}a{% endif %}", "{% for t in past_turns %}x{% endfor %}"):
+        assert CompiledTemplate(source).constant is None

@@ -74,7 +74,7 @@ async def forward(request: Request) -> Response:
     headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
     handle = handle.for_call(mode)
-    result = await rt.engine.forward(conn, request.method, url, headers, await request.body(), handle)
+    result = await rt.engine.forward(conn.target, request.method, url, headers, await request.body(), handle)
     return _response(result)
 
 

@@ -13,15 +13,22 @@ from typing import Any
 
 import httpx
 
+from proxy.errors import CallFailure
+
 ATTEMPT_TIMEOUT_EXTENSION = "proxy.attempt_timeout"  # request: the caller's AttemptTimeout, if it times attempts
 CASSETTE_EXTENSION = "proxy.cassette"  # request: an opaque cassette handle, or None for plain live calls
 PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
 OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live | injected
 RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"  # response: the latency a recording measured
 REPLAYED_EXTENSION = "proxy.replayed"  # response: True when played back, so no wait before a retry is real
+# request: the JSON document the body holds, as the caller parsed it (read only), so no transport parses it again
+PARSED_BODY_EXTENSION = "proxy.parsed_body"
+# response: a dict kept with a recorded answer, the same on every replay of it, where a caller may keep what it
+# worked out from the (unchanging) body, so that it is not worked out again
+REPLY_MEMO_EXTENSION = "proxy.reply_memo"
 
 
-class CassetteMiss(Exception):
+class CassetteMiss(CallFailure):
     """No recording answers this request and the mode forbids calling live. `nearest` describes the
     closest recording (method, uri, body, difference, path: the differing body JSONPath), if any."""
 
@@ -30,7 +37,7 @@ class CassetteMiss(Exception):
         self.nearest = nearest
 
 
-class BodyCut(httpx.ReadError):
+class BodyCut(httpx.ReadError, CallFailure):
     """A body that broke off: the answer's head and the `received` bytes (of `expected`), so a caller that
     passes bodies on (the forward route) can pass on as much and hang up, as the upstream did. `outcome`
     is what the answer's OUTCOME_EXTENSION would have read."""
@@ -52,7 +59,7 @@ class BodyCut(httpx.ReadError):
         self.outcome = outcome
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(CallFailure):
     """An upstream body over the cap: the call fails cleanly, and nothing is recorded."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
@@ -31,11 +32,16 @@ CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cas
 WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
 
+# A recorded answer ready to replay: status, headers, body bytes, the response extensions (see record_replay).
+PreparedReply = tuple[int, httpx.Headers, bytes, dict[str, Any]]
+
+
 @dataclass
 class Interaction:
     request: dict[str, Any]  # vcrpy's Request._to_dict(): method, uri, body, headers {name: [values]}
     response: dict[str, Any]  # {status: {code, message}, headers: {name: [values]}, body: {string}}
     proxy: dict[str, Any]  # id, recorded_at, latency_ms, session_key
+    prepared: PreparedReply | None = field(default=None, compare=False, repr=False)  # made at its first replay
 
     def recorded_request(self) -> RecordedRequest:
         body = self.request.get("body") or b""

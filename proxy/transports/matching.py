@@ -19,6 +19,7 @@ from proxy import jsonbounds
 from proxy.mapping import compile_jsonpath
 
 ABSENT = object()
+URLS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class MatchRules:
     ignore_body: tuple[str, ...] = ()
     match_headers: frozenset[str] = frozenset()
     _paths: list[JSONPath] = field(default_factory=list, repr=False)
+    _urls: dict[str, str] = field(default_factory=dict, repr=False)  # each URL normalised once
 
     def __post_init__(self) -> None:
         self._paths = [compile_jsonpath(p) for p in self.ignore_body]
@@ -49,16 +51,25 @@ class MatchRules:
             - frozenset(h.lower() for h in ignore.get("headers") or ()),
         )
 
-    def key(self, request: RecordedRequest) -> tuple[str, str, str, str]:
+    def key(self, request: RecordedRequest, document: Any = ABSENT) -> tuple[str, str, str, str]:
+        """The match key. `document` is the body already parsed as JSON by whoever built it, if it was."""
         headers = "\n".join(
             f"{k}:{v}" for k, v in sorted((k.lower(), v) for k, v in request.headers.items()) if k in self.match_headers
         )
-        return request.method.upper(), self.url(request.uri), self.body(request.body), headers
+        return request.method.upper(), self.url(request.uri), self.body(request.body, document), headers
 
     def url(self, uri: str) -> str:
-        parts = urlsplit(uri)
-        query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in self.ignore_query)
-        return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), ""))
+        normal = self._urls.get(uri)
+        if normal is None:
+            if len(self._urls) >= URLS_KEPT:
+                self._urls.clear()
+            parts = urlsplit(uri)
+            query = sorted(
+                (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in self.ignore_query
+            )
+            normal = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), ""))
+            self._urls[uri] = normal
+        return normal
 
     def parsed_body(self, body: bytes) -> Any:
         if not body:
@@ -71,8 +82,10 @@ class MatchRules:
             document = path.filter(lambda _: True, document)
         return document
 
-    def body(self, body: bytes) -> str:
-        document = self.parsed_body(body)
+    def body(self, body: bytes, document: Any = ABSENT) -> str:
+        # A document parsed elsewhere serves only when no ignore path has to cut it (that edits it in place).
+        if document is ABSENT or self._paths or not body:
+            document = self.parsed_body(body)
         if document is ABSENT:
             return body.decode("utf-8", errors="replace")
         return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

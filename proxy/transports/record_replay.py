@@ -19,15 +19,17 @@ from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.transports import (
     CASSETTE_EXTENSION,
     OUTCOME_EXTENSION,
+    PARSED_BODY_EXTENSION,
     PER_RUN_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
     REPLAYED_EXTENSION,
+    REPLY_MEMO_EXTENSION,
     read_capped,
     waited_ms,
 )
-from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, make_interaction
+from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, PreparedReply, make_interaction
 from proxy.transports.library import CassetteHandle, CassetteLibrary
-from proxy.transports.matching import RecordedRequest
+from proxy.transports.matching import ABSENT, RecordedRequest
 from proxy.transports.streams import (
     REDACTED_EXTENSION,
     STREAM_EXTENSION,
@@ -54,12 +56,13 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         cassette, handle = await self.library.opened(handle)
         body = await request.aread()
         per_run = request.extensions.get(PER_RUN_EXTENSION) or {}
-        recorded_request = _redacted_request(request, body, per_run, self.redactor)
-        key = self.library.rules.key(recorded_request)
+        uri, text = _redacted_uri_and_body(request, body, per_run, self.redactor)
         if handle.replays:
-            hit = handle.next_hit(cassette, key)
+            hit = handle.next_hit(cassette, self._key(request, uri, text, body is text))
             if hit is not None:
                 return await self._replay(hit)
+        # Every header masked only now: to be recorded, or to explain a miss (a replay matches on few or none).
+        recorded_request = RecordedRequest(request.method, uri, text, _masked_headers(request, self.redactor))
         if not handle.records:
             raise self.library.miss(cassette, recorded_request)
         started = time.perf_counter()
@@ -108,6 +111,18 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         stream = RecordingStream(response, timing, MAX_UPSTREAM_BODY_BYTES, record)
         return httpx.Response(response.status_code, headers=headers, stream=stream, extensions=extensions)
 
+    def _key(self, request: httpx.Request, uri: str, body: bytes, as_sent: bool) -> tuple[str, str, str, str]:
+        """The match key, from what the caller already parsed when the body is matched as it was sent (no
+        secret or per-run id replaced in it); only the headers the rules match on are masked."""
+        rules = self.library.rules
+        headers = {
+            name: _mask_header(name, value, self.redactor)
+            for name, value in request.headers.items()
+            if name.lower() in rules.match_headers
+        }
+        document = request.extensions.get(PARSED_BODY_EXTENSION, ABSENT) if as_sent else ABSENT
+        return rules.key(RecordedRequest(request.method, uri, body, headers), document)
+
     async def _replay(self, interaction: Interaction) -> httpx.Response:
         latency_ms = float(interaction.proxy.get("latency_ms") or 0.0)
         timing = StreamTiming.from_cassette(interaction.proxy.get("stream"), latency_ms)
@@ -116,21 +131,11 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             return await self._replay_stream(interaction, timing, pace)
         if pace and latency_ms:
             await asyncio.sleep(latency_ms / 1000 / pace)
-        recorded = interaction.response
-        headers = [(name, value) for name, values in recorded["headers"].items() for value in values]
-        message = recorded["status"].get("message")
-        extensions = {
-            OUTCOME_EXTENSION: "hit",
-            REPLAYED_EXTENSION: True,
-            RECORDED_LATENCY_EXTENSION: latency_ms,
-            **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
-        }
-        return httpx.Response(
-            recorded["status"]["code"],
-            headers=headers,
-            content=recorded["body"]["string"] or b"",
-            extensions=extensions,
-        )
+        prepared = interaction.prepared
+        if prepared is None:
+            prepared = interaction.prepared = _prepared(interaction, latency_ms)
+        status, headers, content, extensions = prepared
+        return httpx.Response(status, headers=headers, content=content, extensions={**extensions})
 
     async def _replay_stream(
         self, interaction: Interaction, timing: StreamTiming, pace: float | None
@@ -173,19 +178,41 @@ def _mask_header(name: str, value: str, redactor: Redactor) -> str:
     return redactor.redact(value)
 
 
-def _redacted_request(
+def _masked_headers(request: httpx.Request, redactor: Redactor) -> dict[str, str]:
+    return {k.lower(): _mask_header(k, v, redactor) for k, v in request.headers.items()}
+
+
+def _redacted_uri_and_body(
     request: httpx.Request, body: bytes, per_run: dict[str, str], redactor: Redactor
-) -> RecordedRequest:
-    """What is matched and stored: secrets masked, and per-run ids (a Galtea session id rendered into the
-    body, say) replaced by a stable `<name>` so a replay in another run still matches."""
-    headers = {k.lower(): _mask_header(k, v, redactor) for k, v in request.headers.items()}
+) -> tuple[str, bytes]:
+    """The URL and body as matched and stored: secrets masked, and per-run ids (a Galtea session id rendered
+    into the body, say) replaced by a stable `<name>` so a replay in another run still matches. The body is
+    the very object given when nothing in it changed."""
     uri, text = redactor.redact(str(request.url)), redactor.redact_bytes(body)
     for name, value in per_run.items():
         if value and len(value) >= MIN_PER_RUN_LEN:
             token = f"<{name}>"
             uri = uri.replace(value, token)
-            text = text.replace(value.encode(), token.encode())
-    return RecordedRequest(request.method, uri, text, headers)
+            raw = value.encode()
+            if raw in text:
+                text = text.replace(raw, token.encode())
+    return uri, text
+
+
+def _prepared(interaction: Interaction, latency_ms: float) -> PreparedReply:
+    """A recorded answer as every replay of it hands it out: its headers parsed, its body as bytes."""
+    recorded = interaction.response
+    headers = httpx.Headers([(name, value) for name, values in recorded["headers"].items() for value in values])
+    message = recorded["status"].get("message")
+    body = recorded["body"]["string"] or b""
+    extensions = {
+        OUTCOME_EXTENSION: "hit",
+        REPLAYED_EXTENSION: True,
+        RECORDED_LATENCY_EXTENSION: latency_ms,
+        REPLY_MEMO_EXTENSION: {},
+        **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
+    }
+    return recorded["status"]["code"], headers, body.encode() if isinstance(body, str) else body, extensions
 
 
 def redacted_interaction(

@@ -129,6 +129,21 @@ def forward_route(upstream: str, config: Path, folder: Path, body: str, bare: fl
     ]
 
 
+def forward_replay(upstream: str, config: Path, folder: Path, body: str, bare: float) -> list[str]:
+    """The forward route replaying one recorded answer (record mode none) against the bare endpoint."""
+    args, base = serve_command(config, folder / "forward-replay", "once")
+    with process(args, f"{base}/healthz"):  # record the answer; the server flushes its cassette when it stops
+        httpx.post(f"{base}/forward/bench/chat", content=body, headers={"Content-Type": "application/json"})
+    args, base = serve_command(config, folder / "forward-replay", "none")
+    with process(args, f"{base}/healthz"):
+        replayed = wrk(f"{base}/forward/bench/chat", body)
+    return [
+        f"Forward route in replay (wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s, record mode none)",
+        f"  bare Starlette endpoint                {bare:8.0f} req/s",
+        f"  proxy /forward replaying               {replayed:8.0f} req/s   {replayed / bare:.2f} of it (target >= 0.4)",
+    ]
+
+
 def run() -> list[str]:
     lines = []
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp_name:
@@ -193,6 +208,7 @@ def run() -> list[str]:
             f" replay / it = {replay_rate / canned:.2f}",
         ]
 
+        lines += forward_replay(upstream, config, tmp, BODY, bare)
         lines += forward_route(upstream, config, tmp, BODY, bare)
     return lines
 

@@ -1,5 +1,9 @@
 """Replay throughput against cassettes of 100, 10,000 and 100,000 interactions (hash lookup: flat),
-cassette load time, and vcrpy's own replay of the same cassettes (a scan per request)."""
+cassette load time, vcrpy's own replay of the same cassettes (a scan per request), and the forward route
+replaying over HTTP against a bare Starlette endpoint (needs wrk).
+
+`python -m tests.bench.bench_replay` prints, from one run, engine.call µs per replayed call, replay at
+100,000 interactions against 100, and the forward route in replay against the bare endpoint."""
 
 from __future__ import annotations
 
@@ -115,7 +119,10 @@ def run() -> list[str]:
                 cold = f", {time.perf_counter() - started:.2f} s parsing the YAML (no cache)"
             load_s, rate = asyncio.run(replay_rate(root, store, cache, f"bench-{size}", size))
             rates[size] = rate
-            lines.append(f"  {size:>7} interactions: {rate:8.0f} calls/s   load {load_s:5.2f} s{cold}")
+            lines.append(
+                f"  {size:>7} interactions: {rate:8.0f} calls/s = {1e6 / rate:6.1f} µs per engine.call"
+                f"   load {load_s:5.2f} s{cold}"
+            )
         lines.append(f"  ratio {SIZES[-1]} / {SIZES[0]}: {rates[SIZES[-1]] / rates[SIZES[0]]:.2f}  (must stay >= 0.9)")
         lines.append("vcrpy's own replay of the same cassettes (vcr.use_cassette, record_mode='none', httpx.Client)")
         for size, requests in ((100, 200), (10_000, 3)):
@@ -127,3 +134,18 @@ def run() -> list[str]:
         lines.append("  100000 interactions: not run (a scan of 100,000 per request; minutes per request)")
         store.close()
     return lines
+
+
+def forward_lines() -> list[str]:
+    """The forward route in replay over HTTP, against the bare endpoint, in this same run."""
+    from tests.bench.bench_load import BODY, forward_replay, load_config, wrk
+    from tests.bench.harness import upstream_process
+
+    with upstream_process() as upstream, tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        bare = wrk(f"{upstream}/chat", BODY)
+        return forward_replay(upstream, load_config(folder, upstream), folder, BODY, bare)
+
+
+if __name__ == "__main__":  # this benchmark plus the forward route in replay
+    print("\n".join(run() + forward_lines()))

@@ -1,0 +1,97 @@
+"""A reply read through its connection: the conversation end rules, and the output mapping (over the JSON
+body, or over the text pieces of a server-sent event stream)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.connection import CompiledConnection
+from proxy.mapping import (
+    OUTPUT,
+    RETRIEVAL_CONTEXT,
+    SESSION_ID,
+    TRACES,
+    first_scalar_text,
+    normalise_traces,
+    output_text,
+)
+from proxy.models import ConnectionType
+from proxy.redaction import Redactor
+from proxy.results import CallResult, UpstreamReply
+from proxy.settings import ERROR_BODY_PREVIEW_CHARS
+from proxy.streaming import events_of, sse_reply
+from proxy.transports.streams import StreamTiming
+
+REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
+
+
+def matching_end_rule(conn: CompiledConnection, reply: UpstreamReply) -> int | None:
+    for index, rule in enumerate(conn.end_rules):
+        if rule.status_code != reply.status:
+            continue
+        if rule.path is None:
+            return index
+        if reply.is_json and first_scalar_text(rule.path, reply.json) == rule.equals:
+            return index
+    return None
+
+
+def map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor) -> None:
+    """The output mapping applied to the call's reply: `result.extracted`, or why it could not be."""
+    reply = result.reply
+    if reply is None:
+        return
+    document: Any
+    if conn.stream_text_path is not None:
+        document = _sse_document(conn.stream_text_path, reply, result, redactor)
+        if document is None or not conn.mapping.paths:
+            return
+    else:
+        if reply.json_refused:  # even without a mapping: a reply nobody can read back is a failed call
+            result.error = f"the upstream reply is refused: {reply.json_refused}"
+            return
+        if not conn.mapping.paths:
+            return
+        if not reply.is_json:
+            preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+            result.error = redactor.redact(
+                f"the upstream reply is not JSON, so the output mapping cannot apply: {preview}"
+            )
+            return
+        document = reply.json
+    mapped = conn.mapping.apply(document)
+    result.extracted = mapped.values
+    result.misses = {k: redactor.redact(v) for k, v in mapped.misses.items()}
+    if TRACES in result.extracted:
+        traces, trace_error = normalise_traces(result.extracted[TRACES])
+        result.extracted[TRACES] = traces
+        if trace_error:
+            result.misses[TRACES] = trace_error
+    if RETRIEVAL_CONTEXT in result.extracted:
+        result.extracted[RETRIEVAL_CONTEXT] = output_text(result.extracted[RETRIEVAL_CONTEXT])
+    if SESSION_ID in result.extracted:
+        result.extracted[SESSION_ID] = output_text(result.extracted[SESSION_ID])
+    required = REQUIRED_KEYS.get(conn.spec.type, ())
+    failed = [key for key in required if key in result.misses]
+    if result.misses:
+        result.extraction_error = "; ".join(f"{k}: {v}" for k, v in result.misses.items())
+    if failed:
+        key = failed[0]
+        result.error = f"the output mapping's required key '{key}' matched nothing: {result.misses[key]}"
+
+
+def _sse_document(
+    text_path: Any, reply: UpstreamReply, result: CallResult, redactor: Redactor
+) -> dict[str, Any] | None:
+    """`response_mode: sse`: the events' text pieces joined, what the output mapping runs over."""
+    if reply.events is None:
+        reply.events = events_of(reply.text.encode(), reply.timing or StreamTiming())
+    if not reply.events:
+        preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
+        result.error = redactor.redact(
+            f"the connection reads server-sent events (responseMode sse), but the reply holds none: {preview}"
+        )
+        return None
+    sse = sse_reply(reply.events, text_path)
+    result.time_to_first_token_ms = sse.time_to_first_token_ms
+    return sse.document

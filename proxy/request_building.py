@@ -1,0 +1,131 @@
+"""A call's request: a connection's templates rendered for a context, its headers, the `httpx.Request`.
+
+What does not change between calls is worked out once per connection (a URL without placeholders, the fixed
+headers); the rendered JSON body is parsed once, here, and handed to the transports with the request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from proxy import jsonbounds
+from proxy.auth import masked_headers
+from proxy.connection import CompiledConnection
+from proxy.models import HttpMethod
+from proxy.redaction import Redactor
+from proxy.replies import masked_text
+from proxy.results import CallContext, CallResult, RenderedRequest
+from proxy.transports import PARSED_BODY_EXTENSION
+
+# The headers httpx.AsyncClient would add, kept so upstreams and cassettes see what they always saw.
+CLIENT_HEADERS = {
+    "Accept": "*/*",
+    "Accept-Encoding": "gzip, deflate",
+    "Connection": "keep-alive",
+    "User-Agent": f"python-httpx/{httpx.__version__}",
+}
+_CLIENT_NAMES = frozenset(name.lower() for name in CLIENT_HEADERS)
+
+
+def render_request(
+    conn: CompiledConnection,
+    ctx: CallContext,
+    result: CallResult,
+    redactor: Redactor,
+    send_traceparent: bool,
+    extensions: dict[str, Any],
+) -> httpx.Request | None:
+    """The request to send, or None with `result.error` saying why it cannot be sent; `result.request` is
+    the request as it may be shown (masked)."""
+    spec = conn.spec
+    variables: dict[str, Any] | None = None
+    url = conn.url_template.constant
+    if url is None:
+        variables = ctx.template_vars()
+        url = conn.url_template.render(variables)
+    body: str | None = None
+    if conn.body_template is not None and spec.http_method is not HttpMethod.GET:
+        body = conn.body_template.constant
+        if body is None:
+            body = conn.body_template.render(variables if variables is not None else ctx.template_vars())
+    plan = conn.target.header_plan(send_traceparent and spec.traceparent)
+    headers = plan.build(session_id=ctx.session_id, inference_id=ctx.inference_result_id, trace_id=ctx.trace_id)
+    if body is not None and wants_json(headers):
+        try:
+            extensions[PARSED_BODY_EXTENSION] = jsonbounds.loads(body)
+        except jsonbounds.JsonRefused as exc:
+            result.error = redactor.redact(f"the rendered body is refused: {exc}")
+        except json.JSONDecodeError as exc:
+            result.error = redactor.redact(
+                f"the rendered body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): {body}"
+            )
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+    redact = redactor.redact
+    result.request = RenderedRequest(
+        spec.http_method.value, redact(url), masked_headers(headers), redact(body or "") or None
+    )
+    if result.error:
+        return None
+    try:
+        return build_request(
+            spec.http_method.value,
+            url,
+            headers,
+            body.encode() if body is not None else None,
+            spec.timeout,
+            extensions,
+        )
+    except (httpx.InvalidURL, ValueError) as exc:
+        result.error = redactor.redact(f"the rendered URL is not usable ({exc}): {url}")
+        return None
+
+
+def wants_json(headers: dict[str, str]) -> bool:
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    return content_type is None or "json" in content_type.lower()
+
+
+def text_preview(body: bytes, redactor: Redactor) -> str | None:
+    if not body:
+        return None
+    return masked_text(body, "utf-8", redactor)
+
+
+_parsed_urls: dict[str, httpx.URL] = {}
+PARSED_URLS_KEPT = 1024
+_timeouts: dict[float, dict[str, float | None]] = {}
+
+
+def parsed_url(url: str) -> httpx.URL:
+    """Most turns of a connection call the same URL: parse each once (httpx's parser is pure Python)."""
+    parsed = _parsed_urls.get(url)
+    if parsed is None:
+        if len(_parsed_urls) >= PARSED_URLS_KEPT:
+            _parsed_urls.clear()
+        parsed = _parsed_urls[url] = httpx.URL(url)
+    return parsed
+
+
+def _timeout(timeout_s: float) -> dict[str, float | None]:
+    found = _timeouts.get(timeout_s)
+    if found is None:
+        if len(_timeouts) >= PARSED_URLS_KEPT:
+            _timeouts.clear()
+        found = _timeouts[timeout_s] = httpx.Timeout(timeout_s).as_dict()
+    return found
+
+
+def build_request(
+    method: str, url: str, headers: dict[str, str], content: bytes | None, timeout_s: float, extensions: dict[str, Any]
+) -> httpx.Request:
+    present = {name.lower() for name in headers} & _CLIENT_NAMES
+    merged = [(name, value) for name, value in CLIENT_HEADERS.items() if name.lower() not in present]
+    merged += headers.items()
+    extensions["timeout"] = _timeout(timeout_s)
+    request = httpx.Request(method, parsed_url(url), headers=merged, content=content, extensions=extensions)
+    if request.url.scheme not in ("http", "https") or not request.url.host:
+        raise ValueError("only http:// and https:// URLs with a host can be called")
+    return request
