@@ -67,6 +67,13 @@ def proxy_server(tmp_path: Path) -> Iterator[RunningProxy]:
 
 
 @pytest.fixture
+def api(proxy_server: RunningProxy) -> Iterator[httpx.Client]:
+    """An HTTP client of `proxy_server`."""
+    with httpx.Client(base_url=proxy_server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
 def galtea(proxy_server: RunningProxy) -> Iterator[Galtea]:
     """The official galtea SDK pointed at `proxy_server`."""
     client = Galtea(api_key="galtea-key", base_url=proxy_server.url, suppress_updatable_version_message=True)

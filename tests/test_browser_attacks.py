@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests.conftest import RunningProxy, chat_connection
+from tests.helpers import launch
 from tests.servers import serve_in_thread
-from tests.test_inspector import launch
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e

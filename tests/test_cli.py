@@ -23,10 +23,9 @@ from proxy.cli import main
 from proxy.config import load_config
 from proxy.listener import why_not
 from tests.conftest import running_proxy
+from tests.helpers import ROOT, proxy_cli
 from tests.servers import free_port, wait_healthy
 from tests.upstream import Reply, Upstream
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def all_commands() -> list[str]:
@@ -123,13 +122,6 @@ def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) ->
     result = CliRunner().invoke(main, ["serve", "--config", str(bad), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code != 0
     assert "config connections[0] (c): authToken (auth_token): is required when authType is BEARER" in result.output
-
-
-def proxy_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The real command, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
 
 
 def echo_config(path: Path, upstream_url: str, settings: str = "{allow_http: true}", extra: str = "") -> Path:

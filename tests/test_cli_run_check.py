@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from proxy.cli import main
 from tests.conftest import TEST_TOKEN
+from tests.helpers import ROOT, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def chat_config(tmp_path: Path, upstream_url: str, mapping: str = "$.reply") -> Path:

@@ -16,15 +16,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from proxy.cli import main
 from proxy.secrets import install_log_redaction
 from proxy.settings import MASK
 from proxy.transports.cassette import Cassette, make_interaction, write_cassette
 from proxy.transports.matching import MatchRules
 from tests.conftest import chat_connection, running_proxy
 from tests.encodings import ECHOES, revealed
+from tests.helpers import invoke
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +39,6 @@ def created(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, 
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()
     return data
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def test_an_echoed_token_is_masked_in_every_encoding_everywhere(
