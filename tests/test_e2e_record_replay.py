@@ -16,16 +16,15 @@ import yaml
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
 from tests.helpers import chat_config, post, run_session, thread_connections
 from tests.servers import serve_in_thread
-from tests.upstream import Reply, Threads, Upstream
+from tests.upstream import Reply, Threads, Upstream, serve_upstream
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def own_upstream() -> Iterator[tuple[Upstream, str]]:
-    upstream = Upstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
+    with serve_upstream() as served:
+        yield served
 
 
 def test_record_then_replay_offline_with_identical_outputs(tmp_path: Path) -> None:
