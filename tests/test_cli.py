@@ -24,7 +24,7 @@ from proxy.config import load_config
 from proxy.listener import why_not
 from tests.conftest import running_proxy
 from tests.helpers import ROOT, proxy_cli
-from tests.servers import free_port, wait_healthy
+from tests.servers import free_port, proxy_serving, wait_healthy
 from tests.upstream import Reply, Upstream
 
 
@@ -186,14 +186,8 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
 def serving(*args: str) -> Iterator[str]:
     """`python -m proxy serve ARGS` on a free port until the block ends; yields its base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
+    with proxy_serving(port, *args):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def call_test_connection(base: str, message: str) -> dict[str, Any]:
