@@ -35,6 +35,25 @@ def post(client: httpx.Client, path: str, body: dict[str, Any], status: int = 20
     return response.json()  # type: ignore[no-any-return]
 
 
+def conversation_version(client: httpx.Client, url: str, **connection: Any) -> str:
+    """A CONVERSATION connection `c` of product `p` to `url` without auth ({"m": message} in, `$.reply` out),
+    with `connection` over it, and a version using it: the version id."""
+    body = {
+        "name": "c",
+        "productId": "p",
+        "type": "CONVERSATION",
+        "url": url,
+        "authType": "NONE",
+        "inputTemplate": '{"m": "{{ input.user_message }}"}',
+        "outputMapping": {"output": "$.reply"},
+        "acknowledgedInsecureHttp": True,
+        **connection,
+    }
+    conn = post(client, "/endpointConnections", body)
+    version = {"productId": body["productId"], "conversationEndpointConnectionId": conn["id"]}
+    return str(post(client, "/versions", version)["id"])
+
+
 def thread_connections(client: httpx.Client, base: str, product: str = "prod") -> dict[str, str]:
     """INITIALIZATION, CONVERSATION and FINALIZATION connections to a thread-style API at `base`: their ids."""
     common = {"productId": product, "authType": "NONE", "acknowledgedInsecureHttp": True}

@@ -16,28 +16,15 @@ from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 from proxy.settings import Settings
 from tests.conftest import chat_connection
-from tests.helpers import post, thread_connections, thread_version
+from tests.helpers import conversation_version, post, thread_connections, thread_version
 from tests.upstream import Threads, Upstream
 
 pytestmark = pytest.mark.e2e
 
 
 def chat_version(api: httpx.Client, upstream_url: str, product: str = "p") -> str:
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "c",
-            "productId": product,
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/chat",
-            "authType": "NONE",
-            "inputTemplate": '{"m": "{{ input.user_message }}", "ctx": {{ context }}}',
-            "outputMapping": {"output": "$.reply"},
-            "acknowledgedInsecureHttp": True,
-        },
-    )
-    return str(post(api, "/versions", {"productId": product, "conversationEndpointConnectionId": conn["id"]})["id"])
+    template = '{"m": "{{ input.user_message }}", "ctx": {{ context }}}'
+    return conversation_version(api, f"{upstream_url}/chat", productId=product, inputTemplate=template)
 
 
 def refused(response: httpx.Response, status: int, field: str) -> str:

@@ -12,7 +12,7 @@ from galtea import Galtea
 
 from proxy.config import Config
 from tests.conftest import RunningProxy, running_proxy
-from tests.helpers import post, thread_connections, thread_version
+from tests.helpers import conversation_version, post, thread_connections, thread_version
 from tests.upstream import Reply, Threads, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -129,22 +129,11 @@ def test_openai_past_turns_template_from_the_docs(api: httpx.Client, upstream: U
         "/v1/chat",
         lambda r: Reply(json={"choices": [{"message": {"content": f"re: {r.json['messages'][-1]['content']}"}}]}),
     )
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "openai",
-            "productId": "p",
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/v1/chat",
-            "authType": "NONE",
-            "inputTemplate": template,
-            "outputMapping": {"output": "$.choices[0].message.content"},
-            "acknowledgedInsecureHttp": True,
-        },
+    mapping = {"output": "$.choices[0].message.content"}
+    version = conversation_version(
+        api, f"{upstream_url}/v1/chat", name="openai", inputTemplate=template, outputMapping=mapping
     )
-    version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-    session = post(api, "/sessions", {"versionId": version["id"], "isProduction": True})
+    session = post(api, "/sessions", {"versionId": version, "isProduction": True})
     for text in ("Hi", 'Say "quoted"', "Line\nbreak"):
         post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": text}})
     third = upstream.requests_to("/v1/chat")[2].json
@@ -195,22 +184,9 @@ async def test_turns_of_one_session_run_in_order(
 ) -> None:
     upstream.handle("/slow", lambda r: Reply(json={"reply": r.json["m"]}, delay=0.3 if r.json["m"] == "first" else 0))
     with httpx.Client(base_url=proxy_server.url) as client:
-        conn = post(
-            client,
-            "/endpointConnections",
-            {
-                "name": "slow",
-                "productId": "p",
-                "type": "CONVERSATION",
-                "url": f"{upstream_url}/slow",
-                "authType": "NONE",
-                "inputTemplate": '{"m": "{{ input.user_message }}", "n": {{ past_turns | length }}}',
-                "outputMapping": {"output": "$.reply"},
-                "acknowledgedInsecureHttp": True,
-            },
-        )
-        version = post(client, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-        session = post(client, "/sessions", {"versionId": version["id"], "isProduction": True})
+        template = '{"m": "{{ input.user_message }}", "n": {{ past_turns | length }}}'
+        version = conversation_version(client, f"{upstream_url}/slow", name="slow", inputTemplate=template)
+        session = post(client, "/sessions", {"versionId": version, "isProduction": True})
     async with httpx.AsyncClient(base_url=proxy_server.url, timeout=30) as client:
         url = f"/sessions/{session['id']}/turns"
         first = asyncio.create_task(client.post(url, json={"input": {"user_message": "first"}}))
@@ -222,22 +198,7 @@ async def test_turns_of_one_session_run_in_order(
 
 
 def test_session_rules(api: httpx.Client, upstream_url: str) -> None:
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "c",
-            "productId": "p",
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/chat",
-            "authType": "NONE",
-            "inputTemplate": '{"m": "{{ input.user_message }}"}',
-            "outputMapping": {"output": "$.reply"},
-            "acknowledgedInsecureHttp": True,
-        },
-    )
-    version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-    v = version["id"]
+    v = conversation_version(api, f"{upstream_url}/chat")
     cases = [
         ({"versionId": v, "testCaseId": "tc", "isProduction": True}, 422, "testCaseId"),
         ({"versionId": v, "testCaseId": "tc", "context": "ctx"}, 422, "context"),
