@@ -120,6 +120,11 @@ def thread_version(client: httpx.Client, base: str, name: str = "v-threads") -> 
 
 def chat_config(upstream_url: str, **connection: Any) -> Config:
     """One CONVERSATION connection `chat` to {upstream}/chat and a version `v1` using it."""
+    return Config(**chat_config_data(upstream_url, **connection))
+
+
+def chat_config_data(upstream_url: str, **connection: Any) -> dict[str, Any]:
+    """`chat_config` as the `connections` and `versions` of a config file."""
     data = {
         "name": "chat",
         "product_id": "p",
@@ -131,7 +136,7 @@ def chat_config(upstream_url: str, **connection: Any) -> Config:
         "output_mapping": {"output": "$.reply"},
     }
     data.update(connection)
-    return Config(connections=[data], versions=[{"name": "v1", "product_id": "p", "conversation": "chat"}])
+    return {"connections": [data], "versions": [{"name": "v1", "product_id": "p", "conversation": "chat"}]}
 
 
 def version_id(client: httpx.Client) -> str:
