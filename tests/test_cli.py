@@ -23,10 +23,9 @@ from proxy.cli import main
 from proxy.config import load_config
 from proxy.listener import why_not
 from tests.conftest import running_proxy
-from tests.servers import free_port, wait_healthy
+from tests.helpers import ROOT, proxy_cli
+from tests.servers import free_port, proxy_serving, wait_healthy
 from tests.upstream import Reply, Upstream
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def all_commands() -> list[str]:
@@ -125,13 +124,6 @@ def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) ->
     assert "config connections[0] (c): authToken (auth_token): is required when authType is BEARER" in result.output
 
 
-def proxy_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The real command, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
 def echo_config(path: Path, upstream_url: str, settings: str = "{allow_http: true}", extra: str = "") -> Path:
     """A config file written as a user types it (bare YAML words), with one connection to the echo upstream."""
     path.write_text(
@@ -194,14 +186,8 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
 def serving(*args: str) -> Iterator[str]:
     """`python -m proxy serve ARGS` on a free port until the block ends; yields its base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
+    with proxy_serving(port, *args):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def call_test_connection(base: str, message: str) -> dict[str, Any]:

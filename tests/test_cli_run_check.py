@@ -8,42 +8,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from proxy.cli import main
 from tests.conftest import TEST_TOKEN
+from tests.helpers import ROOT, chat_config_data, invoke
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
-
-
 def chat_config(tmp_path: Path, upstream_url: str, mapping: str = "$.reply") -> Path:
+    template = '{"message": "{{ input.user_message }}", "tier": "{{ context.tier }}"}'
+    chat = chat_config_data(upstream_url, input_template=template, output_mapping={"output": mapping})
     path = tmp_path / "proxy.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "settings": {"allow_http": True},
-                "connections": [
-                    {
-                        "name": "chat",
-                        "product_id": "p",
-                        "type": "CONVERSATION",
-                        "url": f"{upstream_url}/chat",
-                        "auth_type": "BEARER",
-                        "auth_token": TEST_TOKEN,
-                        "input_template": '{"message": "{{ input.user_message }}", "tier": "{{ context.tier }}"}',
-                        "output_mapping": {"output": mapping},
-                    }
-                ],
-                "versions": [{"name": "v1", "product_id": "p", "conversation": "chat"}],
-            }
-        )
-    )
+    path.write_text(yaml.safe_dump({"settings": {"allow_http": True}, **chat}))
     return path
 
 
@@ -67,38 +43,16 @@ def test_run_records_then_replays_byte_identically(tmp_path: Path, upstream_url:
         )
     )
     config = str(chat_config(tmp_path, upstream_url))
-    code, output = invoke(
-        "run",
-        str(dataset),
-        "--version",
-        "v1",
-        "--config",
-        config,
-        *dirs(tmp_path),
-        "--out",
-        str(tmp_path / "rec.jsonl"),
-        "--concurrency",
-        "4",
-    )
+    run_v1 = ["run", str(dataset), "--version", "v1", "--config", config, *dirs(tmp_path)]
+    code, output = invoke(*run_v1, "--out", str(tmp_path / "rec.jsonl"), "--concurrency", "4")
     assert code == 0, output
     assert "12 (12 passed, 0 failed)" in output and "0 hits, 24 recorded, 0 misses" in output
     outs = []
     for n in (1, 2):
-        code, output = invoke(
-            "run",
-            str(dataset),
-            "--version",
-            "v1",
-            "--config",
-            config,
-            *dirs(tmp_path),
-            "--record-mode",
-            "none",
-            "--out",
-            str(tmp_path / f"rep{n}.jsonl"),
-        )
+        replayed = tmp_path / f"rep{n}.jsonl"
+        code, output = invoke(*run_v1, "--record-mode", "none", "--out", str(replayed))
         assert code == 0 and "24 hits, 0 recorded, 0 misses" in output
-        outs.append((tmp_path / f"rep{n}.jsonl").read_bytes())
+        outs.append(replayed.read_bytes())
     assert outs[0] == outs[1]
     lines = [json.loads(line) for line in outs[0].decode().splitlines()]
     assert [line["testCaseId"] for line in lines] == [f"tc-{n}" for n in range(12)]  # dataset order

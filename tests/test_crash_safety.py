@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
 from proxy.transports.cassette import TEMP_MARKER
-from tests.servers import free_port, wait_healthy
+from tests.servers import free_port, proxy_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -31,30 +29,9 @@ def write_config(path: Path, upstream_url: str) -> None:
     )
 
 
-@contextmanager
-def server(tmp_path: Path, port: int, cassettes: str = "cassettes") -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--config",
-        str(tmp_path / "proxy.yaml"),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--cassettes",
-        str(tmp_path / cassettes),
-    ]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_healthy(f"http://127.0.0.1:{port}", process)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
+def server(tmp_path: Path, port: int, cassettes: str = "cassettes") -> AbstractContextManager[subprocess.Popen[bytes]]:
+    dirs = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / cassettes)]
+    return proxy_serving(port, "--config", str(tmp_path / "proxy.yaml"), *dirs)
 
 
 def cassette_bodies(root: Path) -> dict[str, list[str]]:

@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from proxy.app import all_routes
 from tests import docgen
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 ANY_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 

@@ -14,8 +14,7 @@ import yaml
 from proxy.config import load_config
 from proxy.drift import Difference, shape_differences
 from tests.conftest import TEST_TOKEN, running_proxy
-from tests.test_cli import proxy_cli
-from tests.test_e2e_sessions import post
+from tests.helpers import post, proxy_cli
 from tests.upstream import Received, Reply, Upstream
 
 pytestmark = pytest.mark.e2e

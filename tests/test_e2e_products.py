@@ -8,7 +8,7 @@ from galtea import Galtea
 from galtea.domain.exceptions.entity_not_found_exception import EntityNotFoundException
 
 from tests.conftest import RunningProxy, chat_connection
-from tests.test_e2e_sessions import post
+from tests.helpers import post
 
 pytestmark = pytest.mark.e2e
 

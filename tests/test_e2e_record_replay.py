@@ -13,47 +13,18 @@ import pytest
 import vcr
 import yaml
 
-from proxy.config import Config
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
+from tests.helpers import chat_config, post, run_session, thread_connections
 from tests.servers import serve_in_thread
-from tests.test_e2e_sessions import Threads, post, thread_connections
-from tests.upstream import Reply, Upstream
+from tests.upstream import Reply, Threads, Upstream, serve_upstream
 
 pytestmark = pytest.mark.e2e
 
 
-def chat_config(upstream_url: str, **connection: Any) -> Config:
-    """One CONVERSATION connection `chat` to {upstream}/chat and a version `v1` using it."""
-    data = {
-        "name": "chat",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": f"{upstream_url}/chat",
-        "auth_type": "BEARER",
-        "auth_token": TEST_TOKEN,
-        "input_template": '{"message": "{{ input.user_message }}", "history": {{ past_turns | length }}}',
-        "output_mapping": {"output": "$.reply"},
-    }
-    data.update(connection)
-    return Config(connections=[data], versions=[{"name": "v1", "product_id": "p", "conversation": "chat"}])
-
-
-def version_id(client: httpx.Client) -> str:
-    return str(client.get("/versions", params={"names[]": "v1"}).json()[0]["id"])
-
-
-def run_session(client: httpx.Client, messages: list[str], **session: Any) -> list[dict[str, Any]]:
-    created = post(client, "/sessions", {"versionId": version_id(client), **session})
-    turns = [post(client, f"/sessions/{created['id']}/turns", {"input": {"user_message": m}}) for m in messages]
-    client.patch(f"/sessions/{created['id']}/finish", json={})
-    return turns
-
-
 @pytest.fixture
 def own_upstream() -> Iterator[tuple[Upstream, str]]:
-    upstream = Upstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
+    with serve_upstream() as served:
+        yield served
 
 
 def test_record_then_replay_offline_with_identical_outputs(tmp_path: Path) -> None:

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from proxy.cli import main
 from proxy.secrets import install_log_redaction
 from proxy.settings import MASK
 from proxy.transports.cassette import Cassette, make_interaction, write_cassette
 from proxy.transports.matching import MatchRules
 from tests.conftest import chat_connection, running_proxy
 from tests.encodings import ECHOES, revealed
+from tests.helpers import invoke, post
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
@@ -33,18 +31,6 @@ pytestmark = pytest.mark.e2e
 def canary(encoding: str, kind: str = "stored") -> str:
     # Quotes, a backslash, a slash, a plus and spaces: each has a meaning in some encoding.
     return f'cAnary/{encoding}+{kind} "q" \\ end'
-
-
-def created(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()
-    return data
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def test_an_echoed_token_is_masked_in_every_encoding_everywhere(
@@ -62,17 +48,17 @@ def test_an_echoed_token_is_masked_in_every_encoding_everywhere(
         try:
             for encoding in ECHOES:
                 url = f"{upstream_url}/echo-auth/{encoding}"
-                conn = created(
+                conn = post(
                     client,
                     "/endpointConnections",
                     chat_connection(upstream_url, name=f"echo-{encoding}", url=url, authToken=canary(encoding)),
                 )
-                version = created(
+                version = post(
                     client,
                     "/versions",
                     {"productId": "prod-1", "name": f"v-{encoding}", "conversationEndpointConnectionId": conn["id"]},
                 )
-                session = created(client, "/sessions", {"versionId": version["id"], "testCaseId": f"tc-{encoding}"})
+                session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": f"tc-{encoding}"})
                 turn = client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})
                 assert turn.status_code == 201 and MASK in turn.text  # the echo came back, masked
                 seen[f"turn answer ({encoding})"] = turn.text
@@ -145,7 +131,7 @@ def test_verify_finds_an_encoded_secret_it_learns_from_the_data_dir_or_the_confi
     stored = {encoding: canary(encoding) for encoding in ECHOES}
     with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
         for encoding, secret in stored.items():
-            created(client, "/endpointConnections", chat_connection(upstream_url, name=encoding, authToken=secret))
+            post(client, "/endpointConnections", chat_connection(upstream_url, name=encoding, authToken=secret))
     plant(tmp_path / "planted", stored)
     data_dir = ["--data-dir", str(tmp_path / "data")]
 

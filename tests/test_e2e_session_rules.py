@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +15,16 @@ from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 from proxy.settings import Settings
-from tests.conftest import RunningProxy, chat_connection
-from tests.test_e2e_sessions import Threads, post, thread_connections, thread_version
-from tests.upstream import Upstream
+from tests.conftest import chat_connection
+from tests.helpers import conversation_version, post, thread_connections, thread_version
+from tests.upstream import Threads, Upstream
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def api(proxy_server: RunningProxy) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=proxy_server.url, timeout=30) as client:
-        yield client
-
-
 def chat_version(api: httpx.Client, upstream_url: str, product: str = "p") -> str:
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "c",
-            "productId": product,
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/chat",
-            "authType": "NONE",
-            "inputTemplate": '{"m": "{{ input.user_message }}", "ctx": {{ context }}}',
-            "outputMapping": {"output": "$.reply"},
-            "acknowledgedInsecureHttp": True,
-        },
-    )
-    return str(post(api, "/versions", {"productId": product, "conversationEndpointConnectionId": conn["id"]})["id"])
+    template = '{"m": "{{ input.user_message }}", "ctx": {{ context }}}'
+    return conversation_version(api, f"{upstream_url}/chat", productId=product, inputTemplate=template)
 
 
 def refused(response: httpx.Response, status: int, field: str) -> str:

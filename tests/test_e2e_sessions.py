@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -15,109 +12,10 @@ from galtea import Galtea
 
 from proxy.config import Config
 from tests.conftest import RunningProxy, running_proxy
-from tests.upstream import Received, Reply, Upstream
+from tests.helpers import conversation_version, post, thread_connections, thread_version
+from tests.upstream import Reply, Threads, Upstream
 
 pytestmark = pytest.mark.e2e
-
-
-class Threads:
-    """A thread-style chat API: POST /threads → id; POST /threads/{id}/messages; DELETE /threads/{id}."""
-
-    def __init__(self, upstream: Upstream) -> None:
-        self.ids = itertools.count(1)
-        self.messages: dict[str, list[str]] = {}
-        upstream.handle("/threads", self)
-
-    def __call__(self, request: Received) -> Reply:
-        parts = request.path.strip("/").split("/")
-        if request.method == "POST" and parts == ["threads"]:
-            thread_id = f"th_{next(self.ids)}"
-            self.messages[thread_id] = []
-            return Reply(json={"id": thread_id, "plan": "gold"})
-        thread_id = parts[1]
-        if thread_id not in self.messages:
-            return Reply(status=404, json={"detail": f"no thread {thread_id!r}"})
-        if request.method == "DELETE":
-            return Reply(json={"deleted": thread_id})
-        message = request.json["message"]
-        self.messages[thread_id].append(message)
-        return Reply(
-            json={
-                "reply": f"[{thread_id}#{len(self.messages[thread_id])}] {message}",
-                "docs": [f"doc-{thread_id}"],
-                "spans": [{"name": "llm", "type": "GENERATION", "latencyMs": 5}],
-            }
-        )
-
-
-@pytest.fixture
-def api(proxy_server: RunningProxy) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=proxy_server.url, timeout=30) as client:
-        yield client
-
-
-def post(client: httpx.Client, path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == status, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-def thread_connections(client: httpx.Client, base: str, product: str = "prod") -> dict[str, str]:
-    common = {"productId": product, "authType": "NONE", "acknowledgedInsecureHttp": True}
-    init = post(
-        client,
-        "/endpointConnections",
-        {
-            **common,
-            "name": "init",
-            "type": "INITIALIZATION",
-            "url": f"{base}/threads",
-            "inputTemplate": "{}",
-            "outputMapping": {"session_id": "$.id", "plan": "$.plan"},
-        },
-    )
-    conv = post(
-        client,
-        "/endpointConnections",
-        {
-            **common,
-            "name": "conv",
-            "type": "CONVERSATION",
-            "url": base + "/threads/{{ session_id }}/messages",
-            "inputTemplate": (
-                '{"message": "{{ input.user_message }}", "plan": "{{ plan }}", "galtea": "{{ galtea_session_id }}"}'
-            ),
-            "outputMapping": {"output": "$.reply", "retrieval_context": "$.docs", "traces": "$.spans"},
-        },
-    )
-    fin = post(
-        client,
-        "/endpointConnections",
-        {
-            **common,
-            "name": "fin",
-            "type": "FINALIZATION",
-            "url": base + "/threads/{{ session_id }}",
-            "httpMethod": "DELETE",
-        },
-    )
-    return {"init": init["id"], "conv": conv["id"], "fin": fin["id"]}
-
-
-def thread_version(client: httpx.Client, base: str) -> str:
-    ids = thread_connections(client, base)
-    version = post(
-        client,
-        "/versions",
-        {
-            "productId": "prod",
-            "name": "v-threads",
-            "conversationEndpointConnectionId": ids["conv"],
-            "initializationEndpointConnectionId": ids["init"],
-            "finalizationEndpointConnectionId": ids["fin"],
-        },
-    )
-    return str(version["id"])
 
 
 def test_thread_style_lifecycle_reaches_the_upstream_in_order(
@@ -231,22 +129,11 @@ def test_openai_past_turns_template_from_the_docs(api: httpx.Client, upstream: U
         "/v1/chat",
         lambda r: Reply(json={"choices": [{"message": {"content": f"re: {r.json['messages'][-1]['content']}"}}]}),
     )
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "openai",
-            "productId": "p",
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/v1/chat",
-            "authType": "NONE",
-            "inputTemplate": template,
-            "outputMapping": {"output": "$.choices[0].message.content"},
-            "acknowledgedInsecureHttp": True,
-        },
+    mapping = {"output": "$.choices[0].message.content"}
+    version = conversation_version(
+        api, f"{upstream_url}/v1/chat", name="openai", inputTemplate=template, outputMapping=mapping
     )
-    version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-    session = post(api, "/sessions", {"versionId": version["id"], "isProduction": True})
+    session = post(api, "/sessions", {"versionId": version, "isProduction": True})
     for text in ("Hi", 'Say "quoted"', "Line\nbreak"):
         post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": text}})
     third = upstream.requests_to("/v1/chat")[2].json
@@ -297,22 +184,9 @@ async def test_turns_of_one_session_run_in_order(
 ) -> None:
     upstream.handle("/slow", lambda r: Reply(json={"reply": r.json["m"]}, delay=0.3 if r.json["m"] == "first" else 0))
     with httpx.Client(base_url=proxy_server.url) as client:
-        conn = post(
-            client,
-            "/endpointConnections",
-            {
-                "name": "slow",
-                "productId": "p",
-                "type": "CONVERSATION",
-                "url": f"{upstream_url}/slow",
-                "authType": "NONE",
-                "inputTemplate": '{"m": "{{ input.user_message }}", "n": {{ past_turns | length }}}',
-                "outputMapping": {"output": "$.reply"},
-                "acknowledgedInsecureHttp": True,
-            },
-        )
-        version = post(client, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-        session = post(client, "/sessions", {"versionId": version["id"], "isProduction": True})
+        template = '{"m": "{{ input.user_message }}", "n": {{ past_turns | length }}}'
+        version = conversation_version(client, f"{upstream_url}/slow", name="slow", inputTemplate=template)
+        session = post(client, "/sessions", {"versionId": version, "isProduction": True})
     async with httpx.AsyncClient(base_url=proxy_server.url, timeout=30) as client:
         url = f"/sessions/{session['id']}/turns"
         first = asyncio.create_task(client.post(url, json={"input": {"user_message": "first"}}))
@@ -324,22 +198,7 @@ async def test_turns_of_one_session_run_in_order(
 
 
 def test_session_rules(api: httpx.Client, upstream_url: str) -> None:
-    conn = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "c",
-            "productId": "p",
-            "type": "CONVERSATION",
-            "url": f"{upstream_url}/chat",
-            "authType": "NONE",
-            "inputTemplate": '{"m": "{{ input.user_message }}"}',
-            "outputMapping": {"output": "$.reply"},
-            "acknowledgedInsecureHttp": True,
-        },
-    )
-    version = post(api, "/versions", {"productId": "p", "conversationEndpointConnectionId": conn["id"]})
-    v = version["id"]
+    v = conversation_version(api, f"{upstream_url}/chat")
     cases = [
         ({"versionId": v, "testCaseId": "tc", "isProduction": True}, 422, "testCaseId"),
         ({"versionId": v, "testCaseId": "tc", "context": "ctx"}, 422, "context"),

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from proxy.engine import CallContext, Engine
-from tests.test_retry import connection
+from tests.helpers import compiled_connection as connection
 
 
 def capture(*responses: httpx.Response) -> tuple[Engine, list[httpx.Request]]:

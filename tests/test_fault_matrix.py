@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from tests.conftest import RunningProxy
+from tests.helpers import FAST_RETRIES
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
-FAST_RETRIES = {"retryEnabled": True, "retryMaxAttempts": 2, "retryInitialDelayMs": 10, "retryBackoffStrategy": "FIXED"}
 
 
 class ResetMidBody(socketserver.BaseRequestHandler):

@@ -14,11 +14,10 @@ import yaml
 
 from proxy.faults import FaultPlan, FaultRule
 from tests.conftest import NoNetwork, RunningProxy, chat_connection, running_proxy
-from tests.test_e2e_sessions import post
+from tests.helpers import FAST_RETRIES, post
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
-FAST_RETRIES = {"retryEnabled": True, "retryMaxAttempts": 2, "retryInitialDelayMs": 10, "retryBackoffStrategy": "FIXED"}
 REPLY = {"reply": "the real answer, long enough to cut", "usage": {"total_tokens": 12}}
 REPLY_BYTES = b'{"reply": "the real answer, long enough to cut", "usage": {"total_tokens": 12}}'
 

@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
-from tests.test_e2e_sessions import post
-from tests.test_inspector import launch
+from tests.helpers import launch, post
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
-from tests.test_e2e_sessions import Threads, post, thread_version
-from tests.upstream import Upstream
+from tests.helpers import launch, post, thread_version
+from tests.upstream import Threads, Upstream
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -86,22 +83,6 @@ def test_connection_form_shows_the_check_explanation(recorded: tuple[RunningProx
     assert bad.status_code == 400 and "not valid JSON" in bad.text
     with httpx.Client(base_url=proxy.url) as client:
         assert client.get("/inspector/sessions/nope").status_code == 404
-
-
-def launch(playwright: Any, *extra_args: str) -> Any:
-    """Debian's headless chromium, quiet: no network of its own."""
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does it)"
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        *extra_args,
-    ]
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
 
 
 def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str]], tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import pytest
 
 from proxy.settings import JSON_MAX_DEPTH
 from proxy.store import DB_FILE_NAME
-from tests.conftest import RunningProxy, running_proxy
-from tests.test_e2e_sessions import post
+from tests.conftest import running_proxy
+from tests.helpers import post
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -28,12 +27,6 @@ DEEP = '{"deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
 LONG_NUMBER = '{"n": ' + "7" * 5000 + "}"
 DEEP_REASON = f"JSON nested deeper than {JSON_MAX_DEPTH} levels"
 NUMBER_REASON = "a JSON number with more than 4300 digits"
-
-
-@pytest.fixture
-def api(proxy_server: RunningProxy) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=proxy_server.url, timeout=60) as client:
-        yield client
 
 
 def connection(base: str, name: str, kind: str = "CONVERSATION", **fields: Any) -> dict[str, Any]:

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.connection import CompiledConnection, compile_connection
+from proxy.connection import CompiledConnection
 from proxy.engine import CallContext, Engine
-from proxy.models import parse_spec
 from proxy.transports.client import AiohttpTransport
+from tests.helpers import compiled_connection
 from tests.raw_http import Handler, answering, header_values, ok, raw_server, read_request
 
 MB = 1024 * 1024
@@ -57,18 +57,7 @@ async def send(
 
 
 def connection(url: str, **fields: Any) -> CompiledConnection:
-    data = {
-        "name": "c",
-        "productId": "p",
-        "url": url,
-        "type": "CONVERSATION",
-        "authType": "NONE",
-        "inputTemplate": '{"m": "{{ input.m }}"}',
-        "outputMapping": {"output": "$.reply"},
-        "timeout": 5,
-        **fields,
-    }
-    return compile_connection("ec_1", parse_spec(data), "2026-01-01T00:00:00Z", allow_http=True)
+    return compiled_connection(allow_http=True, **{"url": url, "timeout": 5, **fields})
 
 
 async def no_sleep(seconds: float) -> None:

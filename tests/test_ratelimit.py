@@ -15,7 +15,7 @@ from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.record_replay import RecordReplayTransport
-from tests.test_retry import connection
+from tests.helpers import compiled_connection as connection
 
 
 class FakeClock:

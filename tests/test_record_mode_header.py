@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningProxy, chat_connection, running_proxy
-from tests.test_e2e_record_replay import chat_config, run_session, version_id
-from tests.test_e2e_sessions import post
+from tests.helpers import chat_config, post, run_session, version_id
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.e2e

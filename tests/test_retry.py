@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.connection import compile_connection
 from proxy.engine import CallContext, Engine
-from proxy.models import BackoffStrategy, parse_spec
+from proxy.models import BackoffStrategy
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.retry import RetryPolicy, parse_retry_after
@@ -19,6 +18,7 @@ from proxy.store import Store
 from proxy.transports import OUTCOME_EXTENSION, REPLAYED_EXTENSION
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.record_replay import RecordReplayTransport
+from tests.helpers import compiled_connection as connection
 
 
 def policy(strategy: str, initial: int = 100, cap: int = 30000, retries: int = 5) -> RetryPolicy:
@@ -45,20 +45,6 @@ def test_retry_after_seconds_and_http_date_are_honoured_up_to_the_cap() -> None:
     assert p.delay_ms(1, 429, formatdate(now + 3, usegmt=True), now=now) == pytest.approx(3000, abs=1000)
     assert p.delay_ms(1, 500, "2") == 100  # only 429/503 carry Retry-After meaning
     assert parse_retry_after("garbage") is None
-
-
-def connection(**fields: Any):  # type: ignore[no-untyped-def]
-    data = {
-        "name": "c",
-        "productId": "p",
-        "url": "https://up.test/chat",
-        "type": "CONVERSATION",
-        "authType": "NONE",
-        "inputTemplate": '{"m": "{{ input.m }}"}',
-        "outputMapping": {"output": "$.reply"},
-    }
-    data.update(fields)
-    return compile_connection("ec_1", parse_spec(data), "2026-01-01T00:00:00Z", allow_http=False)
 
 
 class Script:

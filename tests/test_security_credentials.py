@@ -6,26 +6,16 @@ the test asserts what reached it (nothing) and what the proxy answered.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, running_proxy
-from tests.servers import serve_in_thread
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
 API_KEY = "proxy-own-key-0123456789"
-
-
-@pytest.fixture
-def attacker() -> Iterator[tuple[Upstream, str]]:
-    """A listener on another port: another origin than the stored connection's."""
-    listener = Upstream()
-    with serve_in_thread(listener.app) as url:
-        yield listener, url
 
 
 def _all_text(listener: Upstream) -> str:

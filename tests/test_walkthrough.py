@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import ROOT
 from tests.servers import free_port, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_STAMP = ".venv/.installed-runtime"  # the Makefile's stamp for the runtime install
 # What would change the Makefile's defaults from outside (under `make test`, MAKEFLAGS carries its variables).
 MAKE_VARIABLES = {"VENV", "DATA_DIR", "PORT", "PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}

@@ -9,9 +9,11 @@ replies for a path, used in order (the last one repeats); without one, the serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.encodings import ECHOES
+from tests.servers import serve_in_thread
 
 
 @dataclass
@@ -118,3 +121,41 @@ class Upstream:
     def _echo_auth(received: Received, encoding: str) -> Response:
         token = received.headers.get("authorization", "").partition(" ")[2]
         return Response(ECHOES[encoding](token), media_type="application/json")  # no charset named
+
+
+@contextlib.contextmanager
+def serve_upstream() -> Iterator[tuple[Upstream, str]]:
+    """A fresh `Upstream` on its own loopback port until the block ends: (upstream, base URL)."""
+    upstream = Upstream()
+    with serve_in_thread(upstream.app) as url:
+        yield upstream, url
+
+
+class Threads:
+    """A thread-style chat API: POST /threads → id; POST /threads/{id}/messages; DELETE /threads/{id}."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.ids = itertools.count(1)
+        self.messages: dict[str, list[str]] = {}
+        upstream.handle("/threads", self)
+
+    def __call__(self, request: Received) -> Reply:
+        parts = request.path.strip("/").split("/")
+        if request.method == "POST" and parts == ["threads"]:
+            thread_id = f"th_{next(self.ids)}"
+            self.messages[thread_id] = []
+            return Reply(json={"id": thread_id, "plan": "gold"})
+        thread_id = parts[1]
+        if thread_id not in self.messages:
+            return Reply(status=404, json={"detail": f"no thread {thread_id!r}"})
+        if request.method == "DELETE":
+            return Reply(json={"deleted": thread_id})
+        message = request.json["message"]
+        self.messages[thread_id].append(message)
+        return Reply(
+            json={
+                "reply": f"[{thread_id}#{len(self.messages[thread_id])}] {message}",
+                "docs": [f"doc-{thread_id}"],
+                "spans": [{"name": "llm", "type": "GENERATION", "latencyMs": 5}],
+            }
+        )

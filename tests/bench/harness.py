@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_answering
 
 
 @contextlib.contextmanager
@@ -24,16 +24,7 @@ def process(args: list[str], health_url: str, env: dict[str, str] | None = None)
         args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(health_url, timeout=1).status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{args} did not start")
-            time.sleep(0.1)
+        wait_answering(health_url, proc, 30, up=lambda status: status < 500)
         yield proc
     finally:
         proc.terminate()
