@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.connection import CompiledConnection
 from proxy.connector import Connector
 from proxy.engine import CallLabel, CallResult, Engine
 from proxy.errors import BadRequest, InvalidField
 from proxy.faults import FaultRule
-from proxy.mapping import CompiledMapping
-from proxy.models import AuthType, ConnectionSpec, ConnectionType, HttpMethod
+from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
 from proxy.targets import CallSubject, ForwardTarget
-from proxy.templating import CompiledTemplate
 from proxy.transports.library import CassetteLibrary
 
 REGISTRATION_QUERY = "proxy connector registration test"
@@ -45,32 +42,6 @@ class ConnectorCalls:
     def _secrets(self, connector: Connector) -> dict[str, str]:
         raise NotImplementedError
 
-    def _as_connection(self, connector: Connector, token: str | None) -> CompiledConnection:
-        """The connector as the engine sees a connection: POST to its URL with its service auth."""
-        spec = ConnectionSpec.model_construct(
-            name=connector.name,
-            product_id="connectors",
-            url=connector.url,
-            type=ConnectionType.CONVERSATION,
-            http_method=HttpMethod.POST,
-            auth_type=AuthType.NONE,
-            headers=auth_header(connector.service_auth_type, token),
-            faults=[FaultRule.model_validate(rule) for rule in connector.faults],
-            **{
-                name: ConnectionSpec.model_fields[name].get_default(call_default_factory=True)
-                for name in ConnectionSpec.model_fields
-                if name not in ("name", "product_id", "url", "type", "http_method", "auth_type", "headers", "faults")
-            },
-        )
-        return CompiledConnection(
-            f"connector:{connector.id}",
-            spec,
-            connector.created_at,
-            None,
-            CompiledTemplate("", url=True),  # never rendered: a connector's URL is sent as it is
-            CompiledMapping({}),
-        )
-
     def _target(self, connector: Connector, token: str | None) -> ForwardTarget:
         """Where the engine sends the connector's calls: POST to its URL with its service auth."""
         target_id = f"connector:{connector.id}"
@@ -78,9 +49,9 @@ class ConnectorCalls:
         faults = [FaultRule.model_validate(rule) for rule in connector.faults]
         return ForwardTarget(target_id, subject, headers=auth_header(connector.service_auth_type, token), faults=faults)
 
-    def as_connection(self, connector: Connector) -> CompiledConnection:
-        """The connector as the engine sees a connection, with its stored credential."""
-        return self._as_connection(connector, self._secrets(connector).get("token"))
+    def target_of(self, connector: Connector) -> ForwardTarget:
+        """Where the connector's calls go, with its stored credential (a drift check re-sends through it)."""
+        return self._target(connector, self._secrets(connector).get("token"))
 
     async def call(
         self, connector: Connector, body: dict[str, Any], token: str | None = None, kind: str = "connector search"

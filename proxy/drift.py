@@ -28,6 +28,7 @@ from proxy.engine import CallContext, build_request
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.targets import ForwardTarget
 from proxy.transports import BodyTooLarge, read_capped
 from proxy.transports.cassette import Cassette, Interaction, load_interactions, write_cassette
 from proxy.transports.inventory import name_of
@@ -154,18 +155,19 @@ def answer_differences(recorded: Interaction, status: int, body: bytes) -> list[
 # -- re-sending ------------------------------------------------------------------------------------
 
 
-def connection_for(runtime: Runtime, kind: str, interaction: Interaction) -> CompiledConnection | None:
+def target_for(runtime: Runtime, kind: str, interaction: Interaction) -> ForwardTarget | None:
     key = str(interaction.proxy.get("session_key") or "")
     if kind == "connections":
-        return runtime.connections.find(key)
+        conn = runtime.connections.find(key)
+        return conn.target if conn else None
     if kind == "connectors":
         try:
-            return runtime.connectors.as_connection(runtime.connectors.get(connector_id(key)))
+            return runtime.connectors.target_of(runtime.connectors.get(connector_id(key)))
         except ProxyError:  # no such connector (any more)
             return None
     uri = str(interaction.request["uri"])
     candidates = [(len(prefix), conn) for conn in runtime.connections.all() if uri.startswith(prefix := _static(conn))]
-    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+    return max(candidates, key=lambda c: c[0])[1].target if candidates else None
 
 
 def _static(conn: CompiledConnection) -> str:
@@ -173,7 +175,7 @@ def _static(conn: CompiledConnection) -> str:
     return conn.spec.url.split("{{")[0].split("{")[0]
 
 
-def resend_request(conn: CompiledConnection, interaction: Interaction) -> httpx.Request:
+def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Request:
     recorded = interaction.request
     headers = {}
     for name, values in recorded["headers"].items():
@@ -181,8 +183,8 @@ def resend_request(conn: CompiledConnection, interaction: Interaction) -> httpx.
         if name.lower() not in RESENT_WITHOUT and MASK not in value:
             headers[name] = value
     added = build_headers(
-        conn.credentials,
-        conn.spec.headers or {},
+        target.credentials,
+        target.headers,
         session_id=None,
         inference_id=uuid.uuid4().hex,
         trace_id=new_trace_id(),
@@ -195,23 +197,23 @@ def resend_request(conn: CompiledConnection, interaction: Interaction) -> httpx.
     fresh = lambda _: uuid.uuid4().hex  # noqa: E731 - a new per-run id where the recording holds its token
     uri = PER_RUN_TOKEN.sub(fresh, str(recorded["uri"]))
     body = PER_RUN_TOKEN.sub(fresh, body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-    limit = (conn.id, conn.spec.rate_limit) if conn.spec.rate_limit else None
+    limit = (target.id, target.rate_limit) if target.rate_limit else None
     return build_request(
-        str(recorded["method"]), uri, headers, body or None, conn.spec.timeout, {RATE_LIMIT_EXTENSION: limit}
+        str(recorded["method"]), uri, headers, body or None, target.timeout_s, {RATE_LIMIT_EXTENSION: limit}
     )
 
 
 async def check_interaction(runtime: Runtime, name: str, index: int, interaction: Interaction) -> Checked:
     checked = Checked(name, index, str(interaction.request["method"]), str(interaction.request["uri"]))
-    conn = connection_for(runtime, name.split("/")[0], interaction)
-    if conn is None:
+    target = target_for(runtime, name.split("/")[0], interaction)
+    if target is None:
         checked.error = "no connection or connector sends this request (see the cassette's session key and URL)"
         return checked
     redact = runtime.redactor.redact
     try:
-        request = resend_request(conn, interaction)
+        request = resend_request(target, interaction)
         started = time.perf_counter()
-        async with asyncio.timeout(conn.spec.timeout):
+        async with asyncio.timeout(target.timeout_s):
             response = await runtime.engine.transport.handle_async_request(request)
             try:
                 content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
@@ -219,7 +221,7 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
                 await response.aclose()
         latency_ms = (time.perf_counter() - started) * 1000
     except TimeoutError:
-        checked.error = f"timed out after {conn.spec.timeout:g}s"
+        checked.error = f"timed out after {target.timeout_s:g}s"
         return checked
     except BodyTooLarge:
         checked.error = f"the live body is larger than the {MAX_UPSTREAM_BODY_BYTES} byte cap"
