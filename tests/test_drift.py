@@ -145,3 +145,28 @@ def test_a_status_change_is_drift_and_unknown_names_fail(tmp_path: Path, upstrea
     ]
     missing = drift(tmp_path, config, "connections/nope")
     assert missing.returncode == 1 and "no cassette 'connections/nope'" in missing.stderr
+
+
+def test_a_connector_cassette_is_re_sent_with_the_connector_s_stored_token(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    answer: dict[str, Any] = {"json": {"results": [{"text": "refunds take 5 days", "score": 1}]}}
+    upstream.handle("/search", lambda received: Reply(json=answer["json"]))
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        "settings: {allow_http: true}\n"
+        "connectors:\n"
+        f"  - {{name: kb, url: '{upstream_url}/search', service_auth: {{type: bearer, token: '${{CHAT_TOKEN}}'}}}}\n"
+    )
+    with running_proxy(tmp_path, load_config(config), data_dir=tmp_path / "data", cassettes_dir=tmp_path / "cas") as p:
+        with httpx.Client(base_url=p.url) as client:
+            assert client.post("/v1/connectors/kb/search", json={"query": "refunds"}).status_code == 200
+    upstream.received.clear()
+
+    answer["json"] = {"results": [{"text": "refunds take 5 days", "score": "1"}]}
+    drifted = drift(tmp_path, config, "connectors/kb")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "$.results[0].score: number → string" in drifted.stdout
+    # (the other request is the connector's registration query, sent when the config is loaded)
+    resent = [r for r in upstream.requests_to("/search") if r.json == {"query": "refunds"}]
+    assert [r.headers["authorization"] for r in resent] == [f"Bearer {TEST_TOKEN}"]
