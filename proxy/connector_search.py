@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.connector import Connector
 from proxy.engine import CallLabel, CallResult, Engine
-from proxy.errors import BadRequest, InvalidField
+from proxy.errors import BadRequest, CallFailure, InvalidField
 from proxy.faults import FaultRule
 from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
@@ -94,7 +94,9 @@ class ConnectorCalls:
         return {**result.reply.json, "excluded_fields": list(connector.excludes)}, result
 
 
-class SearchFailed(Exception):
+class SearchFailed(CallFailure):
+    """A connector call whose answer is no search answer; the route answers 502 naming why (404 on a cassette miss)."""
+
     def __init__(self, message: str, result: CallResult) -> None:
         super().__init__(message)
         self.message = message
