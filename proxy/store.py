@@ -2,16 +2,17 @@
 
 Every database call runs on a single dedicated thread, so the event loop never waits on disk
 and SQLite never sees two writers; `call` and `run` commit what they run. The hot writes (entities,
-journal) go through `write` and are group-committed: those queued while one commit is on the disk go
-together in the next, and each caller still waits for its own write to be committed before it answers
-anyone. Reads of hot data (connections) are served from memory by the registry; the database is the
-durable copy. Secrets are stored Fernet-encrypted.
+journal) go through one queue and are group-committed: those queued while one commit is on the disk go
+together in the next. A caller of `write` waits for its own write to be committed (a recorded exchange
+is in the journal before it is answered); `enqueue` queues a write without waiting (session and turn rows),
+and a read queued behind it through `write` sees it. Secrets are stored Fernet-encrypted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,8 +28,10 @@ T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
-# Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory.
-ENTITY_TABLES = ("versions", "sessions", "inference_results", "lifecycle_calls", "connectors")
+# Entities stored as one JSON document a row, in creation order (`seq`). (Sessions, turns and lifecycle
+# calls have tables with real columns: proxy/sessions/tables.py.)
+ENTITY_TABLES = ("versions", "connectors")
+log = logging.getLogger("proxy")
 
 
 class Store:
@@ -64,6 +67,20 @@ class Store:
         if not self._committing:
             self._commit_queued(loop)
         return await future
+
+    def enqueue(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`write` without waiting for the commit; a failure is logged (the caller has moved on)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(_log_failure)
+        self._queued.append((fn, args, future))
+        if not self._committing:
+            self._commit_queued(loop)
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._queued or self._committing:
+            await self.write(_nothing)
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         queued, self._queued = self._queued, []
@@ -269,6 +286,15 @@ def read_cassette_usage(data_dir: Path) -> dict[str, tuple[str, str]]:
         return {row[0]: (row[1], row[2]) for row in conn.execute(f"SELECT path, last_used, used_by FROM {USAGE_TABLE}")}
     finally:
         conn.close()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a queued database write failed: %s", future.exception())
 
 
 def entity_json(entity: Any) -> str:
