@@ -32,6 +32,7 @@ USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by wh
 # calls have tables with real columns: proxy/sessions/tables.py.)
 ENTITY_TABLES = ("versions", "connectors")
 log = logging.getLogger("proxy")
+MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
 
 
 class Store:
@@ -76,6 +77,12 @@ class Store:
         self._queued.append((fn, args, future))
         if not self._committing:
             self._commit_queued(loop)
+
+    async def room(self) -> None:
+        """Wait while more than MAX_QUEUED writes are queued: callers of `enqueue` that outpace the disk
+        are held back here, so the queue (and the memory it holds) stays bounded."""
+        if len(self._queued) > MAX_QUEUED:
+            await self.write(_nothing)
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""

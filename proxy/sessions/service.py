@@ -176,16 +176,20 @@ class SessionService:
         active.handle = self.library.open("sessions", session.cassette_key, mode)
         return active
 
-    def _save(self, *sessions: Session, turns: tuple[tuple[Any, ...], ...] = (), calls: tuple[Any, ...] = ()) -> None:
+    async def _save(
+        self, *sessions: Session, turns: tuple[tuple[Any, ...], ...] = (), calls: tuple[Any, ...] = ()
+    ) -> None:
+        """Queue the rows (no wait for their commit), held back only while the queue is over its bound."""
         rows = Rows([tables.session_row(s) for s in sessions], list(turns), list(calls))
         self.store.enqueue(tables.put, self.store.db.conn, rows)
+        await self.store.room()
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def create(self, data: dict[str, Any]) -> Session:
         session = new_session(SessionCreate.parse(data), self.versions)
         self.cache.put(self._opened(Active(session, 0, [])))  # the cassette is opened when the session is created
-        self._save(session)
+        await self._save(session)
         return session
 
     async def update(self, session_id: str, data: dict[str, Any]) -> Session:
@@ -204,13 +208,13 @@ class SessionService:
             session.stopping_reason = fields.stopping_reason
         if "error" in given:
             session.error = fields.error
-        self._save(session)
+        await self._save(session)
         return session
 
     async def delete(self, session_id: str) -> None:
         session = (await self._active(session_id)).session
         session.deleted = True
-        self._save(session)
+        await self._save(session)
 
     async def finish(self, session_id: str, data: dict[str, Any]) -> Session:
         """COMPLETED with a stoppingReason, or FAILED with an error; FINALIZATION runs once either way."""
@@ -227,7 +231,7 @@ class SessionService:
                         session.status = COMPLETED
                         session.stopping_reason = fields.stopping_reason or DEFAULT_STOPPING_REASON
                 await self._finalize(active)
-                self._save(session)
+                await self._save(session)
                 await self.library.flush(self._name(active))
         finally:
             active.users -= 1
@@ -286,7 +290,7 @@ class SessionService:
                     error=fields.error,
                     extra={to_camel(k): v for k, v in (fields.model_extra or {}).items()},
                 )
-                return self._done(active, turn)
+                return await self._done(active, turn)
         finally:
             active.users -= 1
 
@@ -330,18 +334,18 @@ class SessionService:
     async def _finish_turn(self, active: Active, turn: Turn, mode: RecordMode | None = None) -> TurnDone:
         if active.session.status != PENDING:
             await self._finalize(active, mode)
-        done = self._done(active, turn)
+        done = await self._done(active, turn)
         if active.session.status != PENDING:
             await self.library.flush(self._name(active))
         return done
 
-    def _done(self, active: Active, turn: Turn) -> TurnDone:
+    async def _done(self, active: Active, turn: Turn) -> TurnDone:
         """Count the turn in, and queue its row with its session's."""
         active.turn_count += 1
         if turn.status == GENERATED:
             active.past.append({"input": turn.input, "output": turn.actual_output})
         answer = encode(turn.to_api())
-        self._save(active.session, turns=(tables.turn_row(turn, answer),))
+        await self._save(active.session, turns=(tables.turn_row(turn, answer),))
         return TurnDone(turn, active.session, answer)
 
     def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
