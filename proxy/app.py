@@ -13,7 +13,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from proxy.api import cohere, faults, flows, forward, galtea, inspector, login, products, sessions
+from proxy.api import (
+    cohere,
+    faults,
+    flows,
+    forward,
+    galtea,
+    inference_results,
+    inspector,
+    login,
+    products,
+    sessions,
+    versions,
+)
 from proxy.api.guard import BrowserKeys, GuardPolicy, RequestGuard
 from proxy.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from proxy.api.openapi import OPENAPI_DOCUMENT, ApiRoute, openapi
@@ -52,7 +64,9 @@ def all_routes() -> list[Route]:
         ApiRoute("/healthz", healthz, methods=["GET"], response=Health),
         ApiRoute("/openapi.json", openapi, methods=["GET"], response=OPENAPI_DOCUMENT),
         *galtea.ROUTES,
+        *versions.ROUTES,
         *sessions.ROUTES,
+        *inference_results.ROUTES,
         *products.ROUTES,
         *forward.ROUTES,
         *cohere.ROUTES,

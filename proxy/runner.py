@@ -73,12 +73,13 @@ async def run_case(runtime: Runtime, version: Version, case: TestCase) -> CaseRe
     try:
         session = await sessions.create({"versionId": version.id, "testCaseId": case.id})
         for turn_input in case.turns:
-            turn = await sessions.run_turn(session.id, {"input": turn_input, "context": case.context})
-            result.turns.append(turn_result(turn))
+            done = await sessions.run_turn(session.id, {"input": turn_input, "context": case.context})
+            session = done.session
+            result.turns.append(turn_result(done.turn))
             if session.status != PENDING:
                 break
         if session.status == PENDING:
-            await sessions.finish(session.id, {})
+            session = await sessions.finish(session.id, {})
         result.status = session.status
         result.stopping_reason = session.stopping_reason
         result.error = session.error

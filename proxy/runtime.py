@@ -133,6 +133,7 @@ class Runtime:
         await self.library.close()
         await self.engine.aclose()
         await self.flows.close()
+        await self.sessions.close()
         self.store.close()
 
 

@@ -2,20 +2,22 @@
 
 Every database call runs on a single dedicated thread, so the event loop never waits on disk
 and SQLite never sees two writers; `call` and `run` commit what they run. The hot writes (entities,
-journal) go through `write` and are group-committed: those queued while one commit is on the disk go
-together in the next, and each caller still waits for its own write to be committed before it answers
-anyone. Reads of small entities (connections, versions, connectors) are served from memory by their
-table (`proxy.entities`); the database is the durable copy. Secrets are stored Fernet-encrypted.
+journal) go through one queue and are group-committed: those queued while one commit is on the disk go
+together in the next. A caller of `write` waits for its own write to be committed (a recorded exchange
+is in the journal before it is answered); `enqueue` queues a write without waiting (session and turn rows),
+and a read queued behind it through `write` sees it. Every entity kind has a table of real columns: endpoint
+connections, versions and connectors (`proxy.entities`, held in memory), sessions, turns and lifecycle calls
+(`proxy.sessions.tables`, read from SQL). Secrets are stored Fernet-encrypted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +29,8 @@ T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
-# Entities stored as one JSON document a row, in creation order (`seq`). Filters run in memory. Endpoint
-# connections, versions and connectors have tables of real columns (`proxy.entities`), made when they load.
-ENTITY_TABLES = ("sessions", "inference_results", "lifecycle_calls")
+log = logging.getLogger("proxy")
+MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
 
 
 class Store:
@@ -65,6 +66,26 @@ class Store:
         if not self._committing:
             self._commit_queued(loop)
         return await future
+
+    def enqueue(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`write` without waiting for the commit; a failure is logged (the caller has moved on)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(_log_failure)
+        self._queued.append((fn, args, future))
+        if not self._committing:
+            self._commit_queued(loop)
+
+    async def room(self) -> None:
+        """Wait while more than MAX_QUEUED writes are queued: callers of `enqueue` that outpace the disk
+        are held back here, so the queue (and the memory it holds) stays bounded."""
+        if len(self._queued) > MAX_QUEUED:
+            await self.write(_nothing)
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._queued or self._committing:
+            await self.write(_nothing)
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         queued, self._queued = self._queued, []
@@ -126,10 +147,6 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        for table in ENTITY_TABLES:
-            if not self.db.table(table).exists():
-                self.db.table(table).create({"id": str, "seq": int, "data": str}, pk="id")
-
         if not self.db.table("journal").exists():
             self.db.execute(
                 "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, cassette TEXT NOT NULL,"
@@ -158,39 +175,6 @@ class Store:
 
     def unseal(self, token: str | None) -> dict[str, Any]:
         return json.loads(self.vault.decrypt(token)) if token else {}
-
-    # -- JSON entities (through `write`: these do not commit) ---------------------------------
-
-    def put(self, table: str, entity_id: str, seq: int, data: str) -> None:
-        self.put_many([(table, entity_id, seq, data)])
-
-    def put_many(self, rows: list[tuple[str, str, int, str]]) -> None:
-        """Several entities in one transaction (a turn and its session change together)."""
-        for table, entity_id, seq, data in rows:
-            assert table in ENTITY_TABLES
-            self.db.conn.execute(
-                f"INSERT OR REPLACE INTO [{table}] (id, seq, data) VALUES (?, ?, ?)", (entity_id, seq, data)
-            )
-
-    def put_erasing(self, rows: list[tuple[str, str, int, str]]) -> None:
-        """`put_many` that also erases what the rows held before from the file, rather than leaving it in free
-        space: for a value that moves from plain text to sealed. Through `call`."""
-        conn = self.db.conn
-        (was,) = conn.execute("PRAGMA secure_delete").fetchone()
-        conn.execute("PRAGMA secure_delete = ON")
-        try:
-            with conn:
-                self.put_many(rows)
-        finally:
-            conn.execute(f"PRAGMA secure_delete = {int(was)}")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old page images leave the WAL and the file
-
-    def delete_entity(self, table: str, entity_id: str) -> None:
-        assert table in ENTITY_TABLES
-        self.db.conn.execute(f"DELETE FROM [{table}] WHERE id = ?", (entity_id,))
-
-    def load(self, table: str) -> list[dict[str, Any]]:
-        return [json.loads(row["data"]) for row in self.db.table(table).rows_where(order_by="seq")]
 
     # -- cassette journal (writer thread only; `journal_append` through `write`) ---------------
 
@@ -245,8 +229,10 @@ def read_cassette_usage(data_dir: Path) -> dict[str, tuple[str, str]]:
         conn.close()
 
 
-def entity_json(entity: Any) -> str:
-    """An entity dataclass as the JSON document a row stores. Serialized on the caller's side, so the
-    writer thread never reads objects the event loop may be changing; no deep copy (dataclasses.asdict
-    cost 16% of a replay run)."""
-    return json.dumps({f.name: getattr(entity, f.name) for f in fields(entity)}, ensure_ascii=False)
+def _nothing() -> None:
+    return None
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a queued database write failed: %s", future.exception())

@@ -114,7 +114,6 @@ def thread_version(client: httpx.Client, base: str, name: str = "v-threads") -> 
     return str(version["id"])
 
 
-
 # -- a configured chat connection, recorded and replayed -----------------------------------------------
 
 

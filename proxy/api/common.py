@@ -72,22 +72,36 @@ def paginate_sorted(
     request: Request, items: Iterable[T], created_at: Callable[[T], str], default_desc: bool = True
 ) -> list[T]:
     """Sort by createdAt (`sort[]=createdAt&sort[]=asc|desc`), then apply offset and limit."""
-    sort = query_list(request, "sort")
-    descending = default_desc
-    if len(sort) >= 2 and sort[0] == "createdAt":
-        if sort[1].lower() not in ("asc", "desc"):
-            raise InvalidField("sort", f"order must be asc or desc, got {sort[1]!r}")
-        descending = sort[1].lower() == "desc"
-    ordered = sorted(items, key=created_at, reverse=descending)
-    offset = query_int(request, "offset") or 0
-    limit = query_int(request, "limit", minimum=1)
+    ordered = sorted(items, key=created_at, reverse=sort_descending(request, default_desc))
+    offset, limit = page_bounds(request)
     return ordered[offset : offset + limit if limit is not None else None]
 
 
-def created_between(request: Request, value: str) -> bool:
+def sort_descending(request: Request, default_desc: bool = True) -> bool:
+    """Whether `sort[]=createdAt&sort[]=asc|desc` asks for newest first."""
+    sort = query_list(request, "sort")
+    if len(sort) >= 2 and sort[0] == "createdAt":
+        if sort[1].lower() not in ("asc", "desc"):
+            raise InvalidField("sort", f"order must be asc or desc, got {sort[1]!r}")
+        return sort[1].lower() == "desc"
+    return default_desc
+
+
+def page_bounds(request: Request) -> tuple[int, int | None]:
+    """`offset` and `limit` (none: to the end)."""
+    return query_int(request, "offset") or 0, query_int(request, "limit", minimum=1)
+
+
+def created_bounds(request: Request) -> tuple[str | None, str | None]:
+    """`fromCreatedAt` and `toCreatedAt`, comparable as text with stored times."""
     start = request.query_params.get("fromCreatedAt")
     end = request.query_params.get("toCreatedAt")
-    return (not start or _cmp_iso(value) >= _cmp_iso(start)) and (not end or _cmp_iso(value) <= _cmp_iso(end))
+    return (_cmp_iso(start) if start else None), (_cmp_iso(end) if end else None)
+
+
+def created_between(request: Request, value: str) -> bool:
+    start, end = created_bounds(request)
+    return (not start or _cmp_iso(value) >= start) and (not end or _cmp_iso(value) <= end)
 
 
 def _cmp_iso(value: str) -> str:

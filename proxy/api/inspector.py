@@ -74,7 +74,7 @@ async def read_form(request: Request) -> dict[str, str]:
 async def overview(request: Request) -> HTMLResponse:
     """Inspector: connections, versions and recent sessions."""
     rt = runtime(request)
-    sessions = sorted(rt.sessions.all(), key=lambda s: s.created_at, reverse=True)[:RECENT_SESSIONS]
+    sessions = await rt.sessions.recent(RECENT_SESSIONS)
     return page(
         request,
         "overview.html",
@@ -82,7 +82,7 @@ async def overview(request: Request) -> HTMLResponse:
         connection_names={c.id: c.name for c in rt.connections.all()},
         versions=rt.versions.all(),
         sessions=sessions,
-        turn_counts={s.id: len(rt.sessions.turns(s.id)) for s in sessions},
+        turn_counts=await rt.sessions.turn_counts([s.id for s in sessions]),
         record_mode=rt.settings.record_mode,
         cassettes_dir=rt.settings.cassettes_dir,
     )
@@ -91,9 +91,9 @@ async def overview(request: Request) -> HTMLResponse:
 async def session_page(request: Request) -> HTMLResponse:
     """Inspector: one session, turn by turn."""
     rt = runtime(request)
-    session = rt.sessions.get(request.path_params["id"])
+    session = await rt.sessions.get(request.path_params["id"])
     version = rt.versions.get(session.version_id)
-    turns, calls = rt.sessions.turns(session.id), rt.sessions.lifecycle_calls(session.id)
+    turns, calls = await rt.sessions.turns(session.id), await rt.sessions.lifecycle_calls(session.id)
     paths = {}  # phase → key → JSONPath, from the version's connections as they are now
     for kind in ConnectionType:
         conn = rt.versions.connection(version, kind)
@@ -109,7 +109,7 @@ async def session_page(request: Request) -> HTMLResponse:
         "session.html",
         session=session,
         version_name=version.name,
-        cassette=rt.sessions.cassette_handle(session.id).name,
+        cassette=await rt.sessions.cassette_name(session.id),
         turns=turns,
         calls=calls,
         paths=paths,

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_engine, bench_load, bench_replay, bench_run, bench_stream, bench_test_connection
+from tests.bench import (
+    bench_engine,
+    bench_load,
+    bench_replay,
+    bench_run,
+    bench_store,
+    bench_stream,
+    bench_test_connection,
+)
 
-for bench in (bench_engine, bench_test_connection, bench_replay, bench_run, bench_load, bench_stream):
+for bench in (bench_engine, bench_test_connection, bench_replay, bench_run, bench_load, bench_stream, bench_store):
     print("\n".join(bench.run()), flush=True)
     print(flush=True)

@@ -1,0 +1,76 @@
+"""The sessions held in memory: a bounded LRU of recent ones, each with what its next turn needs.
+
+Everything else is read from the database when asked for. A session in use (a turn, a finish in flight:
+its lock is held or waited for) is never evicted, so the cache may run over its size for as long as more
+sessions than that are busy at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.sessions.entities import Session
+from proxy.transports.library import CassetteHandle
+
+DEFAULT_CACHE_SIZE = 1024
+
+
+@dataclass
+class Active:
+    """A session in memory: the session, its lock (turns of one session run in order), its cassette opening
+    (play-back positions), how many turns it has, and the past turns templates see."""
+
+    session: Session
+    turn_count: int
+    past: list[dict[str, Any]]  # {"input", "output"} of each GENERATED turn, in order
+    handle: CassetteHandle | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # callers holding or waiting for the lock
+
+    @property
+    def busy(self) -> bool:
+        return self.users > 0 or self.lock.locked()
+
+
+class SessionCache:
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Active] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, session_id: str) -> bool:  # a look that does not count as a use
+        return session_id in self._entries
+
+    def get(self, session_id: str) -> Active | None:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            self._entries.move_to_end(session_id)
+        return entry
+
+    def put(self, entry: Active) -> Active:
+        """Hold `entry` (or the one already held for its session, which wins: it may be in use)."""
+        held = self._entries.get(entry.session.id)
+        if held is not None:
+            self._entries.move_to_end(entry.session.id)
+            return held
+        self._entries[entry.session.id] = entry
+        self._evict()
+        return entry
+
+    def _evict(self) -> None:
+        over = len(self._entries) - self.size
+        if over <= 0:
+            return
+        idle = []
+        for session_id, entry in self._entries.items():  # oldest first
+            if not entry.busy:
+                idle.append(session_id)
+                if len(idle) == over:
+                    break
+        for session_id in idle:
+            del self._entries[session_id]
