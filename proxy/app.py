@@ -61,6 +61,7 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def all_routes() -> list[Route]:
     """Every route the server serves; /openapi.json describes exactly these."""
     return [
+        *forward.ROUTES,  # first: the route most calls take, and no other path starts /forward/
         ApiRoute("/healthz", healthz, methods=["GET"], response=Health),
         ApiRoute("/openapi.json", openapi, methods=["GET"], response=OPENAPI_DOCUMENT),
         *galtea.ROUTES,
@@ -68,7 +69,6 @@ def all_routes() -> list[Route]:
         *sessions.ROUTES,
         *inference_results.ROUTES,
         *products.ROUTES,
-        *forward.ROUTES,
         *cohere.ROUTES,
         *faults.ROUTES,
         *inspector.ROUTES,

@@ -2,9 +2,12 @@
 connector searches), masked, for the inspector to list, filter, show and export.
 
 The engine tells `FlowLog.observe` of each finished call; the row is built there (masked again with
-the server's redactor, while a throwaway testConnection credential is still known) and written through
-the store's writer, off the event loop. The table keeps the newest `flow_log_size` rows: each insert
-deletes what fell off the end, by primary key. Live viewers subscribe to the rows as they are committed.
+the server's redactor, while a throwaway testConnection credential is still known) and queued. The queue
+is written in batches through the store's writer, off the event loop: at once when `FLOW_BATCH_ROWS` are
+queued, else `FLOW_BATCH_DELAY_S` after the first, and whatever is left on shutdown; no call waits on a
+commit of its own flow. Every read writes the queue first, so a flow is listed as soon as its call has
+answered. The table keeps the newest `flow_log_size` rows: each batch deletes what fell off the end, by
+primary key. Live viewers subscribe to the rows as they are committed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from typing import Any
 
 from proxy.engine import CallLabel, CallResult
 from proxy.redaction import Redactor
-from proxy.settings import DEFAULT_FLOW_LOG_SIZE, FLOW_EVENTS_QUEUE, FLOWS_PAGE_SIZE
+from proxy.settings import (
+    DEFAULT_FLOW_LOG_SIZE,
+    FLOW_BATCH_DELAY_S,
+    FLOW_BATCH_ROWS,
+    FLOW_EVENTS_QUEUE,
+    FLOWS_PAGE_SIZE,
+)
 from proxy.store import Store
 from proxy.targets import CallSubject
 
@@ -48,6 +57,8 @@ TABLE = f"""CREATE TABLE IF NOT EXISTS flows (
 CREATE INDEX IF NOT EXISTS flows_connection ON flows (connection, id);
 CREATE INDEX IF NOT EXISTS flows_session ON flows (session_id, id);
 -- {len(SUMMARY_COLUMNS)} summary columns and the exchange"""
+ROW_COLUMNS = (*SUMMARY_COLUMNS[1:], "data")  # what a row is written with: all but the id SQLite gives it
+INSERT = f"INSERT INTO flows ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
 
 
 @dataclass(frozen=True)
@@ -103,11 +114,22 @@ class FlowFilter:
 
 
 class FlowLog:
-    def __init__(self, store: Store, redactor: Redactor, size: int = DEFAULT_FLOW_LOG_SIZE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        redactor: Redactor,
+        size: int = DEFAULT_FLOW_LOG_SIZE,
+        batch_rows: int = FLOW_BATCH_ROWS,
+        batch_delay_s: float = FLOW_BATCH_DELAY_S,
+    ) -> None:
         self.store = store
         self.redactor = redactor
         self.size = size
-        self._pending: set[asyncio.Task[None]] = set()
+        self.batch_rows = batch_rows
+        self.batch_delay_s = batch_delay_s
+        self._queue: list[dict[str, Any]] = []  # observed, not yet handed to the writer
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None  # the batch on its way to the disk
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         store.call(store.db.executescript, TABLE)
 
@@ -115,10 +137,13 @@ class FlowLog:
 
     def observe(self, label: CallLabel, conn: CallSubject, result: CallResult) -> None:
         """The engine's observer: build the row now (still masked with this call's secrets), write it later."""
-        row = self._row(label, conn, result)
-        task = asyncio.get_running_loop().create_task(self._save(row))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append(self._row(label, conn, result))
+        if self._flushing is not None:  # the queue is looked at again when that batch is written
+            return
+        if len(self._queue) >= self.batch_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.batch_delay_s, self._flush)
 
     def _row(self, label: CallLabel, conn: CallSubject, result: CallResult) -> dict[str, Any]:
         exchange = result.to_json()
@@ -154,13 +179,33 @@ class FlowLog:
             "data": redact(json.dumps(data, ensure_ascii=False, default=str)),
         }
 
-    async def _save(self, row: dict[str, Any]) -> None:
+    def _flush(self) -> None:
+        """Hand the queue to the writer as one batch."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows, self._queue = self._queue, []
+        self._flushing = asyncio.get_running_loop().create_task(self._save(rows))
+        self._flushing.add_done_callback(self._flushed)
+
+    def _flushed(self, _: asyncio.Task[None]) -> None:
+        self._flushing = None
+        if len(self._queue) >= self.batch_rows:
+            self._flush()
+        elif self._queue:
+            self._timer = asyncio.get_running_loop().call_later(self.batch_delay_s, self._flush)
+
+    async def _save(self, rows: list[dict[str, Any]]) -> None:
         try:
-            row["id"] = await self.store.write(self._insert, row)
+            ids = await self.store.write(self._insert, rows)
         except Exception as exc:  # the log is for looking at: a failed write never fails a call
-            log.error("a flow could not be written: %s", self.redactor.redact(repr(exc)))
+            log.error("%d flows could not be written: %s", len(rows), self.redactor.redact(repr(exc)))
             return
-        summary = {k: row[k] for k in SUMMARY_COLUMNS}
+        for row, flow_id in zip(rows, ids, strict=True):
+            row["id"] = flow_id
+            self._publish({k: row[k] for k in SUMMARY_COLUMNS})
+
+    def _publish(self, summary: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             if queue.full():  # a client that does not read: its stream ends, the browser reconnects
                 self._subscribers.discard(queue)
@@ -169,19 +214,22 @@ class FlowLog:
             else:
                 queue.put_nowait(summary)
 
-    def _insert(self, row: dict[str, Any]) -> int:
-        names = [k for k in row if k != "id"]
-        cursor = self.store.db.conn.execute(
-            f"INSERT INTO flows ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [row[k] for k in names]
-        )
-        flow_id = int(cursor.lastrowid or 0)
-        self.store.db.conn.execute("DELETE FROM flows WHERE id <= ?", (flow_id - self.size,))
-        return flow_id
+    def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
+        conn = self.store.db.conn
+        conn.executemany(INSERT, [[row[k] for k in ROW_COLUMNS] for row in rows])
+        # One writer, one transaction: the batch's ids are consecutive, ending at the last one given.
+        (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+        conn.execute("DELETE FROM flows WHERE id <= ?", (last - self.size,))
+        return list(range(last - len(rows) + 1, last + 1))
 
     async def settled(self) -> None:
-        """Wait until every observed call is written (tests, shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Write every observed call now and wait until it is committed (before a read, on shutdown)."""
+        while self._queue or self._flushing is not None:
+            if self._flushing is None:
+                self._flush()
+            assert self._flushing is not None
+            # Shielded: a reader that goes away must not take the batch with it.
+            await asyncio.shield(self._flushing)
 
     async def close(self) -> None:
         await self.settled()
@@ -210,6 +258,7 @@ class FlowLog:
 
     async def recent(self, view: FlowFilter, limit: int = FLOWS_PAGE_SIZE, full: bool = False) -> list[dict[str, Any]]:
         """Newest first; `full` adds each flow's exchange (`data`), for exports."""
+        await self.settled()
         return await self.store.run(self._select, view, limit, full)
 
     def _select(self, view: FlowFilter, limit: int, full: bool) -> list[dict[str, Any]]:
@@ -225,8 +274,8 @@ class FlowLog:
         return rows
 
     async def get(self, flow_id: int) -> dict[str, Any] | None:
-        rows = await self.store.run(self._one, flow_id)
-        return rows
+        await self.settled()
+        return await self.store.run(self._one, flow_id)
 
     def _one(self, flow_id: int) -> dict[str, Any] | None:
         cursor = self.store.db.conn.execute(
@@ -242,11 +291,13 @@ class FlowLog:
     async def last_reply(self, connection_id: str) -> dict[str, Any] | None:
         """The newest flow of a connection that got a reply (the connection page's editor maps it again)."""
         query = "SELECT id FROM flows WHERE connection_id = ? AND status IS NOT NULL ORDER BY id DESC LIMIT 1"
+        await self.settled()
         found = await self.store.run(lambda: self.store.db.conn.execute(query, (connection_id,)).fetchone())
         return await self.get(found[0]) if found else None
 
     async def connections(self) -> list[str]:
         """The connection names the log holds, for the filter's choices."""
+        await self.settled()
         rows = await self.store.run(
             lambda: [r[0] for r in self.store.db.conn.execute("SELECT DISTINCT connection FROM flows ORDER BY 1")]
         )

@@ -67,6 +67,8 @@ FLOWS_PAGE_SIZE = 200  # flows the list page and a HAR export show at most
 FLOW_EVENTS_HEARTBEAT_S = 15.0  # an idle live-update stream sends a comment this often
 FLOW_EVENTS_MAX_S = 300.0  # a live-update stream ends after this long (the browser reconnects)
 FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by before its stream ends
+FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
+FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
 MASK = "••••••••"
 # Secrets shorter than this are refused: masking them in free text would shred every message.

@@ -271,6 +271,8 @@ LIMITS = {
     "FLOW_EVENTS_HEARTBEAT_S": "an idle `GET /flows/events` stream sends a heartbeat this often, seconds",
     "FLOW_EVENTS_MAX_S": "a `GET /flows/events` stream ends after this long (the browser reconnects), seconds",
     "FLOW_EVENTS_QUEUE": "flows a slow `GET /flows/events` client may fall behind by before its stream ends",
+    "FLOW_BATCH_ROWS": "flows queued that the flow log writes at once, in one commit, without waiting",
+    "FLOW_BATCH_DELAY_S": "the longest a flow waits in the flow log's queue before it is written, seconds",
     "MASK": "what a masked secret reads as, in answers, logs and cassettes",
     "LATEST_SDK_VERSION": "`latestSdkVersionPublished` of `GET /minimum-sdk-version`",
     "MINIMUM_SDK_VERSION": "`minimumSdkVersionSupported` of `GET /minimum-sdk-version`",

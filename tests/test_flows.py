@@ -113,6 +113,45 @@ def test_the_log_keeps_the_newest_flows_only(tmp_path: Path, upstream: Upstream,
         assert count == 3
 
 
+def stored_flows(proxy: RunningProxy) -> int:
+    """Flows committed to the database (not those still queued)."""
+    store = proxy.runtime.store
+    (count,) = store.call(lambda: store.db.conn.execute("SELECT count(*) FROM flows").fetchone())
+    return int(count)
+
+
+def test_a_flow_is_listed_as_soon_as_its_call_answers(tmp_path: Path, upstream_url: str) -> None:
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        proxy.runtime.flows.batch_delay_s = 60  # only a read can write the queue during this test
+        post(client, "/endpointConnections", chat_connection(upstream_url, name="other", authType="NONE"))
+        assert client.post("/forward/other/chat", json={"n": 1}).status_code == 200
+        assert stored_flows(proxy) == 0  # the call answered without waiting on a commit of its flow
+        page = client.get("/flows")
+        assert page.status_code == 200 and "/chat" in page.text
+        (entry,) = client.get("/flows.har").json()["log"]["entries"]
+        assert entry["request"]["postData"]["text"] == '{"n":1}'
+        assert client.get(f"/flows/{entry['_flowId']}").status_code == 200
+
+
+def test_queued_flows_are_written_in_batches_and_on_a_clean_shutdown(tmp_path: Path, upstream_url: str) -> None:
+    with running_proxy(tmp_path, flow_log_size=4) as proxy, httpx.Client(base_url=proxy.url) as client:
+        flows = proxy.runtime.flows
+        flows.batch_rows, flows.batch_delay_s = 3, 60
+        post(client, "/endpointConnections", chat_connection(upstream_url, name="other", authType="NONE"))
+        for n in range(5):
+            client.post("/forward/other/chat", json={"n": n})
+        deadline = time.monotonic() + 10
+        while stored_flows(proxy) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stored_flows(proxy) == 3  # a full batch went at once; the other two wait for theirs
+    with running_proxy(tmp_path, flow_log_size=4) as proxy, httpx.Client(base_url=proxy.url) as client:
+        entries = client.get("/flows.har").json()["log"]["entries"]
+        assert [e["request"]["postData"]["text"] for e in entries] == ['{"n":4}', '{"n":3}', '{"n":2}', '{"n":1}']
+        for entry in entries:  # each row of a batch got its own id
+            (one,) = client.get(f"/flows/{entry['_flowId']}.har").json()["log"]["entries"]
+            assert one["request"]["postData"] == entry["request"]["postData"]
+
+
 def test_har_export_is_har_1_2_and_holds_no_secret(served: tuple[RunningProxy, dict[str, str]]) -> None:
     proxy, ids = served
     with httpx.Client(base_url=proxy.url, timeout=30) as client:
