@@ -6,8 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from proxy import schemas
-from proxy.api.common import json_response, query_int, read_json_object
-from proxy.api.galtea import runtime
+from proxy.api.common import json_response, query_int, read_json_object, runtime
 from proxy.api.openapi import ApiRoute
 from proxy.connector_input import ConnectorIn
 from proxy.connector_search import SearchFailed

@@ -1,4 +1,4 @@
-"""Request parsing and list queries shared by the API routes."""
+"""What the API routes share: the runtime they work through, request parsing and list queries."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from starlette.responses import JSONResponse
 from proxy import jsonbounds
 from proxy.errors import BadRequest, InvalidField, NotFound
 from proxy.record_mode import RECORD_MODE_HEADER, RecordMode, call_mode
+from proxy.runtime import Runtime
 
 T = TypeVar("T")
+
+
+def runtime(request: Request) -> Runtime:
+    """The server's runtime, which every route works through."""
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:

@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.api.common import json_response, read_json_object
-from proxy.api.galtea import runtime
+from proxy.api.common import json_response, read_json_object, runtime
 from proxy.api.openapi import ApiRoute
 from proxy.faults import TEST_ID_HEADER, scoped_to_test
 from proxy.known_keys import check_model_keys

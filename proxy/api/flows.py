@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from proxy.api.galtea import runtime
+from proxy.api.common import runtime
 from proxy.api.inspector import PAGE_HEADERS, page
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.errors import BadRequest, NotFound

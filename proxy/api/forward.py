@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from proxy.api.common import record_mode_header
-from proxy.api.galtea import runtime
+from proxy.api.common import record_mode_header, runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.engine import CallResult, CutReply
 from proxy.errors import InvalidField

@@ -16,18 +16,13 @@ from proxy.api.common import (
     query_list,
     read_json_object,
     record_mode_header,
+    runtime,
 )
 from proxy.api.openapi import ApiRoute
 from proxy.connection import CompiledConnection, public_fields
 from proxy.engine import CallContext, CallLabel, CallResult
 from proxy.models import ConnectionSpec
-from proxy.runtime import Runtime
 from proxy.settings import DEFAULT_TEST_INPUT, LATEST_SDK_VERSION, MINIMUM_SDK_VERSION
-
-
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 async def minimum_sdk_version(request: Request) -> JSONResponse:

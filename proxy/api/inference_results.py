@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.api.common import query_list, read_json_object
-from proxy.api.galtea import runtime
+from proxy.api.common import query_list, read_json_object, runtime
 from proxy.api.listing import filter_by, json_array_response, json_text_response, list_query
 from proxy.api.openapi import ApiRoute
 from proxy.errors import NotFound

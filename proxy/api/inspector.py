@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from proxy import jsonbounds
-from proxy.api.galtea import runtime
+from proxy.api.common import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.connection import CompiledConnection, public_fields

@@ -10,7 +10,7 @@ from starlette.requests import Request, cookie_parser
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.api.galtea import runtime
+from proxy.api.common import runtime
 from proxy.api.guard import BrowserKeys, is_inspector_path
 from proxy.api.inspector import FORM, browser_keys, page, read_form
 from proxy.api.openapi import HTML, ApiRoute

@@ -5,8 +5,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from proxy.api.common import created_between, ids_or_404, json_response, matches_any, paginate_sorted, query_list
-from proxy.api.galtea import runtime
+from proxy.api.common import (
+    created_between,
+    ids_or_404,
+    json_response,
+    matches_any,
+    paginate_sorted,
+    query_list,
+    runtime,
+)
 from proxy.api.openapi import ApiRoute
 from proxy.products import all_products, get_product
 from proxy.schemas import Product

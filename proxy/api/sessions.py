@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.api.common import json_response, query_list, read_json_object, record_mode_header
-from proxy.api.galtea import runtime
+from proxy.api.common import json_response, query_list, read_json_object, record_mode_header, runtime
 from proxy.api.listing import filter_by, json_text_response, list_query
 from proxy.api.openapi import ApiRoute
 from proxy.errors import NotFound

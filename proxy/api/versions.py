@@ -13,8 +13,8 @@ from proxy.api.common import (
     paginate_sorted,
     query_list,
     read_json_object,
+    runtime,
 )
-from proxy.api.galtea import runtime
 from proxy.api.openapi import ApiRoute
 from proxy.schemas import Version, VersionCreate
 
