@@ -3,6 +3,7 @@ its cassette opening (recording or replaying, and where its replay stands) is th
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -59,3 +60,33 @@ def test_a_replaying_session_evicted_mid_conversation_goes_on_from_where_it_was(
         again = _turn(api, replaying, "hi")
         assert (again["actualOutput"], again["index"]) == ("two", 1)
         assert len(upstream.requests_to("/chat")) == 2  # both turns replayed
+
+
+async def test_concurrent_turns_and_finishes_of_an_evicted_session_count_and_finalize_once(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    upstream.script("/slow", Reply(json={"reply": "ok"}, delay=0.05))
+    with running_proxy(tmp_path, record_mode="off") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as api:
+            made = [
+                (await api.post("/endpointConnections", json=chat_connection(upstream_url, **fields))).json()["id"]
+                for fields in ({"url": f"{upstream_url}/slow"}, {"name": "fin", "type": "FINALIZATION"})
+            ]
+            body = {"productId": "prod-1", "conversationEndpointConnectionId": made[0]}
+            version = (await api.post("/versions", json={**body, "finalizationEndpointConnectionId": made[1]})).json()
+            session = (await api.post("/sessions", json={"versionId": version["id"], "testCaseId": "c"})).json()["id"]
+            server.runtime.sessions.cache.size = 1
+            await api.post("/sessions", json={"versionId": version["id"], "testCaseId": "other"})
+            assert session not in server.runtime.sessions.cache
+            turns = await asyncio.gather(
+                *(api.post(f"/sessions/{session}/turns", json={"input": {"user_message": f"m{n}"}}) for n in range(4))
+            )
+            assert sorted(t.json()["index"] for t in turns) == [0, 1, 2, 3]
+            assert {t.json()["status"] for t in turns} == {"GENERATED"}
+            await api.post("/sessions", json={"versionId": version["id"], "testCaseId": "another"})
+            assert session not in server.runtime.sessions.cache
+            finishes = await asyncio.gather(*(api.patch(f"/sessions/{session}/finish", json={}) for _ in range(3)))
+            assert {f.json()["status"] for f in finishes} == {"COMPLETED"}
+            assert len(upstream.requests_to("/chat")) == 1  # FINALIZATION went to /chat once
+            listed = (await api.get("/inferenceResults", params={"sessionIds[]": session})).json()
+            assert [t["index"] for t in listed] == [0, 1, 2, 3]
