@@ -62,7 +62,10 @@ def ids_or_404(request: Request, items: Sequence[T], item_id: Callable[[T], str]
     return wanted
 
 
-def query_int(request: Request, name: str, minimum: int = 0) -> int | None:
+SQL_INT_MAX = 2**63 - 1  # the largest integer SQLite takes (lists page in SQL)
+
+
+def query_int(request: Request, name: str, minimum: int = 0, maximum: int = SQL_INT_MAX) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
@@ -72,6 +75,8 @@ def query_int(request: Request, name: str, minimum: int = 0) -> int | None:
         raise InvalidField(name, f"must be an integer, got {raw!r}") from None
     if value < minimum:
         raise InvalidField(name, f"must be at least {minimum}")
+    if value > maximum:
+        raise InvalidField(name, f"must be at most {maximum}")
     return value
 
 

@@ -2,7 +2,9 @@
 
 Everything else is read from the database when asked for. A session in use (a turn, a finish in flight:
 its lock is held or waited for) is never evicted, so the cache may run over its size for as long as more
-sessions than that are busy at once.
+sessions than that are busy at once. An evicted session that may still take turns leaves its cassette opening
+behind (whether it records or replays, and where its replay stands): the database cannot give that back, and a
+fresh opening would replay what the session itself recorded, or replay its cassette from the start again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.sessions.entities import Session
+from proxy.sessions.entities import PENDING, Session
 from proxy.transports.library import CassetteHandle
 
 DEFAULT_CACHE_SIZE = 1024
@@ -39,6 +41,7 @@ class SessionCache:
     def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
         self.size = size
         self._entries: OrderedDict[str, Active] = OrderedDict()
+        self._handles: dict[str, CassetteHandle] = {}  # of evicted sessions still PENDING
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,6 +54,10 @@ class SessionCache:
         if entry is not None:
             self._entries.move_to_end(session_id)
         return entry
+
+    def take_handle(self, session_id: str) -> CassetteHandle | None:
+        """The cassette opening an evicted session left behind, if any (it goes back with the session)."""
+        return self._handles.pop(session_id, None)
 
     def put(self, entry: Active) -> Active:
         """Hold `entry` (or the one already held for its session, which wins: it may be in use)."""
@@ -73,4 +80,6 @@ class SessionCache:
                 if len(idle) == over:
                     break
         for session_id in idle:
-            del self._entries[session_id]
+            gone = self._entries.pop(session_id)
+            if gone.handle is not None and gone.session.status == PENDING and not gone.session.deleted:
+                self._handles[session_id] = gone.handle

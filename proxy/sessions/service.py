@@ -169,11 +169,15 @@ class SessionService:
         return active
 
     def _opened(self, active: Active) -> Active:
-        """The session's cassette, opened (and `once` decided) when the session enters memory."""
+        """The session's cassette, opened (and `once` decided) when the session first enters memory; when it
+        comes back after an eviction, the opening it left behind."""
         session = active.session
-        conversation = self.versions.connection(self.versions.get(session.version_id), ConnectionType.CONVERSATION)
-        mode = self.library.mode_for(conversation.name if conversation else None)
-        active.handle = self.library.open("sessions", session.cassette_key, mode)
+        active.handle = self.cache.take_handle(session.id)
+        if active.handle is None:
+            version = self.versions.get(session.version_id)
+            conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
+            mode = self.library.mode_for(conversation.name if conversation else None)
+            active.handle = self.library.open("sessions", session.cassette_key, mode)
         return active
 
     async def _save(
