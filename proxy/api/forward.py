@@ -68,7 +68,8 @@ async def forward(request: Request) -> Response:
         raise InvalidField(
             "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.spec.url}"
         )
-    query = f"?{request.url.query}" if request.url.query else ""
+    raw_query = request.scope["query_string"]  # as sent: building request.url would parse the whole URL again
+    query = f"?{raw_query.decode('latin-1')}" if raw_query else ""
     url = f"{origin.base_url()}/{request.path_params['path']}{query}"
     headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
     handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
@@ -127,7 +128,23 @@ def _response(result: CallResult) -> Response:
     headers = answer_headers(reply.headers, outcome)
     if reply.relay is not None:
         return RelayedStream(reply.relay, reply.status, headers)
-    return Response(reply.text.encode(), status_code=reply.status, headers=headers)
+    return WholeAnswer(reply.text.encode(), reply.status, headers)
+
+
+class WholeAnswer(Response):
+    """A whole answer, its head encoded once here and sent as one start and one body message."""
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str]) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        self.raw_headers = raw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class CutResponse(Response):
