@@ -4,13 +4,16 @@ Clients over lean keep-alive connections create sessions, play their recorded tu
 `BENCH_TURN_SECONDS` (default 30); the server's CPU (user + system, from /proc) over that time divided by
 the turns played is the CPU per turn with its share of create and finish. The bare Starlette endpoint (the
 upstream) is driven by wrk for as long in the same run: replay turns/s over its req/s is the ratio.
-`python -m tests.bench.bench_turn`; `BENCH_TURN_SECONDS=10` for a quick look.
+`python -m tests.bench.bench_turn`; `BENCH_TURN_SECONDS=10` for a quick look; `BENCH_TURN_PROFILE=out.txt`
+records the server with py-spy during the replay (raw collapsed stacks, 200 samples/s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +24,14 @@ from tests.bench.bench_load import BODY, cpu_seconds, load_config, replay_sessio
 from tests.bench.harness import process, record_sessions, serve_command, upstream_process
 
 SECONDS = float(os.environ.get("BENCH_TURN_SECONDS", "30"))
+PROFILE = os.environ.get("BENCH_TURN_PROFILE")
 CLIENTS, TURNS = 32, 5
+
+
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "-r", "200", "--nonblocking", "-f", "raw", "-o", out, "-p", str(pid)]
+    return subprocess.Popen([*command, "-d", f"{SECONDS:.0f}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run() -> list[str]:
@@ -33,10 +43,13 @@ def run() -> list[str]:
         args, base = serve_command(config, tmp / "replay", "none")
         with process(args, f"{base}/healthz") as proxy_process:
             version = httpx.get(f"{base}/versions").json()[0]["id"]
+            spy = profiler(proxy_process.pid, PROFILE) if PROFILE else None
             started, cpu = time.perf_counter(), cpu_seconds(proxy_process.pid)
             latencies, errors, _ = asyncio.run(replay_sessions(base, version, SECONDS, CLIENTS))
             elapsed = time.perf_counter() - started
             cpu = cpu_seconds(proxy_process.pid) - cpu
+            if spy is not None:
+                spy.wait(timeout=SECONDS + 30)
     turns = len(latencies)
     rate = turns / elapsed
     return [
