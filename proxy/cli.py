@@ -183,7 +183,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.listener import AnnouncingServer, listen, url_of, why_not
+    from proxy.listener import AnnouncingServer, OneWriteHttpProtocol, listen, url_of, why_not
     from proxy.runtime import Runtime
     from proxy.secrets import install_log_redaction
 
@@ -211,7 +211,8 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         sys.stdout.flush()
 
     install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
-    server_config = uvicorn.Config(create_app(runtime), log_level="info", access_log=False)
+    app = create_app(runtime)
+    server_config = uvicorn.Config(app, log_level="info", access_log=False, http=OneWriteHttpProtocol)
     AnnouncingServer(server_config, announce).run(sockets=[sock])
 
 

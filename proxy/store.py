@@ -5,9 +5,12 @@ and SQLite never sees two writers; `call` and `run` commit what they run. The ho
 journal) go through one queue and are group-committed: those queued while one commit is on the disk go
 together in the next. A caller of `write` waits for its own write to be committed (a recorded exchange
 is in the journal before it is answered); `enqueue` queues a write without waiting (session and turn rows),
-and a read queued behind it through `write` sees it. Every entity kind has a table of real columns: endpoint
-connections, versions and connectors (`proxy.entities`, held in memory), sessions, turns and lifecycle calls
-(`proxy.sessions.tables`, read from SQL). Secrets are stored Fernet-encrypted.
+and a read queued behind it through `write` sees it. Queued-only writes wait up to ROW_BATCH_DELAY_S for
+company, so a replay's turns share commits instead of paying one each (a commit per turn cost more than
+the rest of the turn's writes together); a `write` commits at once and takes them along. Every entity
+kind has a table of real columns: endpoint connections, versions and connectors (`proxy.entities`, held in
+memory), sessions, turns and lifecycle calls (`proxy.sessions.tables`, read from SQL).
+Secrets are stored Fernet-encrypted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ DB_FILE_NAME = "proxy.db"
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
 log = logging.getLogger("proxy")
 MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
+ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next commit
 
 
 class Store:
@@ -42,6 +46,8 @@ class Store:
         self._db: sqlite_utils.Database | None = None
         self._queued: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._committing = False
+        self._urgent = False  # a caller waits on a queued write: commit as soon as the disk is free
+        self._timer: asyncio.TimerHandle | None = None  # the delayed commit of queued-only writes
         self._executor.submit(self._open).result()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -63,6 +69,7 @@ class Store:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queued.append((fn, args, future))
+        self._urgent = True
         if not self._committing:
             self._commit_queued(loop)
         return await future
@@ -73,7 +80,12 @@ class Store:
         future: asyncio.Future[Any] = loop.create_future()
         future.add_done_callback(_log_failure)
         self._queued.append((fn, args, future))
-        if not self._committing:
+        if not self._committing and self._timer is None:
+            self._timer = loop.call_later(ROW_BATCH_DELAY_S, self._commit_later, loop)
+
+    def _commit_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._queued and not self._committing:
             self._commit_queued(loop)
 
     async def room(self) -> None:
@@ -88,8 +100,11 @@ class Store:
             await self.write(_nothing)
 
     def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         queued, self._queued = self._queued, []
-        self._committing = True
+        self._committing, self._urgent = True, False
         done = self._executor.submit(self._in_one_transaction, [(fn, args) for fn, args, _ in queued])
         futures = [future for _, _, future in queued]
         done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._hand_back, loop, d, futures))
@@ -110,8 +125,10 @@ class Store:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        if self._queued:
+        if self._urgent or len(self._queued) > MAX_QUEUED:
             self._commit_queued(loop)
+        elif self._queued and self._timer is None:
+            self._timer = loop.call_later(ROW_BATCH_DELAY_S, self._commit_later, loop)
 
     def _in_one_transaction(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Outcome]:
         """One commit for all; a savepoint each, so a write that fails takes back only itself."""
@@ -163,6 +180,12 @@ class Store:
             )
 
     def close(self) -> None:
+        if self._timer is not None:  # queued rows nobody drained: written, not dropped
+            self._timer.cancel()
+            self._timer = None
+        if self._queued and self._db is not None:
+            queued, self._queued = self._queued, []
+            self._executor.submit(self._in_one_transaction, [(fn, args) for fn, args, _ in queued]).result()
         if self._db is not None:
             self._executor.submit(self._db.conn.close).result()
             self._db = None

@@ -34,17 +34,22 @@ def committed_rows(store: Store, table: str) -> list[tuple[str, str]]:
         return list(other.execute(f"SELECT id, data FROM [{table}] ORDER BY seq"))
 
 
-async def test_concurrent_writes_are_all_committed_before_their_callers_resume(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    commits = 0
+def count_commits(store: Store) -> list[int]:
+    """[the number of commits so far], kept up to date."""
+    commits = [0]
     in_one_transaction = store._in_one_transaction
 
     def counting(writes):  # type: ignore[no-untyped-def]
-        nonlocal commits
-        commits += 1
+        commits[0] += 1
         return in_one_transaction(writes)
 
     store._in_one_transaction = counting  # type: ignore[method-assign]
+    return commits
+
+
+async def test_concurrent_writes_are_all_committed_before_their_callers_resume(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    commits = count_commits(store)
 
     async def one(n: int) -> int:
         await store.write(put, store, f"s{n}", n, f'{{"n": {n}}}')
@@ -53,7 +58,7 @@ async def test_concurrent_writes_are_all_committed_before_their_callers_resume(t
 
     assert await asyncio.gather(*(one(n) for n in range(200))) == list(range(200))
     assert len(committed_rows(store, "t")) == 200
-    assert commits < 200 / 4  # writes queued behind a commit went together
+    assert commits[0] < 200 / 4  # writes queued behind a commit went together
     seqs = await asyncio.gather(
         *(store.write(store.journal_append, "c", "interaction", str(n), "/c.yaml") for n in range(20))
     )
@@ -104,6 +109,24 @@ async def test_enqueued_writes_do_not_wait_and_a_read_queued_behind_them_sees_th
     await store.drain()
     assert len(committed_rows(store, "t")) == 51
     store.close()
+
+
+async def test_enqueued_writes_share_a_commit_and_are_written_without_a_drain(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    commits = count_commits(store)
+    for n in range(20):
+        store.enqueue(put, store, f"q{n}", n, "{}")
+        await asyncio.sleep(0)  # a turn's worth of event-loop work between rows
+    for _ in range(100):  # nobody waits on them: they are committed after a short delay all the same
+        if len(committed_rows(store, "t")) == 20:
+            break
+        await asyncio.sleep(0.01)
+    assert len(committed_rows(store, "t")) == 20
+    assert commits[0] == 1  # one commit for the lot, not one per row
+    store.enqueue(put, store, "left", 99, "{}")
+    store.close()  # queued and never drained: closing writes it
+    with closing(sqlite3.connect(store.path)) as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 21
 
 
 # -- sessions in SQL ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Active:
     handle: CassetteHandle | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # callers holding or waiting for the lock
+    saved: str | None = None  # the session's document as last queued for its row: unchanged, not written again
 
     @property
     def busy(self) -> bool:

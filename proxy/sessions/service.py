@@ -180,24 +180,27 @@ class SessionService:
             active.handle = self.library.open("sessions", session.cassette_key, mode)
         return active
 
-    async def _save(
-        self, *sessions: Session, turns: tuple[tuple[Any, ...], ...] = (), calls: tuple[Any, ...] = ()
-    ) -> None:
-        """Queue the rows (no wait for their commit), held back only while the queue is over its bound."""
-        rows = Rows([tables.session_row(s) for s in sessions], list(turns), list(calls))
-        self.store.enqueue(tables.put, self.store.db.conn, rows)
+    async def _save(self, active: Active, turns: tuple[tuple[Any, ...], ...] = ()) -> None:
+        """Queue the rows (no wait for their commit), held back only while the queue is over its bound; the
+        session's row only when it changed (most turns leave their session as it was)."""
+        data = active.session.to_json()
+        sessions = [] if data == active.saved else [tables.session_row(active.session, data)]
+        active.saved = data
+        if sessions or turns:
+            self.store.enqueue(tables.put, self.store.db.conn, Rows(sessions, list(turns)))
         await self.store.room()
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def create(self, data: dict[str, Any]) -> Session:
         session = new_session(SessionCreate.parse(data), self.versions)
-        self.cache.put(self._opened(Active(session, 0, [])))  # the cassette is opened when the session is created
-        await self._save(session)
+        active = self.cache.put(self._opened(Active(session, 0, [])))  # the cassette opens with the session
+        await self._save(active)
         return session
 
     async def update(self, session_id: str, data: dict[str, Any]) -> Session:
-        session = (await self._active(session_id)).session
+        active = await self._active(session_id)
+        session = active.session
         fields = SessionUpdate.parse(data)
         given = fields.given()
         if "custom_id" in given:
@@ -212,13 +215,13 @@ class SessionService:
             session.stopping_reason = fields.stopping_reason
         if "error" in given:
             session.error = fields.error
-        await self._save(session)
+        await self._save(active)
         return session
 
     async def delete(self, session_id: str) -> None:
-        session = (await self._active(session_id)).session
-        session.deleted = True
-        await self._save(session)
+        active = await self._active(session_id)
+        active.session.deleted = True
+        await self._save(active)
 
     async def finish(self, session_id: str, data: dict[str, Any]) -> Session:
         """COMPLETED with a stoppingReason, or FAILED with an error; FINALIZATION runs once either way."""
@@ -235,7 +238,7 @@ class SessionService:
                         session.status = COMPLETED
                         session.stopping_reason = fields.stopping_reason or DEFAULT_STOPPING_REASON
                 await self._finalize(active)
-                await self._save(session)
+                await self._save(active)
                 await self.library.flush(self._name(active))
         finally:
             active.users -= 1
@@ -349,7 +352,7 @@ class SessionService:
         if turn.status == GENERATED:
             active.past.append({"input": turn.input, "output": turn.actual_output})
         answer = encode(turn.to_api())
-        await self._save(active.session, turns=(tables.turn_row(turn, answer),))
+        await self._save(active, turns=(tables.turn_row(turn, answer),))
         return TurnDone(turn, active.session, answer)
 
     def _record_call(self, session: Session, phase: str, result: CallResult) -> None:

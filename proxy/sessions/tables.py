@@ -56,9 +56,11 @@ _SCHEMAS: dict[str, tuple[dict[str, type], list[tuple[str, ...]]]] = {
 }
 
 _SESSION_MARKS = ", ".join("?" * (len(SESSION_COLUMNS) + 2))
+# What a session's update may change; the rest is fixed at creation (an index not in the SET is not rewritten).
+_SESSION_CHANGES = ("custom_id", "external_session_id", "status", "deleted", "data")
 _SESSION_UPSERT = (
     f"INSERT INTO {SESSIONS} (id, {', '.join(SESSION_COLUMNS)}, data) VALUES ({_SESSION_MARKS})"
-    f" ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in (*SESSION_COLUMNS, 'data'))}"
+    f" ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _SESSION_CHANGES)}"
 )
 _TURN_INSERT = f"INSERT INTO {TURNS} (id, {', '.join(TURN_COLUMNS)}, data) VALUES (?, ?, ?, ?, ?, ?)"
 _CALL_INSERT = f"INSERT INTO {CALLS} (id, {', '.join(CALL_COLUMNS)}, data) VALUES (?, ?, ?, ?, ?)"
@@ -107,8 +109,9 @@ def _old_call_row(data: str) -> tuple[Any, ...]:
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def session_row(session: Session) -> tuple[Any, ...]:
-    """A session's row (encoded on the event loop's side, so the writer thread reads no live object)."""
+def session_row(session: Session, data: str | None = None) -> tuple[Any, ...]:
+    """A session's row (encoded on the event loop's side, so the writer thread reads no live object);
+    `data` is its document when the caller already has it."""
     s = session
     return (
         s.id,
@@ -122,7 +125,7 @@ def session_row(session: Session) -> tuple[Any, ...]:
         s.status,
         s.created_at,
         int(s.deleted),
-        s.to_json(),
+        data if data is not None else s.to_json(),
     )
 
 

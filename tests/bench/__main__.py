@@ -10,8 +10,10 @@ from tests.bench import (
     bench_store,
     bench_stream,
     bench_test_connection,
+    bench_turn,
 )
 
-for bench in (bench_engine, bench_test_connection, bench_replay, bench_run, bench_load, bench_stream, bench_store):
+BENCHES = (bench_engine, bench_test_connection, bench_replay, bench_run, bench_turn, bench_load, bench_stream)
+for bench in (*BENCHES, bench_store):
     print("\n".join(bench.run()), flush=True)
     print(flush=True)

@@ -13,14 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import app_process, process, serve_command, upstream_process
+from tests.bench.harness import app_process, process, record_sessions, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection
 from tests.servers import free_port
 
@@ -32,17 +31,17 @@ WRK_SECONDS, WRK_CONNECTIONS = 10, 32
 BODY = json.dumps({"message": "hello"})
 
 
-def wrk(url: str, body: str) -> float:
+def wrk(url: str, body: str, seconds: float = WRK_SECONDS) -> float:
     """Requests per second from wrk, POSTing a small JSON body."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "-s", script.name, url],
+        ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds:.0f}s", "-s", script.name, url],
         capture_output=True,
         text=True,
-        timeout=WRK_SECONDS + 30,
+        timeout=seconds + 30,
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
@@ -61,8 +60,10 @@ def peak_rss_mb(pid: int) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list[float], int, bytes]:
-    """SESSIONS clients, each creating a session, playing its TURNS turns and finishing it, until the time is up.
+async def replay_sessions(
+    base: str, version: str, seconds: float, sessions: int = SESSIONS
+) -> tuple[list[float], int, bytes]:
+    """`sessions` clients, each creating a session, playing its TURNS turns and finishing it, until the time is up.
     Returns the turn latencies, the errors and one turn's answer."""
     host, port = base.removeprefix("http://").split(":")
     latencies: list[float] = []
@@ -86,7 +87,7 @@ async def replay_sessions(base: str, version: str, seconds: float) -> tuple[list
                     sample = raw
                 await client.request("PATCH", f"/sessions/{session_id}/finish", {})
 
-    await asyncio.gather(*(client_loop(n) for n in range(SESSIONS)))
+    await asyncio.gather(*(client_loop(n) for n in range(sessions)))
     return latencies, errors, sample
 
 
@@ -149,37 +150,7 @@ def run() -> list[str]:
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         config = load_config(tmp, upstream)
-        # Record the sessions the replay load will use.
-        dataset = tmp / "load.jsonl"
-        dataset.write_text(
-            "".join(
-                json.dumps({"id": f"tc-{n}", "turns": [{"user_message": f"case {n} turn {t}"} for t in range(TURNS)]})
-                + "\n"
-                for n in range(SESSIONS)
-            )
-        )
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "run",
-                str(dataset),
-                "--version",
-                "v1",
-                "--config",
-                str(config),
-                "--cassettes",
-                str(tmp / "replay" / "cassettes"),  # where the replaying server reads them
-                "--data-dir",
-                str(tmp / "rec"),
-                "--record-mode",
-                "once",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+        record_sessions(tmp, config, SESSIONS, TURNS)  # the sessions the replay load will use
 
         bare = wrk(f"{upstream}/chat", BODY)
         args, base = serve_command(config, tmp / "replay", "none")

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from proxy.runtime import Runtime
 from proxy.sessions import tables
 from proxy.settings import Settings
 from tests.bench.bench_load import cpu_seconds, load_config
-from tests.bench.harness import process, serve_command, upstream_process
+from tests.bench.harness import process, record_sessions, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection
 from tests.servers import free_port
 
@@ -150,19 +149,6 @@ async def replay(base: str, version: str, total: int, pid: int) -> dict[str, flo
     return marks
 
 
-def record_cassettes(tmp: Path, config: Path) -> None:
-    dataset = tmp / "store.jsonl"
-    dataset.write_text(
-        "".join(
-            json.dumps({"id": f"tc-{n}", "turns": [{"user_message": f"case {n} turn {t}"} for t in range(5)]}) + "\n"
-            for n in range(REPLAY_CLIENTS)
-        )
-    )
-    command = [sys.executable, "-m", "proxy", "run", str(dataset), "--version", "v1", "--config", str(config)]
-    command += ["--cassettes", str(tmp / "replay" / "cassettes"), "--data-dir", str(tmp / "rec")]
-    subprocess.run([*command, "--record-mode", "once"], check=True, capture_output=True, timeout=600)
-
-
 def run() -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -187,7 +173,7 @@ def run() -> list[str]:
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         config = load_config(tmp, upstream)
-        record_cassettes(tmp, config)
+        record_sessions(tmp, config, REPLAY_CLIENTS, REPLAY_TURNS_PER_SESSION)
         args, base = serve_command(config, tmp / "replay", "none")
         with process(args, f"{base}/healthz") as proxy_process:
             version = httpx.get(f"{base}/versions").json()[0]["id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -112,3 +113,19 @@ def serve_command(config: Path, folder: Path, record_mode: str) -> tuple[list[st
         record_mode,
     ]
     return args, f"http://127.0.0.1:{port}"
+
+
+def record_sessions(folder: Path, config: Path, cases: int, turns: int) -> None:
+    """`proxy run` in record mode `once` over `cases` test cases of `turns` turns ("case N turn T"), into
+    folder/replay/cassettes, where the replaying server of `serve_command(config, folder / "replay", ...)` reads."""
+    dataset = folder / "cases.jsonl"
+    dataset.write_text(
+        "".join(
+            json.dumps({"id": f"tc-{n}", "turns": [{"user_message": f"case {n} turn {t}"} for t in range(turns)]})
+            + "\n"
+            for n in range(cases)
+        )
+    )
+    command = [sys.executable, "-m", "proxy", "run", str(dataset), "--version", "v1", "--config", str(config)]
+    command += ["--cassettes", str(folder / "replay" / "cassettes"), "--data-dir", str(folder / "rec")]
+    subprocess.run([*command, "--record-mode", "once"], check=True, capture_output=True, timeout=600)
