@@ -106,7 +106,6 @@ class ConnectionRegistry:
     """Keeps `redactor` knowing the secrets of exactly the stored connections."""
 
     def __init__(self, store: Store, allow_http: bool, redactor: Redactor) -> None:
-        self.store = store
         self.allow_http = allow_http
         self.redactor = redactor
         self.table = EntityTable(store, CONNECTIONS, redactor)
@@ -156,8 +155,7 @@ class ConnectionRegistry:
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
         refuse_short_secrets(spec)
-        conn = compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
-        return conn
+        return compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
 
     async def update(self, conn_id: str, patch: dict[str, Any]) -> CompiledConnection:
         current = self.get(conn_id)
@@ -173,8 +171,7 @@ class ConnectionRegistry:
         spec = parse_spec(merge_patch(current.spec, given))
         refuse_short_secrets(spec, _given_in(given))  # a stored one from an older data dir is kept as it is
         refuse_credentials_to_new_origin(current.spec, spec, given)
-        conn = compile_connection(current.id, spec, current.created_at, self.allow_http)
-        return conn
+        return compile_connection(current.id, spec, current.created_at, self.allow_http)
 
     async def upsert_by_name(self, data: dict[str, Any]) -> CompiledConnection:
         """Config-file connections: create, or replace the one with the same name and product."""

@@ -83,7 +83,6 @@ VERSIONS = VersionKind()
 
 class VersionRegistry:
     def __init__(self, store: Store, connections: ConnectionRegistry) -> None:
-        self.store = store
         self.connections = connections
         self.table = EntityTable(store, VERSIONS)
 
@@ -109,7 +108,7 @@ class VersionRegistry:
 
     async def create(self, data: dict[str, Any]) -> Version:
         version = self._build(_fields(data))
-        await self._persist(version)
+        await self.table.save(version)
         return version
 
     async def upsert_by_name(self, data: dict[str, Any]) -> Version:
@@ -120,7 +119,7 @@ class VersionRegistry:
             None,
         )
         version = self._build(fields, existing)
-        await self._persist(version)
+        await self.table.save(version)
         return version
 
     def _build(self, fields: dict[str, Any], existing: Version | None = None) -> Version:
@@ -181,9 +180,6 @@ class VersionRegistry:
                     f"is required: the {SLOTS[slot][0]} connection's URL uses {{{{ session_id }}}}, "
                     "which only an INITIALIZATION connection provides",
                 )
-
-    async def _persist(self, version: Version) -> None:
-        await self.table.save(version)
 
 
 def _fields(data: dict[str, Any]) -> dict[str, Any]:
