@@ -157,11 +157,12 @@ class SessionService:
         """The session in memory, read (with its turn count and past turns) when it is not."""
         active = self.cache.get(session_id)
         if active is None:
-            data = await self._read(tables.session_data, session_id)
-            if data is None:
+            found = await self._read(tables.session_with_turns, session_id)
+            if found is None:
                 raise NotFound(f"Session {session_id} not found")
+            data, answers = found
             session = Session.from_json(data)
-            turns = [json.loads(answer) for answer in await self._read(tables.session_turns, session_id)]
+            turns = [json.loads(answer) for answer in answers]
             past = [{"input": t["input"], "output": t["actualOutput"]} for t in turns if t["status"] == GENERATED]
             active = self.cache.put(self._opened(Active(session, len(turns), past)))
         if active.session.deleted:

@@ -210,6 +210,12 @@ def session_data(conn: Any, session_id: str) -> str | None:
     return found[0] if found else None
 
 
+def session_with_turns(conn: Any, session_id: str) -> tuple[str, list[str]] | None:
+    """A session's document and its turns' answers, in one read (a session coming into memory)."""
+    data = session_data(conn, session_id)
+    return None if data is None else (data, session_turns(conn, session_id))
+
+
 def list_sessions(conn: Any, query: ListQuery) -> list[str]:
     query.where.insert(0, "deleted = 0")
     sql, args = query.sql(f"SELECT data FROM {SESSIONS}", ("created_at", "seq"))
