@@ -172,7 +172,7 @@ def target_for(runtime: Runtime, kind: str, interaction: Interaction) -> Forward
 
 def _static(conn: CompiledConnection) -> str:
     """The part of the connection's URL before any placeholder."""
-    return conn.spec.url.split("{{")[0].split("{")[0]
+    return conn.spec.url.split("{", 1)[0]
 
 
 def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Request:
