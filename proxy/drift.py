@@ -172,7 +172,7 @@ def target_for(runtime: Runtime, kind: str, interaction: Interaction) -> Forward
 
 def _static(conn: CompiledConnection) -> str:
     """The part of the connection's URL before any placeholder."""
-    return conn.spec.url.split("{{")[0].split("{")[0]
+    return conn.spec.url.split("{", 1)[0]
 
 
 def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Request:
@@ -190,7 +190,8 @@ def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Req
         trace_id=new_trace_id(),
         send_traceparent=False,
     )
-    headers = {k: v for k, v in headers.items() if k.lower() not in {a.lower() for a in added}} | added
+    replaced = {name.lower() for name in added}
+    headers = {k: v for k, v in headers.items() if k.lower() not in replaced} | added
     body = recorded.get("body") or b""
     if isinstance(body, str):
         body = body.encode()

@@ -45,7 +45,7 @@ FRAME_DESTINATIONS = frozenset({"iframe", "frame", "embed", "object", "fencedfra
 
 def is_inspector_path(path: str) -> bool:
     """The inspector's HTML pages and forms (the login form included), the flow log and its exports."""
-    return path == "/" or path.startswith(("/inspector/", "/flows/", "/flows.")) or path == "/flows"
+    return path in ("/", "/flows") or path.startswith(("/inspector/", "/flows/", "/flows."))
 
 
 def normalize_origin(value: str) -> str:
