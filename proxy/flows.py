@@ -208,9 +208,7 @@ class FlowLog:
     def _publish(self, summary: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             if queue.full():  # a client that does not read: its stream ends, the browser reconnects
-                self._subscribers.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)
             else:
                 queue.put_nowait(summary)
 
@@ -234,10 +232,14 @@ class FlowLog:
     async def close(self) -> None:
         await self.settled()
         for queue in list(self._subscribers):
-            self._subscribers.discard(queue)
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        """Stop publishing to a viewer and tell it its stream is over (dropping its oldest summary if full)."""
+        self._subscribers.discard(queue)
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     # -- live viewers ------------------------------------------------------------------------
 
