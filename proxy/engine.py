@@ -151,19 +151,6 @@ class Engine:
     ) -> CallResult:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
         headers, retries, rate limit and record/replay. No templating, no output mapping."""
-        result = await self._forward(target, method, url, client_headers, body, handle)
-        self._observe(label or CallLabel("forward"), target.subject, result)
-        return result
-
-    async def _forward(
-        self,
-        target: ForwardTarget,
-        method: str,
-        url: str,
-        client_headers: dict[str, str],
-        body: bytes,
-        handle: CassetteRef | None,
-    ) -> CallResult:
         result = CallResult()
         headers = {**client_headers}
         plan = target.header_plan(self.send_traceparent and target.traceparent)
@@ -178,11 +165,12 @@ class Engine:
             request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
         except (httpx.InvalidURL, ValueError) as exc:
             result.error = self.redactor.redact(f"the forwarded URL is not usable ({exc}): {url}")
-            return result
-        try:
-            await self._send(target, request, result, relay=True)
-        except Exception as exc:
-            _internal_failure(result, exc, self.redactor)
+        else:
+            try:
+                await self._send(target, request, result, relay=True)
+            except Exception as exc:
+                _internal_failure(result, exc, self.redactor)
+        self._observe(label or CallLabel("forward"), target.subject, result)
         return result
 
     @staticmethod

@@ -208,9 +208,7 @@ class FlowLog:
     def _publish(self, summary: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             if queue.full():  # a client that does not read: its stream ends, the browser reconnects
-                self._subscribers.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)
             else:
                 queue.put_nowait(summary)
 
@@ -234,10 +232,14 @@ class FlowLog:
     async def close(self) -> None:
         await self.settled()
         for queue in list(self._subscribers):
-            self._subscribers.discard(queue)
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        """Stop publishing to a viewer and tell it its stream is over (dropping its oldest summary if full)."""
+        self._subscribers.discard(queue)
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     # -- live viewers ------------------------------------------------------------------------
 
@@ -258,11 +260,23 @@ class FlowLog:
 
     async def recent(self, view: FlowFilter, limit: int = FLOWS_PAGE_SIZE, full: bool = False) -> list[dict[str, Any]]:
         """Newest first; `full` adds each flow's exchange (`data`), for exports."""
-        await self.settled()
-        return await self.store.run(self._select, view, limit, full)
-
-    def _select(self, view: FlowFilter, limit: int, full: bool) -> list[dict[str, Any]]:
         where, args = view.where()
+        return await self._read(where, args, limit, full)
+
+    async def get(self, flow_id: int) -> dict[str, Any] | None:
+        rows = await self._read(" WHERE id = ?", [flow_id], 1, full=True)
+        return rows[0] if rows else None
+
+    async def last_reply(self, connection_id: str) -> dict[str, Any] | None:
+        """The newest flow of a connection that got a reply (the connection page's editor maps it again)."""
+        rows = await self._read(" WHERE connection_id = ? AND status IS NOT NULL", [connection_id], 1, full=True)
+        return rows[0] if rows else None
+
+    async def _read(self, where: str, args: list[Any], limit: int, full: bool) -> list[dict[str, Any]]:
+        await self.settled()
+        return await self.store.run(self._select, where, args, limit, full)
+
+    def _select(self, where: str, args: list[Any], limit: int, full: bool) -> list[dict[str, Any]]:
         columns = ", ".join(SUMMARY_COLUMNS + (("data",) if full else ()))
         cursor = self.store.db.conn.execute(
             f"SELECT {columns} FROM flows{where} ORDER BY id DESC LIMIT ?", [*args, limit]
@@ -272,28 +286,6 @@ class FlowLog:
             for row in rows:
                 row["data"] = json.loads(row["data"])
         return rows
-
-    async def get(self, flow_id: int) -> dict[str, Any] | None:
-        await self.settled()
-        return await self.store.run(self._one, flow_id)
-
-    def _one(self, flow_id: int) -> dict[str, Any] | None:
-        cursor = self.store.db.conn.execute(
-            f"SELECT {', '.join(SUMMARY_COLUMNS)}, data FROM flows WHERE id = ?", (flow_id,)
-        )
-        values = cursor.fetchone()
-        if values is None:
-            return None
-        row = dict(zip([d[0] for d in cursor.description], values, strict=True))
-        row["data"] = json.loads(row["data"])
-        return row
-
-    async def last_reply(self, connection_id: str) -> dict[str, Any] | None:
-        """The newest flow of a connection that got a reply (the connection page's editor maps it again)."""
-        query = "SELECT id FROM flows WHERE connection_id = ? AND status IS NOT NULL ORDER BY id DESC LIMIT 1"
-        await self.settled()
-        found = await self.store.run(lambda: self.store.db.conn.execute(query, (connection_id,)).fetchone())
-        return await self.get(found[0]) if found else None
 
     async def connections(self) -> list[str]:
         """The connection names the log holds, for the filter's choices."""

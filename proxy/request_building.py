@@ -5,6 +5,7 @@ headers); the rendered JSON body is parsed once, here, and handed to the transpo
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -94,28 +95,15 @@ def text_preview(body: bytes, redactor: Redactor) -> str | None:
     return masked_text(body, "utf-8", redactor)
 
 
-_parsed_urls: dict[str, httpx.URL] = {}
-PARSED_URLS_KEPT = 1024
-_timeouts: dict[float, dict[str, float | None]] = {}
-
-
+@functools.lru_cache(maxsize=1024)
 def parsed_url(url: str) -> httpx.URL:
     """Most turns of a connection call the same URL: parse each once (httpx's parser is pure Python)."""
-    parsed = _parsed_urls.get(url)
-    if parsed is None:
-        if len(_parsed_urls) >= PARSED_URLS_KEPT:
-            _parsed_urls.clear()
-        parsed = _parsed_urls[url] = httpx.URL(url)
-    return parsed
+    return httpx.URL(url)
 
 
+@functools.lru_cache(maxsize=64)
 def _timeout(timeout_s: float) -> dict[str, float | None]:
-    found = _timeouts.get(timeout_s)
-    if found is None:
-        if len(_timeouts) >= PARSED_URLS_KEPT:
-            _timeouts.clear()
-        found = _timeouts[timeout_s] = httpx.Timeout(timeout_s).as_dict()
-    return found
+    return httpx.Timeout(timeout_s).as_dict()
 
 
 def build_request(
