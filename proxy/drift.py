@@ -2,10 +2,13 @@
 shape (a key added or missing, a value's type changed), JSONPath by JSONPath. Values that differ but keep
 their type are not drift: a live model never answers the same words twice.
 
-A recorded request is sent again as it was recorded, with the credentials its connection holds now in place
-of the masked ones. The connection is the one the cassette is named after (`connections/<name>`,
-`connectors/<name>`: the interactions' session key), else, for session cassettes, the stored connection
-whose URL the recorded request went to. A secret masked inside a recorded URL or body cannot be restored.
+A recorded request is sent again as it was recorded, with the credentials its owner holds now in place of the
+masked ones. A cassette is a file anyone can commit, so nothing in it chooses a credential: the owner of a
+`connections/<name>` or `connectors/<name>` cassette is the connection or connector the server names that file
+after; of a `sessions/` cassette, the connection(s) whose URL has the recorded request's origin. A request is
+re-sent only to its owner's origin (scheme, host, port, compared as the credential-origin rule compares them);
+any other is reported not checked and never sent. A secret masked inside a recorded URL or body cannot be
+restored.
 """
 
 from __future__ import annotations
@@ -15,22 +18,21 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import httpx
 
 from proxy import jsonbounds
 from proxy.auth import build_headers, new_trace_id
-from proxy.connection import CompiledConnection
-from proxy.connector import connector_id
 from proxy.engine import CallContext, build_request
-from proxy.errors import ProxyError
+from proxy.origins import Origin, describe, fixed_origin, url_origin
+from proxy.request_building import parsed_url
 from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.targets import ForwardTarget
 from proxy.transports import BodyTooLarge, read_capped
-from proxy.transports.cassette import Cassette, Interaction, load_interactions, write_cassette
+from proxy.transports.cassette import Cassette, Interaction, file_name, load_interactions, write_cassette
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
@@ -155,27 +157,87 @@ def answer_differences(recorded: Interaction, status: int, body: bytes) -> list[
 # -- re-sending ------------------------------------------------------------------------------------
 
 
-def target_for(runtime: Runtime, kind: str, interaction: Interaction) -> ForwardTarget | None:
-    key = str(interaction.proxy.get("session_key") or "")
-    if kind == "connections":
-        conn = runtime.connections.find(key)
-        return conn.target if conn else None
-    if kind == "connectors":
-        try:
-            return runtime.connectors.target_of(runtime.connectors.get(connector_id(key)))
-        except ProxyError:  # no such connector (any more)
-            return None
-    uri = str(interaction.request["uri"])
-    candidates = [(len(prefix), conn) for conn in runtime.connections.all() if uri.startswith(prefix := _static(conn))]
-    return max(candidates, key=lambda c: c[0])[1].target if candidates else None
+@dataclass(frozen=True)
+class Owner:
+    """A stored connection or connector whose credentials a recorded request may be re-sent with."""
+
+    kind: str  # "connection" or "connector"
+    name: str
+    url: str  # as stored: a connection's is a template
+    origin: Origin | None  # None: its template decides it, so no recording is known to be on it
+    target: ForwardTarget
+
+    @property
+    def calls_go(self) -> str:
+        return f"{self.kind} {self.name!r} sends its calls to {describe(self.url)}"
 
 
-def _static(conn: CompiledConnection) -> str:
-    """The part of the connection's URL before any placeholder."""
-    return conn.spec.url.split("{", 1)[0]
+def connection_owners(runtime: Runtime, cassette_stem: str | None = None) -> list[Owner]:
+    """The stored connections, or those whose `connections/` cassette file is `cassette_stem`."""
+    return [
+        Owner("connection", conn.name, conn.spec.url, conn.origin, conn.target)
+        for conn in runtime.connections.all()
+        if cassette_stem is None or file_name(conn.name) == cassette_stem
+    ]
 
 
-def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Request:
+def connector_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
+    connectors = runtime.connectors
+    return [
+        Owner("connector", c.name, c.url, fixed_origin(c.url), connectors.target_of(c))
+        for c in connectors.table.all()
+        if file_name(c.name) == cassette_stem
+    ]
+
+
+def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
+    """Whose credentials the request to `uri` of `cassette` (its name in the folder) is re-sent with, or why it is
+    not re-sent. Only where the file is chooses, never what it holds (such as its session key)."""
+    parts = PurePath(cassette).parts
+    folder, stem = parts if len(parts) == 2 else ("", "")
+    if folder == "connections":
+        candidates = connection_owners(runtime, stem)
+    elif folder == "connectors":
+        candidates = connector_owners(runtime, stem)
+    elif folder == "sessions":
+        candidates = connection_owners(runtime)
+    else:
+        return "not checked: only cassettes directly in connections/, connectors/ or sessions/ are re-sent"
+    if not candidates:
+        return f"not checked: no stored {folder.removesuffix('s')} owns this cassette (none is named after it)"
+    try:
+        origin = url_origin(parsed_url(uri))  # parsed as the request will be: its origin is where it goes
+    except (httpx.InvalidURL, ValueError):
+        origin = None
+    there = [owner for owner in candidates if owner.origin is not None and owner.origin == origin]
+    if not there:
+        shown = origin.base_url() if origin else repr(uri)
+        owners = "no stored connection sends its calls there" if folder == "sessions" else None
+        owners = owners or "; ".join(owner.calls_go for owner in candidates)
+        return f"not checked: the recording points at another origin ({shown}; {owners})"
+    first = there[0].target
+    if any((o.target.credentials, dict(o.target.headers)) != (first.credentials, dict(first.headers)) for o in there):
+        assert origin is not None
+        names = " and ".join([", ".join(repr(o.name) for o in there[:-1]), repr(there[-1].name)])
+        return (
+            f"not checked: {there[0].kind}s {names} send their calls to {origin.base_url()} with different "
+            "credentials, and nothing but the cassette says whose recording it is"
+        )
+    # The same credentials whichever: the one whose URL the request is under gives its timeout and rate limit.
+    return max(there, key=lambda owner: len(_static(owner.url)) if uri.startswith(_static(owner.url)) else -1)
+
+
+def _static(url: str) -> str:
+    """The part of a URL template before any placeholder."""
+    return url.split("{", 1)[0]
+
+
+def fresh_ids(text: str) -> str:
+    """A new per-run id wherever the recording holds a per-run token (`<galtea_session_id>`, ...)."""
+    return PER_RUN_TOKEN.sub(lambda _: uuid.uuid4().hex, text)
+
+
+def resend_request(target: ForwardTarget, interaction: Interaction, uri: str) -> httpx.Request:
     recorded = interaction.request
     headers = {}
     for name, values in recorded["headers"].items():
@@ -195,9 +257,7 @@ def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Req
     body = recorded.get("body") or b""
     if isinstance(body, str):
         body = body.encode()
-    fresh = lambda _: uuid.uuid4().hex  # noqa: E731 - a new per-run id where the recording holds its token
-    uri = PER_RUN_TOKEN.sub(fresh, str(recorded["uri"]))
-    body = PER_RUN_TOKEN.sub(fresh, body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+    body = fresh_ids(body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
     limit = (target.id, target.rate_limit) if target.rate_limit else None
     return build_request(
         str(recorded["method"]), uri, headers, body or None, target.timeout_s, {RATE_LIMIT_EXTENSION: limit}
@@ -206,13 +266,15 @@ def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Req
 
 async def check_interaction(runtime: Runtime, name: str, index: int, interaction: Interaction) -> Checked:
     checked = Checked(name, index, str(interaction.request["method"]), str(interaction.request["uri"]))
-    target = target_for(runtime, name.split("/")[0], interaction)
-    if target is None:
-        checked.error = "no connection or connector sends this request (see the cassette's session key and URL)"
+    uri = fresh_ids(checked.uri)
+    owner = owner_for(runtime, name, uri)
+    if isinstance(owner, str):
+        checked.error = owner
         return checked
+    target = owner.target
     redact = runtime.redactor.redact
     try:
-        request = resend_request(target, interaction)
+        request = resend_request(target, interaction, uri)
         started = time.perf_counter()
         async with asyncio.timeout(target.timeout_s):
             response = await runtime.engine.transport.handle_async_request(request)

@@ -41,9 +41,13 @@ def fixed_origin(url: str) -> Origin | None:
     if construct is not None and construct.start() < authority_end:
         return None
     try:
-        parsed = httpx.URL(text[:authority_end])
+        return url_origin(httpx.URL(text[:authority_end]))
     except (httpx.InvalidURL, ValueError):
         return None
+
+
+def url_origin(parsed: httpx.URL) -> Origin | None:
+    """The origin of a URL as the live client parsed it (so of what it calls), or None when it has no host."""
     if not parsed.host:
         return None
     return Origin(parsed.scheme, parsed.host.lower(), parsed.port or DEFAULT_PORTS.get(parsed.scheme))
