@@ -30,7 +30,7 @@ from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.targets import ForwardTarget
 from proxy.transports import BodyTooLarge, read_capped
-from proxy.transports.cassette import Cassette, Interaction, load_interactions, write_cassette
+from proxy.transports.cassette import Interaction, identity, load_interactions, update_cassette
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
@@ -254,8 +254,9 @@ def rerecord(runtime: Runtime, path: Path, name: str, interactions: list[Interac
             item.updated = True
             count += 1
     if count:
-        rules = runtime.library.rules
-        write_cassette(path, Cassette(name, path, rules).serialize(interactions), interactions, runtime.library.cache)
+        # Under the cassette's lock, on the file as it is now: what another process appended since is kept.
+        live = {identity(interactions[item.index]): item.live for item in checked if item.updated and item.live}
+        update_cassette(path, lambda on_disk: [live.get(identity(i), i) for i in on_disk], runtime.library.cache)
     return count
 
 

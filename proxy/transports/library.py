@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from proxy.expiry import OnExpired, describe_age, newest_recording
@@ -38,10 +39,12 @@ from proxy.transports.cassette import (
     Interaction,
     ParseCache,
     file_name,
+    identities,
+    identity,
     load_interactions,
     parse_interactions,
     remove_temp_files,
-    write_cassette,
+    update_cassette,
 )
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
 
@@ -322,7 +325,8 @@ class CassetteLibrary:
             await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
-        write_cassette(cassette.path, cassette.serialize(snapshot), snapshot, self.cache)
+        """Under the cassette's file lock, merged with what other processes wrote since we read it."""
+        update_cassette(cassette.path, lambda on_disk: cassette.merged_with(on_disk, snapshot), self.cache)
 
     def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
         async def loop() -> None:
@@ -355,17 +359,7 @@ class CassetteLibrary:
                 folder = str(path.parents[len(Path(name).parts) - 1])  # the file is <folder>/<name>.yaml
                 elsewhere[folder] += sum(kind == "interaction" for _, kind, _ in rows)
                 continue
-            interactions = load_interactions(path, self.cache) if path.exists() else []
-            for _seq, kind, text in rows:
-                if kind == "reset":
-                    interactions = []
-                    continue
-                known = {str(i.proxy.get("id")) for i in interactions}
-                for item in parse_interactions(text, f"journal entry of {name}"):
-                    if str(item.proxy.get("id")) not in known:
-                        interactions.append(item)
-                        recovered[name] = recovered.get(name, 0) + 1
-            write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions, self.cache)
+            update_cassette(path, partial(fold_journal, name=name, rows=rows, recovered=recovered), self.cache)
             self.store.call(self.store.journal_forget, journal_path, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
@@ -379,3 +373,21 @@ class CassetteLibrary:
                 folder,
             )
         return recovered
+
+
+def fold_journal(
+    on_disk: list[Interaction], name: str, rows: list[tuple[int, str, str]], recovered: dict[str, int]
+) -> list[Interaction]:
+    """The cassette on disk with the journal's rows for it applied in order: a `reset` starts it afresh (this server
+    was re-recording it), an interaction the file does not hold yet is appended and counted in `recovered`."""
+    interactions = list(on_disk)
+    for _seq, kind, text in rows:
+        if kind == "reset":
+            interactions = []
+            continue
+        known = identities(interactions)
+        for item in parse_interactions(text, f"journal entry of {name}"):
+            if identity(item) not in known:
+                interactions.append(item)
+                recovered[name] = recovered.get(name, 0) + 1
+    return interactions
