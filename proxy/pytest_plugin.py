@@ -7,6 +7,8 @@
   server receives without an `X-Proxy-Record-Mode` header gets one, so any client (the galtea SDK, an OpenAI
   client on the forward route, plain httpx) is covered without passing anything.
 - A replay miss during a test fails that test with the miss message.
+- Cassette use is merged into `cassette-usage.json` in `--proxy-data-dir` (ini `proxy_data_dir`, default `.proxy`
+  in the rootdir) when the session ends, so `proxy cassettes prune` run there afterwards knows what the tests used.
 
 Nothing of the server is imported until a test asks for `proxy_server`. A `conftest.py` fixture of the same
 name wins over the plugin's, as pytest's own rules have it; `-p no:proxy` turns the plugin off.
@@ -77,9 +79,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--proxy-config", default=None, metavar="FILE", help="proxy YAML config file for proxy_server")
     group.addoption("--proxy-cassettes", default=None, metavar="DIR", help="cassette folder for proxy_server")
+    group.addoption(
+        "--proxy-data-dir",
+        default=None,
+        metavar="DIR",
+        help="where cassette use is kept for `proxy cassettes prune` (default .proxy in the rootdir)",
+    )
     parser.addini("proxy_record_mode", "record mode of the proxy_server fixture", default=None)
     parser.addini("proxy_config", "proxy YAML config file for proxy_server (relative to the ini file)", default=None)
     parser.addini("proxy_cassettes", "cassette folder for proxy_server (relative to the ini file)", default=None)
+    parser.addini("proxy_data_dir", "where cassette use is kept for prune (relative to the ini file)", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -188,6 +197,17 @@ def _running(
         server.should_exit = True
         thread.join(timeout=SERVER_START_TIMEOUT_S)
         sock.close()
+        _keep_usage(config, data_dir)
+
+
+def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
+    """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
+    from proxy.store import read_cassette_usage
+    from proxy.transports.usage import merge_usage_file, usage_file
+
+    lasting = _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+    if lasting.resolve() != data_dir.resolve():
+        merge_usage_file(usage_file(lasting), read_cassette_usage(data_dir))
 
 
 @pytest.hookimpl(tryfirst=True)

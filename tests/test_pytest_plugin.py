@@ -175,3 +175,36 @@ def test_a_bad_marker_fails_its_test_and_an_unused_fixture_loads_nothing(project
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed, 1 error" in result.stdout
     assert "@pytest.mark.proxy_record_mode: 'sometimes' is not a valid record mode" in result.stdout
+
+
+def test_cassette_use_outlives_the_test_session_so_prune_is_right_afterwards(project: Path) -> None:
+    """The plugin's server keeps its database in a temporary folder: cassettes the tests used minutes ago read as
+    never used, and `prune --delete` removed them. Replayed by three xdist workers, the use of both cassettes is
+    merged into .proxy/cassette-usage.json; prune from the project folder lists only a cassette no test used."""
+    upstream = fake_upstream()
+    with serve_in_thread(upstream.app) as url:
+        (project / "proxy.yaml").write_text(config_yaml(url))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    (project / ".proxy").rename(project / "recording-use")  # only the replay's use counts below
+    replayed = run_pytest(project, "-n", "3", "-p", "xdist")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "3 passed" in replayed.stdout
+    stale = project / "cassettes" / "connections" / "nobody.yaml"
+    stale.write_text((project / "cassettes" / "connections" / "bot.yaml").read_text())
+
+    prune = subprocess.run(
+        [sys.executable, "-m", "proxy", "cassettes", "prune", "--unused-since", "1h", "--delete"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert prune.returncode == 0, prune.stdout + prune.stderr
+    assert prune.stdout.splitlines()[0] == "connections/nobody  never used"
+    assert "1 of 3 cassettes" in prune.stdout
+    assert not stale.exists()
+    assert (project / "cassettes" / "connections" / "chat.yaml").exists()
+    assert (project / "cassettes" / "connections" / "bot.yaml").exists()
+    assert (project / ".proxy" / ".gitignore").read_text().splitlines()[-1] == "*"
