@@ -257,5 +257,6 @@ def _miss_report(state: _PluginState, misses: list[str]) -> str:
     mode = state.mode or (server.record_mode if server else "?")
     lines = [f"proxy: {len(misses)} replay {'miss' if len(misses) == 1 else 'misses'} (record mode {mode}):"]
     lines += [f"  {message}" for message in misses]
-    lines.append(f'record them with --proxy-record-mode once, or mark the test @pytest.mark.{MARKER}("once")')
+    fix = "new_episodes" if mode == RecordMode.ONCE.value else "once"
+    lines.append(f'record them with --proxy-record-mode {fix}, or mark the test @pytest.mark.{MARKER}("{fix}")')
     return "\n".join(lines)

@@ -106,6 +106,16 @@ class CassetteHandle:
         self.positions[key] = len(cassette.index.get(key, ()))
 
 
+def why_not_recorded(handle: CassetteHandle) -> str:
+    """The record mode's part in a miss, and the mode that would record the call."""
+    if handle.mode is RecordMode.ONCE:
+        return (
+            "record mode once only replays a cassette that already existed when this server first opened it; "
+            "record mode new_episodes adds new calls to it, all records it afresh"
+        )
+    return f"record mode {handle.mode.value} only replays; record mode once or new_episodes records missing calls"
+
+
 class CassetteLibrary:
     def __init__(
         self,
@@ -130,6 +140,7 @@ class CassetteLibrary:
         self._cassettes: dict[str, Cassette] = {}
         self._loading: dict[str, asyncio.Future[Cassette]] = {}
         self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
+        self._existed_at_first_opening: dict[str, bool] = {}  # server handles' cassettes, for `once`
         self._reset_this_run: set[str] = set()
         self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
@@ -162,18 +173,29 @@ class CassetteLibrary:
     def open(self, kind: str, key: str, mode: RecordMode | None = None, repeat_last: bool = False) -> CassetteHandle:
         """Open a cassette now: `once` looks at whether it exists at this moment."""
         name = f"{kind}/{file_name(key)}"
-        handle = CassetteHandle(name, mode or self.default_mode, self.exists(name), key, repeat_last)
+        return self._handle(name, key, mode, self.exists(name), repeat_last)
+
+    def _handle(
+        self, name: str, key: str, mode: RecordMode | None, existed: bool, repeat_last: bool
+    ) -> CassetteHandle:
+        handle = CassetteHandle(name, mode or self.default_mode, existed, key, repeat_last)
         if handle.mode is RecordMode.ALL and name not in self._reset_this_run:
             self._reset_this_run.add(name)
             self._pending_reset.add(name)
         return handle
 
     def server_handle(self, kind: str, key: str, purpose: str, mode: RecordMode | None = None) -> CassetteHandle:
-        """A handle that lives as long as the server (testConnection, forward, connector search)."""
+        """A handle that lives as long as the server (testConnection, forward, connector search), with its own
+        play-back positions per purpose. The cassette is the unit of `once`: whether it existed is decided at its
+        first opening in this server run, whichever route opened it, so a cassette that route A started recording
+        stays open for recording when route B calls too."""
         slot = (f"{kind}/{key}", purpose)
         handle = self._server_handles.get(slot)
         if handle is None or (mode is not None and handle.mode is not mode):
-            handle = self._server_handles[slot] = self.open(kind, key, mode, repeat_last=purpose == "forward")
+            name = f"{kind}/{file_name(key)}"
+            existed = self._existed_at_first_opening.setdefault(name, self.exists(name))
+            handle = self._handle(name, key, mode, existed, repeat_last=purpose == "forward")
+            self._server_handles[slot] = handle
         return handle
 
     async def opened(self, handle: CassetteHandle) -> tuple[Cassette, CassetteHandle]:
@@ -278,10 +300,13 @@ class CassetteLibrary:
         )
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
-    def miss(self, cassette: Cassette, request: RecordedRequest) -> CassetteMiss:
+    def miss(self, cassette: Cassette, request: RecordedRequest, handle: CassetteHandle | None = None) -> CassetteMiss:
         """The cassette, the nearest recorded request and where they differ (also as data, for the
-        inspector), told to the miss listeners too. A scan, but only on a miss."""
+        inspector), and why this call could not record it, told to the miss listeners too. A scan, but only on a
+        miss."""
         miss = self._miss(cassette, request)
+        if handle is not None:
+            miss = CassetteMiss(f"{miss}; {why_not_recorded(handle)}", miss.nearest)
         for listener in self.miss_listeners:
             listener(str(miss))
         return miss
