@@ -140,6 +140,7 @@ class CassetteLibrary:
         self._cassettes: dict[str, Cassette] = {}
         self._loading: dict[str, asyncio.Future[Cassette]] = {}
         self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
+        self.scope: str | None = None  # see set_scope
         self._existed_at_first_opening: dict[str, bool] = {}  # server handles' cassettes, for `once`
         self._reset_this_run: set[str] = set()
         self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
@@ -170,9 +171,21 @@ class CassetteLibrary:
     def mode_for(self, connection_name: str | None) -> RecordMode:
         return self.connection_modes.get(connection_name or "", self.default_mode)
 
+    def name_of(self, kind: str, key: str) -> str:
+        """The cassette's name (its path under the folder, without `.yaml`), inside the current scope's folder."""
+        name = f"{kind}/{file_name(key)}"
+        return f"{self.scope}/{name}" if self.scope else name
+
+    def set_scope(self, scope: str | None) -> None:
+        """Cassettes opened from now on live under `<scope>/` (a test's own folder), None for the folder itself.
+        The server's handles start afresh, so a test replays its own recordings from their start."""
+        if scope != self.scope:
+            self.scope = scope
+            self._server_handles.clear()
+
     def open(self, kind: str, key: str, mode: RecordMode | None = None, repeat_last: bool = False) -> CassetteHandle:
         """Open a cassette now: `once` looks at whether it exists at this moment."""
-        name = f"{kind}/{file_name(key)}"
+        name = self.name_of(kind, key)
         return self._handle(name, key, mode, self.exists(name), repeat_last)
 
     def _handle(
@@ -192,7 +205,7 @@ class CassetteLibrary:
         slot = (f"{kind}/{key}", purpose)
         handle = self._server_handles.get(slot)
         if handle is None or (mode is not None and handle.mode is not mode):
-            name = f"{kind}/{file_name(key)}"
+            name = self.name_of(kind, key)
             existed = self._existed_at_first_opening.setdefault(name, self.exists(name))
             handle = self._handle(name, key, mode, existed, repeat_last=purpose == "forward")
             self._server_handles[slot] = handle
@@ -219,7 +232,7 @@ class CassetteLibrary:
         if last is not None and now - last < USAGE_REFRESH_S:
             return
         self._used_at[handle.name] = now
-        kind = handle.name.split("/", 1)[0].removesuffix("s")  # session, connection, connector
+        kind = handle.name.rsplit("/", 2)[-2].removesuffix("s")  # session, connection, connector
         used_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         await self.store.write(
             self.store.cassette_used, self.journal_path(handle.name), used_at, f"{kind} {handle.session_key}"
