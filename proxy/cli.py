@@ -600,15 +600,28 @@ def cassettes_prune(since: Any, delete: bool, cassettes: Path, config_path: Path
     """List the cassettes no session, connection or connector has used since DATE (never used counts as
     unused), as the server whose data dir this is noted their use; --delete deletes them.
 
-    Exit status: 0 (also when there is nothing to prune), 1 when the config file is unusable.
+    Use is read from the data dir's database and its cassette-usage.json (where the pytest plugin notes it). With
+    no record of any use of this cassettes folder there, nothing is listed or deleted: every cassette would only
+    look unused.
+
+    Exit status: 0 (also when there is nothing to prune), 1 when the config file is unusable, 2 when the data dir
+    holds no usage record for the cassettes folder.
     """
-    from proxy.store import read_cassette_usage
     from proxy.transports.inventory import unused
+    from proxy.transports.usage import covers, read_usage
 
     config = read_config(config_path)
     settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
     root = settings.cassettes_dir
-    stale, total = unused(root, read_cassette_usage(settings.data_dir), since)
+    usage = read_usage(settings.data_dir)
+    if usage is None or not covers(usage, root):
+        click.echo(
+            f"proxy: no record of cassette use under {root} in {settings.data_dir}: nothing pruned (give --data-dir "
+            "of the server or test run that used them)",
+            err=True,
+        )
+        sys.exit(2)
+    stale, total = unused(root, usage, since)
     for entry in stale:
         click.echo(f"{entry.name}  {entry.last_use}")
         if delete:

@@ -32,7 +32,7 @@ from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.targets import ForwardTarget
 from proxy.transports import BodyTooLarge, read_capped
-from proxy.transports.cassette import Cassette, Interaction, file_name, load_interactions, write_cassette
+from proxy.transports.cassette import Interaction, file_name, identity, load_interactions, update_cassette
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
@@ -193,8 +193,8 @@ def connector_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
 def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
     """Whose credentials the request to `uri` of `cassette` (its name in the folder) is re-sent with, or why it is
     not re-sent. Only where the file is chooses, never what it holds (such as its session key)."""
-    parts = PurePath(cassette).parts
-    folder, stem = parts if len(parts) == 2 else ("", "")
+    parts = PurePath(cassette).parts  # [<a test's folder>/…]<kind>/<stem>
+    folder, stem = parts[-2:] if len(parts) >= 2 else ("", "")
     if folder == "connections":
         candidates = connection_owners(runtime, stem)
     elif folder == "connectors":
@@ -202,7 +202,7 @@ def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
     elif folder == "sessions":
         candidates = connection_owners(runtime)
     else:
-        return "not checked: only cassettes directly in connections/, connectors/ or sessions/ are re-sent"
+        return "not checked: only cassettes in a connections/, connectors/ or sessions/ folder are re-sent"
     if not candidates:
         return f"not checked: no stored {folder.removesuffix('s')} owns this cassette (none is named after it)"
     try:
@@ -309,16 +309,15 @@ async def check_cassette(runtime: Runtime, root: Path, path: Path) -> tuple[list
 
 def rerecord(runtime: Runtime, path: Path, name: str, interactions: list[Interaction], checked: list[Checked]) -> int:
     """Write the live answers of what drifted into the cassette, atomically; returns how many."""
-    count = 0
+    live: dict[str, Interaction] = {}
     for item in checked:
         if item.outcome == "drifted" and item.live is not None:
-            interactions[item.index] = item.live
+            live[identity(interactions[item.index])] = item.live
             item.updated = True
-            count += 1
-    if count:
-        rules = runtime.library.rules
-        write_cassette(path, Cassette(name, path, rules).serialize(interactions), interactions, runtime.library.cache)
-    return count
+    if live:
+        # Under the cassette's lock, on the file as it is now: what another process appended since is kept.
+        update_cassette(path, lambda on_disk: [live.get(identity(i), i) for i in on_disk], runtime.library.cache)
+    return len(live)
 
 
 async def drift(runtime: Runtime, paths: list[Path], update: bool) -> list[Checked]:

@@ -7,6 +7,8 @@
   server receives without an `X-Proxy-Record-Mode` header gets one, so any client (the galtea SDK, an OpenAI
   client on the forward route, plain httpx) is covered without passing anything.
 - A replay miss during a test fails that test with the miss message.
+- Cassette use is merged into `cassette-usage.json` in `--proxy-data-dir` (ini `proxy_data_dir`, default `.proxy`
+  in the rootdir) when the session ends, so `proxy cassettes prune` run there afterwards knows what the tests used.
 
 Nothing of the server is imported until a test asks for `proxy_server`. A `conftest.py` fixture of the same
 name wins over the plugin's, as pytest's own rules have it; `-p no:proxy` turns the plugin off.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
 MARKER = "proxy_record_mode"
+CASSETTE_MARKER = "proxy_cassette"
 DEFAULT_PLUGIN_RECORD_MODE = RecordMode.NONE  # CI stays offline unless asked
 SERVER_START_TIMEOUT_S = 10.0
 
@@ -39,6 +42,8 @@ class _PluginState:
     """What the hooks share with the fixture's server (which runs in its own thread)."""
 
     mode: str | None = None  # the running test's marker
+    scope: str | None = None  # the running test's cassette folder (None: calls outside tests)
+    test_id: str | None = None  # the running test's node id, its X-Proxy-Test-Id
     misses: list[str] = field(default_factory=list)
     server: ProxyServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,13 +82,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--proxy-config", default=None, metavar="FILE", help="proxy YAML config file for proxy_server")
     group.addoption("--proxy-cassettes", default=None, metavar="DIR", help="cassette folder for proxy_server")
+    group.addoption(
+        "--proxy-data-dir",
+        default=None,
+        metavar="DIR",
+        help="where cassette use is kept for `proxy cassettes prune` (default .proxy in the rootdir)",
+    )
     parser.addini("proxy_record_mode", "record mode of the proxy_server fixture", default=None)
     parser.addini("proxy_config", "proxy YAML config file for proxy_server (relative to the ini file)", default=None)
     parser.addini("proxy_cassettes", "cassette folder for proxy_server (relative to the ini file)", default=None)
+    parser.addini("proxy_data_dir", "where cassette use is kept for prune (relative to the ini file)", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(mode): the proxy record mode for this test's calls")
+    config.addinivalue_line("markers", f"{CASSETTE_MARKER}(name): cassettes shared by every test marked with name")
     config.stash[_STATE] = _PluginState()
 
 
@@ -125,20 +138,38 @@ def proxy_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             state.server = None
 
 
-class _MarkedMode:
-    """ASGI middleware: during a marked test, a request without `X-Proxy-Record-Mode` gets the marker's."""
+class _TestScope:
+    """ASGI middleware: what the running test decides for the calls it makes. Its cassettes are its own folder's
+    (set on the event loop, between requests); a request gets the test's node id as `X-Proxy-Test-Id` and, in a
+    marked test, the marker's `X-Proxy-Record-Mode`, unless it carries its own."""
 
-    def __init__(self, app: Any, state: _PluginState) -> None:
+    def __init__(self, app: Any, state: _PluginState, runtime: Runtime) -> None:
+        from proxy.faults import TEST_ID_HEADER
+
         self.app = app
         self.state = state
+        self.library = runtime.library
+        self.mode_header = RECORD_MODE_HEADER.lower().encode()
+        self.test_id_header = TEST_ID_HEADER.lower().encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        mode = self.state.mode
-        if mode and scope["type"] == "http":
-            name = RECORD_MODE_HEADER.lower().encode()
-            if not any(key.lower() == name for key, _ in scope["headers"]):
-                scope = {**scope, "headers": [*scope["headers"], (name, mode.encode())]}
+        if scope["type"] == "http":
+            state = self.state
+            self.library.set_scope(state.scope)
+            added = [(name, value) for name, value in self._headers(state) if not _has_header(scope, name)]
+            if added:
+                scope = {**scope, "headers": [*scope["headers"], *added]}
         await self.app(scope, receive, send)
+
+    def _headers(self, state: _PluginState) -> Iterator[tuple[bytes, bytes]]:
+        if state.mode:
+            yield self.mode_header, state.mode.encode()
+        if state.test_id:
+            yield self.test_id_header, state.test_id.encode("latin-1", "replace")
+
+
+def _has_header(scope: Any, name: bytes) -> bool:
+    return any(key.lower() == name for key, _ in scope["headers"])
 
 
 @contextlib.contextmanager
@@ -171,7 +202,7 @@ def _running(
         raise pytest.UsageError(f"proxy_server: {exc.message}") from None
     runtime.library.miss_listeners.append(state.missed)
     sock = listen("127.0.0.1", 0)
-    app = _MarkedMode(create_app(runtime), state)
+    app = _TestScope(create_app(runtime), state, runtime)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
     # log_config=None: the test process's logging is the user's, uvicorn leaves it alone.
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy-server", daemon=True)
@@ -188,12 +219,57 @@ def _running(
         server.should_exit = True
         thread.join(timeout=SERVER_START_TIMEOUT_S)
         sock.close()
+        _keep_usage(config, data_dir)
+
+
+def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
+    """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
+    from proxy.store import read_cassette_usage
+    from proxy.transports.usage import merge_usage_file, usage_file
+
+    lasting = _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+    if lasting.resolve() != data_dir.resolve():
+        merge_usage_file(usage_file(lasting), read_cassette_usage(data_dir))
+
+
+def _test_scope(item: pytest.Item) -> str:
+    """The test's cassette folder: `<module path>/<test name>` (pytest-recording's layout), or the folder named by
+    `@pytest.mark.proxy_cassette("name")`, shared on purpose. Each part is made file-safe as cassette names are."""
+    from proxy.transports.cassette import file_name
+
+    marker = item.get_closest_marker(CASSETTE_MARKER)
+    if marker is not None:
+        name = marker.args[0] if marker.args else marker.kwargs.get("name")
+        parts = str(name or "").split("/")
+        if not isinstance(name, str) or not any(part not in ("", ".", "..") for part in parts):
+            pytest.fail(f"@pytest.mark.{CASSETTE_MARKER} needs a cassette folder name, got {name!r}", pytrace=False)
+    else:
+        module, _, test = item.nodeid.partition("::")
+        parts = [*module.removesuffix(".py").split("/"), test.replace("::", ".")]
+    return "/".join(file_name(part) for part in parts if part not in ("", ".", ".."))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    """A fixture shared beyond one test (session, package, module, class) calls outside any test: its calls go to
+    the folder's own cassettes, not to the test that happened to set it up first."""
+    state = request.config.stash[_STATE]
+    if fixturedef.scope == "function" or state.scope is None:
+        return (yield)
+    scope, test_id = state.scope, state.test_id
+    state.scope = state.test_id = None
+    try:
+        return (yield)
+    finally:
+        state.scope, state.test_id = scope, test_id
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     state = item.config.stash[_STATE]
     state.take_misses()
+    state.scope = _test_scope(item)
+    state.test_id = item.nodeid
     marker = item.get_closest_marker(MARKER)
     if marker is None:
         state.mode = None
@@ -229,7 +305,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
     finally:
         state = item.config.stash[_STATE]
-        state.mode = None
+        state.mode = state.scope = state.test_id = None
 
 
 def _miss_report(state: _PluginState, misses: list[str]) -> str:
@@ -237,5 +313,6 @@ def _miss_report(state: _PluginState, misses: list[str]) -> str:
     mode = state.mode or (server.record_mode if server else "?")
     lines = [f"proxy: {len(misses)} replay {'miss' if len(misses) == 1 else 'misses'} (record mode {mode}):"]
     lines += [f"  {message}" for message in misses]
-    lines.append(f'record them with --proxy-record-mode once, or mark the test @pytest.mark.{MARKER}("once")')
+    fix = "new_episodes" if mode == RecordMode.ONCE.value else "once"
+    lines.append(f'record them with --proxy-record-mode {fix}, or mark the test @pytest.mark.{MARKER}("{fix}")')
     return "\n".join(lines)

@@ -155,11 +155,39 @@ def test_use_is_kept_in_the_data_dir_and_prune_lists_and_deletes_the_unused(
     assert (cassettes / "sessions" / "tc-used.yaml").exists() and (cassettes / "connections" / "chat.yaml").exists()
 
 
-def test_prune_without_a_database_counts_everything_as_never_used(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delete", [[], ["--delete"]])
+def test_prune_without_a_usage_record_refuses_and_deletes_nothing(tmp_path: Path, delete: list[str]) -> None:
+    """A data dir that does not exist (a typo, or the temporary one of a finished test run) used to list every
+    cassette as never used, and --delete deleted them all with exit 0."""
     (tmp_path / "cassettes" / "sessions").mkdir(parents=True)
     (tmp_path / "cassettes" / "sessions" / "a.yaml").write_text("interactions: []\nversion: 1\n")
-    assert prune(tmp_path / "cassettes", tmp_path / "none", "--unused-since", "30d")[0] == "sessions/a  never used"
+    args = ["--cassettes", str(tmp_path / "cassettes"), "--data-dir", str(tmp_path / "none"), *delete]
+    result = CliRunner().invoke(main, ["cassettes", "prune", "--unused-since", "30d", *args])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"proxy: no record of cassette use under {tmp_path / 'cassettes'} in {tmp_path / 'none'}: nothing pruned "
+        "(give --data-dir of the server or test run that used them)"
+    ]
+    assert (tmp_path / "cassettes" / "sessions" / "a.yaml").exists()
     assert not (tmp_path / "none").exists()
+
+
+def test_prune_refuses_a_usage_record_of_another_cassettes_folder(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    """The record is there but knows nothing of this folder: its cassettes are not 'never used', they are unknown."""
+    data_dir = tmp_path / "data"
+    with running_proxy(tmp_path, chat_config(upstream_url), data_dir=data_dir, cassettes_dir=tmp_path / "elsewhere"):
+        pass
+    with running_proxy(tmp_path, chat_config(upstream_url), data_dir=data_dir, cassettes_dir=tmp_path / "used") as p:
+        with httpx.Client(base_url=p.url) as client:
+            assert client.post("/forward/chat/v1/chat", json={"q": 1}).status_code == 200
+    (tmp_path / "other" / "sessions").mkdir(parents=True)
+    (tmp_path / "other" / "sessions" / "a.yaml").write_text("interactions: []\nversion: 1\n")
+    args = ["--cassettes", str(tmp_path / "other"), "--data-dir", str(data_dir), "--delete"]
+    result = CliRunner().invoke(main, ["cassettes", "prune", "--unused-since", "30d", *args])
+    assert result.exit_code == 2 and "no record of cassette use under" in result.output
+    assert (tmp_path / "other" / "sessions" / "a.yaml").exists()
 
 
 def test_prune_refuses_a_bad_date(tmp_path: Path) -> None:

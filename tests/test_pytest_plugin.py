@@ -21,6 +21,7 @@ RUN_TIMEOUT_S = 180
 # Other plugins of this venv, off to save start-up time; `proxy` still loads from its entry point.
 QUIET_PLUGINS = [f"-p no:{name}" for name in ("cacheprovider", "schemathesis", "hypothesispytest", "asyncio", "anyio")]
 
+OPENAI_TEST = "test_app/test_openai_sdk_through_the_forward_route"
 TESTS = """
 import os
 
@@ -131,8 +132,14 @@ def test_record_then_replay_offline_then_a_changed_request_fails_with_the_miss(p
         marked = run_pytest(project, EXTRA="second")
         assert marked.returncode == 0, marked.stdout + marked.stderr
         assert [(r.path, r.json) for r in upstream.received] == [("/v1/extra", {"n": "second"})]
-    cassette = (project / "cassettes" / "connections" / "chat.yaml").read_text()
+    # Each test's calls are in its own folder, pytest-recording's layout.
+    cassette = (project / "cassettes" / OPENAI_TEST / "connections" / "chat.yaml").read_text()
     assert "answer to hello" in cassette and "sk-user-key-1234" not in cassette
+    assert sorted(str(p.relative_to(project / "cassettes")) for p in (project / "cassettes").rglob("*.yaml")) == [
+        "test_app/test_galtea_sdk_test_connection/connections/bot.yaml",
+        "test_app/test_marked_new_episodes/connections/chat.yaml",
+        "test_app/test_openai_sdk_through_the_forward_route/connections/chat.yaml",
+    ]
 
     # The upstream is gone: everything replays.
     replayed = run_pytest(project, EXTRA="second")
@@ -144,13 +151,14 @@ def test_record_then_replay_offline_then_a_changed_request_fails_with_the_miss(p
     assert "FAILED test_app.py::test_openai_sdk_through_the_forward_route" in changed.stdout
     assert "2 passed" in changed.stdout
     assert "proxy: 1 replay miss (record mode none):" in changed.stdout
-    assert "cassette connections/chat has no recording for POST" in changed.stdout
+    assert f"cassette {OPENAI_TEST}/connections/chat has no recording for POST" in changed.stdout
     assert 'differing at body $.messages[0].content: "hello" recorded, "changed" now' in changed.stdout
 
     # --proxy-cassettes beats the default folder (`cassettes` beside the ini file): an empty one misses.
     elsewhere = run_pytest(project, "--proxy-cassettes", "tapes", "-k", "galtea")
-    assert elsewhere.returncode == 1 and "cassette connections/bot has no recording" in elsewhere.stdout
-    assert "tapes/connections/bot.yaml" in elsewhere.stdout
+    assert elsewhere.returncode == 1
+    assert "cassette test_app/test_galtea_sdk_test_connection/connections/bot has no recording" in elsewhere.stdout
+    assert "tapes/test_app/test_galtea_sdk_test_connection/connections/bot.yaml" in elsewhere.stdout
 
 
 def test_a_bad_marker_fails_its_test_and_an_unused_fixture_loads_nothing(project: Path) -> None:
@@ -175,3 +183,126 @@ def test_a_bad_marker_fails_its_test_and_an_unused_fixture_loads_nothing(project
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed, 1 error" in result.stdout
     assert "@pytest.mark.proxy_record_mode: 'sometimes' is not a valid record mode" in result.stdout
+
+
+def test_cassette_use_outlives_the_test_session_so_prune_is_right_afterwards(project: Path) -> None:
+    """The plugin's server keeps its database in a temporary folder: cassettes the tests used minutes ago read as
+    never used, and `prune --delete` removed them. Replayed by three xdist workers, the use of both cassettes is
+    merged into .proxy/cassette-usage.json; prune from the project folder lists only a cassette no test used."""
+    upstream = fake_upstream()
+    with serve_in_thread(upstream.app) as url:
+        (project / "proxy.yaml").write_text(config_yaml(url))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    (project / ".proxy").rename(project / "recording-use")  # only the replay's use counts below
+    replayed = run_pytest(project, "-n", "3", "-p", "xdist")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "3 passed" in replayed.stdout
+    used = sorted((project / "cassettes").rglob("*.yaml"))
+    assert len(used) == 3
+    stale = project / "cassettes" / "test_app" / "test_gone" / "connections" / "bot.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(used[0].read_text())
+
+    prune = subprocess.run(
+        [sys.executable, "-m", "proxy", "cassettes", "prune", "--unused-since", "1h", "--delete"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert prune.returncode == 0, prune.stdout + prune.stderr
+    assert prune.stdout.splitlines()[0] == "test_app/test_gone/connections/bot  never used"
+    assert "1 of 4 cassettes" in prune.stdout
+    assert not stale.exists()
+    assert all(path.exists() for path in used)
+    assert (project / ".proxy" / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+COUNTER_TESTS = """
+import httpx
+import pytest
+
+
+@pytest.fixture(scope="session")
+def warm_up(proxy_server):
+    return httpx.post(f"{proxy_server.url}/forward/counter/count", json={"who": "session fixture"}).json()["n"]
+
+
+def count(proxy_server):
+    answer = httpx.post(f"{proxy_server.url}/forward/counter/count", json={"who": "a test"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["n"]
+
+
+def test_a(proxy_server, warm_up):
+    assert count(proxy_server) == int(open("expected_a").read())
+
+
+def test_b(proxy_server, warm_up):
+    assert count(proxy_server) == int(open("expected_b").read())
+
+
+@pytest.mark.proxy_cassette("shared")
+def test_c(proxy_server):
+    count(proxy_server)
+
+
+@pytest.mark.proxy_cassette("shared")
+def test_d(proxy_server):
+    count(proxy_server)
+
+
+def test_e_fault_scoped_to_this_test(proxy_server):
+    rules = {"faults": [{"status": 503, "times": 1}]}  # no X-Proxy-Test-Id passed: the node id is this test's
+    answer = httpx.put(f"{proxy_server.url}/_proxy/faults/counter", json=rules)
+    assert answer.json()["testId"] == "test_counter.py::test_e_fault_scoped_to_this_test"
+    assert httpx.post(f"{proxy_server.url}/forward/counter/count", json={"who": "e"}).status_code == 503
+"""
+
+
+def counting_upstream() -> Upstream:
+    upstream = Upstream()
+    counter = iter(range(1, 1000))
+    upstream.handle("/count", lambda received: Reply(json={"n": next(counter)}))
+    return upstream
+
+
+def test_each_test_replays_its_own_recordings_alone_in_any_order_and_in_parallel(project: Path) -> None:
+    """Two tests send the same request to a counter. Recorded together, `-k test_b` alone used to replay test_a's
+    answer (one cassette and one replay position for the whole session). Now each test has its own folder and
+    positions: alone, reversed, and under -n 3 each gets the answer recorded for it. A session fixture's call goes
+    to the folder's own cassette, a marker shares one folder on purpose, and the node id is the test id."""
+    (project / "test_app.py").unlink()
+    (project / "test_counter.py").write_text(COUNTER_TESTS)
+    upstream = counting_upstream()
+    with serve_in_thread(upstream.app) as url:
+        connection = {
+            "name": "counter",
+            "product_id": "p",
+            "type": "CONVERSATION",
+            "url": f"{url}/count",
+            "auth_type": "NONE",
+            "input_template": '{"q": "{{ input.user_message }}"}',
+            "output_mapping": {"output": "$.n"},
+        }
+        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        (project / "expected_a").write_text("2")  # 1 went to the session fixture
+        (project / "expected_b").write_text("3")
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert "5 passed" in recorded.stdout
+    cassettes = project / "cassettes"
+    assert sorted(str(p.relative_to(cassettes)) for p in cassettes.rglob("*.yaml")) == [
+        "connections/counter.yaml",  # the session fixture's call
+        "shared/connections/counter.yaml",
+        "test_counter/test_a/connections/counter.yaml",
+        "test_counter/test_b/connections/counter.yaml",
+    ]
+    assert (cassettes / "shared" / "connections" / "counter.yaml").read_text().count("uri:") == 2
+    for args in (["-k", "test_b"], ["test_counter.py::test_b", "test_counter.py::test_a"], ["-n", "3", "-p", "xdist"]):
+        replayed = run_pytest(project, *args)  # the upstream is gone
+        assert replayed.returncode == 0, f"{args}: {replayed.stdout}{replayed.stderr}"
+        assert "failed" not in replayed.stdout and "passed" in replayed.stdout

@@ -122,3 +122,33 @@ def test_a_foreign_page_cannot_force_a_re_record(client: httpx.Client, upstream:
     answered = client.post("/forward/chat/v1/chat", json={"q": 1}, headers={HEADER: "off", "Origin": APP})
     assert answered.status_code == 200 and answered.headers["X-Proxy-Cassette"] == "live"
     assert answered.headers["access-control-expose-headers"] == "X-Proxy-Cassette"
+
+
+def test_in_once_a_cassette_one_route_started_recording_records_the_other_route_too(
+    client: httpx.Client, upstream: Upstream, proxy: RunningProxy
+) -> None:
+    """The forward route and testConnection share `connections/chat.yaml`. On an empty folder in `once`, the first
+    route to touch it starts recording; the second used to find it existing and miss. The cassette is the unit."""
+    forwarded = client.post("/forward/chat/chat", json={"message": "from the forward route"})
+    assert forwarded.status_code == 200 and forwarded.headers["x-proxy-cassette"] == "recorded"
+    conn_id = client.get("/endpointConnections", params={"names[]": "chat"}).json()[0]["id"]
+    tested = client.post("/endpointConnections/testConnection", json={"id": conn_id})
+    assert tested.status_code == 200 and tested.json()["success"], tested.text
+    assert tested.json()["exchange"]["cassette"] == "recorded"
+    assert len(upstream.requests_to("/chat")) == 2
+
+
+def test_a_miss_in_once_names_the_real_cause_and_the_mode_that_records(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    """A cassette that existed when the server opened it replays only in `once`: the miss says so and names
+    new_episodes, instead of advising the mode already in use."""
+    with running_proxy(tmp_path, chat_config(upstream_url)) as first, httpx.Client(base_url=first.url) as c:
+        assert c.post("/forward/chat/chat", json={"message": "recorded"}).status_code == 200
+    with running_proxy(tmp_path, chat_config(upstream_url)) as second, httpx.Client(base_url=second.url) as c:
+        missed = c.post("/forward/chat/chat", json={"message": "new"})
+    assert missed.headers["x-proxy-cassette"] == "miss"
+    assert missed.json()["message"].endswith(
+        "record mode once only replays a cassette that already existed when this server first opened it; "
+        "record mode new_episodes adds new calls to it, all records it afresh"
+    )

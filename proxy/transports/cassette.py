@@ -14,12 +14,15 @@ import hashlib
 import json
 import os
 import re
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from filelock import FileLock
 from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
@@ -27,6 +30,8 @@ from vcr.serializers import compat, yamlserializer
 from proxy.transports.matching import MatchRules, RecordedRequest
 
 TEMP_MARKER = ".tmp-"
+# How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
+CASSETTE_LOCK_TIMEOUT_S = 60.0
 CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cassette, named by the YAML's SHA-256
 # Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
 WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
@@ -95,6 +100,7 @@ class Cassette:
     existed: bool = False  # a file was there when we first opened it
     dirty: bool = False
     journal_seq: int = 0  # the newest journal row this cassette's memory holds
+    dropped: list[Interaction] = field(default_factory=list)  # read, then cleared on purpose (record mode all)
 
     def add(self, interaction: Interaction) -> int:
         position = len(self.interactions)
@@ -104,14 +110,37 @@ class Cassette:
         return position
 
     def clear(self) -> None:
+        self.dropped.extend(self.interactions)
         self.interactions.clear()
         self.index.clear()
         self.dirty = True
 
     def serialize(self, interactions: list[Interaction] | None = None) -> str:
-        items = self.interactions if interactions is None else interactions
-        data = {"version": CASSETTE_FORMAT_VERSION, "interactions": [i.to_yaml_dict() for i in items]}
-        return str(yamlserializer.serialize(data))
+        return serialize(self.interactions if interactions is None else interactions)
+
+    def merged_with(self, on_disk: list[Interaction], snapshot: list[Interaction]) -> list[Interaction]:
+        """What to write: `snapshot` of this cassette, then what another process appended to the file since we
+        read it. An interaction on disk that we read (kept or cleared on purpose) is ours to decide on; one we
+        never read is kept."""
+        seen = identities(snapshot) | identities(self.dropped)
+        return snapshot + [item for item in on_disk if identity(item) not in seen]
+
+
+def serialize(interactions: list[Interaction]) -> str:
+    data = {"version": CASSETTE_FORMAT_VERSION, "interactions": [i.to_yaml_dict() for i in interactions]}
+    return str(yamlserializer.serialize(data))
+
+
+def identity(interaction: Interaction) -> str:
+    """The id this tool gives every recording; for one without (a cassette written by plain vcrpy), its content."""
+    recorded_id = interaction.proxy.get("id")
+    if recorded_id:
+        return str(recorded_id)
+    return "sha256:" + sha256_of(json.dumps(_jsonable(interaction), sort_keys=True, default=str).encode("utf-8"))
+
+
+def identities(interactions: Iterable[Interaction]) -> set[str]:
+    return {identity(item) for item in interactions}
 
 
 @dataclass(frozen=True)
@@ -179,9 +208,33 @@ def sha256_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def lock_of(path: Path) -> FileLock:
+    """The lock every process takes to write the cassette at `path` (servers, `proxy run`, drift, xdist workers).
+    The lock file lives in the system's temporary folder, named by the cassette's real path, so the cassettes
+    folder holds nothing but cassettes and a read-only folder still works."""
+    folder = Path(tempfile.gettempdir()) / f"proxy-cassette-locks-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return FileLock(folder / f"{key}.lock", timeout=CASSETTE_LOCK_TIMEOUT_S)
+
+
+def update_cassette(
+    path: Path, change: Callable[[list[Interaction]], list[Interaction]], cache: ParseCache | None = None
+) -> list[Interaction]:
+    """Rewrite the cassette at `path` as `change` makes it from what is on disk now, under the cassette's lock,
+    so two processes that write it in turn each build on the other's file and neither loses what the other
+    recorded. Returns what was written. A file on disk that cannot be read is left alone (ValueError)."""
+    with lock_of(path):
+        on_disk = load_interactions(path, cache) if path.exists() else []
+        interactions = change(on_disk)
+        write_cassette(path, serialize(interactions), interactions, cache)
+        return interactions
+
+
 def write_cassette(path: Path, text: str, interactions: list[Interaction], cache: ParseCache | None = None) -> None:
     """The YAML atomically; then `cache` holds the new content and drops the old (a lost entry only costs one
-    slow load). Nothing but the YAML is written into the cassette folder."""
+    slow load). Nothing but the YAML is written into the cassette folder. Writers that another process may race
+    go through `update_cassette`."""
     if cache is None:
         atomic_write(path, text)
         return
@@ -260,12 +313,28 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def remove_temp_files(root: Path) -> int:
+    """Temporary files a crashed writer left behind; one whose writer is still running (another server or
+    worker on this folder) is that writer's to finish."""
     removed = 0
     if root.exists():
         for temp in root.rglob(f".*{TEMP_MARKER}*"):
+            if _writer_alive(temp.name.rsplit(TEMP_MARKER, 1)[-1]):
+                continue
             temp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _writer_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
 
 
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")

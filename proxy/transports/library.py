@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from proxy.expiry import OnExpired, describe_age, newest_recording
@@ -38,10 +39,12 @@ from proxy.transports.cassette import (
     Interaction,
     ParseCache,
     file_name,
+    identities,
+    identity,
     load_interactions,
     parse_interactions,
     remove_temp_files,
-    write_cassette,
+    update_cassette,
 )
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
 
@@ -103,6 +106,16 @@ class CassetteHandle:
         self.positions[key] = len(cassette.index.get(key, ()))
 
 
+def why_not_recorded(handle: CassetteHandle) -> str:
+    """The record mode's part in a miss, and the mode that would record the call."""
+    if handle.mode is RecordMode.ONCE:
+        return (
+            "record mode once only replays a cassette that already existed when this server first opened it; "
+            "record mode new_episodes adds new calls to it, all records it afresh"
+        )
+    return f"record mode {handle.mode.value} only replays; record mode once or new_episodes records missing calls"
+
+
 class CassetteLibrary:
     def __init__(
         self,
@@ -127,6 +140,8 @@ class CassetteLibrary:
         self._cassettes: dict[str, Cassette] = {}
         self._loading: dict[str, asyncio.Future[Cassette]] = {}
         self._server_handles: dict[tuple[str, str], CassetteHandle] = {}
+        self.scope: str | None = None  # see set_scope
+        self._existed_at_first_opening: dict[str, bool] = {}  # server handles' cassettes, for `once`
         self._reset_this_run: set[str] = set()
         self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
@@ -156,21 +171,44 @@ class CassetteLibrary:
     def mode_for(self, connection_name: str | None) -> RecordMode:
         return self.connection_modes.get(connection_name or "", self.default_mode)
 
+    def name_of(self, kind: str, key: str) -> str:
+        """The cassette's name (its path under the folder, without `.yaml`), inside the current scope's folder."""
+        name = f"{kind}/{file_name(key)}"
+        return f"{self.scope}/{name}" if self.scope else name
+
+    def set_scope(self, scope: str | None) -> None:
+        """Cassettes opened from now on live under `<scope>/` (a test's own folder), None for the folder itself.
+        The server's handles start afresh, so a test replays its own recordings from their start."""
+        if scope != self.scope:
+            self.scope = scope
+            self._server_handles.clear()
+
     def open(self, kind: str, key: str, mode: RecordMode | None = None, repeat_last: bool = False) -> CassetteHandle:
         """Open a cassette now: `once` looks at whether it exists at this moment."""
-        name = f"{kind}/{file_name(key)}"
-        handle = CassetteHandle(name, mode or self.default_mode, self.exists(name), key, repeat_last)
+        name = self.name_of(kind, key)
+        return self._handle(name, key, mode, self.exists(name), repeat_last)
+
+    def _handle(
+        self, name: str, key: str, mode: RecordMode | None, existed: bool, repeat_last: bool
+    ) -> CassetteHandle:
+        handle = CassetteHandle(name, mode or self.default_mode, existed, key, repeat_last)
         if handle.mode is RecordMode.ALL and name not in self._reset_this_run:
             self._reset_this_run.add(name)
             self._pending_reset.add(name)
         return handle
 
     def server_handle(self, kind: str, key: str, purpose: str, mode: RecordMode | None = None) -> CassetteHandle:
-        """A handle that lives as long as the server (testConnection, forward, connector search)."""
+        """A handle that lives as long as the server (testConnection, forward, connector search), with its own
+        play-back positions per purpose. The cassette is the unit of `once`: whether it existed is decided at its
+        first opening in this server run, whichever route opened it, so a cassette that route A started recording
+        stays open for recording when route B calls too."""
         slot = (f"{kind}/{key}", purpose)
         handle = self._server_handles.get(slot)
         if handle is None or (mode is not None and handle.mode is not mode):
-            handle = self._server_handles[slot] = self.open(kind, key, mode, repeat_last=purpose == "forward")
+            name = self.name_of(kind, key)
+            existed = self._existed_at_first_opening.setdefault(name, self.exists(name))
+            handle = self._handle(name, key, mode, existed, repeat_last=purpose == "forward")
+            self._server_handles[slot] = handle
         return handle
 
     async def opened(self, handle: CassetteHandle) -> tuple[Cassette, CassetteHandle]:
@@ -194,7 +232,7 @@ class CassetteLibrary:
         if last is not None and now - last < USAGE_REFRESH_S:
             return
         self._used_at[handle.name] = now
-        kind = handle.name.split("/", 1)[0].removesuffix("s")  # session, connection, connector
+        kind = handle.name.rsplit("/", 2)[-2].removesuffix("s")  # session, connection, connector
         used_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         await self.store.write(
             self.store.cassette_used, self.journal_path(handle.name), used_at, f"{kind} {handle.session_key}"
@@ -275,10 +313,13 @@ class CassetteLibrary:
         )
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
-    def miss(self, cassette: Cassette, request: RecordedRequest) -> CassetteMiss:
+    def miss(self, cassette: Cassette, request: RecordedRequest, handle: CassetteHandle | None = None) -> CassetteMiss:
         """The cassette, the nearest recorded request and where they differ (also as data, for the
-        inspector), told to the miss listeners too. A scan, but only on a miss."""
+        inspector), and why this call could not record it, told to the miss listeners too. A scan, but only on a
+        miss."""
         miss = self._miss(cassette, request)
+        if handle is not None:
+            miss = CassetteMiss(f"{miss}; {why_not_recorded(handle)}", miss.nearest)
         for listener in self.miss_listeners:
             listener(str(miss))
         return miss
@@ -322,7 +363,8 @@ class CassetteLibrary:
             await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
-        write_cassette(cassette.path, cassette.serialize(snapshot), snapshot, self.cache)
+        """Under the cassette's file lock, merged with what other processes wrote since we read it."""
+        update_cassette(cassette.path, lambda on_disk: cassette.merged_with(on_disk, snapshot), self.cache)
 
     def start_periodic_flush(self, interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
         async def loop() -> None:
@@ -355,17 +397,7 @@ class CassetteLibrary:
                 folder = str(path.parents[len(Path(name).parts) - 1])  # the file is <folder>/<name>.yaml
                 elsewhere[folder] += sum(kind == "interaction" for _, kind, _ in rows)
                 continue
-            interactions = load_interactions(path, self.cache) if path.exists() else []
-            for _seq, kind, text in rows:
-                if kind == "reset":
-                    interactions = []
-                    continue
-                known = {str(i.proxy.get("id")) for i in interactions}
-                for item in parse_interactions(text, f"journal entry of {name}"):
-                    if str(item.proxy.get("id")) not in known:
-                        interactions.append(item)
-                        recovered[name] = recovered.get(name, 0) + 1
-            write_cassette(path, Cassette(name, path, self.rules).serialize(interactions), interactions, self.cache)
+            update_cassette(path, partial(fold_journal, name=name, rows=rows, recovered=recovered), self.cache)
             self.store.call(self.store.journal_forget, journal_path, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
@@ -379,3 +411,21 @@ class CassetteLibrary:
                 folder,
             )
         return recovered
+
+
+def fold_journal(
+    on_disk: list[Interaction], name: str, rows: list[tuple[int, str, str]], recovered: dict[str, int]
+) -> list[Interaction]:
+    """The cassette on disk with the journal's rows for it applied in order: a `reset` starts it afresh (this server
+    was re-recording it), an interaction the file does not hold yet is appended and counted in `recovered`."""
+    interactions = list(on_disk)
+    for _seq, kind, text in rows:
+        if kind == "reset":
+            interactions = []
+            continue
+        known = identities(interactions)
+        for item in parse_interactions(text, f"journal entry of {name}"):
+            if identity(item) not in known:
+                interactions.append(item)
+                recovered[name] = recovered.get(name, 0) + 1
+    return interactions

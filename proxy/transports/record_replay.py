@@ -64,7 +64,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         # Every header masked only now: to be recorded, or to explain a miss (a replay matches on few or none).
         recorded_request = RecordedRequest(request.method, uri, text, _masked_headers(request, self.redactor))
         if not handle.records:
-            raise self.library.miss(cassette, recorded_request)
+            raise self.library.miss(cassette, recorded_request, handle)
         started = time.perf_counter()
         timing = StreamTiming()
         response = await self.live.handle_async_request(request)

@@ -1,0 +1,85 @@
+"""When each cassette file was last used, for `proxy cassettes prune`, kept where it outlives a test session.
+
+A server notes use in its data dir's database. A process whose data dir is thrown away afterwards (the pytest
+plugin's server, one per xdist worker) also merges what it noted into `cassette-usage.json` in a lasting folder
+(`.proxy/` beside the tests by default): under a file lock, each entry keeping its newest use, replaced
+atomically, so parallel workers lose nothing. `prune` reads both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from filelock import FileLock
+
+from proxy.store import read_cassette_usage
+from proxy.transports.cassette import atomic_write
+
+USAGE_FILE_NAME = "cassette-usage.json"
+Usage = dict[str, tuple[str, str]]  # {absolute cassette path: (last used, ISO 8601 UTC; by whom)}
+
+
+def usage_file(folder: Path) -> Path:
+    return folder / USAGE_FILE_NAME
+
+
+def read_usage_file(path: Path) -> Usage:
+    """The usage file's entries; a missing or unreadable file holds none (it is a record, never a must)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(path_text): (str(entry[0]), str(entry[1]))
+        for path_text, entry in data.items()
+        if isinstance(entry, list) and len(entry) == 2
+    }
+
+
+def merge_usage_file(path: Path, uses: Usage) -> None:
+    """Add `uses` to the usage file, keeping each cassette's newest use, under the file's lock."""
+    if not uses:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ignored_by_git(path.parent)
+    with FileLock(str(path) + ".lock", timeout=60):
+        merged = read_usage_file(path)
+        for cassette, (used_at, used_by) in uses.items():
+            if cassette not in merged or merged[cassette][0] <= used_at:  # ISO 8601 UTC sorts as time
+                merged[cassette] = (used_at, used_by)
+        atomic_write(path, json.dumps({key: list(value) for key, value in sorted(merged.items())}, indent=1))
+
+
+def _ignored_by_git(folder: Path) -> None:
+    """A folder we create in a user's project keeps itself out of git, as `.pytest_cache` does."""
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        try:
+            with open(ignore, "x", encoding="utf-8") as f:
+                f.write("# written by proxy: this folder holds local state only\n*\n")
+        except FileExistsError:
+            pass
+
+
+def read_usage(data_dir: Path) -> Usage | None:
+    """Every use noted in `data_dir` (its database and its usage file), newest per cassette; None when the folder
+    holds no usage record at all."""
+    database = read_cassette_usage(data_dir)
+    file = usage_file(data_dir)
+    if not database and not file.exists():
+        return None
+    merged = dict(database)
+    for cassette, use in read_usage_file(file).items():
+        if cassette not in merged or merged[cassette][0] <= use[0]:
+            merged[cassette] = use
+    return merged
+
+
+def covers(usage: Usage, root: Path) -> bool:
+    """Whether the record knows any cassette under `root` (else it was kept for another folder)."""
+    prefix = str(root.resolve()) + os.sep
+    return any(cassette.startswith(prefix) for cassette in usage)
