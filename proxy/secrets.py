@@ -12,25 +12,19 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from proxy.data_dir import create_once, make_private_dir
 from proxy.redaction import Redactor
 
 KEY_FILE_NAME = "secret.key"
 
 
 def load_fernet(data_dir: Path) -> Fernet:
-    """The key comes from PROXY_SECRET_KEY, else from `<data_dir>/secret.key` (created 0600)."""
+    """The key comes from PROXY_SECRET_KEY, else from `<data_dir>/secret.key` (created once, 0600)."""
     env_key = os.environ.get("PROXY_SECRET_KEY")
     if env_key:
         return Fernet(_as_fernet_key(env_key))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / KEY_FILE_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Fernet(path.read_bytes().strip())
-    with os.fdopen(fd, "wb") as f:
-        f.write(Fernet.generate_key())
-    return Fernet(path.read_bytes().strip())
+    make_private_dir(data_dir)
+    return Fernet(create_once(data_dir / KEY_FILE_NAME, Fernet.generate_key()).strip())
 
 
 def _as_fernet_key(value: str) -> bytes:
