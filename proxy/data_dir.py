@@ -64,14 +64,20 @@ def tighten(path: Path, mode: int) -> None:
 def create_once(path: Path, content: bytes) -> bytes:
     """The content of `path`, a file written once and 0600: `content` when this call creates it, else what the
     first writer put there. A reader never sees it half-written: it appears, whole, under its name by a hard link."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(temp, path)
+        tighten(path, PRIVATE_FILE_MODE)
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    temp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")  # one per writer, threads included
+    try:
+        _write_new(temp, content)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: written in place, as exclusively
+            _write_new(path, content)
         _sync_dir(path.parent)  # after a power cut, secrets sealed with this key must not outlive it
     except FileExistsError:
         tighten(path, PRIVATE_FILE_MODE)
@@ -79,6 +85,14 @@ def create_once(path: Path, content: bytes) -> bytes:
     finally:
         temp.unlink(missing_ok=True)
     return content
+
+
+def _write_new(path: Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _sync_dir(path: Path) -> None:

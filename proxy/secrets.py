@@ -70,8 +70,8 @@ def read_salt(data_dir: Path) -> bytes:
 
 
 def passphrase_key(passphrase: str, salt: bytes) -> bytes:
-    """A Fernet key from a passphrase: scrypt, so that a stolen database costs a guesser ~65 ms and 32 MB per guess
-    (one SHA-256 cost nanoseconds), with the data dir's own salt, so one guess never tries two data dirs."""
+    """A Fernet key from a passphrase: scrypt, so that every guess at a stolen database costs what start-up does
+    (see PASSPHRASE_SCRYPT_N), with the data dir's own salt, so that one guess never tries two data dirs."""
     kdf = Scrypt(salt=salt, length=32, n=PASSPHRASE_SCRYPT_N, r=PASSPHRASE_SCRYPT_R, p=PASSPHRASE_SCRYPT_P)
     return base64.urlsafe_b64encode(kdf.derive(passphrase.encode()))
 

@@ -70,8 +70,9 @@ FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by be
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
-# PROXY_SECRET_KEY as a passphrase is stretched with scrypt: ~65 ms and 32 MB here, once per start-up or command,
-# and as much for every guess at a stolen database. They make the key: changed, no stored secret opens.
+# PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
+# core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
+# nanoseconds). They make the key: changed, no stored secret opens.
 PASSPHRASE_SCRYPT_N = 2**15
 PASSPHRASE_SCRYPT_R = 8
 PASSPHRASE_SCRYPT_P = 1
