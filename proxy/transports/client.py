@@ -179,7 +179,7 @@ def is_loopback_host(host: str) -> bool:
     except ValueError:
         try:  # the shorthand and integer forms of IPv4 that getaddrinfo accepts, as inet_aton reads them
             address = ipaddress.IPv4Address(socket.inet_aton(name))
-        except OSError:
+        except (OSError, ValueError):
             return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
