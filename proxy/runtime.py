@@ -25,7 +25,7 @@ from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.registry import CONNECTIONS, ConnectionRegistry
-from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
+from proxy.secrets import KEY_FILE_NAME, load_vault
 from proxy.sessions import SessionService
 from proxy.settings import MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
@@ -51,7 +51,7 @@ class Runtime:
         self.config = config or Config()
         self.redactor = Redactor()
         self.redactor.register("config", redact_values(self.config))
-        self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
+        self.store = Store(settings.data_dir, load_vault(settings.data_dir))
         self.connections = ConnectionRegistry(self.store, settings.allow_http, self.redactor)
         self.library = CassetteLibrary(
             settings.cassettes_dir,
@@ -167,7 +167,7 @@ def known_secrets(settings: Settings, config: Config) -> Redactor:
         return redactor
     if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
         raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
-    store = Store(data_dir, Vault(load_fernet(data_dir)))
+    store = Store(data_dir, load_vault(data_dir))
     try:
         for kind in (CONNECTIONS, CONNECTORS):
             for owner, secrets in stored_secrets(store, kind):

@@ -70,6 +70,14 @@ FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by be
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
+# PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
+# core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
+# nanoseconds). They make the key: changed, no stored secret opens.
+PASSPHRASE_SCRYPT_N = 2**15
+PASSPHRASE_SCRYPT_R = 8
+PASSPHRASE_SCRYPT_P = 1
+PASSPHRASE_SALT_BYTES = 16  # random per data dir, kept in its secret.salt
+
 MASK = "••••••••"
 # Secrets shorter than this are refused: masking them in free text would shred every message.
 MIN_SECRET_LEN = 8

@@ -6,12 +6,14 @@ the test asserts what reached it (nothing) and what the proxy answered.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, running_proxy
+from tests.servers import free_port, proxy_serving
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -153,6 +155,26 @@ def test_forward_miss_answer_carries_the_safety_headers(tmp_path: Path, upstream
     assert miss.status_code == 404 and miss.headers["x-proxy-cassette"] == "miss"
     assert miss.headers["content-security-policy"] == "sandbox"
     assert miss.headers["x-content-type-options"] == "nosniff"
+
+
+def test_an_environment_http_proxy_never_receives_the_token_for_a_loopback_upstream(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    """`proxy serve` started with HTTP_PROXY/http_proxy naming the attacker's listener and no NO_PROXY: a stored
+    bearer connection to a plain-http upstream on 127.0.0.1 is called directly; the listener receives nothing."""
+    listener, evil = attacker
+    env = {name: value for name, value in os.environ.items() if name.lower() not in ("no_proxy", "proxy_secret_key")}
+    env |= {"HTTP_PROXY": evil, "http_proxy": evil}
+    port = free_port()
+    data = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"), "--record-mode", "off"]
+    with proxy_serving(port, *data, env=env), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        created = client.post("/endpointConnections", json=chat_connection(upstream_url))
+        assert created.status_code == 201, created.text
+        tested = client.post("/endpointConnections/testConnection", json={"id": created.json()["id"]}).json()
+    assert tested["success"] and tested["statusCode"] == 200, tested
+    assert listener.received == []
+    (arrived,) = upstream.requests_to("/chat")
+    assert arrived.headers["authorization"] == f"Bearer {TEST_TOKEN}"
 
 
 def test_the_servers_own_api_key_never_goes_upstream(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:

@@ -27,6 +27,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
 
+from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir, tighten
 from proxy.transports.matching import MatchRules, RecordedRequest
 
 TEMP_MARKER = ".tmp-"
@@ -147,13 +148,16 @@ def identities(interactions: Iterable[Interaction]) -> set[str]:
 class ParseCache:
     """Parsed cassettes as JSON, one file per cassette content: `<folder>/<SHA-256 of the YAML>.json`. It lives
     in the data dir, never beside the cassettes, so a cassette folder is only ever read when it is loaded. Any
-    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry."""
+    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry. Like
+    everything in the data dir, the folder is 0700 and its files 0600 (an entry holds what upstreams answered)."""
 
     folder: Path
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> ParseCache:
-        return cls(data_dir / CACHE_DIR_NAME)
+        folder = data_dir / CACHE_DIR_NAME
+        tighten(folder, PRIVATE_DIR_MODE)  # one an earlier version made 0755: its entries are hidden with it
+        return cls(folder)
 
     def entry(self, digest: str) -> Path:
         return self.folder / f"{digest}.json"
@@ -170,7 +174,8 @@ class ParseCache:
     def write(self, digest: str, interactions: list[Interaction]) -> None:
         data = {"sha256": digest, "interactions": [_jsonable(i) for i in interactions]}
         try:
-            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False))
+            make_private_dir(self.folder)
+            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False), private=True)
         except OSError:
             pass  # a cache that cannot be written: loads stay correct, only slower
 
@@ -296,11 +301,15 @@ def parse_interactions(text: str, source: str) -> list[Interaction]:
     return interactions
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette."""
+def atomic_write(path: Path, text: str, private: bool = False) -> None:
+    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette. A `private` file is 0600
+    from its creation (the data dir's); a cassette is made as the umask says, to be committed and shared."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
-    with open(temp, "w", encoding="utf-8") as f:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE if private else 0o666)
+    if private:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # a temporary file a crash left behind keeps the mode it was made with
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
