@@ -160,6 +160,18 @@ def test_an_alias_bomb_is_refused_by_verify_list_and_show_in_one_line(tmp_path: 
     assert code == 1 and output.startswith(f"Error: {line}") and len(output.splitlines()) == 1
 
 
+def test_drift_stops_at_an_alias_bomb_with_the_line_naming_it(tmp_path: Path) -> None:
+    """Attack: the alias bomb in the folder `proxy cassettes drift` re-sends. It exits 1 with the one line naming the
+    file (no traceback), having sent nothing and cached nothing."""
+    cassettes, data = tmp_path / "cassettes", tmp_path / "data"
+    bomb = cassettes / "sessions" / "bomb.yaml"
+    bomb.parent.mkdir(parents=True)
+    bomb.write_text(alias_bomb("http://127.0.0.1:1/chat"))
+    code, output = invoke("cassettes", "drift", "--cassettes", str(cassettes), "--data-dir", str(data))
+    assert code == 1 and output.startswith(f"Error: cassette {bomb} is refused: it uses a YAML alias (*l0 at line 7)")
+    assert len(output.splitlines()) == 1 and list((data / "cassette-cache").glob("*")) == []
+
+
 def test_any_alias_is_refused_even_a_single_harmless_one(tmp_path: Path) -> None:
     """Attack: the smallest use of an alias (one response header list shared by two interactions, as a vcrpy hook
     that sets one headers object on every response would write). No cassette written by this tool or by plain
