@@ -507,7 +507,7 @@ def cassettes_drift(
     `$.usage.total_tokens: number → string`); a value that changed within its type is not.
 
     Exit status: 0 when nothing drifted (with --update: once what drifted is re-recorded), 1 when an
-    interaction drifted or could not be re-sent, a cassette is unknown, or the config file is unusable.
+    interaction drifted or could not be re-sent, a cassette is unknown or refused, or the config file is unusable.
     """
     import asyncio
 
@@ -531,7 +531,10 @@ def cassettes_drift(
         finally:
             await runtime.close()
 
-    checked = asyncio.run(go())
+    try:
+        checked = asyncio.run(go())
+    except ValueError as exc:  # a cassette that cannot be read or is refused: the line naming it, not a traceback
+        raise click.ClickException(str(exc)) from None
     counts = summary(checked)
     if as_json:
         click.echo(json.dumps({"interactions": [c.to_json() for c in checked], "summary": counts}, ensure_ascii=False))

@@ -38,6 +38,11 @@ MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
 
+# Cassette files, read before anything is built from them: a larger file or one with more interactions is refused
+# (YAML costs ~20 KB of memory an interaction while it is parsed). The 100,000-interaction bench cassette is ~40 MB.
+CASSETTE_MAX_BYTES = 256 * 1024 * 1024
+CASSETTE_MAX_INTERACTIONS = 1_000_000
+
 # JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
 # The digit limit is Python's own for converting integers (sys.int_max_str_digits).
 JSON_MAX_DEPTH = 500

@@ -256,6 +256,8 @@ LIMITS = {
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
     "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",
     "USAGE_REFRESH_S": "a cassette's last-used time (for `proxy cassettes prune`) is written at most this often",
+    "CASSETTE_MAX_BYTES": "largest cassette file loaded; a larger one is refused unread (the calls through it fail)",
+    "CASSETTE_MAX_INTERACTIONS": "most interactions in one cassette; one with more is refused before any is built",
     "JSON_MAX_DEPTH": "deepest JSON nesting taken in a request (400 beyond) or an upstream reply (the call fails)",
     "JSON_MAX_NUMBER_DIGITS": "most digits in one JSON number, in a request or an upstream reply",
     "OFF_LOOP_REPLY_BYTES": "replies larger than this are parsed and mapped in a worker thread",

@@ -28,12 +28,20 @@ from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
 
 from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir, tighten
+from proxy.settings import CASSETTE_MAX_BYTES, CASSETTE_MAX_INTERACTIONS
 from proxy.transports.matching import MatchRules, RecordedRequest
 
 TEMP_MARKER = ".tmp-"
 # How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
 CASSETTE_LOCK_TIMEOUT_S = 60.0
 CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cassette, named by the YAML's SHA-256
+# A cache entry's JSON is at most ~2x its YAML (escaped quotes and backslashes). One far larger was expanded from
+# aliases by a version that still read them: it is dropped, never loaded.
+CACHE_MAX_GROWTH = 4
+CACHE_SLACK_BYTES = 1024 * 1024
+# The parser vcrpy loads cassettes with (its major version is pinned in pyproject.toml): what the checks before a
+# load see is what the load will read.
+_Loader = yamlserializer._CassetteLoader
 # Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
 WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
@@ -129,7 +137,7 @@ class Cassette:
 
 def serialize(interactions: list[Interaction]) -> str:
     data = {"version": CASSETTE_FORMAT_VERSION, "interactions": [i.to_yaml_dict() for i in interactions]}
-    return str(yamlserializer.serialize(data))
+    return str(yaml.dump(data, Dumper=_UnaliasedDumper))
 
 
 def identity(interaction: Interaction) -> str:
@@ -142,6 +150,14 @@ def identity(interaction: Interaction) -> str:
 
 def identities(interactions: Iterable[Interaction]) -> set[str]:
     return {identity(item) for item in interactions}
+
+
+class _UnaliasedDumper(yamlserializer._CassetteDumper):
+    """vcrpy's dumper, except that an object met twice is written out twice, never as an anchor and an alias:
+    loading refuses aliases, so what we write must never hold one."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -162,8 +178,12 @@ class ParseCache:
     def entry(self, digest: str) -> Path:
         return self.folder / f"{digest}.json"
 
-    def read(self, digest: str) -> list[Interaction] | None:
+    def read(self, digest: str, yaml_bytes: int) -> list[Interaction] | None:
+        """The entry of a YAML of `yaml_bytes` bytes, unless it is out of all proportion to it (then it goes)."""
         try:
+            if self.entry(digest).stat().st_size > CACHE_MAX_GROWTH * yaml_bytes + CACHE_SLACK_BYTES:
+                self.forget(digest)
+                return None
             data = json.loads(self.entry(digest).read_text(encoding="utf-8"))
             if data.get("sha256") != digest:
                 return None
@@ -189,14 +209,12 @@ class ParseCache:
 def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
     """A cassette's interactions: from `cache` when it holds the file's SHA-256, else by parsing the YAML
     (libyaml when present), which then fills the cache. YAML parsing costs ~0.7 ms an interaction even with
-    libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cassette {path} cannot be read: {exc}") from None
+    libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it or refuses it (over
+    CASSETTE_MAX_BYTES, over CASSETTE_MAX_INTERACTIONS, a YAML alias): a refused file is never cached."""
+    raw = _read_capped(path, f"cassette {path}")
     digest = sha256_of(raw)
     if cache is not None:
-        cached = cache.read(digest)
+        cached = cache.read(digest, len(raw))
         if cached is not None:
             return cached
     try:
@@ -207,6 +225,22 @@ def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Inter
     if cache is not None:
         cache.write(digest, interactions)
     return interactions
+
+
+def _read_capped(path: Path, source: str) -> bytes:
+    """The file's bytes, refused by its size before it is read (and at most one byte past the cap is ever read)."""
+    try:
+        with open(path, "rb") as f:
+            too_large = os.fstat(f.fileno()).st_size > CASSETTE_MAX_BYTES
+            raw = b"" if too_large else f.read(CASSETTE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{source} cannot be read: {exc}") from None
+    if too_large or len(raw) > CASSETTE_MAX_BYTES:
+        raise ValueError(
+            f"{source} is refused: it is larger than the {CASSETTE_MAX_BYTES} byte cap (CASSETTE_MAX_BYTES, "
+            f"{CASSETTE_MAX_BYTES // (1024 * 1024)} MiB); split it or record it again"
+        )
+    return raw
 
 
 def sha256_of(raw: bytes) -> str:
@@ -284,6 +318,7 @@ def _from_jsonable(item: dict[str, Any]) -> Interaction:
 def parse_interactions(text: str, source: str) -> list[Interaction]:
     path = source
     try:
+        _refuse_expansion(text, source)
         data = yamlserializer.deserialize(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{source} is not valid YAML: {exc}") from None
@@ -299,6 +334,44 @@ def parse_interactions(text: str, source: str) -> list[Interaction]:
             raise ValueError(f"{path}: interaction {number} is malformed ({exc})") from None
         interactions.append(Interaction(request, response, dict(item.get("proxy") or {})))
     return interactions
+
+
+def _refuse_expansion(text: str, source: str) -> None:
+    """One pass over the YAML's events, before any node or object is built from them. Refuses any alias (`*name`
+    repeats a whole subtree, so nested ones make a few hundred bytes expand to gigabytes; no cassette written by
+    this tool or by plain vcrpy has one) and more than CASSETTE_MAX_INTERACTIONS items in the root's `interactions`.
+    Raises ValueError naming `source`; a YAML syntax error is left to the loader."""
+    depth = 0  # collections open around the next event
+    root_is_mapping = at_key = is_interactions = counting = False
+    count = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue  # the stream's and documents' starts and ends
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise ValueError(
+                f"{source} is refused: it uses a YAML alias (*{event.anchor} at line {line}), which no cassette "
+                "written by proxy or vcrpy has; record it again (or write the repeated part out in full)"
+            )
+        if depth == 0:
+            root_is_mapping, at_key = isinstance(event, yaml.MappingStartEvent), True
+        elif depth == 1 and root_is_mapping:  # a key, then its value, of the root mapping
+            if at_key:
+                is_interactions = isinstance(event, yaml.ScalarEvent) and event.value == "interactions"
+            counting = not at_key and is_interactions and isinstance(event, yaml.SequenceStartEvent)
+            at_key = not at_key
+        elif depth == 2 and counting:
+            count += 1
+            if count > CASSETTE_MAX_INTERACTIONS:
+                raise ValueError(
+                    f"{source} is refused: it holds more than {CASSETTE_MAX_INTERACTIONS} interactions "
+                    "(CASSETTE_MAX_INTERACTIONS); split it or record it again"
+                )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
 
 
 def atomic_write(path: Path, text: str, private: bool = False) -> None:

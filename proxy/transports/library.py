@@ -57,6 +57,11 @@ class CassetteExpired(CassetteMiss):
     """A recording answers, but its cassette is older than `cassette_max_age` and `on_expired` is `fail`."""
 
 
+class CassetteRefused(CassetteMiss):
+    """The cassette file cannot be used (unreadable, not a cassette, or refused: over a cap, a YAML alias): every
+    call through it fails with why, naming the file, and nothing is recorded into it."""
+
+
 @dataclass
 class CassetteHandle:
     """One opening of a cassette: its mode, whether the cassette existed then, and its own play-back
@@ -283,7 +288,11 @@ class CassetteLibrary:
         cassette = Cassette(name, path, self.rules)
         if path.exists():
             # Parsing a large cassette is CPU work: off the event loop.
-            interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
+            try:
+                interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
+            except ValueError as exc:  # kept as this name's load: later calls fail alike, without reading it again
+                log.error("%s", exc)
+                raise CassetteRefused(str(exc)) from None
             for interaction in interactions:
                 cassette.add(interaction)
             cassette.existed = True
