@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -143,12 +144,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if pace and timing.ttfb_ms:
             await asyncio.sleep(timing.ttfb_ms / 1000 / pace)
         recorded = interaction.response
-        headers = [
-            (name, value)
-            for name, values in recorded["headers"].items()
-            if name.lower() != "content-length"  # the chunks follow one another: no length up front
-            for value in values
-        ]
+        # The chunks follow one another: no length up front.
+        headers = [(k, v) for k, v in _recorded_headers(recorded) if k.lower() != b"content-length"]
         extensions = {
             OUTCOME_EXTENSION: "hit",
             REPLAYED_EXTENSION: True,
@@ -202,7 +199,7 @@ def _redacted_uri_and_body(
 def _prepared(interaction: Interaction, latency_ms: float) -> PreparedReply:
     """A recorded answer as every replay of it hands it out: its headers parsed, its body as bytes."""
     recorded = interaction.response
-    headers = httpx.Headers([(name, value) for name, values in recorded["headers"].items() for value in values])
+    headers = httpx.Headers(_recorded_headers(recorded))
     message = recorded["status"].get("message")
     body = recorded["body"]["string"] or b""
     extensions = {
@@ -213,6 +210,14 @@ def _prepared(interaction: Interaction, latency_ms: float) -> PreparedReply:
         **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
     }
     return recorded["status"]["code"], headers, body.encode() if isinstance(body, str) else body, extensions
+
+
+def _recorded_headers(recorded: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A recorded answer's headers as bytes: httpx takes text headers as ASCII only, and a masked name or value
+    (`x-tok-••••••••`) is not; as UTF-8 they read back as they were recorded."""
+    return [
+        (str(name).encode(), str(value).encode()) for name, values in recorded["headers"].items() for value in values
+    ]
 
 
 def redacted_interaction(
