@@ -5,7 +5,8 @@ A real proxy server and a raw-socket upstream answering `HTTP/1.1 401 Bad token 
 `X-Tok-<token>` (as received, lower-cased, URL-safe base64, percent-encoded). The token must not be readable
 (in any case, any encoding `tests.encodings.revealed` decodes) in the API answers, the relayed forward answer
 read off the socket, the cassette and parse-cache files, the SQLite files, the flow log and its HAR export, the
-server log or `proxy check`'s output.
+server log or `proxy check`'s output; and `proxy cassettes verify` must report one planted in a cassette or in
+the parse cache.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 
 from proxy.secrets import install_log_redaction
 from proxy.settings import MASK, MAX_REASON_PHRASE_CHARS
-from proxy.transports.cassette import load_interactions
+from proxy.transports.cassette import Cassette, ParseCache, load_interactions, make_interaction, write_cassette
+from proxy.transports.matching import MatchRules
 from tests.conftest import chat_connection, running_proxy
 from tests.encodings import revealed
 from tests.helpers import invoke, post
@@ -220,6 +222,41 @@ async def test_a_hostile_reason_phrase_is_stripped_of_control_characters_and_cut
     (recorded,) = load_interactions(cassette)
     assert recorded.response["status"]["message"] == reason
     assert b"\x1b" not in cassette.read_bytes() and b"\\e" not in cassette.read_bytes()  # nor YAML's escape of it
+
+
+def test_verify_finds_a_token_in_a_reason_phrase_or_a_header_name_in_a_cassette_or_the_parse_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: cassettes recorded before this fix, holding the token in status lines and header names."""
+    monkeypatch.chdir(tmp_path)
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
+        post(client, "/endpointConnections", chat_connection("http://127.0.0.1:9", name="stored", authToken=TOKEN))
+    planted = [
+        make_interaction("GET", "https://up.test/0", b"", {}, 401, f"Bad token {TOKEN}", [], b"{}", {}),
+        make_interaction("GET", "https://up.test/1", b"", {}, 200, "OK", [(f"X-Tok-{TOKEN}", "1")], b"{}", {}),
+        make_interaction("GET", "https://up.test/2", b"", {}, 200, "OK", [(f"x-low-{TOKEN.lower()}", "1")], b"{}", {}),
+        make_interaction("GET", "https://up.test/3", b"", {f"x-sent-{TOKEN}": "1"}, 200, "OK", [], b"{}", {}),
+    ]
+    cassettes = tmp_path / "planted"
+    cassette = Cassette("planted", cassettes / "planted.yaml", MatchRules())
+    for interaction in planted:
+        cassette.add(interaction)
+    write_cassette(cassette.path, cassette.serialize(), cassette.interactions)  # no parse cache written
+    # A parse-cache entry in the data dir, as an older server left it for a cassette since rewritten.
+    ParseCache.in_data_dir(tmp_path / "data").write("0" * 64, planted[:2])
+
+    code, output = invoke("cassettes", "verify", "--cassettes", str(cassettes), "--data-dir", str(tmp_path / "data"))
+    assert code == 1, output
+    problems = [line for line in output.splitlines() if line.startswith("PROBLEM")]
+    assert problems == [
+        "PROBLEM  planted #0: response status line holds a credential",
+        f"PROBLEM  planted #1: response header name x-tok-{MASK} holds a credential",
+        f"PROBLEM  planted #2: response header name x-low-{MASK} holds a credential",
+        f"PROBLEM  planted #3: request header name x-sent-{MASK} holds a credential",
+        f"PROBLEM  parse cache {'0' * 64}.json #0: response status line holds a credential",
+        f"PROBLEM  parse cache {'0' * 64}.json #1: response header name x-tok-{MASK} holds a credential",
+    ], output
+    assert not readable(TOKEN, output)  # the report names no secret
 
 
 def test_an_answer_recorded_with_a_masked_header_replays_instead_of_failing(
