@@ -37,8 +37,8 @@ CORS_MAX_AGE_S = 600
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
-# An upstream's status-line reason phrase is untrusted text shown in errors and stored in cassettes: control
-# characters are dropped and it is cut to this length (aiohttp alone lets one run to 8 KB).
+# An upstream's status-line reason phrase is untrusted text shown in errors and stored in cassettes: only its
+# printable characters are kept, and at most this many (aiohttp alone lets one run to 8 KB).
 MAX_REASON_PHRASE_CHARS = 200
 
 # JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
