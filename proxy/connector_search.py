@@ -18,6 +18,7 @@ from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.transports.library import CassetteLibrary
+from proxy.url_secrets import secret_values
 
 REGISTRATION_QUERY = "proxy connector registration test"
 
@@ -66,13 +67,13 @@ class ConnectorCalls:
 
     async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
         # Until the test query passes the secrets are not the connector's: known for this call only.
-        with self.redactor.scoped(secrets.values()):
+        with self.redactor.scoped([*secrets.values(), *secret_values(connector.url)]):
             result = await self.call(
                 connector, {"query": REGISTRATION_QUERY}, secrets.get("token"), "connector registration"
             )
         problem = search_problem(result)
         if problem:
-            raise BadRequest(f"connector registration cancelled: the test query to {connector.url} {problem}")
+            raise BadRequest(f"connector registration cancelled: the test query to {connector.shown_url} {problem}")
 
     async def search(self, connector_id_: str, body: dict[str, Any]) -> tuple[dict[str, Any], CallResult]:
         connector = self.get(connector_id_)
