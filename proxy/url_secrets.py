@@ -147,6 +147,12 @@ def masked_url(url: str) -> str:
     return _replaced(url, [span for v in credential_values(url) for span in v.secrets(url)], MASK)
 
 
+def unmasked_credentials(uri: str) -> list[str]:
+    """The credential-named parameters of a recorded URL whose value is not masked: a cassette recorded elsewhere
+    (or by hand) may hold a credential no server here knows."""
+    return [v.param for v in credential_values(uri) if v.end > v.start and not is_masked(uri[v.start : v.end])]
+
+
 def refuse_masked(url: str) -> None:
     """A new connection's URL cannot hold the mask in a credential: there is no stored value it stands for."""
     for value in credential_values(url):
