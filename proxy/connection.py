@@ -18,7 +18,7 @@ from proxy.retry import RetryPolicy
 from proxy.settings import MIN_SECRET_LEN
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.templating import CompiledTemplate, TemplateRefused
-from proxy.url_secrets import FIELD_PREFIX, masked_url, query_secrets, secret_values
+from proxy.url_secrets import FIELD_PREFIX, masked_url, query_secrets, secret_values, whole_credentials
 
 
 @dataclass
@@ -82,6 +82,7 @@ class CompiledConnection:
             s.rate_limit,
             s.faults,
             s.traceparent,
+            whole_credentials(s.url),
         )
 
     def url_uses_session_id(self) -> bool:

@@ -18,7 +18,7 @@ from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.transports.library import CassetteLibrary
-from proxy.url_secrets import secret_values
+from proxy.url_secrets import secret_values, whole_credentials
 
 REGISTRATION_QUERY = "proxy connector registration test"
 
@@ -48,7 +48,13 @@ class ConnectorCalls:
         target_id = f"connector:{connector.id}"
         subject = CallSubject(target_id, connector.name, AuthType.NONE.value, ConnectionType.CONVERSATION.value)
         faults = [FaultRule.model_validate(rule) for rule in connector.faults]
-        return ForwardTarget(target_id, subject, headers=auth_header(connector.service_auth_type, token), faults=faults)
+        return ForwardTarget(
+            target_id,
+            subject,
+            headers=auth_header(connector.service_auth_type, token),
+            faults=faults,
+            query_credentials=whole_credentials(connector.url),
+        )
 
     def target_of(self, connector: Connector) -> ForwardTarget:
         """Where the connector's calls go, with its stored credential (a drift check re-sends through it)."""

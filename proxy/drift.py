@@ -5,7 +5,8 @@ their type are not drift: a live model never answers the same words twice.
 A recorded request is sent again as it was recorded, with the credentials its connection holds now in place
 of the masked ones. The connection is the one the cassette is named after (`connections/<name>`,
 `connectors/<name>`: the interactions' session key), else, for session cassettes, the stored connection
-whose URL the recorded request went to. A secret masked inside a recorded URL or body cannot be restored.
+whose URL the recorded request went to. A credential the connection's URL holds in its query string (`?key=…`)
+is put back where the recording masked it; any other secret masked inside a recorded URL or body cannot be.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from proxy.transports.cassette import Cassette, Interaction, load_interactions, 
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
+from proxy.url_secrets import unmasked
 
 # Set by the client library for each request, never worth re-sending as recorded.
 RESENT_WITHOUT = frozenset({"host", "content-length", "transfer-encoding", "connection", "traceparent"})
@@ -172,7 +174,7 @@ def target_for(runtime: Runtime, kind: str, interaction: Interaction) -> Forward
 
 def _static(conn: CompiledConnection) -> str:
     """The part of the connection's URL before any placeholder."""
-    return conn.spec.url.split("{", 1)[0]
+    return conn.shown_url.split("{", 1)[0]  # as recorded: a credential in the query string masked
 
 
 def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Request:
@@ -196,7 +198,7 @@ def resend_request(target: ForwardTarget, interaction: Interaction) -> httpx.Req
     if isinstance(body, str):
         body = body.encode()
     fresh = lambda _: uuid.uuid4().hex  # noqa: E731 - a new per-run id where the recording holds its token
-    uri = PER_RUN_TOKEN.sub(fresh, str(recorded["uri"]))
+    uri = unmasked(PER_RUN_TOKEN.sub(fresh, str(recorded["uri"])), target.query_credentials)
     body = PER_RUN_TOKEN.sub(fresh, body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
     limit = (target.id, target.rate_limit) if target.rate_limit else None
     return build_request(

@@ -153,6 +153,26 @@ def unmasked_credentials(uri: str) -> list[str]:
     return [v.param for v in credential_values(uri) if v.end > v.start and not is_masked(uri[v.start : v.end])]
 
 
+def whole_credentials(url: str) -> tuple[tuple[str, str], ...]:
+    """The credentials `url` holds as whole values (`key=AIza…`), each with the name it is compared by: what a
+    recorded URL, where they are masked, takes back when it is sent again (`proxy cassettes drift`)."""
+    return tuple((v.name, url[v.start : v.end]) for v in credential_values(url) if not v.templated and v.secrets(url))
+
+
+def unmasked(uri: str, credentials: tuple[tuple[str, str], ...]) -> str:
+    """A recorded URL with each credential that is masked whole put back from `credentials`, by name in order."""
+    left: dict[str, list[str]] = defaultdict(list)
+    for name, secret in credentials:
+        left[name].append(secret)
+    restored = []
+    for value in credential_values(uri):
+        if MASK in (uri[value.start : value.end], unquote(uri[value.start : value.end])) and left[value.name]:
+            restored.append((value.start, value.end, left[value.name].pop(0)))
+    for start, end, text in reversed(restored):
+        uri = uri[:start] + text + uri[end:]
+    return uri
+
+
 def refuse_masked(url: str) -> None:
     """A new connection's URL cannot hold the mask in a credential: there is no stored value it stands for."""
     for value in credential_values(url):
