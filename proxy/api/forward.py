@@ -67,7 +67,7 @@ async def forward(request: Request) -> Response:
     origin = conn.origin
     if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
         raise InvalidField(
-            "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.spec.url}"
+            "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.shown_url}"
         )
     raw_query = request.scope["query_string"]  # as sent: building request.url would parse the whole URL again
     query = f"?{raw_query.decode('latin-1')}" if raw_query else ""

@@ -18,6 +18,7 @@ from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.transports.cassette import Interaction, ParseCache, interactions_from_cache, load_interactions
 from proxy.transports.record_replay import ALWAYS_MASKED
+from proxy.url_secrets import unmasked_credentials
 
 # Shapes of credentials worth flagging even when this server never saw them.
 SECRET_SHAPES = re.compile(
@@ -163,8 +164,10 @@ def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
             found.append(f"{side} body holds a credential this server knows")
         elif match := SECRET_SHAPES.search(body.decode("utf-8", "replace") if isinstance(body, bytes) else body):
             found.append(f"{side} body holds something shaped like a credential ({match.group(0)[:12]}…)")
-    if redactor.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
+    uri = str(interaction.request["uri"])
+    if redactor.contains_secret(uri) or SECRET_SHAPES.search(uri):
         found.append("request URL holds a credential")
+    found += [f"request URL query parameter {param} is not masked" for param in unmasked_credentials(uri)]
     return found
 
 
