@@ -61,6 +61,9 @@ JSONPATH_LOOP_STEPS = 20_000
 TEMPLATE_MAX_SOURCE_CHARS = 100_000
 TEMPLATE_RENDER_TIME_S = 0.5
 TEMPLATE_MAX_CHARS = 10 * 1024 * 1024  # the rendered text, and any value built on the way
+# Every value one render builds (repeated and joined strings, a filter's copy of its text), added up as it is
+# built: the clock is read only between steps, so this bounds the work between two readings too.
+TEMPLATE_MAX_BUILT_CHARS = 10 * 1024 * 1024
 TEMPLATE_MAX_ITEMS = 100_000  # rows a `batch`/`slice` filter may make up (Jinja's own cap for range())
 TEMPLATE_MAX_CALL_DEPTH = 64  # nested macro and function calls
 

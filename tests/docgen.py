@@ -267,6 +267,8 @@ LIMITS = {
     "TEMPLATE_MAX_SOURCE_CHARS": "longest template source (422 beyond)",
     "TEMPLATE_RENDER_TIME_S": "render budget of one template, seconds (the call fails beyond)",
     "TEMPLATE_MAX_CHARS": "largest rendered text, or value built while rendering",
+    "TEMPLATE_MAX_BUILT_CHARS": "all the values one render builds, added up as they are built (repeated and joined "
+    "strings, a filter's copy of its text); the call fails beyond",
     "TEMPLATE_MAX_ITEMS": "most rows a `batch` or `slice` filter may make",
     "TEMPLATE_MAX_CALL_DEPTH": "deepest nesting of macro and function calls in a template",
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",

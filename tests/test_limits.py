@@ -18,6 +18,7 @@ import pytest
 
 from proxy.settings import JSON_MAX_DEPTH, JSONPATH_BASE_STEPS, JSONPATH_STEPS_PER_CHAR
 from proxy.store import DB_FILE_NAME
+from proxy.templating import CompiledTemplate
 from tests.conftest import csrf_token, running_proxy
 from tests.helpers import post
 from tests.upstream import Reply, Upstream
@@ -173,6 +174,53 @@ def test_a_stored_bomb_template_from_an_older_data_dir_loads_without_running(
         f"stored connection chat ({conn_id}): inputTemplate (input_template): template refused" in r.getMessage()
         for r in caplog.records
     )
+
+
+TITLE_BOMB = '{"m": "{{ input.user_message }}", "n": {{ ((input.user_message[:1] ~ "-") * 4900000) | title | length }}}'
+
+
+def test_six_concurrent_title_bombs_fail_fast_without_stalling_healthz(
+    api: httpx.Client, upstream: Upstream, upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: `title` over a 9.8 MB string the template built with `*` took 2-7 s a render (one call the
+    render's clock never saw), on the event loop; six at once held /healthz for many seconds."""
+    renders: list[float] = []
+    render = CompiledTemplate.render
+
+    def timed(template: CompiledTemplate, context: Any) -> str:  # the real render, the bomb's timed
+        started = time.perf_counter()
+        try:
+            return render(template, context)
+        finally:
+            if template.source == TITLE_BOMB:
+                renders.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(CompiledTemplate, "render", timed)
+    conv = post(api, "/endpointConnections", connection(upstream_url, "chat", inputTemplate=TITLE_BOMB))
+    final = post(api, "/endpointConnections", connection(upstream_url, "final", "FINALIZATION"))
+    version = {"productId": "p", "conversationEndpointConnectionId": conv["id"],
+               "finalizationEndpointConnectionId": final["id"]}  # fmt: skip
+    version_id = post(api, "/versions", version)["id"]
+    sessions = [post(api, "/sessions", {"versionId": version_id, "isProduction": True})["id"] for _ in range(6)]
+    turns: dict[str, dict[str, Any]] = {}
+
+    def turn(session_id: str) -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=120) as client:
+            turns[session_id] = post(client, f"/sessions/{session_id}/turns", {"input": {"user_message": "hi"}})
+
+    renders.clear()
+    with healthz_polls(str(api.base_url)) as polls:
+        threads = [threading.Thread(target=turn, args=(session_id,)) for session_id in sessions]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert max(polls) < 0.5, f"slowest /healthz {max(polls):.2f}s while renders took {sorted(renders)}"
+    assert len(renders) == 6 and max(renders) < 0.5, f"renders took {sorted(renders)}"
+    error = "template stopped: the `title` filter would walk over 9,800,000 items (the limit is 100,000)"
+    assert [turns[s]["status"] for s in sessions] == ["FAILED"] * 6
+    assert [turns[s]["error"] for s in sessions] == [error] * 6
+    assert not upstream.requests_to("/chat") and len(upstream.requests_to("/final")) == 6
 
 
 # -- JSON bounds in requests -------------------------------------------------------------------
