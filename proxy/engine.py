@@ -23,8 +23,9 @@ import httpx
 from proxy.auth import masked_headers, new_trace_id
 from proxy.connection import CompiledConnection
 from proxy.head_masking import masked_head, with_masked_names
+from proxy.jsonpath_budget import JsonPathStopped
 from proxy.redaction import Redactor
-from proxy.replies import decode_reply, off_loop_if_large, transport_failure
+from proxy.replies import decode_reply, off_loop_if_large, read_reply, transport_failure
 from proxy.reply_mapping import REQUIRED_KEYS, map_reply, matching_end_rule
 from proxy.request_building import build_request, render_request, text_preview
 from proxy.results import (
@@ -129,7 +130,7 @@ class Engine:
         await self._send(conn.target, request, result, conn)
         if result.ok and result.ended_by_rule is None:
             reply = result.reply
-            await off_loop_if_large(len(reply.text) if reply else 0, map_reply, conn, result, self.redactor)
+            await read_reply(len(reply.text) if reply else 0, map_reply, conn, result, self.redactor)
 
     def render(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
         """The request a call would send, without sending it (`proxy check --dry-run`)."""
@@ -213,7 +214,11 @@ class Engine:
                 result.reply = reply
                 rule = None
                 if conn is not None and conn.end_rules:
-                    rule = await off_loop_if_large(len(reply.text), matching_end_rule, conn, reply)
+                    try:
+                        rule = await read_reply(len(reply.text), matching_end_rule, conn, reply)
+                    except JsonPathStopped as exc:  # an end rule too costly to read fails the call
+                        result.error = self.redactor.redact(str(exc))
+                        return
                 if rule is not None:
                     result.ended_by_rule = rule
                     result.error = None

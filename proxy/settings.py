@@ -53,12 +53,25 @@ JSON_MAX_NUMBER_DIGITS = 4300
 # A reply larger than this is parsed and mapped in a worker thread, so the event loop keeps serving.
 OFF_LOOP_REPLY_BYTES = 256 * 1024
 
+# JSONPath bounds. Every JSONPath run over a reply (output mapping, end rules, the SSE text path) counts a
+# step per value it visits or matches; one reading of a reply may take this many steps plus so many per
+# character of it: enough to walk every value of any reply a few times (`$..a`), not for a path whose cost
+# multiplies with the depth (`$..*..*..*`, the cube of it).
+JSONPATH_BASE_STEPS = 100_000
+JSONPATH_STEPS_PER_CHAR = 2
+# A reading of a small reply runs on the event loop for at most this many steps (10-30 ms), then starts again
+# in a worker thread, so no JSONPath holds up other sessions or /healthz.
+JSONPATH_LOOP_STEPS = 20_000
+
 # Template bounds. A template source over the size cap is refused (compiling costs ~3 ms a KB, on the
 # event loop); a render that passes its time, size or call-depth budget fails the call. Numbers a
 # template computes are held to the JSON digit limit.
 TEMPLATE_MAX_SOURCE_CHARS = 100_000
 TEMPLATE_RENDER_TIME_S = 0.5
 TEMPLATE_MAX_CHARS = 10 * 1024 * 1024  # the rendered text, and any value built on the way
+# Every value one render builds (repeated and joined strings, a filter's copy of its text), added up as it is
+# built: the clock is read only between steps, so this bounds the work between two readings too.
+TEMPLATE_MAX_BUILT_CHARS = 10 * 1024 * 1024
 TEMPLATE_MAX_ITEMS = 100_000  # rows a `batch`/`slice` filter may make up (Jinja's own cap for range())
 TEMPLATE_MAX_CALL_DEPTH = 64  # nested macro and function calls
 

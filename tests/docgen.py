@@ -263,9 +263,16 @@ LIMITS = {
     "JSON_MAX_DEPTH": "deepest JSON nesting taken in a request (400 beyond) or an upstream reply (the call fails)",
     "JSON_MAX_NUMBER_DIGITS": "most digits in one JSON number, in a request or an upstream reply",
     "OFF_LOOP_REPLY_BYTES": "replies larger than this are parsed and mapped in a worker thread",
+    "JSONPATH_BASE_STEPS": "steps (values visited or matched) the JSONPaths reading one reply may take, besides "
+    "`JSONPATH_STEPS_PER_CHAR` per character of it (the call fails beyond)",
+    "JSONPATH_STEPS_PER_CHAR": "steps the JSONPaths reading one reply may take per character of it",
+    "JSONPATH_LOOP_STEPS": "steps a reading of a small reply takes on the event loop before it goes on in a worker "
+    "thread",
     "TEMPLATE_MAX_SOURCE_CHARS": "longest template source (422 beyond)",
     "TEMPLATE_RENDER_TIME_S": "render budget of one template, seconds (the call fails beyond)",
     "TEMPLATE_MAX_CHARS": "largest rendered text, or value built while rendering",
+    "TEMPLATE_MAX_BUILT_CHARS": "all the values one render builds, added up as they are built (repeated and joined "
+    "strings, a filter's copy of its text); the call fails beyond",
     "TEMPLATE_MAX_ITEMS": "most rows a `batch` or `slice` filter may make",
     "TEMPLATE_MAX_CALL_DEPTH": "deepest nesting of macro and function calls in a template",
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",
