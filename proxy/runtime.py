@@ -17,7 +17,7 @@ from proxy.connector_store import CONNECTORS
 from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
 from proxy.entities import stored_secrets
-from proxy.errors import ConfigError, ProxyError, UnknownField
+from proxy.errors import ConfigError, InvalidField, ProxyError, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
 from proxy.flows import FlowLog
 from proxy.known_keys import check_keys, check_model_keys
@@ -37,6 +37,7 @@ from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.upstreams import ClientSecrets, ForwardUpstream, forward_upstream
 from proxy.versions import CONFIG_FIELDS as VERSION_CONFIG_FIELDS
 from proxy.versions import VersionRegistry
 
@@ -77,6 +78,16 @@ class Runtime:
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
         self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http, self.redactor)
+        self.upstreams: dict[str, ForwardUpstream] = {}  # forward-only, by name (see add_upstream)
+        self.client_secrets = ClientSecrets(self.redactor)
+
+    def add_upstream(self, name: str, url: str) -> ForwardUpstream:
+        """A forward-only upstream `name` at base URL `url`, before the server starts (the pytest plugin's
+        `--proxy-upstream`). A config connection of the same name would be shadowed: refused."""
+        if any(str(data.get("name")) == name for data in self.config.connections):
+            raise InvalidField(f"upstream {name}", "a connection of the config file has this name already")
+        upstream = self.upstreams[name] = forward_upstream(name, url, self.settings.allow_http)
+        return upstream
 
     def check_config(self) -> None:
         """Validate the config file's connections before serving, and every key of its versions and
