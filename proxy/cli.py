@@ -547,13 +547,15 @@ def cassettes_drift(
 @cassettes.command("verify")
 @CASSETTES_OPTION
 @CONFIG_OPTION
-@data_dir_option("the secrets stored there are looked for too.")
+@data_dir_option("the secrets stored there are looked for too, and in its parse cache.")
 def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
-    """Check that every cassette parses, loads in vcrpy and holds no secret.
+    """Check that every cassette parses, loads in vcrpy and holds no secret (status lines and header names
+    included), and that the data dir's parse cache holds none either.
 
     Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
     """
     from proxy.runtime import known_secrets
+    from proxy.transports.cassette import ParseCache
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
@@ -564,7 +566,7 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
         raise click.ClickException(exc.message) from None
     except RuntimeError as exc:  # a key that does not decrypt the stored secrets
         raise click.ClickException(str(exc)) from None
-    entries, problems = verify(settings.cassettes_dir, redactor)
+    entries, problems = verify(settings.cassettes_dir, redactor, ParseCache.in_data_dir(settings.data_dir))
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)

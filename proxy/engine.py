@@ -22,6 +22,7 @@ import httpx
 
 from proxy.auth import masked_headers, new_trace_id
 from proxy.connection import CompiledConnection
+from proxy.head_masking import masked_head, with_masked_names
 from proxy.redaction import Redactor
 from proxy.replies import decode_reply, off_loop_if_large, transport_failure
 from proxy.reply_mapping import REQUIRED_KEYS, map_reply, matching_end_rule
@@ -159,7 +160,10 @@ class Engine:
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
         result.request = RenderedRequest(
-            method, self.redactor.redact(url), masked_headers(headers), text_preview(body, self.redactor)
+            method,
+            self.redactor.redact(url),
+            with_masked_names(masked_headers(headers), self.redactor),
+            text_preview(body, self.redactor),
         )
         try:
             request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
@@ -309,8 +313,8 @@ class Engine:
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)
-        headers = {k.lower(): self.redactor.redact(v) for k, v in response.headers.items()}
-        reply = UpstreamReply(response.status_code, response.reason_phrase, headers, "")
+        reason, headers = masked_head(response, self.redactor)
+        reply = UpstreamReply(response.status_code, reason, headers, "")
         deadline = timeout.deadline() or asyncio.get_running_loop().time() + timeout.timeout_s
         reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")

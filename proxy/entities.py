@@ -161,6 +161,23 @@ def delete_row(store: Store, kind: EntityKind[Any], entity_id: str, deleted_at: 
         store.db.table(kind.table).delete(entity_id)
 
 
+def erase_and_update(store: Store, table: str, updates: dict[str, dict[str, Any]]) -> None:
+    """Change stored rows (by id) whose old values must not stay readable, such as a secret moving from plain
+    text to sealed: the old text is erased from the file and its WAL, not left in free space. Through `call`."""
+    if not updates:
+        return
+    conn = store.db.conn
+    (was,) = conn.execute("PRAGMA secure_delete").fetchone()
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        for entity_id, values in updates.items():
+            store.db.table(table).update(entity_id, values)
+        conn.commit()
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(was)}")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def prepare(store: Store, kind: EntityKind[Any]) -> None:
     """Create the kind's table, or rewrite it from the earlier layout, in one transaction."""
     db = store.db

@@ -351,6 +351,11 @@ class Redactor:
     def knows(self, value: str) -> bool:
         return value in self._known
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every secret known now (a new set each time it changes, so it can key what is worked out from it)."""
+        return self._known
+
     def _rebuild(self) -> None:
         known = frozenset().union(*self._owners.values())
         if known != self._known:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from proxy import jsonbounds
+from proxy.head_masking import masked_head
 from proxy.redaction import Redactor
 from proxy.results import UpstreamReply
 from proxy.settings import OFF_LOOP_REPLY_BYTES
@@ -44,8 +45,8 @@ def decode_reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> Up
     charset_named = "charset" in response.headers.get("content-type", "").lower()
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
     text = masked_text(raw, encoding, redactor)
-    headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
-    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text, size=len(raw))
+    reason, headers = masked_head(response, redactor)
+    reply = UpstreamReply(response.status_code, reason, headers, text, size=len(raw))
     # A replayed answer comes with a memo of its recording: the same masked text parses to the same JSON.
     memo: dict[str, Any] | None = response.extensions.get(REPLY_MEMO_EXTENSION)
     if memo is not None and memo.get("text") == text:

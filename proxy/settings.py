@@ -37,6 +37,9 @@ CORS_MAX_AGE_S = 600
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
+# An upstream's status-line reason phrase is untrusted text shown in errors and stored in cassettes: only its
+# printable characters are kept, and at most this many (aiohttp alone lets one run to 8 KB).
+MAX_REASON_PHRASE_CHARS = 200
 
 # Cassette files, read before anything is built from them: a larger file or one with more interactions is refused
 # (YAML costs ~20 KB of memory an interaction while it is parsed). The 100,000-interaction bench cassette is ~40 MB.

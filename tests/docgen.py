@@ -249,6 +249,8 @@ LIMITS = {
     "MAX_API_BODY_BYTES": "largest request body the API takes (413 beyond)",
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
+    "MAX_REASON_PHRASE_CHARS": "longest upstream reason phrase kept, in errors and cassettes (printable characters "
+    "only, secrets masked before the cut)",
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
     "GC_THRESHOLDS": "garbage-collector thresholds `proxy serve` runs with, its start-up state frozen (a server "
     "started in-process, as the pytest plugin does, leaves its host process's collector alone)",

@@ -206,6 +206,12 @@ class ParseCache:
             pass
 
 
+def interactions_from_cache(text: str) -> list[Interaction]:
+    """The interactions of one parse-cache entry, whatever cassette it was made from (`proxy cassettes verify`).
+    Raises ValueError, KeyError, TypeError or AttributeError when it is not one."""
+    return [_from_jsonable(item) for item in json.loads(text)["interactions"]]
+
+
 def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
     """A cassette's interactions: from `cache` when it holds the file's SHA-256, else by parsing the YAML
     (libyaml when present), which then fills the cache. YAML parsing costs ~0.7 ms an interaction even with
