@@ -394,3 +394,90 @@ def test_zero_config_openai_and_anthropic_apps_record_with_real_keys_and_replay_
     replayed = run_pytest(project, OPENAI_API_KEY="unused", ANTHROPIC_API_KEY="unused", EXPECTED="".join(WORDS))
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "2 passed" in replayed.stdout
+
+
+NO_SECRET_TESTS = """
+import httpx
+import pytest
+
+
+def ask(proxy_server):
+    return httpx.post(f"{proxy_server.url}/forward/chat/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "hello"}]})
+
+
+def test_replays(proxy_server):
+    answer = ask(proxy_server)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "answer to hello"
+
+
+@pytest.mark.proxy_record_mode("all")
+def test_would_go_live(proxy_server):
+    answer = ask(proxy_server)
+    assert answer.status_code == 200, answer.text
+"""
+
+
+def test_ci_replays_with_the_credential_variable_unset_and_a_live_call_names_it(project: Path) -> None:
+    """`auth_token: ${OPENAI_API_KEY}` stopped a replay-only run with a usage error when the variable was unset,
+    and a short placeholder (`x`) was refused. In record mode none the connection loads without the credential
+    (a warning) and replays; a call that would go live fails naming the variable, and nothing is sent."""
+    upstream = fake_upstream()
+    (project / "test_app.py").write_text(NO_SECRET_TESTS)
+    with serve_in_thread(upstream.app) as url:
+        connection = {
+            "name": "chat",
+            "product_id": "p",
+            "type": "CONVERSATION",
+            "url": f"{url}/v1/chat/completions",
+            "auth_type": "BEARER",
+            "auth_token": "${OPENAI_API_KEY}",
+            "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
+            "output_mapping": {"output": "$.choices[0].message.content"},
+        }
+        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(
+            project, "--proxy-record-mode", "once", "-k", "replays", OPENAI_API_KEY="sk-real-0123456789"
+        )
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert [r.headers["authorization"] for r in upstream.received] == ["Bearer sk-real-0123456789"]
+        upstream.received.clear()
+
+        environment = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        unset = subprocess.run(
+            [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "-rA", "-o", "log_level=WARNING"],
+            cwd=project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert unset.returncode == 1, unset.stdout + unset.stderr
+        assert "PASSED test_app.py::test_replays" in unset.stdout
+        assert "FAILED test_app.py::test_would_go_live" in unset.stdout
+        assert "environment variable OPENAI_API_KEY is not set, and this call would take it to the upstream live" in (
+            unset.stdout
+        )
+        assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set: replaying" in (
+            unset.stdout
+        )
+        assert upstream.received == []  # nothing went out, with or without a credential
+
+        placeholder = run_pytest(project, "-k", "replays", OPENAI_API_KEY="x")
+        assert placeholder.returncode == 0, placeholder.stdout + placeholder.stderr
+
+        # A run that may record still needs the variable, and says which.
+        recording = subprocess.run(
+            [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "--proxy-record-mode", "once"],
+            cwd=project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert recording.returncode != 0
+        assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set" in (
+            recording.stdout + recording.stderr
+        )
