@@ -28,6 +28,12 @@ SETTINGS_KEYS = frozenset(f.name for f in fields(Settings)) | {"cassettes", "ign
 IGNORE_KEYS = ("query", "body", "headers")
 
 
+# Where a credential sits in the file: a connection's or connector's token, password or secret, a custom header.
+CREDENTIAL_PLACE = re.compile(
+    r"\.(auth_token|authToken|password|token|client_secret|clientSecret)\Z|^connections\[\d+\]\.headers\.[^.]+\Z"
+)
+
+
 @dataclass
 class Config:
     settings: dict[str, Any] = field(default_factory=dict)
@@ -35,9 +41,14 @@ class Config:
     versions: list[dict[str, Any]] = field(default_factory=list)
     connectors: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    # Credentials from environment variables that are not set: {place in the file: variable}. Their `${VAR}`
+    # stays as written; only a server that calls nothing live (record mode none) accepts them.
+    unset_credentials: dict[str, str] = field(default_factory=dict)
 
 
-def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any:
+def expand_env(value: Any, where: str, env: dict[str, str] | None = None, unset: dict[str, str] | None = None) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string. An unset variable without a default is an error, except in
+    a credential's place when `unset` is given: there it stays `${VAR}` and is noted in `unset`."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     if isinstance(value, str):
 
@@ -47,13 +58,16 @@ def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any
                 return env[name]  # type: ignore[index]
             if default is not None:
                 return default
+            if unset is not None and CREDENTIAL_PLACE.search(where):
+                unset[where] = name
+                return match.group(0)
             raise ConfigError(f"config {where}: environment variable {name} is not set")
 
         return ENV_REFERENCE.sub(replace, value)
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}[{i}]", env, unset) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env, unset) for k, v in value.items()}
     return value
 
 
@@ -74,8 +88,9 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
         check_keys(_mapping(settings.get("ignore"), "settings.ignore"), IGNORE_KEYS, "settings.ignore")
     except UnknownField as exc:
         raise ConfigError(f"config {exc.message}") from None
-    data = expand_env(raw, "", env)
-    config = Config(path=path)
+    unset: dict[str, str] = {}
+    data = expand_env(raw, "", env, unset)
+    config = Config(path=path, unset_credentials=unset)
     config.settings = _settings(_mapping(data.get("settings"), "settings"))
     for section in SECTIONS[1:]:
         items = data.get(section) or []

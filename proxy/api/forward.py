@@ -63,19 +63,25 @@ async def forward(request: Request) -> Response:
     """Forward the request as it is to the connection's origin."""
     rt = runtime(request)
     mode = record_mode_header(request)
-    conn = rt.connections.resolve(request.path_params["connection"])
-    origin = conn.origin
-    if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
-        raise InvalidField(
-            "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.shown_url}"
-        )
+    name = request.path_params["connection"]
+    headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
+    upstream = rt.upstreams.get(name)
+    if upstream is not None:  # forward-only: the client's own credential goes up, masked like any secret
+        rt.client_secrets.note(name, headers)
+        target, base_url = upstream.target, upstream.origin.base_url()
+    else:
+        conn = rt.connections.resolve(name)
+        if conn.origin is None:  # a host the template decides is known only per call: nothing to render it with
+            raise InvalidField(
+                "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.shown_url}"
+            )
+        name, target, base_url = conn.name, conn.target, conn.origin.base_url()
     raw_query = request.scope["query_string"]  # as sent: building request.url would parse the whole URL again
     query = f"?{raw_query.decode('latin-1')}" if raw_query else ""
-    url = f"{origin.base_url()}/{request.path_params['path']}{query}"
-    headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
-    handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
+    url = f"{base_url}/{request.path_params['path']}{query}"
+    handle = rt.library.server_handle("connections", name, "forward", rt.library.mode_for(name))
     handle = handle.for_call(mode)
-    result = await rt.engine.forward(conn.target, request.method, url, headers, await request.body(), handle)
+    result = await rt.engine.forward(target, request.method, url, headers, await request.body(), handle)
     return _response(result)
 
 
