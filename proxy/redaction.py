@@ -272,8 +272,9 @@ class _Masks:
     @functools.cached_property
     def nested_escapes(self) -> re.Pattern[str]:
         """An escape of a character some form holds, in a document inside a JSON string (one or more levels
-        down): its backslash escaped again, so a run of two or more (`\\\\u0041`, `\\\\n`; `\\\\\\"` and `\\\\\\\\` for a
-        quote and a backslash). Compiled once it is needed: most texts hold no `\\\\` and never ask."""
+        down): its backslash escaped again, so a run of two or more (`\\\\u0041`, `\\\\n`; `\\\\\\"` and
+        `\\\\\\\\` for a quote and a backslash). Compiled once it is needed: most texts hold no `\\\\` and never
+        ask."""
         units = sorted({f"{ord(c):04x}" if ord(c) <= 0xFFFF else "d[89ab][0-9a-f]{2}" for c in self.chars})
         heads = [f"u(?i:{'|'.join(units)})"]
         letters = "".join(e[1] for e in self.json_escapes if e[1] not in 'u"\\')
