@@ -65,10 +65,11 @@ def revealed(secret: str, data: str | bytes) -> list[str]:
         "percent-decoded": unquote(text, errors="replace"),
         "form-decoded": unquote_plus(text, errors="replace"),
     }
+    decoded, unescaped = text, html.unescape(text)  # the inspector's pretty JSON
     for times in range(1, MASK_NESTED_JSON_DEPTH + 2):  # a secret's own escapes, then each document around it
-        readings[f"JSON-decoded x{times}"] = json_unescaped(text, times)
-        # The inspector's pretty JSON.
-        readings[f"HTML-unescaped, JSON-decoded x{times}"] = json_unescaped(html.unescape(text), times)
+        decoded, unescaped = json_unescaped(decoded), json_unescaped(unescaped)
+        readings[f"JSON-decoded x{times}"] = decoded
+        readings[f"HTML-unescaped, JSON-decoded x{times}"] = unescaped
     for codec in ("utf-16-le", "utf-16-be"):
         for start in (0, 1):
             readings[f"{codec} from byte {start}"] = raw[start:].decode(codec, "replace")
@@ -78,15 +79,6 @@ def revealed(secret: str, data: str | bytes) -> list[str]:
     if any(secret_bytes in reading for reading in _base64_readings(text)):
         found.append("base64-decoded")
     return found
-
-
-def nested_document(escaped: str, depth: int) -> str:
-    """A JSON document holding the string content `escaped` as "k", inside `depth - 1` documents around it, each
-    holding the one inside as the string "d"."""
-    document = '{"k": "' + escaped + '"}'
-    for _ in range(depth - 1):
-        document = '{"d": "' + in_json_string(document) + '"}'
-    return document
 
 
 def _json_mixed(token: str) -> str:
@@ -103,9 +95,8 @@ def _json_body(echo: str) -> bytes:
 ECHOES: dict[str, Callable[[str], bytes]] = {
     "json-escaped": lambda t: _json_body("".join(f"\\u{ord(c):04x}" for c in t)),
     "json-mixed": lambda t: _json_body(_json_mixed(t)),
-    # A JSON document inside the reply's string (its escapes escaped again), and one three documents deep.
-    "json-in-json": lambda t: _json_body(in_json_string(nested_document(json_u_escaped(t), 1))),
-    "json-in-json-3-deep": lambda t: _json_body(in_json_string(nested_document(_json_mixed(t), 3))),
+    # A JSON document inside the reply's string: its escapes escaped again.
+    "json-in-json": lambda t: _json_body(in_json_string('{"k": "' + json_u_escaped(t) + '"}')),
     "percent": lambda t: _json_body(quote(t, safe="")),
     "percent-lower": lambda t: _json_body(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(t, safe=""))),
     "form": lambda t: _json_body(quote_plus(t)),
