@@ -102,6 +102,10 @@ PASSPHRASE_SALT_BYTES = 16  # random per data dir, kept in its secret.salt
 MASK = "••••••••"
 # Secrets shorter than this are refused: masking them in free text would shred every message.
 MIN_SECRET_LEN = 8
+# A secret inside a JSON document that is itself a JSON string value (its escapes escaped again) is masked down
+# to this many documents deep. Each level doubles a secret's backslashes (the longest echo a stream holds back
+# grows with it) and costs one more pass over a reply holding a doubled backslash.
+MASK_NESTED_JSON_DEPTH = 3
 
 LATEST_SDK_VERSION = "5.12.0"
 MINIMUM_SDK_VERSION = "5.0.0"

@@ -276,6 +276,8 @@ LIMITS = {
     "TEMPLATE_MAX_ITEMS": "most rows a `batch` or `slice` filter may make",
     "TEMPLATE_MAX_CALL_DEPTH": "deepest nesting of macro and function calls in a template",
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",
+    "MASK_NESTED_JSON_DEPTH": "deepest JSON document inside a JSON string (inside another…) in which an echoed secret "
+    "is masked",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
     "DEFAULT_FLOW_LOG_SIZE": "`flow_log_size`: upstream calls the flow log keeps",
     "FLOWS_PAGE_SIZE": "most flows `GET /flows` lists and `GET /flows.har` exports at once",
