@@ -151,6 +151,7 @@ def _running(
     from proxy.cli import build_settings
     from proxy.config import Config, load_config
     from proxy.errors import ConfigError
+    from proxy.http_limits import server_config
     from proxy.listener import listen, url_of
     from proxy.runtime import Runtime
 
@@ -172,8 +173,8 @@ def _running(
     runtime.library.miss_listeners.append(state.missed)
     sock = listen("127.0.0.1", 0)
     app = _MarkedMode(create_app(runtime), state)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    # log_config=None: the test process's logging is the user's, uvicorn leaves it alone.
+    # The same protocol and limits as `proxy serve`; log_config=None: the test process's logging is the user's.
+    server = uvicorn.Server(server_config(app, settings, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
