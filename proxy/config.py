@@ -34,6 +34,7 @@ CLIENT_LIMITS: dict[str, tuple[type, str]] = {
     "header_timeout": (float, "a positive number of seconds"),
     "max_connections": (int, "a positive whole number of connections"),
     "send_timeout": (float, "a positive number of seconds"),
+    "max_flow_viewers": (int, "a positive whole number of viewers"),
 }
 
 

@@ -75,6 +75,7 @@ FLOWS_PAGE_SIZE = 200  # flows the list page and a HAR export show at most
 FLOW_EVENTS_HEARTBEAT_S = 15.0  # an idle live-update stream sends a comment this often
 FLOW_EVENTS_MAX_S = 300.0  # a live-update stream ends after this long (the browser reconnects)
 FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by before its stream ends
+DEFAULT_MAX_FLOW_VIEWERS = 32  # live-update streams at once; a newer one ends the oldest (each costs every flow)
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
@@ -104,6 +105,7 @@ class Settings:
     cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
     on_expired: str = ON_EXPIRED[0]
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept
+    max_flow_viewers: int = DEFAULT_MAX_FLOW_VIEWERS  # live `/flows/events` streams; a newer one ends the oldest
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers, before any route runs
     max_headers: int = DEFAULT_MAX_HEADERS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S  # seconds to a request's headers' end

@@ -31,7 +31,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.http_limits import HttpLimits, LimitedHttpProtocol
 from proxy.runtime import Runtime
-from proxy.settings import DEFAULT_MAX_HEADERS, Settings
+from proxy.settings import DEFAULT_MAX_FLOW_VIEWERS, DEFAULT_MAX_HEADERS, Settings
 from tests.conftest import RunningProxy, chat_connection
 from tests.helpers import post
 from tests.servers import free_port, proxy_serving, serve_in_thread
@@ -312,6 +312,28 @@ def forwarding(tmp_path: Path, upstream_url: str, **settings: Any) -> Iterator[t
         yield proxy, client
 
 
+def test_a_33rd_live_viewer_ends_the_oldest_stream(tmp_path: Path, upstream_url: str) -> None:
+    """The attack: 3,000 idle `/flows/events` streams made every flow cost each of them. With the cap of 32,
+    opening 40 ends the first 8 (oldest first); the 32 left each get the next flow."""
+    with forwarding(tmp_path, upstream_url) as (proxy, client):
+        viewers_beyond_the_cap(proxy, client)
+
+
+def viewers_beyond_the_cap(proxy: RunningProxy, client: httpx.Client) -> None:
+    assert DEFAULT_MAX_FLOW_VIEWERS == 32
+    viewers = [open_viewer(proxy.url) for _ in range(40)]
+    try:
+        assert proxy.runtime.flows.viewers == 32
+        for sock in viewers[:8]:
+            assert read_until(sock, b"0\r\n\r\n").endswith(b"0\r\n\r\n")  # the chunked stream's end
+        assert client.post("/forward/other/chat", json={"n": 1}).status_code == 200
+        for sock in viewers[8:]:
+            assert b"event: flow" in read_until(sock, b"event: flow")
+    finally:
+        for sock in viewers:
+            sock.close()
+
+
 def test_viewers_that_read_nothing_are_disconnected_without_slowing_anyone(tmp_path: Path, upstream_url: str) -> None:
     """The attack: 31 viewers that never read (small receive buffers) beside one that does, while flows are made.
     The stalled ones are disconnected once they took nothing for the send timeout (0.5 s here), and no longer
@@ -389,10 +411,11 @@ def test_the_limits_come_from_the_config_file_and_a_bad_one_is_named(tmp_path: P
     from proxy.cli import build_settings
 
     path = tmp_path / "proxy.yaml"
-    path.write_text("settings:\n  max_headers: 20\n  header_timeout: 2.5\n  max_connections: '40'\n")
+    path.write_text("settings:\n  max_headers: 20\n  header_timeout: 2.5\n  max_flow_viewers: '4'\n")
     settings = build_settings(load_config(path))
-    assert (settings.max_headers, settings.header_timeout, settings.max_connections) == (20, 2.5, 40)
+    assert (settings.max_headers, settings.header_timeout, settings.max_flow_viewers) == (20, 2.5, 4)
     assert HttpLimits.from_settings(settings).max_headers == 20
+    assert Runtime(settings.__class__(data_dir=tmp_path / "d", max_flow_viewers=4)).flows.max_viewers == 4
     for line, reason in [
         ("max_headers: 0", "settings.max_headers: 0 is not a positive whole number of headers"),
         ("max_connections: 1.5", "settings.max_connections: 1.5 is not a positive whole number of connections"),
