@@ -178,6 +178,9 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
 
     def _check_head(self) -> None:
         """Refuse a request head awaited for longer than the timeout; else look again when it would be."""
+        self._head_timer = None
+        if self.transport.get_protocol() is not self:  # upgraded (a WebSocket): no longer this protocol's
+            return
         timeout, since, now = self.limits.header_timeout_s, self._head_since, self.loop.time()
         if since is None or self._answering():  # no head awaited, or a pipelined one waits on the server
             due = now + timeout

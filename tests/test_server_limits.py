@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import json
 import select
@@ -40,6 +41,8 @@ from tests.upstream import Upstream
 pytestmark = pytest.mark.e2e
 API_KEY = "server-limits-key-1234"
 CAP_SETTING = "settings.max_connections"
+WEBSOCKET_UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+WEBSOCKET_UPGRADE += b"Sec-WebSocket-Version: 13\r\n"
 TCP_ESTABLISHED = 1  # tcpi_state, the first byte of Linux's struct tcp_info
 
 
@@ -235,6 +238,29 @@ def test_a_client_within_the_header_timeout_is_served(tmp_path: Path) -> None:
             sock.sendall(request[start : start + 8])
             time.sleep(0.05)
         assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_websocket_upgrades_leave_nothing_behind(tmp_path: Path) -> None:
+    """The attack: WebSocket upgrade requests, each handing its connection to uvicorn's WebSocket protocol (which
+    refuses it: the app has no WebSocket route). The HTTP protocol left behind must not keep its header timer,
+    and so itself, alive for ever."""
+    values = Settings(data_dir=tmp_path / "data", cassettes_dir=tmp_path / "cassettes", header_timeout=0.2)
+    protocol = LimitedHttpProtocol.with_limits(HttpLimits.from_settings(values))
+    with serve_in_thread(create_app(Runtime(values)), http=protocol) as url:
+        upgrade = head(url, "/ws").replace(b"\r\n\r\n", b"\r\n" + WEBSOCKET_UPGRADE + b"\r\n")
+        for _ in range(3):
+            with connect(url) as sock:
+                sock.sendall(upgrade)
+                assert answer(sock).startswith(b"HTTP/1.1 403 ")
+        deadline = time.monotonic() + 3
+        while (alive := alive_protocols(protocol)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive == 0, f"{alive} upgraded connections' protocols still alive"
+
+
+def alive_protocols(kind: type) -> int:
+    gc.collect()
+    return sum(type(o) is kind for o in gc.get_objects())
 
 
 def test_connections_over_the_cap_are_answered_503_at_once_and_room_frees_up(tmp_path: Path) -> None:
