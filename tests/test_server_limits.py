@@ -302,7 +302,9 @@ def fresh_healthz(url: str) -> int:
 
 
 def open_viewer(url: str, receive_buffer: int | None = None) -> socket.socket:
-    """A `GET /flows/events` stream, once the server has said it is connected."""
+    """A `GET /flows/events` stream, once the server has said it is connected. With `receive_buffer`, the
+    system's buffers on both ends are small (small segments keep the server's send buffer from growing), so a
+    viewer that reads nothing stalls the server's writes after a few flows instead of megabytes of them."""
     sock = socket.socket()
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -342,22 +344,18 @@ def test_a_33rd_live_viewer_ends_the_oldest_stream(tmp_path: Path, upstream_url:
     """The attack: 3,000 idle `/flows/events` streams made every flow cost each of them. With the cap of 32,
     opening 40 ends the first 8 (oldest first); the 32 left each get the next flow."""
     with forwarding(tmp_path, upstream_url) as (proxy, client):
-        viewers_beyond_the_cap(proxy, client)
-
-
-def viewers_beyond_the_cap(proxy: RunningProxy, client: httpx.Client) -> None:
-    assert DEFAULT_MAX_FLOW_VIEWERS == 32
-    viewers = [open_viewer(proxy.url) for _ in range(40)]
-    try:
-        assert proxy.runtime.flows.viewers == 32
-        for sock in viewers[:8]:
-            assert read_until(sock, b"0\r\n\r\n").endswith(b"0\r\n\r\n")  # the chunked stream's end
-        assert client.post("/forward/other/chat", json={"n": 1}).status_code == 200
-        for sock in viewers[8:]:
-            assert b"event: flow" in read_until(sock, b"event: flow")
-    finally:
-        for sock in viewers:
-            sock.close()
+        assert DEFAULT_MAX_FLOW_VIEWERS == 32
+        viewers = [open_viewer(proxy.url) for _ in range(40)]
+        try:
+            assert proxy.runtime.flows.viewers == 32
+            for sock in viewers[:8]:
+                assert read_until(sock, b"0\r\n\r\n").endswith(b"0\r\n\r\n")  # the chunked stream's end
+            assert client.post("/forward/other/chat", json={"n": 1}).status_code == 200
+            for sock in viewers[8:]:
+                assert b"event: flow" in read_until(sock, b"event: flow")
+        finally:
+            for sock in viewers:
+                sock.close()
 
 
 def test_viewers_that_read_nothing_are_disconnected_without_slowing_anyone(tmp_path: Path, upstream_url: str) -> None:
@@ -366,54 +364,50 @@ def test_viewers_that_read_nothing_are_disconnected_without_slowing_anyone(tmp_p
     published to: they stayed connected forever, each holding a task. The reader gets every flow, and /healthz
     stays fast."""
     with forwarding(tmp_path, upstream_url, send_timeout=0.5, record_mode="off") as (proxy, client):
-        stalled_viewers(proxy, client)
+        reader = open_viewer(proxy.url)
+        stalled = [open_viewer(proxy.url, receive_buffer=1024) for _ in range(31)]
+        received = bytearray()
+        reading = threading.Event()
+        reading.set()
 
+        def read() -> None:
+            reader.settimeout(0.1)
+            while reading.is_set():
+                with contextlib.suppress(TimeoutError):
+                    received.extend(reader.recv(65536))
 
-def stalled_viewers(proxy: RunningProxy, client: httpx.Client) -> None:
-    reader = open_viewer(proxy.url)
-    stalled = [open_viewer(proxy.url, receive_buffer=1024) for _ in range(31)]
-    received = bytearray()
-    reading = threading.Event()
-    reading.set()
-
-    def read() -> None:
-        reader.settimeout(0.1)
-        while reading.is_set():
-            with contextlib.suppress(TimeoutError):
-                received.extend(reader.recv(65536))
-
-    thread = threading.Thread(target=read)
-    thread.start()
-    forward_s: list[float] = []
-    health_s: list[float] = []
-    path = "/forward/other/chat/" + "p" * 60_000  # each flow's event is 60 KB: stalled buffers fill in a few
-    try:
-        with httpx.Client(base_url=proxy.url, timeout=30) as health:
-            while proxy.runtime.flows.viewers > 1 and len(forward_s) < 200:
-                started = time.perf_counter()
-                assert client.post(path, json={"n": len(forward_s)}).status_code == 200
-                forward_s.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                assert health.get("/healthz").status_code == 200
-                health_s.append(time.perf_counter() - started)
-        flows = len(forward_s)
-        assert proxy.runtime.flows.viewers == 1, f"{flows} flows and the stalled viewers are still published to"
-        deadline = time.monotonic() + 3
-        while any(tcp_state(s) == TCP_ESTABLISHED for s in stalled) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        still_open = sum(tcp_state(s) == TCP_ESTABLISHED for s in stalled)
-        assert still_open == 0, f"{still_open} stalled viewers still connected"
-        deadline = time.monotonic() + 5
-        while bytes(received).count(b"event: flow") < flows and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert bytes(received).count(b"event: flow") == flows  # the reader missed none
-        # Loose bounds, on the median (the machine is shared): a 60 KB forward call takes ~40 ms alone.
-        assert statistics.median(health_s) < 0.1 and statistics.median(forward_s) < 0.25, (health_s, forward_s)
-    finally:
-        reading.clear()
-        thread.join()
-        for sock in [reader, *stalled]:
-            sock.close()
+        thread = threading.Thread(target=read)
+        thread.start()
+        forward_s: list[float] = []
+        health_s: list[float] = []
+        path = "/forward/other/chat/" + "p" * 60_000  # each flow's event is 60 KB: stalled buffers fill in a few
+        try:
+            with httpx.Client(base_url=proxy.url, timeout=30) as health:
+                while proxy.runtime.flows.viewers > 1 and len(forward_s) < 200:
+                    started = time.perf_counter()
+                    assert client.post(path, json={"n": len(forward_s)}).status_code == 200
+                    forward_s.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    assert health.get("/healthz").status_code == 200
+                    health_s.append(time.perf_counter() - started)
+            flows = len(forward_s)
+            assert proxy.runtime.flows.viewers == 1, f"{flows} flows and the stalled viewers are still published to"
+            deadline = time.monotonic() + 3
+            while any(tcp_state(s) == TCP_ESTABLISHED for s in stalled) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            still_open = sum(tcp_state(s) == TCP_ESTABLISHED for s in stalled)
+            assert still_open == 0, f"{still_open} stalled viewers still connected"
+            deadline = time.monotonic() + 5
+            while bytes(received).count(b"event: flow") < flows and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bytes(received).count(b"event: flow") == flows  # the reader missed none
+            # Loose bounds, on the median (the machine is shared): a 60 KB forward call takes ~40 ms alone.
+            assert statistics.median(health_s) < 0.1 and statistics.median(forward_s) < 0.25, (health_s, forward_s)
+        finally:
+            reading.clear()
+            thread.join()
+            for sock in [reader, *stalled]:
+                sock.close()
 
 
 # -- the same limits everywhere -------------------------------------------------------------------
