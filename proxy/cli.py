@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 from proxy.api.guard import normalize_host_name, normalize_origin
-from proxy.config import Config, load_config
+from proxy.config import CLIENT_LIMITS, Config, load_config
 from proxy.errors import ConfigError
 from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
@@ -109,6 +109,8 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         cassette_max_age=file.get("cassette_max_age"),
         on_expired=str(file.get("on_expired", ON_EXPIRED[0])),
         flow_log_size=flow_log_size(file.get("flow_log_size", DEFAULT_FLOW_LOG_SIZE)),
+        # Checked when the file was read; what it leaves out keeps its default.
+        **{key: kind(file[key]) for key, (kind, _) in CLIENT_LIMITS.items() if file.get(key) is not None},
     )
 
 
@@ -180,10 +182,9 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     Exit status: 0 after a clean shutdown (Ctrl-C, SIGTERM), 1 when the config file or the data dir is
     unusable, 2 on bad usage or when it cannot listen (e.g. the port is in use).
     """
-    import uvicorn
-
     from proxy.app import create_app
-    from proxy.listener import AnnouncingServer, OneWriteHttpProtocol, listen, url_of, why_not
+    from proxy.http_limits import server_config
+    from proxy.listener import AnnouncingServer, listen, url_of, why_not
     from proxy.runtime import Runtime
     from proxy.secrets import install_log_redaction
 
@@ -212,8 +213,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
 
     install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     app = create_app(runtime)
-    server_config = uvicorn.Config(app, log_level="info", access_log=False, http=OneWriteHttpProtocol)
-    AnnouncingServer(server_config, announce).run(sockets=[sock])
+    AnnouncingServer(server_config(app, settings, log_level="info", access_log=False), announce).run(sockets=[sock])
 
 
 def settle_heap() -> None:

@@ -6,6 +6,7 @@ never has to be written into the file, and a value with YAML-special characters 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -26,6 +27,15 @@ SECTIONS = ("settings", "connections", "versions", "connectors")
 # `settings` takes every server setting (flags beat them), `cassettes` for `cassettes_dir`, and the matching rules.
 SETTINGS_KEYS = frozenset(f.name for f in fields(Settings)) | {"cassettes", "ignore", "match_headers", "redact_values"}
 IGNORE_KEYS = ("query", "body", "headers")
+# The limits on what clients may make the server hold: each setting's type, and what a value must be.
+CLIENT_LIMITS: dict[str, tuple[type, str]] = {
+    "max_header_bytes": (int, "a positive whole number of bytes"),
+    "max_headers": (int, "a positive whole number of headers"),
+    "header_timeout": (float, "a positive number of seconds"),
+    "max_connections": (int, "a positive whole number of connections"),
+    "send_timeout": (float, "a positive number of seconds"),
+    "max_flow_viewers": (int, "a positive whole number of viewers"),
+}
 
 
 # Where a credential sits in the file: a connection's or connector's token, password or secret, a custom header.
@@ -128,7 +138,17 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
     _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
     _number(settings, "fault_seed", int, lambda n: n == int(n), "an integer")
+    for key, (kind, expected) in CLIENT_LIMITS.items():
+        _number(settings, key, kind, _positive_whole if kind is int else _positive, expected)
     return settings
+
+
+def _positive(n: float) -> bool:
+    return math.isfinite(n) and n > 0
+
+
+def _positive_whole(n: float) -> bool:
+    return _positive(n) and n == int(n)
 
 
 def _number(settings: dict[str, Any], key: str, kind: type, ok: Callable[[Any], bool], expected: str) -> None:

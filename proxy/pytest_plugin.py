@@ -269,6 +269,7 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     from proxy.cli import build_settings
     from proxy.config import Config, load_config
     from proxy.errors import ConfigError, InvalidField
+    from proxy.http_limits import server_config
     from proxy.listener import listen, url_of
     from proxy.runtime import Runtime
 
@@ -295,8 +296,8 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     runtime.library.miss_listeners.append(state.missed)
     sock = listen("127.0.0.1", 0)
     app = _TestScope(create_app(runtime), state, runtime)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    # log_config=None: the test process's logging is the user's, uvicorn leaves it alone.
+    # The same protocol and limits as `proxy serve`; log_config=None: the test process's logging is the user's.
+    server = uvicorn.Server(server_config(app, settings, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S

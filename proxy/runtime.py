@@ -79,7 +79,7 @@ class Runtime:
             send_traceparent=settings.traceparent,
             redactor=self.redactor,
         )
-        self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size)
+        self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size, settings.max_flow_viewers)
         self.engine.observer = self.flows.observe
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)

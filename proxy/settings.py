@@ -30,6 +30,14 @@ MAX_FAULT_DELAY_MS = 120_000
 # `response_mode: sse`: where each event's JSON data holds its piece of the reply's text (OpenAI's shape).
 DEFAULT_STREAM_TEXT_PATH = "$.choices[0].delta.content"
 
+# What one client may make the server hold before any route (and so before authentication) runs. uvicorn's
+# httptools parser keeps a request's URL and headers whole, without bound, and waits for them forever.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers together (431 beyond); browsers send ~2 KB
+DEFAULT_MAX_HEADERS = 100  # header lines in one request (431 beyond)
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # from a connection's opening, or a request's first byte, to its headers' end (408)
+DEFAULT_MAX_CONNECTIONS = 1000  # open at once; more are answered 503 and closed (under the usual 1024 open files)
+DEFAULT_SEND_TIMEOUT_S = 60.0  # a client that takes none of its answer for this long is disconnected
+
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
 
@@ -88,6 +96,7 @@ FLOWS_PAGE_SIZE = 200  # flows the list page and a HAR export show at most
 FLOW_EVENTS_HEARTBEAT_S = 15.0  # an idle live-update stream sends a comment this often
 FLOW_EVENTS_MAX_S = 300.0  # a live-update stream ends after this long (the browser reconnects)
 FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by before its stream ends
+DEFAULT_MAX_FLOW_VIEWERS = 32  # live-update streams at once; a newer one ends the oldest (each costs every flow)
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
@@ -129,3 +138,9 @@ class Settings:
     cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
     on_expired: str = ON_EXPIRED[0]
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept
+    max_flow_viewers: int = DEFAULT_MAX_FLOW_VIEWERS  # live `/flows/events` streams; a newer one ends the oldest
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers, before any route runs
+    max_headers: int = DEFAULT_MAX_HEADERS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S  # seconds to a request's headers' end
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_S  # seconds a client may take none of its answer

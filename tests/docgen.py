@@ -132,6 +132,15 @@ SETTINGS = {
     "on_expired": "`warn` logs a line and replays, `fail` fails every call that would replay from it, naming the "
     "cassette and its age, `rerecord` treats it as mode `all` for the server run.",
     "flow_log_size": "How many upstream calls the flow log keeps (the newest; see [inspector.md](inspector.md)).",
+    "max_flow_viewers": "Live `GET /flows/events` streams served at once; a newer one ends the oldest's stream.",
+    "max_header_bytes": "Largest request line and headers, together; a request over it is answered 431 before any "
+    "route (authentication included) runs. Config file only, as are the limits below.",
+    "max_headers": "Most headers in one request; more are answered 431 before any route runs.",
+    "header_timeout": "Seconds a connection has to send a request's line and headers (from its opening, or a "
+    "request's first byte); then it is answered 408 and closed (closed without answer if it sent nothing).",
+    "max_connections": "Connections open at once; one more is answered 503 and closed at once.",
+    "send_timeout": "Seconds a client may take none of its answer (a stalled download or live stream); then it "
+    "is disconnected.",
 }
 MATCH_SETTINGS = [
     ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
@@ -279,6 +288,13 @@ LIMITS = {
     "MASK_NESTED_JSON_DEPTH": "deepest JSON document inside a JSON string (inside another…) in which an echoed secret "
     "is masked",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
+    "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
+    "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
+    "DEFAULT_HEADER_TIMEOUT_S": "`header_timeout`: seconds to send a request's headers (408 and closed beyond)",
+    "DEFAULT_MAX_CONNECTIONS": "`max_connections`: connections open at once (503 and closed beyond)",
+    "DEFAULT_SEND_TIMEOUT_S": "`send_timeout`: seconds a client may take none of its answer before it is disconnected",
+    "DEFAULT_MAX_FLOW_VIEWERS": "`max_flow_viewers`: live `GET /flows/events` streams at once (a newer one ends the "
+    "oldest)",
     "DEFAULT_FLOW_LOG_SIZE": "`flow_log_size`: upstream calls the flow log keeps",
     "FLOWS_PAGE_SIZE": "most flows `GET /flows` lists and `GET /flows.har` exports at once",
     "FLOW_EVENTS_HEARTBEAT_S": "an idle `GET /flows/events` stream sends a heartbeat this often, seconds",
