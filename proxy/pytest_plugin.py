@@ -45,6 +45,9 @@ class _PluginState:
 
     mode: str | None = None  # the running test's marker
     running: contextlib.ExitStack | None = None  # a server started with the session (--proxy-env)
+    mapped_scopes: set[str] = field(default_factory=set)  # every collected test's folder, deselected ones too
+    collected_modules: set[str] = field(default_factory=set)
+    collected: bool = False
     scope: str | None = None  # the running test's cassette folder (None: calls outside tests)
     test_id: str | None = None  # the running test's node id, its X-Proxy-Test-Id
     misses: list[str] = field(default_factory=list)
@@ -100,6 +103,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="set VAR to the forward URL of upstream NAME for the session (OPENAI_BASE_URL=openai)",
     )
     group.addoption(
+        "--proxy-strict-replay",
+        action="store_true",
+        default=False,
+        help="fail a test that passes without playing every recording of its cassettes (else a warning)",
+    )
+    group.addoption(
         "--proxy-data-dir",
         default=None,
         metavar="DIR",
@@ -110,6 +119,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("proxy_cassettes", "cassette folder for proxy_server (relative to the ini file)", default=None)
     parser.addini("proxy_upstreams", "forward-only upstreams, NAME=URL, one a line", type="linelist", default=[])
     parser.addini("proxy_env", "VAR=NAME: VAR set to upstream NAME's forward URL", type="linelist", default=[])
+    parser.addini("proxy_strict_replay", "as --proxy-strict-replay (true/false)", default="false")
     parser.addini("proxy_data_dir", "where cassette use is kept for prune (relative to the ini file)", default=None)
 
 
@@ -170,6 +180,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.running is not None:
         state.running.close()
         state.running = None
+    _note_orphans(session)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -315,12 +326,36 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
         _keep_usage(config, data_dir)
 
 
+def _lasting_dir(config: pytest.Config) -> Path:
+    """Where what outlives the session is kept: cassette use and orphans."""
+    return _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+
+
+def _cassettes_dir(config: pytest.Config) -> Path:
+    """The cassette folder as the server will use it, without loading the config when an option names it."""
+    given = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
+    if given is not None:
+        return given
+    config_path = _option_path(config, "--proxy-config", "proxy_config")
+    if config_path is not None:
+        from proxy.config import load_config
+        from proxy.errors import ConfigError
+
+        try:
+            folder = load_config(config_path).settings.get("cassettes_dir")
+        except ConfigError:
+            folder = None
+        if folder:
+            return Path(folder)
+    return config.rootpath / "cassettes"
+
+
 def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
     """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
     from proxy.store import read_cassette_usage
     from proxy.transports.usage import merge_usage_file, usage_file
 
-    lasting = _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+    lasting = _lasting_dir(config)
     if lasting.resolve() != data_dir.resolve():
         merge_usage_file(usage_file(lasting), read_cassette_usage(data_dir))
 
@@ -389,7 +424,89 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     misses = state.take_misses()
     if misses:
         pytest.fail(_miss_report(state, misses), pytrace=False)
+    _check_unplayed(item, state)
     return outcome
+
+
+class ProxyUnplayedWarning(UserWarning):
+    """A test passed without playing some of its recordings: calls it no longer makes."""
+
+
+def _check_unplayed(item: pytest.Item, state: _PluginState) -> None:
+    """After a passing test, the recordings in its own folder it did not play: a warning naming the test and how
+    many, or with --proxy-strict-replay a failure (shared folders are left out: other tests play them)."""
+    server = state.server
+    if server is None or state.scope is None or item.get_closest_marker(CASSETTE_MARKER) is not None:
+        return
+    from proxy.pytest_cassettes import unplayed_recordings
+
+    left = unplayed_recordings(server.runtime.library, state.scope)
+    if not left:
+        return
+    counts = "; ".join(f"{unplayed} of {total} in {name}" for name, unplayed, total in left)
+    message = (
+        f"proxy: {item.nodeid} did not play every recording of its cassettes ({counts}): they record calls it no "
+        f"longer makes; re-record it with --proxy-record-mode all -k {item.name}"
+    )
+    if _flag(item.config, "--proxy-strict-replay", "proxy_strict_replay"):
+        pytest.fail(f"{message} (failed by --proxy-strict-replay)", pytrace=False)
+    item.warn(ProxyUnplayedWarning(f"{message}, or --proxy-strict-replay to fail on this"))
+
+
+def _flag(config: pytest.Config, option: str, ini: str) -> bool:
+    return bool(config.getoption(option)) or str(config.getini(ini)).lower() in ("1", "true", "yes", "on")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Tests left out by -k or -m still own their folders: never orphans."""
+    if items:
+        state = items[0].config.stash[_STATE]
+        state.mapped_scopes.update(_test_scope(item) for item in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash[_STATE]
+    state.mapped_scopes.update(_test_scope(item) for item in session.items)
+    state.collected_modules.update(_module_scope(item) for item in session.items)
+    state.collected = True
+
+
+def _module_scope(item: pytest.Item) -> str:
+    from proxy.transports.cassette import file_name
+
+    module = item.nodeid.partition("::")[0].removesuffix(".py")
+    return "/".join(file_name(part) for part in module.split("/") if part not in ("", ".", ".."))
+
+
+def _note_orphans(session: pytest.Session) -> None:
+    """At the end of a run that collected its tests (each xdist worker collects them all): the test folders no
+    collected test maps to, recorded for `prune --orphans` and shown in the summary."""
+    config = session.config
+    state = config.stash[_STATE]
+    if not state.collected or session.shouldfail or session.shouldstop:
+        return
+    from proxy.pytest_cassettes import orphans, orphans_file, write_orphans
+
+    root = _cassettes_dir(config)
+    found = orphans(root, state.mapped_scopes, state.collected_modules, config.rootpath)
+    write_orphans(orphans_file(_lasting_dir(config)), root, found)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from proxy.pytest_cassettes import orphans_of
+
+    state = config.stash[_STATE]
+    if hasattr(config, "workerinput") or not (state.collected or _is_xdist_controller(config)):
+        return
+    found = orphans_of(_lasting_dir(config), _cassettes_dir(config)) or []
+    if found:
+        terminalreporter.write_sep("=", "proxy: orphaned cassettes", yellow=True)
+        terminalreporter.write_line(
+            f"{len(found)} cassette folder(s) no collected test maps to (a test renamed or removed):"
+        )
+        for folder in found:
+            terminalreporter.write_line(f"  {folder}")
+        terminalreporter.write_line("proxy cassettes prune --orphans --delete removes them")
 
 
 @pytest.hookimpl(wrapper=True)

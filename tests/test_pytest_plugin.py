@@ -481,3 +481,80 @@ def test_ci_replays_with_the_credential_variable_unset_and_a_live_call_names_it(
         assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set" in (
             recording.stdout + recording.stderr
         )
+
+
+LEFTOVER_TESTS = """
+import os
+
+import httpx
+
+
+def call(proxy_server, what):
+    answer = httpx.post(f"{proxy_server.url}/forward/counter/count", json={"what": what})
+    assert answer.status_code == 200, answer.text
+
+
+def test_keeps_calling(proxy_server):
+    call(proxy_server, "one")
+
+
+def test_calls_less_now(proxy_server):
+    call(proxy_server, "first")
+    if os.environ.get("SECOND", "yes") == "yes":
+        call(proxy_server, "second")
+"""
+
+
+def test_recordings_a_test_no_longer_plays_and_folders_no_test_maps_to_are_reported(project: Path) -> None:
+    """As cassetter does: a test that passes in replay without playing all its recordings gets a warning naming it
+    and how many (--proxy-strict-replay fails it), and after a run the per-test folders no collected test maps to
+    are listed as orphans, which `prune --orphans --delete` removes (and refuses to guess without a record)."""
+    (project / "test_app.py").write_text(LEFTOVER_TESTS)
+    upstream = counting_upstream()
+    with serve_in_thread(upstream.app) as url:
+        connection = {
+            "name": "counter",
+            "product_id": "p",
+            "type": "CONVERSATION",
+            "url": f"{url}/count",
+            "auth_type": "NONE",
+            "input_template": '{"q": "{{ input.user_message }}"}',
+            "output_mapping": {"output": "$.n"},
+        }
+        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert "ProxyUnplayedWarning" not in recorded.stdout and "orphaned" not in recorded.stdout
+
+        replayed = run_pytest(project, SECOND="no")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "ProxyUnplayedWarning: proxy: test_app.py::test_calls_less_now did not play every recording of its " in (
+            replayed.stdout
+        )
+        assert "(1 of 2 in test_app/test_calls_less_now/connections/counter)" in replayed.stdout
+        assert "test_keeps_calling did not play" not in replayed.stdout
+
+        strict = run_pytest(project, "--proxy-strict-replay", SECOND="no")
+        assert strict.returncode == 1, strict.stdout + strict.stderr
+        assert "FAILED test_app.py::test_calls_less_now" in strict.stdout and "1 passed" in strict.stdout
+
+        # A test renamed: its old folder is an orphan, reported at the end of the run (-n 2 too) and pruned on request.
+        (project / "test_app.py").write_text(LEFTOVER_TESTS.replace("def test_keeps_calling", "def test_renamed"))
+        renamed = run_pytest(project, "-n", "2", "-p", "xdist", "--proxy-record-mode", "new_episodes")
+        assert renamed.returncode == 0, renamed.stdout + renamed.stderr
+        assert "proxy: orphaned cassettes" in renamed.stdout
+        assert "  test_app/test_keeps_calling\n" in renamed.stdout
+        assert "prune --orphans --delete" in renamed.stdout
+
+    prune = [sys.executable, "-m", "proxy", "cassettes", "prune", "--orphans"]
+    nothing = subprocess.run(
+        [*prune, "--delete", "--data-dir", "elsewhere"], cwd=project, capture_output=True, text=True
+    )
+    assert nothing.returncode == 2 and "no record of orphaned test folders" in nothing.stderr
+    deleted = subprocess.run([*prune, "--delete"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert deleted.stdout.splitlines()[0] == "test_app/test_keeps_calling  1 cassette"
+    assert not (project / "cassettes" / "test_app" / "test_keeps_calling").exists()
+    assert (project / "cassettes" / "test_app" / "test_calls_less_now" / "connections" / "counter.yaml").exists()
+    assert (project / "cassettes" / "test_app" / "test_renamed" / "connections" / "counter.yaml").exists()

@@ -110,6 +110,7 @@ class Cassette:
     dirty: bool = False
     journal_seq: int = 0  # the newest journal row this cassette's memory holds
     dropped: list[Interaction] = field(default_factory=list)  # read, then cleared on purpose (record mode all)
+    played: set[int] = field(default_factory=set)  # positions replayed or recorded in this run
 
     def add(self, interaction: Interaction) -> int:
         position = len(self.interactions)
@@ -119,6 +120,7 @@ class Cassette:
         return position
 
     def clear(self) -> None:
+        self.played.clear()
         self.dropped.extend(self.interactions)
         self.interactions.clear()
         self.index.clear()
