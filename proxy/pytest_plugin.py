@@ -48,6 +48,7 @@ class _PluginState:
     mapped_scopes: set[str] = field(default_factory=set)  # every collected test's folder, deselected ones too
     collected_modules: set[str] = field(default_factory=set)
     collected: bool = False
+    served: bool = False  # a server ran in this session: only then is anything written about the cassettes
     scope: str | None = None  # the running test's cassette folder (None: calls outside tests)
     test_id: str | None = None  # the running test's node id, its X-Proxy-Test-Id
     misses: list[str] = field(default_factory=list)
@@ -240,6 +241,7 @@ def _running(config: pytest.Config, state: _PluginState) -> Iterator[ProxyServer
     with tempfile.TemporaryDirectory(prefix="proxy-data-") as temporary:
         with _server(config, state, Path(temporary)) as server, _environment(config, server):
             state.server = server
+            state.served = True
             try:
                 yield server
             finally:
@@ -483,7 +485,7 @@ def _note_orphans(session: pytest.Session) -> None:
     collected test maps to, recorded for `prune --orphans` and shown in the summary."""
     config = session.config
     state = config.stash[_STATE]
-    if not state.collected or session.shouldfail or session.shouldstop:
+    if not (state.collected and state.served) or session.shouldfail or session.shouldstop:
         return
     from proxy.pytest_cassettes import orphans, orphans_file, write_orphans
 
