@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -53,6 +53,9 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Logged for the operator (secrets scrubbed); the client gets no stack trace.
+    if isinstance(exc, ClientDisconnect):  # the client left (or was cut off) before its body came: nobody to tell
+        log.debug("%s %s: the client disconnected before its request body arrived", request.method, request.url.path)
+        return JSONResponse({"message": "the client disconnected"}, status_code=400)
     redactor = request.app.state.runtime.redactor
     log.error("unexpected error on %s %s: %s", request.method, request.url.path, redactor.redact(repr(exc)))
     return JSONResponse({"message": "internal error; the server log has the details"}, status_code=500)

@@ -641,6 +641,15 @@ def cassettes_prune(
     )
 
 
+def _inside(root: Path, folder: str) -> bool:
+    """Whether `folder` names a folder strictly inside `root`, as written and as resolved (no `..`, no absolute path,
+    no symlink out)."""
+    parts = Path(folder).parts
+    if not parts or Path(folder).is_absolute() or any(part in ("..", ".", "") for part in parts):
+        return False
+    return (root / folder).resolve().is_relative_to(root.resolve()) and (root / folder).resolve() != root.resolve()
+
+
 def _no_record(what: str, root: Path, data_dir: Path, whose: str) -> NoReturn:
     message = f"proxy: no record of {what} under {root} in {data_dir}: nothing pruned (give --data-dir of {whose})"
     click.echo(message, err=True)
@@ -659,6 +668,9 @@ def _prune_orphans(root: Path, data_dir: Path, delete: bool) -> None:
     removed = 0
     for folder in found:
         path = root / folder
+        if not _inside(root, folder):  # the record is a file anyone can commit: it never reaches outside the folder
+            click.echo(f"{folder!r}  refused: not a test folder inside {root}", err=True)
+            continue
         files = cassette_files(path) if path.is_dir() else []
         click.echo(f"{folder}  {counted(len(files), 'cassette')}")
         if delete:

@@ -33,6 +33,7 @@ from proxy.settings import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADERS,
     DEFAULT_SEND_TIMEOUT_S,
+    MIN_BODY_BYTES_PER_S,
     Settings,
 )
 
@@ -82,6 +83,9 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
         self._headers_left = self.limits.max_headers
         self._head_since: float | None = None  # since when a request head is awaited (None: a body, or idle)
         self._in_body = False
+        # While a body arrives: when it must have gone on. Each byte buys 1/MIN_BODY_BYTES_PER_S s, never more than
+        # the timeout ahead, so a body dribbled a byte at a time runs out as a slow head does.
+        self._body_due: float | None = None
         self._refused = False  # a limit answered: nothing more of this connection is read or run
         self._head_timer: asyncio.TimerHandle | None = None  # one per connection, not one per request
         self._send_timer: asyncio.TimerHandle | None = None
@@ -105,7 +109,12 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._in_body:  # the app reads a body under its own limits
+        if self._in_body:  # the app reads a body under its own limits, at a rate this connection keeps up
+            if self._body_due is not None:
+                now = self.loop.time()
+                self._body_due = min(
+                    self._body_due + len(data) / MIN_BODY_BYTES_PER_S, now + self.limits.header_timeout_s
+                )
             super().data_received(data)
         elif len(data) <= self._head_room:
             self._head_room -= len(data)
@@ -144,6 +153,7 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_body, self._head_since = True, None
+        self._body_due = self.loop.time() + self.limits.header_timeout_s
         if not self._refused:  # the parser goes on to the end of what it was given: nothing of it runs
             super().on_headers_complete()
 
@@ -152,7 +162,7 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._in_body, self._head_room = False, self.limits.max_header_bytes
+        self._in_body, self._head_room, self._body_due = False, self.limits.max_header_bytes, None
         if not self._refused:
             super().on_message_complete()
 
@@ -182,8 +192,11 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
         if self.transport.get_protocol() is not self:  # upgraded (a WebSocket): no longer this protocol's
             return
         timeout, since, now = self.limits.header_timeout_s, self._head_since, self.loop.time()
+        if self._body_due is not None and now >= self._body_due:
+            self._body_too_slow()
+            return
         if since is None or self._answering():  # no head awaited, or a pipelined one waits on the server
-            due = now + timeout
+            due = now + timeout if self._body_due is None else min(now + timeout, self._body_due)
         elif now - since < timeout:
             due = since + timeout
         elif self._head_room < self.limits.max_header_bytes:
@@ -194,6 +207,21 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
             self.transport.close()
             return
         self._head_timer = self.loop.call_at(due, self._check_head)
+
+    def _body_too_slow(self) -> None:
+        """A body that stopped, or comes slower than MIN_BODY_BYTES_PER_S: 408 and closed. When the app has answered
+        already (a 401 before the body was read, say), the connection is just closed: nothing more of it is read."""
+        rate = f"{MIN_BODY_BYTES_PER_S} bytes/s after {self.limits.header_timeout_s:g} s (settings.header_timeout)"
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self._refused = True
+            self._stop_timers()
+            self.transport.close()
+            _warn(408, f"closed a connection whose request body came slower than {rate}, after its answer")
+            return
+        if cycle is not None:  # the app waits on the body: what it may still answer goes nowhere, this 408 goes
+            cycle.disconnected = True
+        self._refuse(408, f"request body too slow: less than {rate}", over_the_app=True)
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
@@ -215,11 +243,12 @@ class LimitedHttpProtocol(OneWriteHttpProtocol):
                 timer.cancel()
         self._head_timer = self._send_timer = None
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` with a JSON message (unless an answer is under way) and close the connection."""
+    def _refuse(self, status: int, message: str, over_the_app: bool = False) -> None:
+        """Answer `status` with a JSON message (unless an answer is under way, or `over_the_app`, one that has not
+        begun) and close the connection."""
         self._refused = True
         self._stop_timers()
-        if not self._answering():
+        if over_the_app or not self._answering():
             body = json.dumps({"message": message}).encode()
             head = (
                 f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"

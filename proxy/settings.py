@@ -35,6 +35,9 @@ DEFAULT_STREAM_TEXT_PATH = "$.choices[0].delta.content"
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers together (431 beyond); browsers send ~2 KB
 DEFAULT_MAX_HEADERS = 100  # header lines in one request (431 beyond)
 DEFAULT_HEADER_TIMEOUT_S = 10.0  # from a connection's opening, or a request's first byte, to its headers' end (408)
+# A request body must then keep coming at least this fast (after a grace of header_timeout), or 408: a body
+# dribbled a byte a second would otherwise hold its connection slot for as long as it likes.
+MIN_BODY_BYTES_PER_S = 1024
 DEFAULT_MAX_CONNECTIONS = 1000  # open at once; more are answered 503 and closed (under the usual 1024 open files)
 DEFAULT_SEND_TIMEOUT_S = 60.0  # a client that takes none of its answer for this long is disconnected
 

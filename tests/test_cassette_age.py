@@ -3,6 +3,7 @@ server, upstream and data dir."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -193,3 +194,29 @@ def test_prune_refuses_a_usage_record_of_another_cassettes_folder(
 def test_prune_refuses_a_bad_date(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["cassettes", "prune", "--unused-since", "last week"])
     assert result.exit_code == 2 and "'last week' is not a date (2026-01-31), a time or an age" in result.output
+
+
+def test_a_committed_orphans_record_never_deletes_outside_the_cassettes_folder(tmp_path: Path) -> None:
+    """The attack: `.proxy/cassette-orphans.json` is a file a repository can ship. Entries `../../victim`, an
+    absolute path and a symlink out of the folder named YAML files elsewhere, and `prune --orphans --delete`
+    deleted them. Each is refused with a line; only a real test folder inside the cassettes folder goes."""
+    cassettes = tmp_path / "proj" / "cassettes"
+    inside = cassettes / "test_a" / "test_one" / "connections"
+    inside.mkdir(parents=True)
+    (inside / "chat.yaml").write_text("interactions: []\nversion: 1\n")
+    victim = tmp_path / "victim"
+    (victim / "deep").mkdir(parents=True)
+    (victim / "top.yaml").write_text("x: 1\n")
+    (victim / "deep" / "keep.yaml").write_text("x: 1\n")
+    (cassettes / "test_a" / "link").symlink_to(victim)
+    data_dir = tmp_path / "proj" / ".proxy"
+    data_dir.mkdir()
+    entries = ["../../victim", str(victim), "test_a/link", "test_a/test_one"]
+    (data_dir / "cassette-orphans.json").write_text(json.dumps({str(cassettes.resolve()): entries}))
+    args = ["--orphans", "--delete", "--cassettes", str(cassettes), "--data-dir", str(data_dir)]
+    result = CliRunner().invoke(main, ["cassettes", "prune", *args])
+    assert result.exit_code == 0, result.output
+    assert (victim / "top.yaml").exists() and (victim / "deep" / "keep.yaml").exists()
+    assert not (inside / "chat.yaml").exists()
+    for entry in entries[:3]:
+        assert f"{entry!r}  refused: not a test folder inside {cassettes}" in result.output

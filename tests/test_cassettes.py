@@ -251,3 +251,40 @@ def test_a_journal_from_before_paths_migrates_to_the_folder_in_use(tmp_path: Pat
         assert store.call(store.journal_rows) == {}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("planted_as", ["unsigned, as older versions wrote", "signed with another user's key"])
+def test_a_parse_cache_entry_planted_in_a_data_dir_is_never_replayed(tmp_path: Path, planted_as: str) -> None:
+    """The attack: a data dir that came with a repository holds a cache entry, named by the SHA-256 of a committed
+    cassette, whose answer says something the cassette does not. It used to be replayed (and verify said 0
+    problems). Entries are signed with this user's key, kept outside every data dir: the YAML wins, and its own
+    entry replaces the planted one."""
+    import json
+
+    from proxy.transports.cassette import ParseCache, _mac, write_cassette
+
+    folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
+    path = folder / "tc.yaml"
+    cassette = Cassette("tc", path, MatchRules())
+    cassette.add(interaction(1))
+    write_cassette(path, cassette.serialize(), cassette.interactions, None)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = load_interactions(path, None)
+    planted = [
+        {
+            "request": {**loaded[0].request, "body": '{"n": 1}'},
+            "response": {**loaded[0].response, "body": {"string": "PWNED from the cache, not in the YAML"}},
+            "proxy": {},
+        }
+    ]
+    cache.folder.mkdir(parents=True)
+    body = json.dumps(planted).encode()
+    if planted_as.startswith("unsigned"):
+        text = json.dumps({"sha256": digest, "interactions": planted})
+    else:
+        text = json.dumps({"sha256": digest, "mac": _mac(b"k" * 32, digest, body)}) + "\n" + body.decode()
+    (cache.folder / f"{digest}.json").write_text(text)
+    replayed = load_interactions(path, cache)
+    assert [i.response["body"]["string"] for i in replayed] == [b'{"r": 1}']
+    assert b"PWNED" not in (cache.folder / f"{digest}.json").read_bytes()  # the YAML's own entry replaced it
+    assert load_interactions(path, cache)[0].response["body"]["string"] == b'{"r": 1}'

@@ -515,8 +515,11 @@ async def test_the_uvicorn_internals_the_limits_rely_on_are_there() -> None:
     assert state.connections == {protocol} and protocol.transport is transport
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert protocol.cycle is not None and not protocol.cycle.response_complete
+    cycle = protocol.cycle
+    assert cycle.response_started is False and cycle.disconnected is False  # a slow body's 408 reads and sets them
     await asyncio.wait_for(asyncio.gather(*state.tasks), 5)
     assert protocol.cycle.response_complete and transport.written.endswith(b"\r\n\r\nok")
+    assert cycle.response_started is True
     # httptools hands a header over only once it is whole: why a head's bytes are counted before it parses them.
     recorder = Recorder()
     parser = httptools.HttpRequestParser(recorder)
@@ -524,3 +527,65 @@ async def test_the_uvicorn_internals_the_limits_rely_on_are_there() -> None:
     assert recorder.headers == []
     parser.feed_data(b"v\r\n\r\n")
     assert recorder.headers == [(b"X-Long", b"v" * 1001)]
+
+
+def dribble_body(sock: socket.socket, seconds: float) -> float | None:
+    """A byte of body every 0.1 s; how long until the server answered or closed (None: still open)."""
+    opened = time.monotonic()
+    while time.monotonic() - opened < seconds:
+        try:
+            sock.sendall(b"z")
+        except OSError:
+            return time.monotonic() - opened
+        if select.select([sock], [], [], 0.1)[0]:
+            return time.monotonic() - opened
+    return None
+
+
+def test_a_body_dribbled_a_byte_at_a_time_is_answered_408_and_closed(tmp_path: Path) -> None:
+    """The attack: whole headers announcing a 10 MB body, then a byte every 0.1 s. The header timeout stopped at the
+    headers' end, so such connections held every slot for as long as they liked."""
+    with limited_proxy(tmp_path, header_timeout=1.0) as proxy, connect(proxy.url) as sock:
+        host = proxy.url.removeprefix("http://")
+        sock.sendall(
+            f"POST /endpointConnections HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 10000000\r\n\r\n".encode()
+        )
+        closed_after = dribble_body(sock, 4)
+        assert closed_after is not None and 0.9 < closed_after < 2.5, closed_after
+        reply = answer(sock)
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply[:200]
+    assert message_of(reply) == "request body too slow: less than 1024 bytes/s after 1 s (settings.header_timeout)"
+
+
+def test_a_connection_refused_401_before_its_body_stops_being_read_when_the_body_dribbles(tmp_path: Path) -> None:
+    """The attack without the key: the 401 comes at once, but the connection stayed open reading the dribbled body
+    for 25 s and more. It is closed once the body falls behind the minimum rate."""
+    with limited_proxy(tmp_path, header_timeout=1.0, api_key="the-servers-own-key-123") as proxy:
+        with connect(proxy.url) as sock:
+            host = proxy.url.removeprefix("http://")
+            sock.sendall(
+                f"POST /endpointConnections HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 10000000\r\n\r\n".encode()
+            )
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 401 "), first[:100]
+            opened = time.monotonic()
+            while time.monotonic() - opened < 4:
+                try:
+                    sock.sendall(b"z")
+                    if select.select([sock], [], [], 0.1)[0] and sock.recv(65536) == b"":
+                        break
+                except OSError:
+                    break
+            assert time.monotonic() - opened < 2.5, "the refused connection still reads its dribbled body"
+
+
+def test_a_large_body_sent_at_a_normal_pace_is_read_whole(tmp_path: Path) -> None:
+    """Not an attack: 2 MB in 64 KB pieces reaches the app (and its 413-free JSON refusal) under the rate rule."""
+    with limited_proxy(tmp_path, header_timeout=1.0) as proxy:
+        body = b'{"name": "' + b"x" * 2_000_000 + b'"}'
+        answered = httpx.post(
+            f"{proxy.url}/endpointConnections", content=body, headers={"Content-Type": "application/json"}
+        )
+    assert answered.status_code == 422, answered.text

@@ -4,9 +4,12 @@ merged with what is on disk, so no process overwrites what another recorded."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,3 +146,29 @@ def test_start_up_leaves_a_running_writer_s_temporary_file_alone(tmp_path: Path)
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.parametrize("planted", ["open to others", "a symlink"])
+def test_a_lock_folder_someone_else_planted_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """The attack: another local user creates `<temp>/proxy-cassette-locks-<uid>` first (open to everyone, or a
+    symlink to a folder of theirs), to block every recording or reach the victim's lock files. Such a folder is
+    passed over for `~/.cache/proxy/cassette-locks`, and the write goes through."""
+    temp, home, theirs = tmp_path / "tmp", tmp_path / "home", tmp_path / "theirs"
+    temp.mkdir()
+    theirs.mkdir(mode=0o777)
+    os.chmod(theirs, 0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("HOME", str(home))
+    planted_folder = temp / f"proxy-cassette-locks-{os.getuid()}"
+    if planted == "a symlink":
+        planted_folder.symlink_to(theirs)
+    else:
+        planted_folder.mkdir()
+        os.chmod(planted_folder, 0o777)
+    update_cassette(tmp_path / "cassettes" / "c.yaml", lambda _: [interaction("one")])
+    assert [i.proxy["id"] for i in load_interactions(tmp_path / "cassettes" / "c.yaml")] == ["one"]
+    assert list(theirs.iterdir()) == [] and list(planted_folder.iterdir()) == []
+    fallback = home / ".cache" / "proxy" / "cassette-locks"
+    assert len(list(fallback.glob("*.lock"))) == 1 and stat.S_IMODE(fallback.stat().st_mode) == 0o700

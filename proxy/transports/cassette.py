@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
 
-from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir, tighten
+from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, create_once, make_private_dir, tighten
 from proxy.settings import CASSETTE_MAX_BYTES, CASSETTE_MAX_INTERACTIONS
 from proxy.transports.matching import MatchRules, RecordedRequest
 
@@ -181,23 +183,35 @@ class ParseCache:
         return self.folder / f"{digest}.json"
 
     def read(self, digest: str, yaml_bytes: int) -> list[Interaction] | None:
-        """The entry of a YAML of `yaml_bytes` bytes, unless it is out of all proportion to it (then it goes)."""
+        """The entry of a YAML of `yaml_bytes` bytes, if this user's key signed it and it is in proportion to the
+        YAML (else it goes): a data dir can come from elsewhere (a repository, a colleague), and an entry planted
+        there would otherwise replay something the cassette does not say."""
+        key = _cache_key()
         try:
+            if key is None:
+                return None
             if self.entry(digest).stat().st_size > CACHE_MAX_GROWTH * yaml_bytes + CACHE_SLACK_BYTES:
                 self.forget(digest)
                 return None
-            data = json.loads(self.entry(digest).read_text(encoding="utf-8"))
-            if data.get("sha256") != digest:
+            head, _, body = self.entry(digest).read_bytes().partition(b"\n")
+            signed = json.loads(head)
+            if signed.get("sha256") != digest or not hmac.compare_digest(
+                str(signed.get("mac")), _mac(key, digest, body)
+            ):
                 return None
-            return [_from_jsonable(item) for item in data["interactions"]]
+            return [_from_jsonable(item) for item in json.loads(body)]
         except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             return None
 
     def write(self, digest: str, interactions: list[Interaction]) -> None:
-        data = {"sha256": digest, "interactions": [_jsonable(i) for i in interactions]}
+        key = _cache_key()
+        if key is None:
+            return
+        body = json.dumps([_jsonable(i) for i in interactions], ensure_ascii=False).encode("utf-8")
+        head = json.dumps({"sha256": digest, "mac": _mac(key, digest, body)})
         try:
             make_private_dir(self.folder)
-            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False), private=True)
+            atomic_write(self.entry(digest), head + "\n" + body.decode("utf-8"), private=True)
         except OSError:
             pass  # a cache that cannot be written: loads stay correct, only slower
 
@@ -209,9 +223,34 @@ class ParseCache:
 
 
 def interactions_from_cache(text: str) -> list[Interaction]:
-    """The interactions of one parse-cache entry, whatever cassette it was made from (`proxy cassettes verify`).
-    Raises ValueError, KeyError, TypeError or AttributeError when it is not one."""
-    return [_from_jsonable(item) for item in json.loads(text)["interactions"]]
+    """The interactions of one parse-cache entry, whatever cassette it was made from and whoever signed it
+    (`proxy cassettes verify`). Raises ValueError, KeyError, TypeError or AttributeError when it is not one."""
+    head, newline, body = text.partition("\n")
+    items = json.loads(body) if newline else json.loads(head)["interactions"]  # an older entry is one document
+    return [_from_jsonable(item) for item in items]
+
+
+def _mac(key: bytes, digest: str, body: bytes) -> str:
+    return hmac.new(key, digest.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+
+
+_cache_keys: dict[Path, bytes | None] = {}
+
+
+def _cache_key() -> bytes | None:
+    """This user's key for parse-cache entries, `~/.cache/proxy/parse-cache.key` (0600, made once), kept outside
+    every data dir so that a data dir from elsewhere brings no entry this user will read. None: no home to keep it."""
+    try:
+        folder = Path.home() / ".cache" / "proxy"
+    except RuntimeError:
+        return None
+    if folder not in _cache_keys:
+        try:
+            make_private_dir(folder)
+            _cache_keys[folder] = create_once(folder / "parse-cache.key", os.urandom(32))
+        except OSError:
+            _cache_keys[folder] = None
+    return _cache_keys[folder]
 
 
 def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
@@ -239,8 +278,10 @@ def _read_capped(path: Path, source: str) -> bytes:
     """The file's bytes, refused by its size before it is read (and at most one byte past the cap is ever read)."""
     try:
         with open(path, "rb") as f:
-            too_large = os.fstat(f.fileno()).st_size > CASSETTE_MAX_BYTES
-            raw = b"" if too_large else f.read(CASSETTE_MAX_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            too_large = size > CASSETTE_MAX_BYTES
+            # Asked for its size (plus a byte, should it grow meanwhile), never the cap: read(n) allocates n first.
+            raw = b"" if too_large else f.read(min(size, CASSETTE_MAX_BYTES) + 1)
     except OSError as exc:
         raise ValueError(f"{source} cannot be read: {exc}") from None
     if too_large or len(raw) > CASSETTE_MAX_BYTES:
@@ -257,12 +298,32 @@ def sha256_of(raw: bytes) -> str:
 
 def lock_of(path: Path) -> FileLock:
     """The lock every process takes to write the cassette at `path` (servers, `proxy run`, drift, xdist workers).
-    The lock file lives in the system's temporary folder, named by the cassette's real path, so the cassettes
-    folder holds nothing but cassettes and a read-only folder still works."""
-    folder = Path(tempfile.gettempdir()) / f"proxy-cassette-locks-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    The lock file lives in a folder of this user's, named by the cassette's real path, so the cassettes folder
+    holds nothing but cassettes and a read-only folder still works."""
     key = hashlib.sha256(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return FileLock(folder / f"{key}.lock", timeout=CASSETTE_LOCK_TIMEOUT_S)
+    return FileLock(_lock_folder() / f"{key}.lock", timeout=CASSETTE_LOCK_TIMEOUT_S, mode=PRIVATE_FILE_MODE)
+
+
+def _lock_folder() -> Path:
+    """`<temp>/proxy-cassette-locks-<uid>`, unless another user made (or replaced) it first: a folder of another
+    owner, open to others, or a symlink could block every recording or reach this user's lock files, so then
+    `~/.cache/proxy/cassette-locks` serves instead."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    for folder in (
+        Path(tempfile.gettempdir()) / f"proxy-cassette-locks-{uid}",
+        Path.home() / ".cache" / "proxy" / "cassette-locks",
+    ):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            info = os.lstat(folder)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
+            return folder
+    raise ValueError(
+        f"no private folder for cassette lock files: {Path(tempfile.gettempdir()) / f'proxy-cassette-locks-{uid}'} "
+        "belongs to another user or is open to others, and ~/.cache/proxy/cassette-locks cannot be made"
+    )
 
 
 def update_cassette(
