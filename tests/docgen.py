@@ -291,6 +291,7 @@ LIMITS = {
     "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
     "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
     "DEFAULT_HEADER_TIMEOUT_S": "`header_timeout`: seconds to send a request's headers (408 and closed beyond)",
+    "MIN_BODY_BYTES_PER_S": "a request body then keeps coming at least this fast, bytes a second (408 and closed)",
     "DEFAULT_MAX_CONNECTIONS": "`max_connections`: connections open at once (503 and closed beyond)",
     "DEFAULT_SEND_TIMEOUT_S": "`send_timeout`: seconds a client may take none of its answer before it is disconnected",
     "DEFAULT_MAX_FLOW_VIEWERS": "`max_flow_viewers`: live `GET /flows/events` streams at once (a newer one ends the "
