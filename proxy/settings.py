@@ -38,6 +38,10 @@ MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
 
+# `proxy cassettes import`: a cassette file from outside larger than this is refused before it is read. A test's
+# recording is kilobytes; parsing costs ~20 KB of memory an interaction (YAML) or ~10x the file (JSON).
+DEFAULT_IMPORT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
 # JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
 # The digit limit is Python's own for converting integers (sys.int_max_str_digits).
 JSON_MAX_DEPTH = 500

@@ -87,9 +87,14 @@ def _pretty(body: object) -> list[str]:
 def verify(root: Path, redactor: Redactor) -> tuple[list[Entry], list[str]]:
     """Every cassette: parses, loads in vcrpy's own loader, holds no credential — none of `redactor`'s
     secrets in any encoding it knows, nothing shaped like a well-known token. Returns (entries, problems)."""
+    return verify_files(root, cassette_files(root), redactor)
+
+
+def verify_files(root: Path, paths: list[Path], redactor: Redactor) -> tuple[list[Entry], list[str]]:
+    """`verify` of the cassettes at `paths` under `root` (what `proxy cassettes import` wrote)."""
     problems: list[str] = []
     entries = []
-    for path in cassette_files(root):
+    for path in paths:
         name = name_of(root, path)
         try:
             interactions = load_interactions(path)
