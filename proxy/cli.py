@@ -8,13 +8,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
 
 from proxy.api.guard import normalize_host_name, normalize_origin
-from proxy.config import Config, load_config
+from proxy.config import CLIENT_LIMITS, Config, load_config
 from proxy.errors import ConfigError
 from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
@@ -109,6 +109,8 @@ def build_settings(config: Config, **flags: Any) -> Settings:
         cassette_max_age=file.get("cassette_max_age"),
         on_expired=str(file.get("on_expired", ON_EXPIRED[0])),
         flow_log_size=flow_log_size(file.get("flow_log_size", DEFAULT_FLOW_LOG_SIZE)),
+        # Checked when the file was read; what it leaves out keeps its default.
+        **{key: kind(file[key]) for key, (kind, _) in CLIENT_LIMITS.items() if file.get(key) is not None},
     )
 
 
@@ -180,10 +182,9 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     Exit status: 0 after a clean shutdown (Ctrl-C, SIGTERM), 1 when the config file or the data dir is
     unusable, 2 on bad usage or when it cannot listen (e.g. the port is in use).
     """
-    import uvicorn
-
     from proxy.app import create_app
-    from proxy.listener import AnnouncingServer, OneWriteHttpProtocol, listen, url_of, why_not
+    from proxy.http_limits import server_config
+    from proxy.listener import AnnouncingServer, listen, url_of, why_not
     from proxy.runtime import Runtime
     from proxy.secrets import install_log_redaction
 
@@ -212,8 +213,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
 
     install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     app = create_app(runtime)
-    server_config = uvicorn.Config(app, log_level="info", access_log=False, http=OneWriteHttpProtocol)
-    AnnouncingServer(server_config, announce).run(sockets=[sock])
+    AnnouncingServer(server_config(app, settings, log_level="info", access_log=False), announce).run(sockets=[sock])
 
 
 def settle_heap() -> None:
@@ -507,7 +507,7 @@ def cassettes_drift(
     `$.usage.total_tokens: number → string`); a value that changed within its type is not.
 
     Exit status: 0 when nothing drifted (with --update: once what drifted is re-recorded), 1 when an
-    interaction drifted or could not be re-sent, a cassette is unknown, or the config file is unusable.
+    interaction drifted or could not be re-sent, a cassette is unknown or refused, or the config file is unusable.
     """
     import asyncio
 
@@ -531,7 +531,10 @@ def cassettes_drift(
         finally:
             await runtime.close()
 
-    checked = asyncio.run(go())
+    try:
+        checked = asyncio.run(go())
+    except ValueError as exc:  # a cassette that cannot be read or is refused: the line naming it, not a traceback
+        raise click.ClickException(str(exc)) from None
     counts = summary(checked)
     if as_json:
         click.echo(json.dumps({"interactions": [c.to_json() for c in checked], "summary": counts}, ensure_ascii=False))
@@ -544,13 +547,15 @@ def cassettes_drift(
 @cassettes.command("verify")
 @CASSETTES_OPTION
 @CONFIG_OPTION
-@data_dir_option("the secrets stored there are looked for too.")
+@data_dir_option("the secrets stored there are looked for too, and in its parse cache.")
 def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
-    """Check that every cassette parses, loads in vcrpy and holds no secret.
+    """Check that every cassette parses, loads in vcrpy and holds no secret (status lines and header names
+    included), and that the data dir's parse cache holds none either.
 
     Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
     """
     from proxy.runtime import known_secrets
+    from proxy.transports.cassette import ParseCache
     from proxy.transports.inventory import verify
 
     config = read_config(config_path)
@@ -561,7 +566,7 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
         raise click.ClickException(exc.message) from None
     except RuntimeError as exc:  # a key that does not decrypt the stored secrets
         raise click.ClickException(str(exc)) from None
-    entries, problems = verify(settings.cassettes_dir, redactor)
+    entries, problems = verify(settings.cassettes_dir, redactor, ParseCache.in_data_dir(settings.data_dir))
     for problem in problems:
         click.echo(f"PROBLEM  {problem}")
     total = sum(e.interactions or 0 for e in entries)
@@ -651,8 +656,10 @@ def _check_import_connection(name: str, urls: dict[str, str]) -> None:
         )
 
 
-def _since(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     """A date (`2026-01-31`), a time (`2026-01-31T12:00Z`), or an age (`30d`, `12h`) before now."""
+    if value is None:
+        return None
     from datetime import UTC, datetime, timedelta
 
     from proxy.errors import InvalidField
@@ -668,38 +675,40 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 
 
 @cassettes.command("prune")
-@click.option(
-    "--unused-since", "since", required=True, callback=_since, metavar="DATE", help="A date, or an age (30d)."
-)
+@click.option("--unused-since", "since", callback=_since, metavar="DATE", help="A date, or an age (30d).")
+@click.option("--orphans", is_flag=True, help="The test folders the last test run found no test for.")
 @click.option("--delete", is_flag=True, help="Delete the cassettes listed (otherwise only list them).")
 @CASSETTES_OPTION
 @CONFIG_OPTION
 @data_dir_option("where the server noted each cassette's last use.")
-def cassettes_prune(since: Any, delete: bool, cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
+def cassettes_prune(
+    since: Any, orphans: bool, delete: bool, cassettes: Path, config_path: Path | None, data_dir: Path
+) -> None:
     """List the cassettes no session, connection or connector has used since DATE (never used counts as
-    unused), as the server whose data dir this is noted their use; --delete deletes them.
+    unused), as the server whose data dir this is noted their use; --delete deletes them. With --orphans instead:
+    the per-test folders that no test of the last pytest run maps to (a test renamed or removed).
 
-    Use is read from the data dir's database and its cassette-usage.json (where the pytest plugin notes it). With
-    no record of any use of this cassettes folder there, nothing is listed or deleted: every cassette would only
-    look unused.
+    Use is read from the data dir's database and its cassette-usage.json (where the pytest plugin notes it), and
+    orphans from its cassette-orphans.json. With no record for this cassettes folder there, nothing is listed or
+    deleted: every cassette would only look unused.
 
     Exit status: 0 (also when there is nothing to prune), 1 when the config file is unusable, 2 when the data dir
-    holds no usage record for the cassettes folder.
+    holds no record for the cassettes folder (or neither --unused-since nor --orphans is given).
     """
+    if (since is None) == (not orphans):
+        raise click.UsageError("give --unused-since DATE or --orphans (one of them)")
+    config = read_config(config_path)
+    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
+    if orphans:
+        _prune_orphans(settings.cassettes_dir, settings.data_dir, delete)
+        return
     from proxy.transports.inventory import unused
     from proxy.transports.usage import covers, read_usage
 
-    config = read_config(config_path)
-    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
     root = settings.cassettes_dir
     usage = read_usage(settings.data_dir)
     if usage is None or not covers(usage, root):
-        click.echo(
-            f"proxy: no record of cassette use under {root} in {settings.data_dir}: nothing pruned (give --data-dir "
-            "of the server or test run that used them)",
-            err=True,
-        )
-        sys.exit(2)
+        _no_record("cassette use", root, settings.data_dir, "the server or test run that used them")
     stale, total = unused(root, usage, since)
     for entry in stale:
         click.echo(f"{entry.name}  {entry.last_use}")
@@ -709,3 +718,36 @@ def cassettes_prune(since: Any, delete: bool, cassettes: Path, config_path: Path
     click.echo(
         f"{len(stale)} of {counted(total, 'cassette')} under {root} {verb}: not used since {since:%Y-%m-%d %H:%M}"
     )
+
+
+def _no_record(what: str, root: Path, data_dir: Path, whose: str) -> NoReturn:
+    message = f"proxy: no record of {what} under {root} in {data_dir}: nothing pruned (give --data-dir of {whose})"
+    click.echo(message, err=True)
+    sys.exit(2)
+
+
+def _prune_orphans(root: Path, data_dir: Path, delete: bool) -> None:
+    """The orphaned test folders the last pytest run recorded for `root`, listed, and with `delete` removed (their
+    cassettes, then the folders left empty)."""
+    from proxy.pytest_cassettes import orphans_of
+    from proxy.transports.inventory import cassette_files
+
+    found = orphans_of(data_dir, root)
+    if found is None:
+        _no_record("orphaned test folders", root, data_dir, "the pytest run (its .proxy folder)")
+    removed = 0
+    for folder in found:
+        path = root / folder
+        files = cassette_files(path) if path.is_dir() else []
+        click.echo(f"{folder}  {counted(len(files), 'cassette')}")
+        if delete:
+            for file in files:
+                file.unlink(missing_ok=True)
+            for empty in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+                if not any(empty.iterdir()):
+                    empty.rmdir()
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            removed += 1
+    verb = "deleted" if delete else "orphaned"
+    click.echo(f"{len(found) if not delete else removed} test folder(s) under {root} {verb}")

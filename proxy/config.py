@@ -6,6 +6,7 @@ never has to be written into the file, and a value with YAML-special characters 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -26,6 +27,21 @@ SECTIONS = ("settings", "connections", "versions", "connectors")
 # `settings` takes every server setting (flags beat them), `cassettes` for `cassettes_dir`, and the matching rules.
 SETTINGS_KEYS = frozenset(f.name for f in fields(Settings)) | {"cassettes", "ignore", "match_headers", "redact_values"}
 IGNORE_KEYS = ("query", "body", "headers")
+# The limits on what clients may make the server hold: each setting's type, and what a value must be.
+CLIENT_LIMITS: dict[str, tuple[type, str]] = {
+    "max_header_bytes": (int, "a positive whole number of bytes"),
+    "max_headers": (int, "a positive whole number of headers"),
+    "header_timeout": (float, "a positive number of seconds"),
+    "max_connections": (int, "a positive whole number of connections"),
+    "send_timeout": (float, "a positive number of seconds"),
+    "max_flow_viewers": (int, "a positive whole number of viewers"),
+}
+
+
+# Where a credential sits in the file: a connection's or connector's token, password or secret, a custom header.
+CREDENTIAL_PLACE = re.compile(
+    r"\.(auth_token|authToken|password|token|client_secret|clientSecret)\Z|^connections\[\d+\]\.headers\.[^.]+\Z"
+)
 
 
 @dataclass
@@ -35,9 +51,14 @@ class Config:
     versions: list[dict[str, Any]] = field(default_factory=list)
     connectors: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    # Credentials from environment variables that are not set: {place in the file: variable}. Their `${VAR}`
+    # stays as written; only a server that calls nothing live (record mode none) accepts them.
+    unset_credentials: dict[str, str] = field(default_factory=dict)
 
 
-def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any:
+def expand_env(value: Any, where: str, env: dict[str, str] | None = None, unset: dict[str, str] | None = None) -> Any:
+    """`${VAR}` and `${VAR:-default}` in every string. An unset variable without a default is an error, except in
+    a credential's place when `unset` is given: there it stays `${VAR}` and is noted in `unset`."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     if isinstance(value, str):
 
@@ -47,13 +68,16 @@ def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any
                 return env[name]  # type: ignore[index]
             if default is not None:
                 return default
+            if unset is not None and CREDENTIAL_PLACE.search(where):
+                unset[where] = name
+                return match.group(0)
             raise ConfigError(f"config {where}: environment variable {name} is not set")
 
         return ENV_REFERENCE.sub(replace, value)
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}[{i}]", env, unset) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env, unset) for k, v in value.items()}
     return value
 
 
@@ -74,8 +98,9 @@ def load_config(path: Path, env: dict[str, str] | None = None) -> Config:
         check_keys(_mapping(settings.get("ignore"), "settings.ignore"), IGNORE_KEYS, "settings.ignore")
     except UnknownField as exc:
         raise ConfigError(f"config {exc.message}") from None
-    data = expand_env(raw, "", env)
-    config = Config(path=path)
+    unset: dict[str, str] = {}
+    data = expand_env(raw, "", env, unset)
+    config = Config(path=path, unset_credentials=unset)
     config.settings = _settings(_mapping(data.get("settings"), "settings"))
     for section in SECTIONS[1:]:
         items = data.get(section) or []
@@ -113,7 +138,17 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
     _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
     _number(settings, "fault_seed", int, lambda n: n == int(n), "an integer")
+    for key, (kind, expected) in CLIENT_LIMITS.items():
+        _number(settings, key, kind, _positive_whole if kind is int else _positive, expected)
     return settings
+
+
+def _positive(n: float) -> bool:
+    return math.isfinite(n) and n > 0
+
+
+def _positive_whole(n: float) -> bool:
+    return _positive(n) and n == int(n)
 
 
 def _number(settings: dict[str, Any], key: str, kind: type, ok: Callable[[Any], bool], expected: str) -> None:

@@ -18,6 +18,7 @@ from proxy.retry import RetryPolicy
 from proxy.settings import MIN_SECRET_LEN
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.templating import CompiledTemplate, TemplateRefused
+from proxy.url_secrets import FIELD_PREFIX, masked_url, query_secrets, secret_values, whole_credentials
 
 
 @dataclass
@@ -48,6 +49,11 @@ class CompiledConnection:
         return Credentials(s.auth_type, s.auth_token, s.username, s.password)
 
     @cached_property
+    def shown_url(self) -> str:
+        """Its URL as answers, pages and messages show it: query-string credentials masked."""
+        return masked_url(self.spec.url)
+
+    @cached_property
     def origin(self) -> Origin | None:
         """Where its calls go, read once (the forward route needs it on every request); None when the URL
         template decides the host."""
@@ -76,6 +82,7 @@ class CompiledConnection:
             s.rate_limit,
             s.faults,
             s.traceparent,
+            whole_credentials(s.url),
         )
 
     def url_uses_session_id(self) -> bool:
@@ -121,17 +128,19 @@ def compile_connection(
 
 
 def secret_fields(spec: ConnectionSpec) -> list[tuple[str, str]]:
-    """Every credential a connection holds, with the API field it is given in."""
+    """Every credential a connection holds, with the API field it is given in (`url?key` for a credential in
+    the URL's query string)."""
     found = [(name, value) for name, value in (("authToken", spec.auth_token), ("password", spec.password)) if value]
     for name, value in (spec.headers or {}).items():
         found += [(f"headers.{name}", part) for part in secret_header_parts(name, value)]
-    return found
+    return found + [(secret.field, secret.value) for secret in query_secrets(spec.url)]
 
 
 def connection_secrets(spec: ConnectionSpec) -> list[str]:
-    """What a redactor must know for this connection: its credentials, and the Basic value made of them."""
+    """What a redactor must know for this connection: its credentials, the Basic value made of them, and a
+    percent-encoded URL credential as it reads decoded."""
     credentials = Credentials(spec.auth_type, spec.auth_token, spec.username, spec.password)
-    return [value for _, value in secret_fields(spec)] + credentials.secret_values()
+    return [value for _, value in secret_fields(spec)] + secret_values(spec.url) + credentials.secret_values()
 
 
 def refuse_short_secrets(spec: ConnectionSpec, given: Callable[[str], bool] = lambda field: True) -> None:
@@ -143,12 +152,20 @@ def refuse_short_secrets(spec: ConnectionSpec, given: Callable[[str], bool] = la
 
 def check_secret_length(field: str, value: str) -> None:
     """A secret is masked wherever it is echoed only if it is long enough not to occur by chance."""
-    if len(value) < MIN_SECRET_LEN:
+    if len(value) >= MIN_SECRET_LEN:
+        return
+    reason = (
+        f"is {len(value)} characters long; a secret needs at least {MIN_SECRET_LEN} so that every echo of it can be "
+        "masked"
+    )
+    if field.startswith(FIELD_PREFIX):  # a credential in the URL's query string: the field is `url`
+        param = field.removeprefix(FIELD_PREFIX)
         raise InvalidField(
-            field,
-            f"is {len(value)} characters long; a secret needs at least {MIN_SECRET_LEN} so that every echo of it "
-            "can be masked",
+            "url",
+            f"query parameter {param} {reason} (a value that is no secret can be written as a template, "
+            f"{param}={{{{ 'the value' }}}}, and is then not masked)",
         )
+    raise InvalidField(field, reason)
 
 
 def public_fields(conn: CompiledConnection) -> dict[str, Any]:
@@ -157,6 +174,7 @@ def public_fields(conn: CompiledConnection) -> dict[str, Any]:
     data["authToken"] = None
     data["password"] = None
     data["headers"] = masked_headers(conn.spec.headers) if conn.spec.headers is not None else None
+    data["url"] = conn.shown_url
     data.update(
         id=conn.id,
         hasAuthToken=bool(conn.spec.auth_token),

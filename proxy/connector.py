@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.errors import InvalidField
+from proxy.url_secrets import masked_url
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -27,6 +28,11 @@ class Connector:
     sealed: str | None = None  # Fernet token of {"token", "client_secret"}
     faults: list[dict[str, Any]] = field(default_factory=list)  # fault rules, as given
 
+    @property
+    def shown_url(self) -> str:
+        """Its URL as answers and messages show it: query-string credentials masked."""
+        return masked_url(self.url)
+
     def to_api(self) -> dict[str, Any]:
         auth_type = "oauth" if self.oauth is not None else "service_auth" if self.service_auth_type else None
         return {
@@ -34,7 +40,7 @@ class Connector:
             "organization_id": None,
             "name": self.name,
             "description": self.description,
-            "url": self.url,
+            "url": self.shown_url,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "excludes": self.excludes,

@@ -12,6 +12,7 @@ from proxy.faults import FaultRule
 from proxy.known_keys import check_model_keys
 from proxy.models import check_url, raise_first
 from proxy.settings import MAX_FAULT_RULES
+from proxy.url_secrets import query_secrets, secret_values
 
 # What the API reads back beside the fields given: let through (and ignored) on input.
 READ_ONLY_FIELDS = frozenset({"id", "organization_id", "created_at", "updated_at", "auth_type"})
@@ -64,6 +65,8 @@ def parse_connector(data: dict[str, Any], allow_http: bool) -> ConnectorIn:
         raise InvalidField("oauth", "cannot be given together with service_auth")
     if fields.url is not None:
         check_url(fields.url, allow_http)
+        for secret in query_secrets(fields.url):
+            check_secret_length(secret.field, secret.value)
     if fields.service_auth is not None:
         check_secret_length("service_auth.token", fields.service_auth.token)
     if fields.oauth is not None and fields.oauth.client_secret:
@@ -73,7 +76,7 @@ def parse_connector(data: dict[str, Any], allow_http: bool) -> ConnectorIn:
 
 def config_connector_secrets(data: dict[str, Any]) -> list[str]:
     """The secrets a config file's connector entry gives, read without validating it."""
-    found = []
+    found = secret_values(data["url"]) if isinstance(data.get("url"), str) else []
     for block, key in (("service_auth", "token"), ("oauth", "client_secret")):
         section = data.get(block)
         if isinstance(section, dict) and isinstance(section.get(key), str):

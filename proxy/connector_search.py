@@ -18,6 +18,7 @@ from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.transports.library import CassetteLibrary
+from proxy.url_secrets import secret_values, whole_credentials
 
 REGISTRATION_QUERY = "proxy connector registration test"
 
@@ -47,7 +48,13 @@ class ConnectorCalls:
         target_id = f"connector:{connector.id}"
         subject = CallSubject(target_id, connector.name, AuthType.NONE.value, ConnectionType.CONVERSATION.value)
         faults = [FaultRule.model_validate(rule) for rule in connector.faults]
-        return ForwardTarget(target_id, subject, headers=auth_header(connector.service_auth_type, token), faults=faults)
+        return ForwardTarget(
+            target_id,
+            subject,
+            headers=auth_header(connector.service_auth_type, token),
+            faults=faults,
+            query_credentials=whole_credentials(connector.url),
+        )
 
     def target_of(self, connector: Connector) -> ForwardTarget:
         """Where the connector's calls go, with its stored credential (a drift check re-sends through it)."""
@@ -66,13 +73,13 @@ class ConnectorCalls:
 
     async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
         # Until the test query passes the secrets are not the connector's: known for this call only.
-        with self.redactor.scoped(secrets.values()):
+        with self.redactor.scoped([*secrets.values(), *secret_values(connector.url)]):
             result = await self.call(
                 connector, {"query": REGISTRATION_QUERY}, secrets.get("token"), "connector registration"
             )
         problem = search_problem(result)
         if problem:
-            raise BadRequest(f"connector registration cancelled: the test query to {connector.url} {problem}")
+            raise BadRequest(f"connector registration cancelled: the test query to {connector.shown_url} {problem}")
 
     async def search(self, connector_id_: str, body: dict[str, Any]) -> tuple[dict[str, Any], CallResult]:
         connector = self.get(connector_id_)

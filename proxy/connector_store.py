@@ -9,8 +9,9 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from proxy.connector import Connector
-from proxy.entities import EntityKind
+from proxy.entities import EntityKind, erase_and_update
 from proxy.store import Store
+from proxy.url_secrets import masked_url, secret_values
 
 
 class ConnectorKind(EntityKind[Connector]):
@@ -30,6 +31,8 @@ class ConnectorKind(EntityKind[Connector]):
             secrets["client_id"] = client_id
         data = {name: value for name, value in vars(connector).items() if name not in ("id", "sealed")}
         columns = {name: data.pop(name) for name in self.columns}
+        if connector.shown_url != connector.url:  # a credential in its query string: the URL is kept sealed
+            secrets["url"], columns["url"] = connector.url, connector.shown_url
         sealed = store.seal(secrets) if secrets else None
         return columns | {"data": json.dumps(data, ensure_ascii=False), "sealed": sealed}
 
@@ -38,14 +41,17 @@ class ConnectorKind(EntityKind[Connector]):
         secrets = store.unseal(row["sealed"])
         if "client_id" in secrets:
             connector.oauth = {**(connector.oauth or {}), "client_id": secrets.pop("client_id")}
+        connector.url = secrets.pop("url", connector.url)
         connector.sealed = store.seal(secrets) if secrets else None
         return connector
 
     def secrets(self, connector: Connector, store: Store) -> list[str]:
-        return list(store.unseal(connector.sealed).values())
+        return list(store.unseal(connector.sealed).values()) + secret_values(connector.url)
 
     def secrets_in(self, row: dict[str, Any], store: Store) -> list[str]:
-        return [value for name, value in store.unseal(row["sealed"]).items() if name != "client_id"]
+        secrets = store.unseal(row["sealed"])
+        url = secrets.pop("url", row["url"])
+        return [value for name, value in secrets.items() if name != "client_id"] + secret_values(url)
 
     def upgrade(self, old: dict[str, Any], store: Store) -> dict[str, Any]:
         """From one JSON document a row, the client id in it sealed apart (or, older still, in plain text)."""
@@ -57,3 +63,15 @@ class ConnectorKind(EntityKind[Connector]):
 
 
 CONNECTORS = ConnectorKind()
+
+
+def seal_plain_urls(store: Store) -> None:
+    """Rows written before a URL's query-string credentials were sealed hold it in plain in the `url` column: it
+    is sealed now, and the plain text erased. Through `call`."""
+    updates = {}
+    for row in store.db.table(CONNECTORS.table).rows:
+        secrets = store.unseal(row["sealed"])
+        if "url" not in secrets and masked_url(row["url"]) != row["url"]:
+            secrets["url"] = row["url"]
+            updates[row["id"]] = {"url": masked_url(row["url"]), "sealed": store.seal(secrets)}
+    erase_and_update(store, CONNECTORS.table, updates)

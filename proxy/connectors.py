@@ -13,7 +13,7 @@ from typing import Any
 from proxy.connector import Connector, connector_id
 from proxy.connector_input import ConnectorIn, parse_connector
 from proxy.connector_search import ConnectorCalls
-from proxy.connector_store import CONNECTORS
+from proxy.connector_store import CONNECTORS, seal_plain_urls
 from proxy.engine import Engine
 from proxy.entities import EntityTable
 from proxy.errors import InvalidField
@@ -22,6 +22,7 @@ from proxy.redaction import Redactor
 from proxy.registry import now_iso
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
+from proxy.url_secrets import query_secrets, refuse_masked, restore_masked
 
 
 class ConnectorRegistry(ConnectorCalls):
@@ -39,6 +40,7 @@ class ConnectorRegistry(ConnectorCalls):
 
     def load(self) -> None:
         self.table.load()
+        self.store.call(seal_plain_urls, self.store)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -58,6 +60,7 @@ class ConnectorRegistry(ConnectorCalls):
             raise InvalidField("name", "is required")
         if not fields.url:
             raise InvalidField("url", "is required")
+        refuse_masked(fields.url)
         new_id = connector_id(fields.name)
         if self.table.find(new_id) is not None:
             raise InvalidField("name", f"a connector with id {new_id!r} (from this name) already exists")
@@ -78,7 +81,7 @@ class ConnectorRegistry(ConnectorCalls):
                 raise InvalidField("name", "renaming would change the connector's id; create a new connector")
             updated.name = fields.name
         if fields.url is not None:
-            updated.url = fields.url
+            updated.url = restore_masked(fields.url, current.url)  # a masked credential keeps the stored one
         stored = self._secrets(current)
         secrets = self._apply(updated, fields, stored)
         if not same_origin(current.url, updated.url):
@@ -87,12 +90,15 @@ class ConnectorRegistry(ConnectorCalls):
                 "client_secret": bool(fields.oauth and fields.oauth.client_secret),
             }
             kept = [name for name in stored if name in secrets and not restated.get(name)]
+            given_in_url = {secret.field for secret in query_secrets(fields.url or "")}
+            kept += [s.field for s in query_secrets(updated.url) if s.field not in given_in_url]
             if kept:
                 # Checked before the registration test query, which would carry the stored secret to the new URL.
                 raise InvalidField(
                     "url",
-                    f"moves the connector to another origin, and its stored {' and '.join(kept)} would be sent "
-                    "there: give service_auth (or oauth) again in the same request, or keep the origin",
+                    f"moves the connector to another origin, and its stored {' and '.join(dict.fromkeys(kept))} would "
+                    "be sent there: give service_auth (or oauth, or the URL's credential) again in the same request, "
+                    "or keep the origin",
                 )
         updated.updated_at = now_iso()
         if updated.url != current.url or updated.sealed != current.sealed:

@@ -7,8 +7,9 @@ masked ones. A cassette is a file anyone can commit, so nothing in it chooses a 
 `connections/<name>` or `connectors/<name>` cassette is the connection or connector the server names that file
 after; of a `sessions/` cassette, the connection(s) whose URL has the recorded request's origin. A request is
 re-sent only to its owner's origin (scheme, host, port, compared as the credential-origin rule compares them);
-any other is reported not checked and never sent. A secret masked inside a recorded URL or body cannot be
-restored.
+any other is reported not checked and never sent. A credential the owner's URL holds in its query string
+(`?key=…`) is put back where the recording masked it; any other secret masked inside a recorded URL or body
+cannot be.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from proxy.transports.cassette import Interaction, file_name, identity, load_int
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
+from proxy.url_secrets import unmasked
 
 # Set by the client library for each request, never worth re-sending as recorded.
 RESENT_WITHOUT = frozenset({"host", "content-length", "transfer-encoding", "connection", "traceparent"})
@@ -175,7 +177,7 @@ class Owner:
 def connection_owners(runtime: Runtime, cassette_stem: str | None = None) -> list[Owner]:
     """The stored connections, or those whose `connections/` cassette file is `cassette_stem`."""
     return [
-        Owner("connection", conn.name, conn.spec.url, conn.origin, conn.target)
+        Owner("connection", conn.name, conn.shown_url, conn.origin, conn.target)
         for conn in runtime.connections.all()
         if cassette_stem is None or file_name(conn.name) == cassette_stem
     ]
@@ -184,7 +186,7 @@ def connection_owners(runtime: Runtime, cassette_stem: str | None = None) -> lis
 def connector_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
     connectors = runtime.connectors
     return [
-        Owner("connector", c.name, c.url, fixed_origin(c.url), connectors.target_of(c))
+        Owner("connector", c.name, c.shown_url, fixed_origin(c.url), connectors.target_of(c))
         for c in connectors.table.all()
         if file_name(c.name) == cassette_stem
     ]
@@ -258,6 +260,7 @@ def resend_request(target: ForwardTarget, interaction: Interaction, uri: str) ->
     if isinstance(body, str):
         body = body.encode()
     body = fresh_ids(body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+    uri = unmasked(uri, target.query_credentials)  # the owner's own `?key=…`, masked in the recording
     limit = (target.id, target.rate_limit) if target.rate_limit else None
     return build_request(
         str(recorded["method"]), uri, headers, body or None, target.timeout_s, {RATE_LIMIT_EXTENSION: limit}

@@ -22,8 +22,10 @@ import httpx
 
 from proxy.auth import masked_headers, new_trace_id
 from proxy.connection import CompiledConnection
+from proxy.head_masking import masked_head, with_masked_names
+from proxy.jsonpath_budget import JsonPathStopped
 from proxy.redaction import Redactor
-from proxy.replies import decode_reply, off_loop_if_large, transport_failure
+from proxy.replies import decode_reply, off_loop_if_large, read_reply, transport_failure
 from proxy.reply_mapping import REQUIRED_KEYS, map_reply, matching_end_rule
 from proxy.request_building import build_request, render_request, text_preview
 from proxy.results import (
@@ -128,7 +130,7 @@ class Engine:
         await self._send(conn.target, request, result, conn)
         if result.ok and result.ended_by_rule is None:
             reply = result.reply
-            await off_loop_if_large(len(reply.text) if reply else 0, map_reply, conn, result, self.redactor)
+            await read_reply(len(reply.text) if reply else 0, map_reply, conn, result, self.redactor)
 
     def render(self, conn: CompiledConnection, ctx: CallContext) -> CallResult:
         """The request a call would send, without sending it (`proxy check --dry-run`)."""
@@ -159,7 +161,10 @@ class Engine:
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
         result.request = RenderedRequest(
-            method, self.redactor.redact(url), masked_headers(headers), text_preview(body, self.redactor)
+            method,
+            self.redactor.redact(url),
+            with_masked_names(masked_headers(headers), self.redactor),
+            text_preview(body, self.redactor),
         )
         try:
             request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
@@ -209,7 +214,11 @@ class Engine:
                 result.reply = reply
                 rule = None
                 if conn is not None and conn.end_rules:
-                    rule = await off_loop_if_large(len(reply.text), matching_end_rule, conn, reply)
+                    try:
+                        rule = await read_reply(len(reply.text), matching_end_rule, conn, reply)
+                    except JsonPathStopped as exc:  # an end rule too costly to read fails the call
+                        result.error = self.redactor.redact(str(exc))
+                        return
                 if rule is not None:
                     result.ended_by_rule = rule
                     result.error = None
@@ -309,8 +318,8 @@ class Engine:
         recorded_latency = response.extensions.get(RECORDED_LATENCY_EXTENSION)
         if recorded_latency is not None:
             latency = float(recorded_latency)
-        headers = {k.lower(): self.redactor.redact(v) for k, v in response.headers.items()}
-        reply = UpstreamReply(response.status_code, response.reason_phrase, headers, "")
+        reason, headers = masked_head(response, self.redactor)
+        reply = UpstreamReply(response.status_code, reason, headers, "")
         deadline = timeout.deadline() or asyncio.get_running_loop().time() + timeout.timeout_s
         reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")

@@ -8,12 +8,14 @@ On disk each kind has a table of real columns (what lists and look-ups read, ind
 document of the rest) and `sealed` (a Fernet token of its secrets). A data dir from before holds a kind in
 its earlier layout (versions and connectors as a JSON document a row, connections with `spec` and
 `secrets`): the table is rewritten into this one when the kind first loads, and the pages of the old rows
-are erased from the file rather than left in its free space.
+are erased from the file rather than left in its free space. Secrets sealed with a retired key (a passphrase's
+key from before scrypt) are sealed again with the current one when the kind loads, and erased alike.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -26,6 +28,7 @@ from proxy.store import Store
 HEAD_COLUMNS: dict[str, type] = {"id": str, "seq": int}
 TAIL_COLUMNS: dict[str, type] = {"deleted_at": str, "data": str, "sealed": str}
 LEGACY_SUFFIX = "_before_columns"
+log = logging.getLogger("proxy")
 
 
 class Entity(Protocol):
@@ -139,6 +142,7 @@ def stored_secrets(store: Store, kind: EntityKind[Any]) -> list[tuple[tuple[str,
 def read_live(store: Store, kind: EntityKind[Any]) -> tuple[list[dict[str, Any]], int]:
     """The live rows in order, and the highest `seq` the table has given (deleted rows included)."""
     prepare(store, kind)
+    reseal(store, kind)
     table = store.db.table(kind.table)
     rows = list(table.rows_where("deleted_at is null", order_by="seq"))
     (top,) = store.db.execute(f"SELECT coalesce(max(seq), 0) FROM [{kind.table}]").fetchone()
@@ -155,6 +159,23 @@ def delete_row(store: Store, kind: EntityKind[Any], entity_id: str, deleted_at: 
         store.db.table(kind.table).update(entity_id, {"deleted_at": deleted_at})
     else:
         store.db.table(kind.table).delete(entity_id)
+
+
+def erase_and_update(store: Store, table: str, updates: dict[str, dict[str, Any]]) -> None:
+    """Change stored rows (by id) whose old values must not stay readable, such as a secret moving from plain
+    text to sealed: the old text is erased from the file and its WAL, not left in free space. Through `call`."""
+    if not updates:
+        return
+    conn = store.db.conn
+    (was,) = conn.execute("PRAGMA secure_delete").fetchone()
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        for entity_id, values in updates.items():
+            store.db.table(table).update(entity_id, values)
+        conn.commit()
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(was)}")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def prepare(store: Store, kind: EntityKind[Any]) -> None:
@@ -185,3 +206,25 @@ def prepare(store: Store, kind: EntityKind[Any]) -> None:
     finally:
         conn.execute(f"PRAGMA secure_delete = {int(was)}")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old page images leave the WAL and the file
+
+
+def reseal(store: Store, kind: EntityKind[Any]) -> None:
+    """Seal every row's secrets (deleted rows' too) with the current key, when the vault holds a retired one
+    that sealed some; the old tokens are erased from the file and its WAL, so the weaker key opens nothing."""
+    if not store.vault.has_retired:
+        return
+    db = store.db
+    rows = list(db.execute(f"SELECT id, sealed FROM [{kind.table}] WHERE sealed IS NOT NULL"))
+    resealed = [(token, row_id) for row_id, old in rows if (token := store.vault.reseal(old)) is not None]
+    if not resealed:
+        return
+    conn = db.conn
+    (was,) = conn.execute("PRAGMA secure_delete").fetchone()
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        with db.atomic():
+            conn.executemany(f"UPDATE [{kind.table}] SET sealed = ? WHERE id = ?", resealed)
+    finally:
+        conn.execute(f"PRAGMA secure_delete = {int(was)}")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    log.info("%s: %d stored secrets sealed again with the current key", kind.table, len(resealed))

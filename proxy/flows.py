@@ -7,7 +7,8 @@ is written in batches through the store's writer, off the event loop: at once wh
 queued, else `FLOW_BATCH_DELAY_S` after the first, and whatever is left on shutdown; no call waits on a
 commit of its own flow. Every read writes the queue first, so a flow is listed as soon as its call has
 answered. The table keeps the newest `flow_log_size` rows: each batch deletes what fell off the end, by
-primary key. Live viewers subscribe to the rows as they are committed.
+primary key. Live viewers subscribe to the rows as they are committed: each one costs every flow a little, so at
+most `max_viewers` are served (a newer one ends the oldest's stream), and one that falls behind is ended too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from proxy.engine import CallLabel, CallResult
 from proxy.redaction import Redactor
 from proxy.settings import (
     DEFAULT_FLOW_LOG_SIZE,
+    DEFAULT_MAX_FLOW_VIEWERS,
     FLOW_BATCH_DELAY_S,
     FLOW_BATCH_ROWS,
     FLOW_EVENTS_QUEUE,
@@ -119,18 +121,20 @@ class FlowLog:
         store: Store,
         redactor: Redactor,
         size: int = DEFAULT_FLOW_LOG_SIZE,
+        max_viewers: int = DEFAULT_MAX_FLOW_VIEWERS,
         batch_rows: int = FLOW_BATCH_ROWS,
         batch_delay_s: float = FLOW_BATCH_DELAY_S,
     ) -> None:
         self.store = store
         self.redactor = redactor
         self.size = size
+        self.max_viewers = max_viewers
         self.batch_rows = batch_rows
         self.batch_delay_s = batch_delay_s
         self._queue: list[dict[str, Any]] = []  # observed, not yet handed to the writer
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None  # the batch on its way to the disk
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._subscribers: dict[asyncio.Queue[dict[str, Any] | None], None] = {}  # the oldest first
         store.call(store.db.executescript, TABLE)
 
     # -- writing -----------------------------------------------------------------------------
@@ -236,7 +240,7 @@ class FlowLog:
 
     def _end(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         """Stop publishing to a viewer and tell it its stream is over (dropping its oldest summary if full)."""
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
         if queue.full():
             queue.get_nowait()
         queue.put_nowait(None)
@@ -244,9 +248,11 @@ class FlowLog:
     # -- live viewers ------------------------------------------------------------------------
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
-        """A queue of each new flow's summary; None means the stream is over."""
+        """A queue of each new flow's summary; None means the stream is over. At the cap, the oldest viewer's ends."""
+        while len(self._subscribers) >= self.max_viewers:
+            self._end(next(iter(self._subscribers)))
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(FLOW_EVENTS_QUEUE)
-        self._subscribers.add(queue)
+        self._subscribers[queue] = None
         return queue
 
     @property
@@ -254,7 +260,7 @@ class FlowLog:
         return len(self._subscribers)
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._subscribers.discard(queue)
+        self._subscribers.pop(queue, None)
 
     # -- reading -----------------------------------------------------------------------------
 

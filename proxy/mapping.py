@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonpath_ng import Child, Fields, Index, JSONPath, Root, Slice
+from jsonpath_ng import Child, DatumInContext, Fields, Index, JSONPath, Root, Slice
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.jsonpath import Wildcard
 from jsonpath_ng.parser import parse as parse_jsonpath
+
+from proxy.jsonpath_budget import JsonPathStopped, StepBudget, find, find_values
 
 OUTPUT = "output"
 SESSION_ID = "session_id"
@@ -51,7 +53,7 @@ def compile_jsonpath(expression: str) -> JSONPath:
         raise JsonPathRefused(f"JSONPath {expression!r} does not parse: {exc}") from exc
 
 
-# A compiled lookup: the values a path finds in a document, as `[m.value for m in path.find(document)]`.
+# A plain lookup: the values a simple path finds in a document, as `[m.value for m in path.find(document)]`.
 Lookup = Callable[[Any], list[Any]]
 _NOT_SET = object()
 
@@ -90,11 +92,6 @@ def fast_lookup(path: JSONPath) -> Lookup | None:
     return lookup
 
 
-def lookup_of(path: JSONPath) -> Lookup:
-    """The fastest lookup for `path`: the plain one when it is simple, else jsonpath-ng's."""
-    return fast_lookup(path) or (lambda document: [m.value for m in path.find(document)])
-
-
 def _steps(path: JSONPath) -> list[JSONPath]:
     """Flatten Child(Child(Root, a), b) into [Root, a, b]."""
     if isinstance(path, Child):
@@ -123,19 +120,20 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__} ({json.dumps(value, default=str)[:60]})"
 
 
-def explain_miss(path: JSONPath, document: Any) -> str:
-    """Walk the path step by step and say where the first empty match happened."""
+def explain_miss(path: JSONPath, document: Any, budget: StepBudget) -> str:
+    """Walk the path step by step and say where the first empty match happened (within `budget`: a step
+    may hold a `..`)."""
     steps = _steps(path)
-    current = [document]
+    current = [DatumInContext(document)]
     walked = ""
     for step in steps:
         if isinstance(step, Root):
             walked = "$"
             continue
-        found = [m.value for value in current for m in step.find(value)]
+        found = [match for datum in current for match in find(step, datum, budget)]
         if not found:
             where = walked or "$"
-            return f"'{_step_text(step)}' matched nothing after '{where}', which is " + _describe(current[0])
+            return f"'{_step_text(step)}' matched nothing after '{where}', which is " + _describe(current[0].value)
         current = found
         walked += _step_text(step)
     return "matched nothing"
@@ -151,16 +149,25 @@ class CompiledMapping:
     def __init__(self, mapping: dict[str, str], paths: dict[str, JSONPath] | None = None) -> None:
         self.source = dict(mapping)
         self.paths = paths if paths is not None else {key: compile_jsonpath(expr) for key, expr in mapping.items()}
-        self._lookups = {key: lookup_of(path) for key, path in self.paths.items()}
+        self._plain = {key: fast_lookup(path) for key, path in self.paths.items()}
         self._multi = {key: _is_multi(path) for key, path in self.paths.items()}
 
-    def apply(self, document: Any) -> MappingResult:
+    def apply(self, document: Any, budget: StepBudget | None = None) -> MappingResult:
+        """The mapping over `document`; every path but the plain ones spends from `budget` (without one, from
+        the budget of an empty reply). A path that spends it all raises `JsonPathStopped` naming its key."""
+        if budget is None:
+            budget = StepBudget.for_size(0)
         result = MappingResult()
         for key, path in self.paths.items():
-            matches = self._lookups[key](document)
-            if not matches:
-                result.misses[key] = f"{self.source[key]}: " + explain_miss(path, document)
-                continue
+            plain = self._plain[key]
+            try:
+                matches = plain(document) if plain is not None else find_values(path, document, budget)
+                if not matches:
+                    result.misses[key] = f"{self.source[key]}: " + explain_miss(path, document, budget)
+                    continue
+            except JsonPathStopped as exc:
+                expression = self.source[key]
+                raise JsonPathStopped(f"output mapping '{key}' stopped: the JSONPath {expression} {exc}") from None
             # A wildcard path yields a list; a plain path yields its one value.
             value: Any = matches if self._multi[key] else matches[0]
             result.values[key] = value
@@ -186,9 +193,9 @@ def normalise_traces(value: Any) -> tuple[list[dict[str, Any]], str | None]:
     return traces, None
 
 
-def first_scalar_text(path: JSONPath, document: Any) -> str | None:
+def first_scalar_text(path: JSONPath, document: Any, budget: StepBudget) -> str | None:
     """The text of the first value a path finds, if it is a string, number or boolean (end rules)."""
-    matches = [m.value for m in path.find(document)]
+    matches = find_values(path, document, budget)
     if not matches:
         return None
     value = matches[0]

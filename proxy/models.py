@@ -31,6 +31,7 @@ from proxy.settings import (
     MAX_RETRY_MAX_ATTEMPTS,
     MAX_TIMEOUT_S,
 )
+from proxy.url_secrets import masked_url
 
 
 class CaseInsensitiveEnum(StrEnum):
@@ -280,7 +281,7 @@ def check_url(url: str, http_allowed: bool) -> None:
     shape = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "x", url)
     parts = urlsplit(shape)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidField("url", f"{url!r} is not an absolute http(s) URL")
+        raise InvalidField("url", f"{masked_url(url)!r} is not an absolute http(s) URL")
     if parts.scheme == "http" and not http_allowed:
         raise InvalidField(
             "url",

@@ -17,6 +17,8 @@ name wins over the plugin's, as pytest's own rules have it; `-p no:proxy` turns 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -42,6 +44,11 @@ class _PluginState:
     """What the hooks share with the fixture's server (which runs in its own thread)."""
 
     mode: str | None = None  # the running test's marker
+    running: contextlib.ExitStack | None = None  # a server started with the session (--proxy-env)
+    mapped_scopes: set[str] = field(default_factory=set)  # every collected test's folder, deselected ones too
+    collected_modules: set[str] = field(default_factory=set)
+    collected: bool = False
+    served: bool = False  # a server ran in this session: only then is anything written about the cassettes
     scope: str | None = None  # the running test's cassette folder (None: calls outside tests)
     test_id: str | None = None  # the running test's node id, its X-Proxy-Test-Id
     misses: list[str] = field(default_factory=list)
@@ -83,6 +90,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--proxy-config", default=None, metavar="FILE", help="proxy YAML config file for proxy_server")
     group.addoption("--proxy-cassettes", default=None, metavar="DIR", help="cassette folder for proxy_server")
     group.addoption(
+        "--proxy-upstream",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a forward-only upstream, no config needed: /forward/NAME/... goes to URL with the client's credential",
+    )
+    group.addoption(
+        "--proxy-env",
+        action="append",
+        default=[],
+        metavar="VAR=NAME",
+        help="set VAR to the forward URL of upstream NAME for the session (OPENAI_BASE_URL=openai)",
+    )
+    group.addoption(
+        "--proxy-strict-replay",
+        action="store_true",
+        default=False,
+        help="fail a test that passes without playing every recording of its cassettes (else a warning)",
+    )
+    group.addoption(
         "--proxy-data-dir",
         default=None,
         metavar="DIR",
@@ -91,6 +118,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("proxy_record_mode", "record mode of the proxy_server fixture", default=None)
     parser.addini("proxy_config", "proxy YAML config file for proxy_server (relative to the ini file)", default=None)
     parser.addini("proxy_cassettes", "cassette folder for proxy_server (relative to the ini file)", default=None)
+    parser.addini("proxy_upstreams", "forward-only upstreams, NAME=URL, one a line", type="linelist", default=[])
+    parser.addini("proxy_env", "VAR=NAME: VAR set to upstream NAME's forward URL", type="linelist", default=[])
+    parser.addini("proxy_strict_replay", "as --proxy-strict-replay (true/false)", default="false")
     parser.addini("proxy_data_dir", "where cassette use is kept for prune (relative to the ini file)", default=None)
 
 
@@ -125,17 +155,50 @@ def _record_mode(config: pytest.Config) -> RecordMode:
 
 
 @pytest.fixture(scope="session")
-def proxy_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+def proxy_server(request: pytest.FixtureRequest) -> Iterator[ProxyServer]:
     """The proxy server, in-process on a free loopback port, for the whole test session."""
-    config = request.config
+    state = request.config.stash[_STATE]
+    if state.server is not None:  # started with the session, for --proxy-env
+        yield state.server
+        return
+    with _running(request.config, state) as server:
+        yield server
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --proxy-env the server starts with the session, before test modules are imported, so an app that
+    reads its base URL from the environment at import time already sees the proxy's."""
+    config = session.config
+    if not _assignments(config, "--proxy-env", "proxy_env") or _is_xdist_controller(config):
+        return
     state = config.stash[_STATE]
-    mode = _record_mode(config)
-    with _running(config, mode, tmp_path_factory, state) as server:
-        state.server = server
-        try:
-            yield server
-        finally:
-            state.server = None
+    state.running = contextlib.ExitStack()
+    state.running.enter_context(_running(config, state))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash[_STATE]
+    if state.running is not None:
+        state.running.close()
+        state.running = None
+    _note_orphans(session)
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """pytest-xdist's controller runs no test: each worker runs its own server."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def _assignments(config: pytest.Config, option: str, ini: str) -> list[tuple[str, str]]:
+    """`NAME=VALUE` pairs from a repeatable option and its ini list; a malformed one stops the run."""
+    from proxy.errors import InvalidField
+    from proxy.upstreams import parse_assignment
+
+    given = [*config.getini(ini), *(config.getoption(option) or [])]
+    try:
+        return [parse_assignment(str(text), option.removeprefix("--")) for text in given if str(text).strip()]
+    except InvalidField as exc:
+        raise pytest.UsageError(f"proxy_server: {exc.message}") from None
 
 
 class _TestScope:
@@ -173,18 +236,57 @@ def _has_header(scope: Any, name: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def _running(
-    config: pytest.Config, mode: RecordMode, tmp_path_factory: pytest.TempPathFactory, state: _PluginState
-) -> Iterator[ProxyServer]:
+def _running(config: pytest.Config, state: _PluginState) -> Iterator[ProxyServer]:
+    """The server, from its start to the block's end: `state.server` meanwhile, and the --proxy-env variables set."""
+    with tempfile.TemporaryDirectory(prefix="proxy-data-") as temporary:
+        with _server(config, state, Path(temporary)) as server, _environment(config, server):
+            state.server = server
+            state.served = True
+            try:
+                yield server
+            finally:
+                state.server = None
+
+
+@contextlib.contextmanager
+def _environment(config: pytest.Config, server: ProxyServer) -> Iterator[None]:
+    """Each `VAR=NAME` of --proxy-env: VAR is the forward URL of upstream (or connection) NAME, for the session."""
+    assignments = _assignments(config, "--proxy-env", "proxy_env")
+    values = {}
+    for variable, name in assignments:
+        upstream = server.runtime.upstreams.get(name)
+        if upstream is None and server.runtime.connections.find(name) is None:
+            known = sorted([*server.runtime.upstreams, *(c.spec.name for c in server.runtime.connections.all())])
+            raise pytest.UsageError(
+                f"proxy_server: --proxy-env {variable}={name}: no upstream or connection is named {name!r} "
+                f"(known: {', '.join(known) or 'none'}); add one with --proxy-upstream {name}=URL"
+            )
+        values[variable] = f"{server.url}/forward/{name}{upstream.path if upstream else ''}"
+    before = {variable: os.environ.get(variable) for variable in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for variable, value in before.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+
+
+@contextlib.contextmanager
+def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iterator[ProxyServer]:
     import uvicorn
 
     from proxy.app import create_app
     from proxy.cli import build_settings
     from proxy.config import Config, load_config
-    from proxy.errors import ConfigError
+    from proxy.errors import ConfigError, InvalidField
+    from proxy.http_limits import server_config
     from proxy.listener import listen, url_of
     from proxy.runtime import Runtime
 
+    mode = _record_mode(config)
     config_path = _option_path(config, "--proxy-config", "proxy_config")
     try:
         proxy_config = load_config(config_path) if config_path else Config()
@@ -192,19 +294,23 @@ def _running(
         cassettes = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
         if cassettes is None:
             cassettes = Path(file["cassettes_dir"]) if file.get("cassettes_dir") else config.rootpath / "cassettes"
-        data_dir = Path(file["data_dir"]) if file.get("data_dir") else tmp_path_factory.mktemp("proxy-data")
+        data_dir = Path(file["data_dir"]) if file.get("data_dir") else temporary
         settings = build_settings(
             proxy_config, host="127.0.0.1", port=0, record_mode=mode.value, cassettes=cassettes, data_dir=data_dir
         )
         runtime = Runtime(settings, proxy_config)
         runtime.check_config()
+        for name, url in _assignments(config, "--proxy-upstream", "proxy_upstreams"):
+            runtime.add_upstream(name, url)
     except ConfigError as exc:
+        raise pytest.UsageError(f"proxy_server: {exc.message}") from None
+    except InvalidField as exc:
         raise pytest.UsageError(f"proxy_server: {exc.message}") from None
     runtime.library.miss_listeners.append(state.missed)
     sock = listen("127.0.0.1", 0)
     app = _TestScope(create_app(runtime), state, runtime)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    # log_config=None: the test process's logging is the user's, uvicorn leaves it alone.
+    # The same protocol and limits as `proxy serve`; log_config=None: the test process's logging is the user's.
+    server = uvicorn.Server(server_config(app, settings, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -222,12 +328,36 @@ def _running(
         _keep_usage(config, data_dir)
 
 
+def _lasting_dir(config: pytest.Config) -> Path:
+    """Where what outlives the session is kept: cassette use and orphans."""
+    return _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+
+
+def _cassettes_dir(config: pytest.Config) -> Path:
+    """The cassette folder as the server will use it, without loading the config when an option names it."""
+    given = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
+    if given is not None:
+        return given
+    config_path = _option_path(config, "--proxy-config", "proxy_config")
+    if config_path is not None:
+        from proxy.config import load_config
+        from proxy.errors import ConfigError
+
+        try:
+            folder = load_config(config_path).settings.get("cassettes_dir")
+        except ConfigError:
+            folder = None
+        if folder:
+            return Path(folder)
+    return config.rootpath / "cassettes"
+
+
 def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
     """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
     from proxy.store import read_cassette_usage
     from proxy.transports.usage import merge_usage_file, usage_file
 
-    lasting = _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
+    lasting = _lasting_dir(config)
     if lasting.resolve() != data_dir.resolve():
         merge_usage_file(usage_file(lasting), read_cassette_usage(data_dir))
 
@@ -296,7 +426,89 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     misses = state.take_misses()
     if misses:
         pytest.fail(_miss_report(state, misses), pytrace=False)
+    _check_unplayed(item, state)
     return outcome
+
+
+class ProxyUnplayedWarning(UserWarning):
+    """A test passed without playing some of its recordings: calls it no longer makes."""
+
+
+def _check_unplayed(item: pytest.Item, state: _PluginState) -> None:
+    """After a passing test, the recordings in its own folder it did not play: a warning naming the test and how
+    many, or with --proxy-strict-replay a failure (shared folders are left out: other tests play them)."""
+    server = state.server
+    if server is None or state.scope is None or item.get_closest_marker(CASSETTE_MARKER) is not None:
+        return
+    from proxy.pytest_cassettes import unplayed_recordings
+
+    left = unplayed_recordings(server.runtime.library, state.scope)
+    if not left:
+        return
+    counts = "; ".join(f"{unplayed} of {total} in {name}" for name, unplayed, total in left)
+    message = (
+        f"proxy: {item.nodeid} did not play every recording of its cassettes ({counts}): they record calls it no "
+        f"longer makes; re-record it with --proxy-record-mode all -k {item.name}"
+    )
+    if _flag(item.config, "--proxy-strict-replay", "proxy_strict_replay"):
+        pytest.fail(f"{message} (failed by --proxy-strict-replay)", pytrace=False)
+    item.warn(ProxyUnplayedWarning(f"{message}, or --proxy-strict-replay to fail on this"))
+
+
+def _flag(config: pytest.Config, option: str, ini: str) -> bool:
+    return bool(config.getoption(option)) or str(config.getini(ini)).lower() in ("1", "true", "yes", "on")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Tests left out by -k or -m still own their folders: never orphans."""
+    if items:
+        state = items[0].config.stash[_STATE]
+        state.mapped_scopes.update(_test_scope(item) for item in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash[_STATE]
+    state.mapped_scopes.update(_test_scope(item) for item in session.items)
+    state.collected_modules.update(_module_scope(item) for item in session.items)
+    state.collected = True
+
+
+def _module_scope(item: pytest.Item) -> str:
+    from proxy.transports.cassette import file_name
+
+    module = item.nodeid.partition("::")[0].removesuffix(".py")
+    return "/".join(file_name(part) for part in module.split("/") if part not in ("", ".", ".."))
+
+
+def _note_orphans(session: pytest.Session) -> None:
+    """At the end of a run that collected its tests (each xdist worker collects them all): the test folders no
+    collected test maps to, recorded for `prune --orphans` and shown in the summary."""
+    config = session.config
+    state = config.stash[_STATE]
+    if not (state.collected and state.served) or session.shouldfail or session.shouldstop:
+        return
+    from proxy.pytest_cassettes import orphans, orphans_file, write_orphans
+
+    root = _cassettes_dir(config)
+    found = orphans(root, state.mapped_scopes, state.collected_modules, config.rootpath)
+    write_orphans(orphans_file(_lasting_dir(config)), root, found)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from proxy.pytest_cassettes import orphans_of
+
+    state = config.stash[_STATE]
+    if hasattr(config, "workerinput") or not (state.collected or _is_xdist_controller(config)):
+        return
+    found = orphans_of(_lasting_dir(config), _cassettes_dir(config)) or []
+    if found:
+        terminalreporter.write_sep("=", "proxy: orphaned cassettes", yellow=True)
+        terminalreporter.write_line(
+            f"{len(found)} cassette folder(s) no collected test maps to (a test renamed or removed):"
+        )
+        for folder in found:
+            terminalreporter.write_line(f"  {folder}")
+        terminalreporter.write_line("proxy cassettes prune --orphans --delete removes them")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,7 +1,9 @@
 """Masking one server's secrets in every form an upstream may echo them in.
 
 A secret is masked as it is, and in the forms an echo of it takes:
-- JSON-escaped: any mix of `\\uXXXX` escapes (either hex case, surrogate pairs) and the short escapes;
+- JSON-escaped: any mix of `\\uXXXX` escapes (either hex case, surrogate pairs) and the short escapes, also
+  inside a JSON document that is itself a JSON string value, each level escaping the escapes again (`\\\\u0041`),
+  down to MASK_NESTED_JSON_DEPTH documents;
 - percent-encoded: any mix of `%XX` for its UTF-8 bytes (either hex case), `+` for a space;
 - base64, standard and URL-safe, at each of the three byte alignments, so a secret inside a larger
   encoded value (a Basic `base64(user:pass)`) is found too;
@@ -12,6 +14,11 @@ holds none costs a few `in` checks; a pattern is compiled only for the forms a t
 decoding: where a text holds escapes that decode to a character some form contains, it is decoded into
 a view that remembers where each character came from, the same pattern runs over the view, and what it
 finds is masked in the text. A reply full of `\\n` is decoded only if some secret holds a newline.
+
+A view is decoded again for the JSON documents nested in its strings, one level at a time. A level that is decoded
+again is worth decoding also where a `\\\\` may begin an escape one level down (`\\\\u`), and then every escape in it
+is decoded, so the view reads as the nested document does: what is found in it is widened to that document's whole
+escapes (it still parses), and to the text's. A reply without such a pair, or a character of a secret, pays nothing.
 
 A body that is not UTF-8 is masked byte for byte (read as Latin-1, so every byte is one character)
 with the forms' UTF-8 and UTF-16 bytes, and the rest of it stays as it was.
@@ -25,13 +32,14 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import functools
 import logging
 import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
-from proxy.settings import MASK, MIN_SECRET_LEN
+from proxy.settings import MASK, MASK_NESTED_JSON_DEPTH, MIN_SECRET_LEN
 
 log = logging.getLogger("proxy")
 
@@ -45,7 +53,7 @@ _JSON_TOKENS = re.compile(
 # position, so it is used only when some secret holds a space.
 _PERCENT_TOKENS = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2})*")
 _PERCENT_OR_PLUS_TOKENS = re.compile(r"(?:%[0-9a-fA-F]{2})+|\+")
-JSON_VIEW_DEPTH = 2  # a JSON document inside a JSON string is escaped twice
+JSON_VIEW_DEPTH = 1 + MASK_NESTED_JSON_DEPTH  # a secret's own escapes, then once more for each document around it
 Span = tuple[int, int]
 # Encodings of a few bytes a character: an upstream answering in one of them echoes a secret as these bytes.
 WIDE_CODECS = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
@@ -86,23 +94,25 @@ def _merged(spans: list[Span]) -> list[Span]:
 def _whole_escapes(text: str, spans: list[Span]) -> list[Span]:
     """A span that cuts a JSON escape (a plain `e9abcdef` found in `caf\\u00e9abcdef`) takes the escape whole:
     half an escape would leave the document unparseable."""
-    if "\\" not in text:
+    if "\\" not in text or not spans:
         return spans
-    widened = []
-    for start, end in spans:
-        first, last = _escape_at(text, start), _escape_at(text, end - 1)
-        widened.append((first[0] if first else start, last[1] if last else end))
-    return widened
-
-
-def _escape_at(text: str, index: int) -> Span | None:
-    # An escape holding text[index] starts at most 11 characters before it (a surrogate pair is 12).
-    for match in _JSON_TOKENS.finditer(text, max(0, index - 11), index + 12):
-        if match.start() > index:
+    # The escapes are read from the start of the text: only there is it sure which backslash begins one, in the runs
+    # of them that nested documents make (`\\\u0041` is `\\`, then `\u0041`). One pass, up to the last span.
+    edges = sorted({index for start, end in spans for index in (start, end - 1)})
+    holding: dict[int, Span] = {}
+    escapes = _JSON_TOKENS.finditer(text, 0, edges[-1] + 12)  # an escape is at most 12 characters long
+    escape = next(escapes, None)
+    for index in edges:
+        while escape is not None and escape.end() <= index:
+            escape = next(escapes, None)
+        if escape is None:
             break
-        if index < match.end():
-            return match.span()
-    return None
+        if escape.start() <= index:
+            holding[index] = escape.span()
+    return [
+        (holding[start][0] if start in holding else start, holding[end - 1][1] if end - 1 in holding else end)
+        for start, end in spans
+    ]
 
 
 def _masked(text: str, spans: list[Span], mask: str) -> str:
@@ -206,6 +216,22 @@ class _View:
         self._sources.append(source)
         self._offsets.append(offset)
 
+    def whole_escapes(self, spans: list[Span]) -> list[Span]:
+        """The view may be a JSON document inside a string: a span that cuts one of its escapes takes it whole, or
+        that document would no longer parse. But a quote the text held as it is ends that string (`\\\\"` is a
+        backslash and the end): a span is never widened over one."""
+        widened = []
+        for (start, end), (wide_start, wide_end) in zip(spans, _whole_escapes(self.text, spans), strict=True):
+            start = start if self._ends_a_string(wide_start, start) else wide_start
+            widened.append((start, end if self._ends_a_string(end, wide_end) else wide_end))
+        return widened
+
+    def _ends_a_string(self, start: int, end: int) -> bool:
+        return any(
+            self.text[at] == '"' and self._sources[bisect.bisect_right(self._starts, at) - 1] is None
+            for at in range(start, end)
+        )
+
     def source_span(self, start: int, end: int) -> Span:
         return self._source_at(start)[0], self._source_at(end - 1)[1]
 
@@ -241,7 +267,25 @@ class _Masks:
             (tuple(s.encode(codec, "surrogatepass").decode("latin-1") for s in secrets), MASK.encode(codec))
             for codec in WIDE_CODECS
         ]
-        self._decoded: dict[_Decoding, dict[str, Pieces | None]] = {}
+        self._decoded: dict[_Decoding, dict[str, tuple[Pieces, bool]]] = {}  # token: (pieces, wanted)
+
+    @functools.cached_property
+    def nested_escapes(self) -> re.Pattern[str]:
+        """An escape of a character some form holds, in a document inside a JSON string (one or more levels
+        down): its backslash escaped again, so a run of two or more (`\\\\u0041`, `\\\\n`; `\\\\\\"` and
+        `\\\\\\\\` for a quote and a backslash). Compiled once it is needed: most texts hold no `\\\\` and never
+        ask."""
+        units = sorted({f"{ord(c):04x}" if ord(c) <= 0xFFFF else "d[89ab][0-9a-f]{2}" for c in self.chars})
+        heads = [f"u(?i:{'|'.join(units)})"]
+        letters = "".join(e[1] for e in self.json_escapes if e[1] not in 'u"\\')
+        if letters:
+            heads.append(f"[{re.escape(letters)}]")
+        escapes = [r"\\*(?:" + "|".join(heads) + ")"]
+        if '"' in self.chars:
+            escapes.append(r'\\+"')
+        if "\\" in self.chars:
+            escapes.append(r"\\\\")
+        return re.compile(r"\\\\(?:" + "|".join(escapes) + ")")
 
     def spans(self, text: str) -> list[Span]:
         hits = [n for n in self.needles if n in text]
@@ -253,37 +297,54 @@ class _Masks:
         return _found([n for n in self.raw_needles if n in raw], raw)
 
     def decoded_spans(
-        self, text: str, decoding: _Decoding, find: Callable[[str], list[Span]], depth: int
+        self,
+        text: str,
+        decoding: _Decoding,
+        find: Callable[[str], list[Span]],
+        depth: int,
+        found_in_text: bool = False,
     ) -> list[Span]:
-        if not decoding.worth_it(text, self):
+        """Where in `text` an echo is: in `text` decoded, and, where it holds an escape of a document inside a JSON
+        string, in that decoded again, `depth` decodings in all. Where an echo was `found_in_text` as it is, the
+        documents inside its strings are decoded too, for what it cuts of their escapes."""
+        worth_it = decoding.worth_it(text, self)  # a text without it holds no nested escape either
+        nested = (
+            depth > 1
+            and decoding.json
+            and ((worth_it and self.nested_escapes.search(text) is not None) or (found_in_text and "\\\\" in text))
+        )
+        if not (worth_it or nested):
             return []
-        tokens = self._tokens(text, decoding)
+        tokens = self._tokens(text, decoding, every=nested)
         if not tokens:
             return []
         view = _View(text, tokens)
         found = find(view.text)
-        if depth > 1:
-            found += self.decoded_spans(view.text, decoding, find, depth - 1)
+        if nested:
+            found += self.decoded_spans(view.text, decoding, find, depth - 1, found_in_text=bool(found))
+            if found:
+                # The view may be a document inside a string (or just its text: then a span takes a little more).
+                found = view.whole_escapes(found)
         return [view.source_span(start, end) for start, end in found]
 
-    def _tokens(self, text: str, decoding: _Decoding) -> list[tuple[int, Pieces]]:
-        """The escapes in `text` worth decoding: those that decode to characters some form holds (only they
-        can be part of an echo), each with where it starts and what it decodes to."""
+    def _tokens(self, text: str, decoding: _Decoding, every: bool) -> list[tuple[int, Pieces]]:
+        """The escapes in `text` worth decoding, each with where it starts and what it decodes to: those that decode
+        to characters some form holds (only they can be part of an echo), or `every` escape, so that a view that is
+        decoded again reads as the document inside the string does."""
         chars = self.raw_chars if decoding.raw else self.chars
         known = self._decoded.setdefault(decoding, {})
         tokens = []
         for match in (decoding.space_tokens if " " in chars else decoding.tokens).finditer(text):
             token = match.group()
-            if token in known:
-                pieces = known[token]
-            else:
-                decoded = decoding.decode(token)
-                pieces = decoded if any(chars.issuperset(piece) for piece, _ in decoded) else None
+            decoded = known.get(token)
+            if decoded is None:
+                pieces = decoding.decode(token)
+                decoded = pieces, any(chars.issuperset(piece) for piece, _ in pieces)
                 if len(known) >= DECODED_KEPT:
                     known.clear()
-                known[token] = pieces
-            if pieces is not None:
-                tokens.append((match.start(), pieces))
+                known[token] = decoded
+            if every or decoded[1]:
+                tokens.append((match.start(), decoded[0]))
         return tokens
 
 
@@ -351,6 +412,11 @@ class Redactor:
     def knows(self, value: str) -> bool:
         return value in self._known
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every secret known now (a new set each time it changes, so it can key what is worked out from it)."""
+        return self._known
+
     def _rebuild(self) -> None:
         known = frozenset().union(*self._owners.values())
         if known != self._known:
@@ -368,14 +434,13 @@ class Redactor:
         masks = self._masks
         if masks is None or len(text) < MIN_SECRET_LEN:  # every form of a secret is at least as long as it
             return text
+        # Every span is found in the text as it came, so one that cuts an escape of a nested document is widened
+        # to it in that document's view before the text changes under it.
         spans = masks.spans(text)
-        if spans:
-            text = _masked(text, _whole_escapes(text, spans), MASK)
+        found = bool(spans)
         for decoding, depth in ((JSON_TEXT, JSON_VIEW_DEPTH), (PERCENT_TEXT, 1)):
-            spans = masks.decoded_spans(text, decoding, masks.spans, depth)
-            if spans:
-                text = _masked(text, _whole_escapes(text, spans), MASK)
-        return text
+            spans += masks.decoded_spans(text, decoding, masks.spans, depth, found)
+        return _masked(text, _whole_escapes(text, spans), MASK) if spans else text
 
     def redact_bytes(self, body: bytes) -> bytes:
         """A body masked as text when it is UTF-8, else byte for byte; nothing else in it changes."""
@@ -408,9 +473,18 @@ class Redactor:
 
 
 def _longest_echo(secret: str) -> int:
-    """The most bytes an echo of `secret` can take: each character escaped twice over in JSON (`\\\\u0041`, a
-    surrogate pair for one outside the BMP) or percent-encoded, whichever is longer."""
-    return sum(max(14 if ord(c) > 0xFFFF else 7, 3 * len(c.encode("utf-8", "surrogatepass"))) for c in secret)
+    """The most bytes an echo of `secret` can take: each character JSON-escaped inside the deepest nested document
+    (`\\\\u0041` one document deep, a surrogate pair for one outside the BMP; a quote or a backslash doubles its
+    backslashes at each level) or percent-encoded, whichever is longer."""
+    nested_backslashes = 2 ** (JSON_VIEW_DEPTH - 1)
+    return sum(
+        max(
+            (nested_backslashes + 5) * (2 if ord(c) > 0xFFFF else 1),
+            2 * nested_backslashes if c in '"\\' else 0,
+            3 * len(c.encode("utf-8", "surrogatepass")),
+        )
+        for c in secret
+    )
 
 
 def _echo_heads(secrets: frozenset[str], masks: _Masks | None) -> tuple[bytes, ...]:

@@ -22,7 +22,7 @@ from proxy.connection import (
     refuse_short_secrets,
     secret_fields,
 )
-from proxy.entities import EntityKind, EntityTable
+from proxy.entities import EntityKind, EntityTable, erase_and_update
 from proxy.errors import InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.models import (
@@ -39,6 +39,7 @@ from proxy.origins import same_origin
 from proxy.redaction import Redactor
 from proxy.settings import MASK
 from proxy.store import Store
+from proxy.url_secrets import FIELD_PREFIX, masked_url, query_secrets, refuse_masked, restore_masked
 
 SECRET_SPEC_FIELDS = ("auth_token", "password", "headers")
 SPEC_COLUMNS = ("product_id", "name", "type")  # spec fields kept in columns of their own
@@ -68,6 +69,7 @@ class ConnectionKind(EntityKind[CompiledConnection]):
         everything = conn.spec.model_dump(mode="json")
         secret = {k: everything.pop(k) for k in SECRET_SPEC_FIELDS}
         columns = {k: everything.pop(k) for k in SPEC_COLUMNS}
+        seal_url(everything, secret)
         return columns | {"created_at": conn.created_at, "data": json.dumps(everything), "sealed": store.seal(secret)}
 
     def spec(self, row: dict[str, Any], store: Store) -> ConnectionSpec:
@@ -96,10 +98,37 @@ class ConnectionKind(EntityKind[CompiledConnection]):
         """From `spec` (the non-secret fields, JSON) and `secrets` (already sealed)."""
         spec = json.loads(old["spec"])
         columns = {k: spec.pop(k) for k in SPEC_COLUMNS}
-        return columns | {"created_at": old["created_at"], "data": json.dumps(spec), "sealed": old["secrets"]}
+        sealed = old["secrets"]
+        secret = store.unseal(sealed)
+        if seal_url(spec, secret):
+            sealed = store.seal(secret)
+        return columns | {"created_at": old["created_at"], "data": json.dumps(spec), "sealed": sealed}
+
+
+def seal_url(data: dict[str, Any], secret: dict[str, Any]) -> bool:
+    """A URL with a credential in its query string is kept sealed, and shown masked in `data`; whether it had one.
+    A row read back takes the sealed URL over the shown one."""
+    url = data.get("url")
+    if not isinstance(url, str) or masked_url(url) == url:
+        return False
+    secret["url"], data["url"] = url, masked_url(url)
+    return True
 
 
 CONNECTIONS = ConnectionKind()
+
+
+def seal_plain_urls(store: Store) -> None:
+    """Rows written before a URL's query-string credentials were sealed (deleted ones too) hold it in plain in
+    `data`: it is sealed now, and the plain text erased. Through `call`."""
+    updates = {}
+    for row in store.db.table(CONNECTIONS.table).rows:
+        data, secret = json.loads(row["data"]), store.unseal(row["sealed"])
+        if "url" not in secret and seal_url(data, secret):
+            updates[row["id"]] = {"data": json.dumps(data), "sealed": store.seal(secret)}
+    erase_and_update(store, CONNECTIONS.table, updates)
+    if updates:
+        log.info("sealed the credentials in the query string of %d stored connection URL(s)", len(updates))
 
 
 class ConnectionRegistry:
@@ -108,10 +137,13 @@ class ConnectionRegistry:
     def __init__(self, store: Store, allow_http: bool, redactor: Redactor) -> None:
         self.allow_http = allow_http
         self.redactor = redactor
+        # A server that only replays sends no credential anywhere: a short placeholder (`x`) is fine there.
+        self.short_secrets_allowed = False
         self.table = EntityTable(store, CONNECTIONS, redactor)
 
     def load(self) -> None:
         self.table.load()
+        self.table.store.call(seal_plain_urls, self.table.store)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -154,7 +186,9 @@ class ConnectionRegistry:
         for name, value in (spec.headers or {}).items():
             if value == MASK:
                 raise InvalidField(f"headers.{name}", "the masked value '••••••••' can only stand for a stored header")
-        refuse_short_secrets(spec)
+        refuse_masked(spec.url)
+        if not self.short_secrets_allowed:
+            refuse_short_secrets(spec)
         return compile_connection(conn_id or new_id("ec"), spec, created_at or now_iso(), self.allow_http)
 
     async def update(self, conn_id: str, patch: dict[str, Any]) -> CompiledConnection:
@@ -200,8 +234,9 @@ class ConnectionRegistry:
 
 
 def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any]:
-    """Galtea's write rules: empty credentials keep the stored ones, masked headers keep stored values,
-    changing authType drops the credentials the new type does not use."""
+    """Galtea's write rules: empty credentials keep the stored ones, masked headers (and masked credentials in
+    the URL's query string) keep stored values, changing authType drops the credentials the new type does not
+    use."""
     merged = current.model_dump(mode="json")
     for key, value in patch.items():
         if key not in merged:
@@ -214,6 +249,8 @@ def merge_patch(current: ConnectionSpec, patch: dict[str, Any]) -> dict[str, Any
             for name, v in value.items():
                 if v == MASK:
                     raise InvalidField(f"headers.{name}", "'••••••••' stands for a stored value, and none is stored")
+        if key == "url" and isinstance(value, str):
+            value = restore_masked(value, current.url)
         if value is None and key in NULLABLE_TO_DEFAULT:
             merged.pop(key)
             continue
@@ -238,7 +275,8 @@ def refuse_credentials_to_new_origin(current: ConnectionSpec, new: ConnectionSpe
     if kept:
         raise InvalidField(
             "url",
-            f"moves the connection from {describe_origin(current.url)} to {describe_origin(new.url)}, and the stored "
+            f"moves the connection from {describe_origin(masked_url(current.url))} to "
+            f"{describe_origin(masked_url(new.url))}, and the stored "
             f"{', '.join(kept)} would be sent there: give {'it' if len(kept) == 1 else 'them'} again in the same "
             "request, or keep the origin",
         )
@@ -253,10 +291,15 @@ def stored_credentials_kept(new: ConnectionSpec, given: dict[str, Any]) -> list[
 def _given_in(patch: dict[str, Any]) -> Callable[[str], bool]:
     """Whether a secret field (as `secret_fields` names it) was given in this PATCH, not kept from the store."""
     headers = patch["headers"] if isinstance(patch.get("headers"), dict) else {}
+    url = patch.get("url")
+    # A credential in the URL is given when the URL sent holds it rather than the mask, which keeps the stored one.
+    url_fields = {secret.field for secret in query_secrets(url)} if isinstance(url, str) else set()
 
     def given(field: str) -> bool:
         if field.startswith("headers."):
             return headers.get(field.removeprefix("headers."), MASK) != MASK
+        if field.startswith(FIELD_PREFIX):
+            return field in url_fields
         return bool(patch.get({"authToken": "auth_token"}.get(field, field)))
 
     return given

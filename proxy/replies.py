@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 import httpx
 
 from proxy import jsonbounds
+from proxy.head_masking import masked_head
+from proxy.jsonpath_budget import LoopShareSpent, StepBudget
 from proxy.redaction import Redactor
 from proxy.results import UpstreamReply
 from proxy.settings import OFF_LOOP_REPLY_BYTES
 from proxy.transports import REPLY_MEMO_EXTENSION
 
 E = TypeVar("E", bound=BaseException)
+T = TypeVar("T")
 
 
 async def off_loop_if_large(size: int, func: Callable[..., Any], *args: Any) -> Any:
@@ -25,6 +28,18 @@ async def off_loop_if_large(size: int, func: Callable[..., Any], *args: Any) -> 
     if size > OFF_LOOP_REPLY_BYTES:
         return await asyncio.to_thread(func, *args)
     return func(*args)
+
+
+async def read_reply(size: int, func: Callable[..., T], *args: Any) -> T:
+    """`func(*args, budget)`: a reply of `size` characters read with JSONPaths (end rules, output mapping) under
+    its step budget. A large reply is read in a worker thread; a small one on the event loop until it has taken
+    the steps the loop allows, then again from the start in a worker thread, so no JSONPath stalls the loop."""
+    if size > OFF_LOOP_REPLY_BYTES:
+        return await asyncio.to_thread(func, *args, StepBudget.for_size(size))
+    try:
+        return func(*args, StepBudget.for_size(size, on_loop=True))
+    except LoopShareSpent:
+        return await asyncio.to_thread(func, *args, StepBudget.for_size(size))
 
 
 def masked_text(raw: bytes, encoding: str, redactor: Redactor) -> str:
@@ -44,8 +59,8 @@ def decode_reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> Up
     charset_named = "charset" in response.headers.get("content-type", "").lower()
     encoding = (response.encoding or "utf-8") if charset_named else "utf-8"
     text = masked_text(raw, encoding, redactor)
-    headers = {k.lower(): redactor.redact(v) for k, v in response.headers.items()}
-    reply = UpstreamReply(response.status_code, response.reason_phrase, headers, text, size=len(raw))
+    reason, headers = masked_head(response, redactor)
+    reply = UpstreamReply(response.status_code, reason, headers, text, size=len(raw))
     # A replayed answer comes with a memo of its recording: the same masked text parses to the same JSON.
     memo: dict[str, Any] | None = response.extensions.get(REPLY_MEMO_EXTENSION)
     if memo is not None and memo.get("text") == text:

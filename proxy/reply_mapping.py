@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.connection import CompiledConnection
+from proxy.jsonpath_budget import JsonPathStopped, StepBudget
 from proxy.mapping import (
     OUTPUT,
     RETRIEVAL_CONTEXT,
@@ -25,25 +26,39 @@ from proxy.transports.streams import StreamTiming
 REQUIRED_KEYS = {ConnectionType.CONVERSATION: (OUTPUT,), ConnectionType.INITIALIZATION: (SESSION_ID,)}
 
 
-def matching_end_rule(conn: CompiledConnection, reply: UpstreamReply) -> int | None:
+def matching_end_rule(conn: CompiledConnection, reply: UpstreamReply, budget: StepBudget) -> int | None:
+    """The index of the first end rule the reply matches; `JsonPathStopped` when a rule's path spends the budget."""
     for index, rule in enumerate(conn.end_rules):
         if rule.status_code != reply.status:
             continue
         if rule.path is None:
             return index
-        if reply.is_json and first_scalar_text(rule.path, reply.json) == rule.equals:
-            return index
+        try:
+            if reply.is_json and first_scalar_text(rule.path, reply.json, budget) == rule.equals:
+                return index
+        except JsonPathStopped as exc:
+            match = conn.spec.conversation_end_rules[index].body_match
+            source = match.path if match is not None else rule.path
+            raise JsonPathStopped(f"conversation end rule {index + 1} stopped: the JSONPath {source} {exc}") from None
     return None
 
 
-def map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor) -> None:
-    """The output mapping applied to the call's reply: `result.extracted`, or why it could not be."""
+def map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor, budget: StepBudget) -> None:
+    """The output mapping applied to the call's reply: `result.extracted`, or why it could not be. Every
+    JSONPath spends from `budget`; one that spends it all fails the call, naming it."""
+    try:
+        _map_reply(conn, result, redactor, budget)
+    except JsonPathStopped as exc:
+        result.error = redactor.redact(str(exc))
+
+
+def _map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor, budget: StepBudget) -> None:
     reply = result.reply
     if reply is None:
         return
     document: Any
     if conn.stream_text_path is not None:
-        document = _sse_document(conn.stream_text_path, reply, result, redactor)
+        document = _sse_document(conn, reply, result, redactor, budget)
         if document is None or not conn.mapping.paths:
             return
     else:
@@ -59,7 +74,7 @@ def map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor) 
             )
             return
         document = reply.json
-    mapped = conn.mapping.apply(document)
+    mapped = conn.mapping.apply(document, budget)
     result.extracted = mapped.values
     result.misses = {k: redactor.redact(v) for k, v in mapped.misses.items()}
     if TRACES in result.extracted:
@@ -81,7 +96,7 @@ def map_reply(conn: CompiledConnection, result: CallResult, redactor: Redactor) 
 
 
 def _sse_document(
-    text_path: Any, reply: UpstreamReply, result: CallResult, redactor: Redactor
+    conn: CompiledConnection, reply: UpstreamReply, result: CallResult, redactor: Redactor, budget: StepBudget
 ) -> dict[str, Any] | None:
     """`response_mode: sse`: the events' text pieces joined, what the output mapping runs over."""
     if reply.events is None:
@@ -92,6 +107,11 @@ def _sse_document(
             f"the connection reads server-sent events (responseMode sse), but the reply holds none: {preview}"
         )
         return None
-    sse = sse_reply(reply.events, text_path)
+    assert conn.stream_text_path is not None
+    try:
+        sse = sse_reply(reply.events, conn.stream_text_path, budget)
+    except JsonPathStopped as exc:
+        source = conn.spec.stream_text_path
+        raise JsonPathStopped(f"the stream text path stopped: the JSONPath {source} {exc}") from None
     result.time_to_first_token_ms = sse.time_to_first_token_ms
     return sse.document

@@ -14,6 +14,7 @@ import httpx
 from proxy import jsonbounds
 from proxy.auth import masked_headers
 from proxy.connection import CompiledConnection
+from proxy.head_masking import with_masked_names
 from proxy.models import HttpMethod
 from proxy.redaction import Redactor
 from proxy.replies import masked_text
@@ -66,7 +67,10 @@ def render_request(
             headers["Content-Type"] = "application/json"
     redact = redactor.redact
     result.request = RenderedRequest(
-        spec.http_method.value, redact(url), masked_headers(headers), redact(body or "") or None
+        spec.http_method.value,
+        redact(url),
+        with_masked_names(masked_headers(headers), redactor),
+        redact(body or "") or None,
     )
     if result.error:
         return None

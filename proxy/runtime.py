@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from proxy.connector_store import CONNECTORS
 from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
 from proxy.entities import read_live, stored_secrets
-from proxy.errors import ConfigError, ProxyError, UnknownField
+from proxy.errors import ConfigError, InvalidField, ProxyError, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
 from proxy.flows import FlowLog
 from proxy.known_keys import check_keys, check_model_keys
@@ -26,7 +27,7 @@ from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.registry import CONNECTIONS, ConnectionRegistry
-from proxy.secrets import KEY_FILE_NAME, Vault, load_fernet
+from proxy.secrets import KEY_FILE_NAME, load_vault
 from proxy.sessions import SessionService
 from proxy.settings import MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
@@ -38,10 +39,13 @@ from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.transports.unset import UnsetCredentialGuard
+from proxy.upstreams import ClientSecrets, ForwardUpstream, forward_upstream
 from proxy.versions import CONFIG_FIELDS as VERSION_CONFIG_FIELDS
 from proxy.versions import VersionRegistry
 
 log = logging.getLogger("proxy")
+UNSET_OWNER = re.compile(r"connections\[(\d+)\]")  # the connection a credential's place in the config belongs to
 
 
 class Runtime:
@@ -52,8 +56,9 @@ class Runtime:
         self.config = config or Config()
         self.redactor = Redactor()
         self.redactor.register("config", redact_values(self.config))
-        self.store = Store(settings.data_dir, Vault(load_fernet(settings.data_dir)))
+        self.store = Store(settings.data_dir, load_vault(settings.data_dir))
         self.connections = ConnectionRegistry(self.store, settings.allow_http, self.redactor)
+        self.connections.short_secrets_allowed = RecordMode.parse(settings.record_mode) is RecordMode.NONE
         self.library = CassetteLibrary(
             settings.cassettes_dir,
             self.store,
@@ -65,7 +70,9 @@ class Runtime:
             on_expired=OnExpired.parse(settings.on_expired),
             cache=ParseCache.in_data_dir(settings.data_dir),
         )
-        live = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
+        live: httpx.AsyncBaseTransport = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
+        if self.config.unset_credentials:
+            live = UnsetCredentialGuard(live, set(self.config.unset_credentials.values()))
         # Faults act above the cassette: what they inject is never recorded, and acts alike in replay.
         self.faults = FaultTransport(RecordReplayTransport(live, self.library, self.redactor), settings.fault_seed)
         self.engine = Engine(
@@ -73,11 +80,21 @@ class Runtime:
             send_traceparent=settings.traceparent,
             redactor=self.redactor,
         )
-        self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size)
+        self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size, settings.max_flow_viewers)
         self.engine.observer = self.flows.observe
         self.versions = VersionRegistry(self.store, self.connections)
         self.sessions = SessionService(self.store, self.versions, self.engine, self.library)
         self.connectors = ConnectorRegistry(self.store, self.engine, self.library, settings.allow_http, self.redactor)
+        self.upstreams: dict[str, ForwardUpstream] = {}  # forward-only, by name (see add_upstream)
+        self.client_secrets = ClientSecrets(self.redactor)
+
+    def add_upstream(self, name: str, url: str) -> ForwardUpstream:
+        """A forward-only upstream `name` at base URL `url`, before the server starts (the pytest plugin's
+        `--proxy-upstream`). A config connection of the same name would be shadowed: refused."""
+        if any(str(data.get("name")) == name for data in self.config.connections):
+            raise InvalidField(f"upstream {name}", "a connection of the config file has this name already")
+        upstream = self.upstreams[name] = forward_upstream(name, url, self.settings.allow_http)
+        return upstream
 
     def check_config(self) -> None:
         """Validate the config file's connections before serving, and every key of its versions and
@@ -91,6 +108,7 @@ class Runtime:
                 raise ConfigError(f"config {exc.message}") from None
             except ProxyError as exc:
                 raise ConfigError(f"config connections[{index}] ({data.get('name', '?')}): {exc.message}") from None
+        self._check_unset_credentials()
         try:
             for index, data in enumerate(self.config.versions):
                 check_keys(data, VERSION_CONFIG_FIELDS, f"versions[{index}]", camel_case=True)
@@ -98,6 +116,27 @@ class Runtime:
                 check_model_keys(data, ConnectorIn, f"connectors[{index}]")
         except UnknownField as exc:
             raise ConfigError(f"config {exc.message}") from None
+
+    def _check_unset_credentials(self) -> None:
+        """A credential whose environment variable is not set is fine for a replay (record mode none), with a
+        warning per variable; a server that may record refuses it, as before."""
+        warned = set()
+        for where, variable in self.config.unset_credentials.items():
+            owner = UNSET_OWNER.match(where)
+            name = self.config.connections[int(owner.group(1))].get("name") if owner else None
+            if self.library.mode_for(str(name) if name else None) is not RecordMode.NONE:
+                raise ConfigError(
+                    f"config {where}: environment variable {variable} is not set (only a replay with record mode "
+                    "none runs without it)"
+                )
+            if variable not in warned:
+                warned.add(variable)
+                log.warning(
+                    "config %s: environment variable %s is not set: replaying without it (a call that would go "
+                    "live fails)",
+                    where,
+                    variable,
+                )
 
     def _without_proxy_fields(self, data: dict[str, Any]) -> dict[str, Any]:
         """A config connection may carry this server's own `record_mode` beside the Galtea fields."""
@@ -168,7 +207,7 @@ def known_secrets(settings: Settings, config: Config) -> Redactor:
         return redactor
     if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
         raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
-    store = Store(data_dir, Vault(load_fernet(data_dir)))
+    store = Store(data_dir, load_vault(data_dir))
     try:
         for kind in (CONNECTIONS, CONNECTORS):
             for owner, secrets in stored_secrets(store, kind):
@@ -187,7 +226,7 @@ def known_connection_urls(settings: Settings, config: Config) -> dict[str, str]:
     if (data_dir / DB_FILE_NAME).exists():
         if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
             raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
-        store = Store(data_dir, Vault(load_fernet(data_dir)))
+        store = Store(data_dir, load_vault(data_dir))
         try:
             rows, _ = store.call(read_live, store, CONNECTIONS)
         finally:

@@ -30,6 +30,14 @@ MAX_FAULT_DELAY_MS = 120_000
 # `response_mode: sse`: where each event's JSON data holds its piece of the reply's text (OpenAI's shape).
 DEFAULT_STREAM_TEXT_PATH = "$.choices[0].delta.content"
 
+# What one client may make the server hold before any route (and so before authentication) runs. uvicorn's
+# httptools parser keeps a request's URL and headers whole, without bound, and waits for them forever.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers together (431 beyond); browsers send ~2 KB
+DEFAULT_MAX_HEADERS = 100  # header lines in one request (431 beyond)
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # from a connection's opening, or a request's first byte, to its headers' end (408)
+DEFAULT_MAX_CONNECTIONS = 1000  # open at once; more are answered 503 and closed (under the usual 1024 open files)
+DEFAULT_SEND_TIMEOUT_S = 60.0  # a client that takes none of its answer for this long is disconnected
+
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
 
@@ -37,6 +45,14 @@ CORS_MAX_AGE_S = 600
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 1000
+# An upstream's status-line reason phrase is untrusted text shown in errors and stored in cassettes: only its
+# printable characters are kept, and at most this many (aiohttp alone lets one run to 8 KB).
+MAX_REASON_PHRASE_CHARS = 200
+
+# Cassette files, read before anything is built from them: a larger file or one with more interactions is refused
+# (YAML costs ~20 KB of memory an interaction while it is parsed). The 100,000-interaction bench cassette is ~40 MB.
+CASSETTE_MAX_BYTES = 256 * 1024 * 1024
+CASSETTE_MAX_INTERACTIONS = 1_000_000
 
 # `proxy cassettes import`: a cassette file from outside larger than this is refused before it is read. A test's
 # recording is kilobytes; parsing costs ~20 KB of memory an interaction (YAML) or ~10x the file (JSON).
@@ -49,12 +65,25 @@ JSON_MAX_NUMBER_DIGITS = 4300
 # A reply larger than this is parsed and mapped in a worker thread, so the event loop keeps serving.
 OFF_LOOP_REPLY_BYTES = 256 * 1024
 
+# JSONPath bounds. Every JSONPath run over a reply (output mapping, end rules, the SSE text path) counts a
+# step per value it visits or matches; one reading of a reply may take this many steps plus so many per
+# character of it: enough to walk every value of any reply a few times (`$..a`), not for a path whose cost
+# multiplies with the depth (`$..*..*..*`, the cube of it).
+JSONPATH_BASE_STEPS = 100_000
+JSONPATH_STEPS_PER_CHAR = 2
+# A reading of a small reply runs on the event loop for at most this many steps (10-30 ms), then starts again
+# in a worker thread, so no JSONPath holds up other sessions or /healthz.
+JSONPATH_LOOP_STEPS = 20_000
+
 # Template bounds. A template source over the size cap is refused (compiling costs ~3 ms a KB, on the
 # event loop); a render that passes its time, size or call-depth budget fails the call. Numbers a
 # template computes are held to the JSON digit limit.
 TEMPLATE_MAX_SOURCE_CHARS = 100_000
 TEMPLATE_RENDER_TIME_S = 0.5
 TEMPLATE_MAX_CHARS = 10 * 1024 * 1024  # the rendered text, and any value built on the way
+# Every value one render builds (repeated and joined strings, a filter's copy of its text), added up as it is
+# built: the clock is read only between steps, so this bounds the work between two readings too.
+TEMPLATE_MAX_BUILT_CHARS = 10 * 1024 * 1024
 TEMPLATE_MAX_ITEMS = 100_000  # rows a `batch`/`slice` filter may make up (Jinja's own cap for range())
 TEMPLATE_MAX_CALL_DEPTH = 64  # nested macro and function calls
 
@@ -71,12 +100,25 @@ FLOWS_PAGE_SIZE = 200  # flows the list page and a HAR export show at most
 FLOW_EVENTS_HEARTBEAT_S = 15.0  # an idle live-update stream sends a comment this often
 FLOW_EVENTS_MAX_S = 300.0  # a live-update stream ends after this long (the browser reconnects)
 FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by before its stream ends
+DEFAULT_MAX_FLOW_VIEWERS = 32  # live-update streams at once; a newer one ends the oldest (each costs every flow)
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
+
+# PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
+# core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
+# nanoseconds). They make the key: changed, no stored secret opens.
+PASSPHRASE_SCRYPT_N = 2**15
+PASSPHRASE_SCRYPT_R = 8
+PASSPHRASE_SCRYPT_P = 1
+PASSPHRASE_SALT_BYTES = 16  # random per data dir, kept in its secret.salt
 
 MASK = "••••••••"
 # Secrets shorter than this are refused: masking them in free text would shred every message.
 MIN_SECRET_LEN = 8
+# A secret inside a JSON document that is itself a JSON string value (its escapes escaped again) is masked down
+# to this many documents deep. Each level doubles a secret's backslashes (the longest echo a stream holds back
+# grows with it) and costs one more pass over a reply holding a doubled backslash.
+MASK_NESTED_JSON_DEPTH = 3
 
 LATEST_SDK_VERSION = "5.12.0"
 MINIMUM_SDK_VERSION = "5.0.0"
@@ -100,3 +142,9 @@ class Settings:
     cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
     on_expired: str = ON_EXPIRED[0]
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept
+    max_flow_viewers: int = DEFAULT_MAX_FLOW_VIEWERS  # live `/flows/events` streams; a newer one ends the oldest
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers, before any route runs
+    max_headers: int = DEFAULT_MAX_HEADERS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S  # seconds to a request's headers' end
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    send_timeout: float = DEFAULT_SEND_TIMEOUT_S  # seconds a client may take none of its answer

@@ -10,7 +10,8 @@ company, so a replay's turns share commits instead of paying one each (a commit 
 the rest of the turn's writes together); a `write` commits at once and takes them along. Every entity
 kind has a table of real columns: endpoint connections, versions and connectors (`proxy.entities`, held in
 memory), sessions, turns and lifecycle calls (`proxy.sessions.tables`, read from SQL).
-Secrets are stored Fernet-encrypted.
+Secrets are stored Fernet-encrypted. The database and its `-wal` and `-shm` files are 0600, in a data dir
+made 0700 (see `proxy.data_dir`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from proxy.data_dir import PRIVATE_FILE_MODE, make_private_file, open_data_dir, tighten
 from proxy.secrets import Vault
 
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # made by SQLite beside the database, with its mode
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
 log = logging.getLogger("proxy")
 MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
@@ -39,7 +42,7 @@ ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next c
 
 class Store:
     def __init__(self, data_dir: Path, vault: Vault) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        open_data_dir(data_dir)
         self.path = data_dir / DB_FILE_NAME
         self.vault = vault
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-store")
@@ -156,6 +159,11 @@ class Store:
         return self._db
 
     def _open(self) -> None:
+        # SQLite gives the files it makes beside the database the database file's mode: that one is made
+        # 0600 first, and side files left by an earlier version (or a crash) are brought to it.
+        make_private_file(self.path)
+        for suffix in SQLITE_SIDE_FILES:
+            tighten(self.path.with_name(self.path.name + suffix), PRIVATE_FILE_MODE)
         conn = sqlite3.connect(self.path, check_same_thread=False)
         db = sqlite_utils.Database(conn)
         db.execute("PRAGMA journal_mode=WAL")

@@ -14,6 +14,7 @@ import httpx
 from jsonpath_ng import JSONPath
 
 from proxy import jsonbounds
+from proxy.jsonpath_budget import StepBudget, find_values
 from proxy.redaction import Redactor, StreamMasker
 from proxy.transports import BodyTooLarge
 from proxy.transports.streams import REDACTED_EXTENSION, STREAM_EXTENSION, StreamTiming, is_event_stream
@@ -104,14 +105,17 @@ class SseReply:
     time_to_first_token_ms: float | None
 
 
-def sse_reply(events: list[Event], text_path: JSONPath) -> SseReply:
+def sse_reply(events: list[Event], text_path: JSONPath, budget: StepBudget | None = None) -> SseReply:
+    """The events' text pieces joined; `text_path` spends from `budget` (without one, an empty reply's)."""
+    if budget is None:
+        budget = StepBudget.for_size(0)
     pieces, parsed, last, first_token = [], [], None, None
     for event in events:
         data = event.parsed()
         parsed.append(data)
         if isinstance(data, dict | list):
             last = data
-            found = [m.value for m in text_path.find(data) if isinstance(m.value, str) and m.value]
+            found = [value for value in find_values(text_path, data, budget) if isinstance(value, str) and value]
             if found and first_token is None:
                 first_token = event.offset_ms
             pieces += found

@@ -38,6 +38,8 @@ class ForwardTarget:
     rate_limit: int | None = None
     faults: list[FaultRule] = field(default_factory=list)  # passed on as it is: the faults transport keys on it
     traceparent: bool = True
+    # Credentials of the URL's query string, (name, value): what a drift check puts back in a recorded URL.
+    query_credentials: tuple[tuple[str, str], ...] = ()
     _plans: dict[bool, HeaderPlan] = field(default_factory=dict, compare=False, repr=False)
 
     def header_plan(self, send_traceparent: bool) -> HeaderPlan:

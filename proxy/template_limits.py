@@ -8,12 +8,19 @@ replacing, joining, format widths) estimate the size of their result *before* co
 of a container counts roughly as the text it prints as (`weight`), so a list of one big string
 repeated a thousand times is as big as the string a thousand times.
 
+The clock is only read between steps, so no single step may be long: every value a step builds
+(repeated or joined strings, a filter's or a string method's copy of its text) is counted, before it
+is built, against what the whole render may build (`built`), and the filters that work through a text
+word by word or line by line in Python (`title`, `pprint`, `striptags`…) take at most
+`TEMPLATE_MAX_ITEMS` characters. A 10 MB `title` was one call of several seconds that no clock saw.
+
 Everything here raises `BudgetExceeded`; `proxy.templating` turns it into the call's error (or, for
 constant expressions found while compiling, into a refusal of the template).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import string
@@ -22,12 +29,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import wraps
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jinja2.filters import make_attrgetter
 
 from proxy.settings import (
     JSON_MAX_NUMBER_DIGITS,
+    TEMPLATE_MAX_BUILT_CHARS,
     TEMPLATE_MAX_CALL_DEPTH,
     TEMPLATE_MAX_CHARS,
     TEMPLATE_MAX_ITEMS,
@@ -46,6 +55,7 @@ class BudgetExceeded(Exception):
 class RenderBudget:
     deadline: float
     depth: int = 0
+    built: int = 0  # characters of every value built so far, added up
 
 
 # The budget of the render running in this context. Renders are synchronous, so one context holds
@@ -106,16 +116,33 @@ def _too_big(what: str, size: float, limit: int = TEMPLATE_MAX_CHARS, unit: str 
     return BudgetExceeded(f"{what} would make {value} of about {size:,.0f} {unit} (the limit is {limit:,})")
 
 
-def weight(value: Any, limit: int = TEMPLATE_MAX_CHARS) -> int:
+def built(what: str, size: float) -> None:
+    """`what` is about to build a value of about `size` characters: refused, before it is built, when that
+    value alone or everything the render has built with it would pass the budget."""
+    if size > TEMPLATE_MAX_CHARS:
+        raise _too_big(what, size)
+    budget = _CURRENT.get()
+    if budget is None:  # a constant worked out while compiling: only the value's own size is bounded
+        return
+    budget.built += int(size)
+    if budget.built > TEMPLATE_MAX_BUILT_CHARS:
+        raise BudgetExceeded(
+            f"{what} would bring the characters this render has built to about {budget.built:,} "
+            f"(the limit is {TEMPLATE_MAX_BUILT_CHARS:,} for all of a render's values together)"
+        )
+
+
+def weight(value: Any, limit: int = TEMPLATE_MAX_CHARS, text_size: Callable[[Any], int] = len) -> int:
     """Roughly how many characters `value` prints as; stops counting once past `limit`. Containers
-    seen twice (`[l, l, l]`) are counted from a memo, so the walk costs one visit per object."""
+    seen twice (`[l, l, l]`) are counted from a memo, so the walk costs one visit per object. A text
+    counts as `text_size` says (its length, or its length once escaped)."""
     if isinstance(value, str | bytes | bytearray):
-        return len(value)
+        return text_size(value)
     if not isinstance(value, _CONTAINERS):
         return _scalar_weight(value)
     memo: dict[int, int] = {}
     try:
-        return _container_weight(value, memo, limit)
+        return _container_weight(value, memo, limit, text_size)
     except RecursionError:
         raise BudgetExceeded("a value nests too deeply to print") from None
 
@@ -124,21 +151,23 @@ def _scalar_weight(value: Any) -> int:
     if isinstance(value, bool) or value is None:
         return 5
     if isinstance(value, int):
-        return value.bit_length() // 3 + 1
+        return value.bit_length() // 3 + 1 + (value < 0)
     return 24  # floats, undefined names, other objects: their text is short
 
 
-def _container_weight(value: Any, memo: dict[int, int], limit: int) -> int:
+def _container_weight(value: Any, memo: dict[int, int], limit: int, text_size: Callable[[Any], int]) -> int:
     known = memo.get(id(value))
     if known is not None:
         return known
-    items: Iterable[Any] = value.items() if isinstance(value, dict) else value
+    # A dict's keys and values are read apart: a pair from `items()` is a new tuple each time, whose id
+    # the memo could mistake for one seen before.
+    items: Iterable[Any] = itertools.chain.from_iterable(value.items()) if isinstance(value, dict) else value
     total = 2
     for item in items:
         if isinstance(item, str | bytes | bytearray):
-            total += len(item) + 2
+            total += text_size(item) + 2
         elif isinstance(item, _CONTAINERS):
-            total += _container_weight(item, memo, limit) + 2
+            total += _container_weight(item, memo, limit, text_size) + 2
         else:
             total += _scalar_weight(item) + 2
         if total > limit:
@@ -162,17 +191,17 @@ def check_binop(operator: str, left: Any, right: Any) -> int:
             count, sequence = (left, right) if _is_int(left) else (right, left)
             if isinstance(sequence, str | bytes | list | tuple) and count > 1:
                 size = weight(sequence) * count
-                if size > TEMPLATE_MAX_CHARS:
-                    raise _too_big("`*`", size)
+                built("`*`", size)
                 return size
     elif operator == "+":
         if isinstance(left, str | bytes | list | tuple) and isinstance(right, str | bytes | list | tuple):
             size = weight(left) + weight(right)
-            if size > TEMPLATE_MAX_CHARS:
-                raise _too_big("`+`", size)
+            built("`+`", size)
             return size
     elif operator == "%" and isinstance(left, str):
-        return check_printf(left, right)
+        size = check_printf(left, right)
+        built("`%` formatting", size)
+        return size
     return 0
 
 
@@ -217,7 +246,8 @@ def _arguments_weight(args: Any) -> int:
 
 
 def check_printf(fmt: str, args: Any) -> int:
-    """`fmt % args`: every field counts its width and precision, and at most the heaviest argument."""
+    """About how long `fmt % args` is: every field counts its width and precision, and at most the heaviest
+    argument."""
     fields = 0
     size = len(fmt)
     for match in _PRINTF_FIELD.finditer(fmt):
@@ -225,19 +255,17 @@ def check_printf(fmt: str, args: Any) -> int:
         size += _field_width(match.group(1)) + _field_width(match.group(2))
     if fields:
         size += fields * _arguments_weight(args)
-    if size > TEMPLATE_MAX_CHARS:
-        raise _too_big("`%` formatting", size)
     return size
 
 
-def check_format(fmt: str, args: Any, kwargs: Any) -> None:
-    """`fmt.format(...)`: the same sum as for `%`, for the fields of a format string."""
+def check_format(fmt: str, args: Any, kwargs: Any) -> int:
+    """About how long `fmt.format(...)` is: the same sum as for `%`, for the fields of a format string."""
     size = len(fmt)
     fields = 0
     try:
         parsed = list(string.Formatter().parse(fmt))
     except ValueError:
-        return  # malformed: format() itself raises the error
+        return 0  # malformed: format() itself raises the error
     for _literal, name, spec, _conversion in parsed:
         if name is None:
             continue
@@ -247,8 +275,7 @@ def check_format(fmt: str, args: Any, kwargs: Any) -> None:
         size += sum(_field_width(n) for n in _NUMBER.findall(spec or ""))
     if fields:
         size += fields * max(_arguments_weight(args), _arguments_weight(kwargs))
-    if size > TEMPLATE_MAX_CHARS:
-        raise _too_big("format()", size)
+    return size
 
 
 def printable(value: Any) -> None:
@@ -275,15 +302,15 @@ def _replace_size(text: Any, old: Any, new: Any, count: Any) -> int:
 def bounded_concat(*parts: Any) -> str:
     """`a ~ b`: Jinja's concatenation, with the size checked before joining."""
     tick()
-    size = sum(weight(p) for p in parts)
-    if size > TEMPLATE_MAX_CHARS:
-        raise _too_big("`~`", size)
+    built("`~`", sum(weight(p) for p in parts))
     return "".join(map(str, parts))
 
 
 # -- calls ------------------------------------------------------------------------------------
 
 _PADDING = frozenset({"center", "ljust", "rjust", "zfill"})
+# Methods that copy their whole text (changing its case, or cutting it into a list of pieces).
+_COPYING = frozenset({"upper", "lower", "title", "capitalize", "swapcase", "casefold", "split", "rsplit", "splitlines"})
 
 
 def check_method_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -296,7 +323,11 @@ def check_method_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     name = getattr(method, "__name__", "")
     size = 0
     if name in ("format", "format_map") and isinstance(owner, str):
-        check_format(owner, args if name == "format" else (), kwargs if name == "format" else args[0] if args else {})
+        size = check_format(
+            owner, args if name == "format" else (), kwargs if name == "format" else args[0] if args else {}
+        )
+    elif name in _COPYING:
+        size = len(owner)
     elif name in _PADDING:
         width = args[0] if args else kwargs.get("width", 0)
         size = width if _is_int(width) else 0
@@ -313,8 +344,8 @@ def check_method_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     elif name == "translate" and args and isinstance(args[0], dict):
         longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
         size = len(owner) * longest
-    if size > TEMPLATE_MAX_CHARS:
-        raise _too_big(f"{name}()", size)
+    if size:
+        built(f"{name}()", size)
     return args
 
 
@@ -326,16 +357,18 @@ def _value_arg(func: Callable[..., Any]) -> int:
 def _guard(name: str, func: Callable[..., Any], estimate: Callable[..., int] | None) -> Callable[..., Any]:
     skip = _value_arg(func)
 
+    copies_text = name not in _KEEPING_TEXT
+
     @wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         tick()
         if estimate is not None:
             size = estimate(*args[skip:], **kwargs)
-        else:  # a filter that prints its value: a container counts as its text
+        else:  # a filter that prints its value: a container counts as its text, a text as its copy
             value = args[skip] if len(args) > skip else None
-            size = weight(value) if isinstance(value, _CONTAINERS) else 0
-        if size > TEMPLATE_MAX_CHARS:
-            raise _too_big(f"the `{name}` filter", size)
+            size = weight(value) if isinstance(value, _CONTAINERS) or copies_text else 0
+        if size:
+            built(f"the `{name}` filter", size)
         return func(*args, **kwargs)
 
     return guarded
@@ -366,9 +399,72 @@ def _format(value: Any, *args: Any, **kwargs: Any) -> int:
     return check_printf(_text(value), kwargs or args)
 
 
+# What escaping adds to a text: HTML's entities (`&` → `&amp;`), JSON's escapes (`<` → `\u003c`, as `tojson`
+# writes them, `"` → `\"`, a control character or one outside ASCII → `\uXXXX`, one outside the BMP → two).
+_HTML_GROWTH = {"&": 4, '"': 4, "'": 4, "<": 3, ">": 3}
+_ENCODED_MAX_CHARS = 4096  # a larger text is counted in passes over it, not encoded (12 times its size at worst)
+_NOT_CONTROL_BYTES = bytes(range(32, 256))
+_NOT_LEAD_BYTES = bytes(range(0xC0))  # a UTF-8 lead byte starts a character outside ASCII
+_NOT_ASTRAL_LEAD_BYTES = bytes(range(0xF0))  # and one from 0xF0 a character outside the BMP
+
+
+def _grown(text: str, growth: dict[str, int]) -> int:
+    return len(text) + sum(extra * text.count(char) for char, extra in growth.items())
+
+
+def _html_escaped_size(text: Any) -> int:
+    """How long `text` is once HTML-escaped (`escape`, `forceescape`), counted in C passes over it."""
+    return _grown(text, _HTML_GROWTH) if isinstance(text, str) else len(text)
+
+
+def _json_text_size(text: Any) -> int:
+    """How long `text` is as a JSON string in `tojson`'s output, quotes included."""
+    if not isinstance(text, str):
+        return len(text) * 6 + 2  # bytes print as their repr
+    html = 5 * (text.count("<") + text.count(">") + text.count("&") + text.count("'"))
+    if len(text) <= _ENCODED_MAX_CHARS:  # small: json's own C encoder says it exactly, and quickly
+        return len(encode_basestring_ascii(text)) + html
+    raw = text.encode("utf-8", "surrogatepass")
+    quoted = text.count('"') + text.count("\\")  # `\"`, `\\`: one more character each
+    short = sum(map(text.count, "\n\r\t\b\f"))  # `\n` and the like: one more each
+    controls = len(raw.translate(None, _NOT_CONTROL_BYTES)) - short + text.count("\x7f")  # `\u00XX`: five more
+    size = len(text) + 2 + html + quoted + short + 5 * controls
+    if not text.isascii():
+        size += 5 * len(raw.translate(None, _NOT_LEAD_BYTES)) + 6 * len(raw.translate(None, _NOT_ASTRAL_LEAD_BYTES))
+    return size
+
+
+def _escape(value: Any) -> int:
+    """A text grows by its entities; a container is escaped as its printed text, where each text is its repr."""
+    if isinstance(value, _CONTAINERS):
+        return weight(value, text_size=lambda text: _html_escaped_size(repr(text)))
+    return _html_escaped_size(value if isinstance(value, str) else str(value))
+
+
 def _tojson(value: Any, indent: Any = None) -> int:
-    size = weight(value)
+    size = weight(value, text_size=_json_text_size)
     return size * (1 + indent) if _is_int(indent) and indent > 0 else size
+
+
+_JSON_MAX_GROWTH = 14  # `🚀` → `"\ud83d\ude80"`: no text grows more in `tojson`'s output, quotes included
+
+
+def _guard_tojson(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`tojson` of a small value is made, then counted as long as it came out (it cannot pass the value cap,
+    however it escapes): cheaper than counting its escapes one text at a time, which a big value is, first."""
+
+    @wraps(func)
+    def guarded(eval_ctx: Any, value: Any, indent: Any = None) -> Any:
+        tick()
+        spread = 1 + indent if _is_int(indent) and indent > 0 else 1
+        if weight(value) * _JSON_MAX_GROWTH * spread > TEMPLATE_MAX_CHARS:
+            built("the `tojson` filter", _tojson(value, indent))
+            return func(eval_ctx, value, indent)
+        made = func(eval_ctx, value, indent)
+        built("the `tojson` filter", len(made))
+        return made
+
+    return guarded
 
 
 def _rows(value: Any, count: Any, fill_with: Any = None) -> int:
@@ -386,34 +482,38 @@ def _guard_join(func: Callable[..., Any]) -> Callable[..., Any]:
         items = list(value)
         if attribute is not None:
             items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
-        size = sum(weight(i) for i in items) + len(str(d)) * len(items)
-        if size > TEMPLATE_MAX_CHARS:
-            raise _too_big("the `join` filter", size)
+        built("the `join` filter", sum(weight(i) for i in items) + len(str(d)) * len(items))
         return func(eval_ctx, items, d)
 
     return guarded
 
 
 _ESTIMATES: dict[str, Callable[..., int]] = {
+    "e": _escape,
+    "escape": _escape,
+    "forceescape": _escape,
     "center": _center,
     "indent": _indent,
     "replace": _replace,
     "wordwrap": _wordwrap,
     "format": _format,
-    "tojson": _tojson,
     "batch": _rows,
     "slice": _rows,
 }
 # Filters that print their value (a container as its text): checked for the container's weight.
-_PRINTING = ("capitalize", "e", "escape", "forceescape", "lower", "pprint", "string", "striptags", "title",
-             "trim", "truncate", "upper", "urlencode", "wordcount", "xmlattr")  # fmt: skip
+_PRINTING = ("capitalize", "lower", "pprint", "string", "striptags", "title", "trim", "truncate", "upper",
+             "urlencode", "wordcount", "xmlattr")  # fmt: skip
+# Printing filters that, given a text, build no copy of it: the text itself, a cut of 255 characters, a count.
+_KEEPING_TEXT = ("string", "truncate", "wordcount")
 # HTML helpers with no use in a request body and an output no estimate bounds well.
 DROPPED_FILTERS = ("urlize",)
 # Filters that walk their value item by item, often calling back into Python for each one (`map`, `select`,
-# `sort` with a key): held to TEMPLATE_MAX_ITEMS items and ticked per item, so a 10 MB string turned into a
-# list of 10 million characters cannot run for seconds between two checks of the clock.
+# `sort` with a key, `title` for each word of a text): held to TEMPLATE_MAX_ITEMS items (a text's characters)
+# and ticked per item, so a 10 MB string turned into a list of 10 million characters, or 5 million words to
+# capitalise, cannot run for seconds between two checks of the clock.
 _ITEM_WALKING = ("list", "map", "select", "reject", "selectattr", "rejectattr", "sort", "unique", "dictsort",
-                 "groupby", "reverse", "sum", "min", "max", "join", "batch", "slice", "wordwrap")  # fmt: skip
+                 "groupby", "reverse", "sum", "min", "max", "join", "batch", "slice", "wordwrap", "title", "pprint",
+                 "striptags", "indent", "urlencode", "wordcount", "xmlattr")  # fmt: skip
 _SIZED = (str, bytes, list, tuple, dict, set, frozenset)
 
 
@@ -462,6 +562,7 @@ def guarded_filters(filters: dict[str, Callable[..., Any]]) -> dict[str, Callabl
     for name in _PRINTING:
         guarded[name] = _guard(name, filters[name], None)
     guarded["join"] = _guard_join(filters["join"])
+    guarded["tojson"] = _guard_tojson(filters["tojson"])
     for name in _ITEM_WALKING:
         guarded[name] = _guard_items(name, guarded[name])
     return guarded

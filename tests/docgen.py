@@ -132,6 +132,15 @@ SETTINGS = {
     "on_expired": "`warn` logs a line and replays, `fail` fails every call that would replay from it, naming the "
     "cassette and its age, `rerecord` treats it as mode `all` for the server run.",
     "flow_log_size": "How many upstream calls the flow log keeps (the newest; see [inspector.md](inspector.md)).",
+    "max_flow_viewers": "Live `GET /flows/events` streams served at once; a newer one ends the oldest's stream.",
+    "max_header_bytes": "Largest request line and headers, together; a request over it is answered 431 before any "
+    "route (authentication included) runs. Config file only, as are the limits below.",
+    "max_headers": "Most headers in one request; more are answered 431 before any route runs.",
+    "header_timeout": "Seconds a connection has to send a request's line and headers (from its opening, or a "
+    "request's first byte); then it is answered 408 and closed (closed without answer if it sent nothing).",
+    "max_connections": "Connections open at once; one more is answered 503 and closed at once.",
+    "send_timeout": "Seconds a client may take none of its answer (a stalled download or live stream); then it "
+    "is disconnected.",
 }
 MATCH_SETTINGS = [
     ["`ignore.query`", "list of strings", "`[]`", "Query parameters left out of matching."],
@@ -250,6 +259,8 @@ LIMITS = {
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
     "DEFAULT_IMPORT_MAX_FILE_BYTES": "largest cassette file `proxy cassettes import` reads (refused beyond)",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
+    "MAX_REASON_PHRASE_CHARS": "longest upstream reason phrase kept, in errors and cassettes (printable characters "
+    "only, secrets masked before the cut)",
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
     "GC_THRESHOLDS": "garbage-collector thresholds `proxy serve` runs with, its start-up state frozen (a server "
     "started in-process, as the pytest plugin does, leaves its host process's collector alone)",
@@ -257,16 +268,34 @@ LIMITS = {
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
     "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",
     "USAGE_REFRESH_S": "a cassette's last-used time (for `proxy cassettes prune`) is written at most this often",
+    "CASSETTE_MAX_BYTES": "largest cassette file loaded; a larger one is refused unread (the calls through it fail)",
+    "CASSETTE_MAX_INTERACTIONS": "most interactions in one cassette; one with more is refused before any is built",
     "JSON_MAX_DEPTH": "deepest JSON nesting taken in a request (400 beyond) or an upstream reply (the call fails)",
     "JSON_MAX_NUMBER_DIGITS": "most digits in one JSON number, in a request or an upstream reply",
     "OFF_LOOP_REPLY_BYTES": "replies larger than this are parsed and mapped in a worker thread",
+    "JSONPATH_BASE_STEPS": "steps (values visited or matched) the JSONPaths reading one reply may take, besides "
+    "`JSONPATH_STEPS_PER_CHAR` per character of it (the call fails beyond)",
+    "JSONPATH_STEPS_PER_CHAR": "steps the JSONPaths reading one reply may take per character of it",
+    "JSONPATH_LOOP_STEPS": "steps a reading of a small reply takes on the event loop before it goes on in a worker "
+    "thread",
     "TEMPLATE_MAX_SOURCE_CHARS": "longest template source (422 beyond)",
     "TEMPLATE_RENDER_TIME_S": "render budget of one template, seconds (the call fails beyond)",
     "TEMPLATE_MAX_CHARS": "largest rendered text, or value built while rendering",
+    "TEMPLATE_MAX_BUILT_CHARS": "all the values one render builds, added up as they are built (repeated and joined "
+    "strings, a filter's copy of its text); the call fails beyond",
     "TEMPLATE_MAX_ITEMS": "most rows a `batch` or `slice` filter may make",
     "TEMPLATE_MAX_CALL_DEPTH": "deepest nesting of macro and function calls in a template",
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",
+    "MASK_NESTED_JSON_DEPTH": "deepest JSON document inside a JSON string (inside another…) in which an echoed secret "
+    "is masked",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
+    "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
+    "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
+    "DEFAULT_HEADER_TIMEOUT_S": "`header_timeout`: seconds to send a request's headers (408 and closed beyond)",
+    "DEFAULT_MAX_CONNECTIONS": "`max_connections`: connections open at once (503 and closed beyond)",
+    "DEFAULT_SEND_TIMEOUT_S": "`send_timeout`: seconds a client may take none of its answer before it is disconnected",
+    "DEFAULT_MAX_FLOW_VIEWERS": "`max_flow_viewers`: live `GET /flows/events` streams at once (a newer one ends the "
+    "oldest)",
     "DEFAULT_FLOW_LOG_SIZE": "`flow_log_size`: upstream calls the flow log keeps",
     "FLOWS_PAGE_SIZE": "most flows `GET /flows` lists and `GET /flows.har` exports at once",
     "FLOW_EVENTS_HEARTBEAT_S": "an idle `GET /flows/events` stream sends a heartbeat this often, seconds",
@@ -274,6 +303,10 @@ LIMITS = {
     "FLOW_EVENTS_QUEUE": "flows a slow `GET /flows/events` client may fall behind by before its stream ends",
     "FLOW_BATCH_ROWS": "flows queued that the flow log writes at once, in one commit, without waiting",
     "FLOW_BATCH_DELAY_S": "the longest a flow waits in the flow log's queue before it is written, seconds",
+    "PASSPHRASE_SCRYPT_N": "scrypt's cost (N) for a `PROXY_SECRET_KEY` passphrase; with R and P, part of the key",
+    "PASSPHRASE_SCRYPT_R": "scrypt's block size (r) for a `PROXY_SECRET_KEY` passphrase",
+    "PASSPHRASE_SCRYPT_P": "scrypt's parallelism (p) for a `PROXY_SECRET_KEY` passphrase",
+    "PASSPHRASE_SALT_BYTES": "random salt a data dir keeps in `secret.salt` (0600) for a `PROXY_SECRET_KEY` passphrase",
     "MASK": "what a masked secret reads as, in answers, logs and cassettes",
     "LATEST_SDK_VERSION": "`latestSdkVersionPublished` of `GET /minimum-sdk-version`",
     "MINIMUM_SDK_VERSION": "`minimumSdkVersionSupported` of `GET /minimum-sdk-version`",

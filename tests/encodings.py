@@ -1,8 +1,9 @@
 """How an upstream may echo a secret back, and an independent check of whether a text still reveals one.
 
-`revealed` decodes a masked text the way a reader would (JSON unescaping with the json module, percent
-decoding with urllib, HTML entities, base64 at every alignment, UTF-16 either way round) and says in which of those
-readings the secret can still be read. It shares no code with proxy.redaction on purpose.
+`revealed` decodes a masked text the way a reader would (JSON unescaping with the json module, again for each
+document nested in a string down to the depth the proxy masks, percent decoding with urllib, HTML entities, base64 at
+every alignment, UTF-16 either way round) and says in which of those readings the secret can still be read. It shares
+no code with proxy.redaction on purpose.
 """
 
 from __future__ import annotations
@@ -14,14 +15,31 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from proxy.settings import MASK_NESTED_JSON_DEPTH
+
 _JSON_ESCAPE = re.compile(
     r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[\"\\/bfnrt]"
 )
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{4,}")
 
 
-def json_unescaped(text: str) -> str:
-    return _JSON_ESCAPE.sub(lambda m: json.loads(f'"{m.group()}"'), text)
+def json_unescaped(text: str, times: int = 1) -> str:
+    for _ in range(times):
+        text = _JSON_ESCAPE.sub(lambda m: json.loads(f'"{m.group()}"'), text)
+    return text
+
+
+def json_u_escaped(text: str) -> str:
+    """Every character as a lower-case `\\uXXXX` (a surrogate pair outside the BMP)."""
+    units = text.encode("utf-16-be", "surrogatepass")
+    return "".join(f"\\u{units[i : i + 2].hex()}" for i in range(0, len(units), 2))
+
+
+def in_json_string(document: str, times: int = 1) -> str:
+    """`document` as the content of a JSON string value (its escapes escaped again), `times` over."""
+    for _ in range(times):
+        document = json.dumps(document)[1:-1]
+    return document
 
 
 def _base64_readings(text: str) -> list[bytes]:
@@ -44,11 +62,14 @@ def revealed(secret: str, data: str | bytes) -> list[str]:
     secret_bytes = secret.encode("utf-8", "surrogatepass")
     readings: dict[str, str] = {
         "plain": text,
-        "JSON-decoded": json_unescaped(text),
         "percent-decoded": unquote(text, errors="replace"),
         "form-decoded": unquote_plus(text, errors="replace"),
-        "HTML-unescaped, JSON-decoded": json_unescaped(html.unescape(text)),  # the inspector's pretty JSON
     }
+    decoded, unescaped = text, html.unescape(text)  # the inspector's pretty JSON
+    for times in range(1, MASK_NESTED_JSON_DEPTH + 2):  # a secret's own escapes, then each document around it
+        decoded, unescaped = json_unescaped(decoded), json_unescaped(unescaped)
+        readings[f"JSON-decoded x{times}"] = decoded
+        readings[f"HTML-unescaped, JSON-decoded x{times}"] = unescaped
     for codec in ("utf-16-le", "utf-16-be"):
         for start in (0, 1):
             readings[f"{codec} from byte {start}"] = raw[start:].decode(codec, "replace")
@@ -74,6 +95,8 @@ def _json_body(echo: str) -> bytes:
 ECHOES: dict[str, Callable[[str], bytes]] = {
     "json-escaped": lambda t: _json_body("".join(f"\\u{ord(c):04x}" for c in t)),
     "json-mixed": lambda t: _json_body(_json_mixed(t)),
+    # A JSON document inside the reply's string: its escapes escaped again.
+    "json-in-json": lambda t: _json_body(in_json_string('{"k": "' + json_u_escaped(t) + '"}')),
     "percent": lambda t: _json_body(quote(t, safe="")),
     "percent-lower": lambda t: _json_body(re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(t, safe=""))),
     "form": lambda t: _json_body(quote_plus(t)),

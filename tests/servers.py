@@ -64,14 +64,16 @@ def wait_healthy(base_url: str, process: subprocess.Popen[Any], timeout_s: float
 
 
 @contextlib.contextmanager
-def proxy_serving(port: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m proxy serve --port PORT ARGS`, output discarded, from its first healthy answer to the block's end.
+def proxy_serving(port: int, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m proxy serve --port PORT ARGS`, output discarded, from its first healthy answer to the block's end
+    (`env`: its whole environment, else this process's).
 
     The block may kill the process itself."""
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--port", str(port), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", process)

@@ -306,6 +306,7 @@ async def test_a_connection_read_back_and_sent_again_is_accepted(api: httpx.Asyn
         ({"authType": "BASIC", "username": "ann", "password": "pw-1"}, "password"),
         ({"headers": {"X-Api-Key": "k-12345"}}, "headers.X-Api-Key"),
         ({"headers": {"Authorization": "Bearer short"}}, "headers.Authorization"),
+        ({"url": f"{UP}/chat?alt=sse&key=k-12345"}, "url"),  # named with its parameter: `url: query parameter key`
     ],
 )
 async def test_a_secret_too_short_to_mask_is_refused_naming_its_field(
@@ -313,7 +314,13 @@ async def test_a_secret_too_short_to_mask_is_refused_naming_its_field(
 ) -> None:
     def refused(response: httpx.Response) -> bool:
         body = response.json()
-        return response.status_code == 422 and body["errors"][0]["field"] == field and "at least 8" in body["message"]
+        named = field != "url" or body["message"].startswith("url: query parameter key is 7 characters long")
+        return (
+            response.status_code == 422
+            and body["errors"][0]["field"] == field
+            and "at least 8" in body["message"]
+            and named
+        )
 
     assert refused(await create(api, **fields))
     assert refused(await api.post("/endpointConnections/testConnection", json=chat_connection(UP, **fields)))
@@ -330,3 +337,57 @@ async def test_placeholders_and_scheme_words_are_not_secrets_but_what_stands_bes
     runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
     assert runtime.redactor.knows("-tail-secret-1") and not runtime.redactor.knows("sig-")
     assert runtime.connections.get(conn_id).spec.headers == headers
+
+
+URL_KEY = "AIzaSyTESTSECRET0123456789"
+
+
+async def test_a_url_key_reads_back_masked_and_the_masked_url_sent_back_keeps_it(api: httpx.AsyncClient) -> None:
+    """A connection read back (its URL's `?key=` masked) and sent again, as an SDK's update does, keeps the
+    stored key; the mask stands for nothing on a new connection."""
+    runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
+    created = await create(api, url=f"{UP}/v1/models/x:generate?key={URL_KEY}&alt=sse", authType="NONE")
+    assert created.status_code == 201, created.text
+    read = (await api.get(f"/endpointConnections/{created.json()['id']}")).json()
+    assert created.json()["url"] == read["url"] == f"{UP}/v1/models/x:generate?key={MASK}&alt=sse"
+    moved = read["url"].replace("/x:generate", "/y:generate")
+    patched = await api.patch(f"/endpointConnections/{read['id']}", json={**read, "url": moved})
+    assert patched.status_code == 200, patched.text
+    assert runtime.connections.get(read["id"]).spec.url == f"{UP}/v1/models/y:generate?key={URL_KEY}&alt=sse"
+    assert patched.json()["url"] == moved
+    fresh = await create(api, name="fresh", url=moved, authType="NONE")
+    assert fresh.status_code == 422
+    assert (
+        fresh.json()["message"]
+        == "url: query parameter key: the masked value '••••••••' can only stand for a stored value"
+    )
+    extra = await api.patch(f"/endpointConnections/{read['id']}", json={"url": f"{moved}&token={MASK}"})
+    assert extra.status_code == 422 and "query parameter token" in extra.json()["message"]
+
+
+async def test_probing_the_url_filter_reveals_nothing_of_a_url_key(api: httpx.AsyncClient) -> None:
+    """The attack: guessing a URL's key a few characters at a time through the list's `url` filter."""
+    await create(api, url=f"{UP}/v1/models/x:generate?key={URL_KEY}", authType="NONE")
+    for probe in (URL_KEY[:6], f"key={URL_KEY[:3]}", URL_KEY):
+        assert (await api.get("/endpointConnections", params={"url": probe})).json() == [], probe
+    assert len((await api.get("/endpointConnections", params={"url": "generate?key="})).json()) == 1
+
+
+async def test_which_query_parameters_hold_a_credential(api: httpx.AsyncClient) -> None:
+    """Names that APIs read credentials from, in any case and with `-` or `_`, whose value holds literal text; not a
+    name that merely contains a credential word, and not a value that is all template."""
+    runtime: Runtime = api._transport.app.state.runtime  # type: ignore[attr-defined]
+    url = (
+        f"{UP}/x?max_tokens=5&keyword=cats&sort_key=id&KEY=Key-Upper-001&X-Api-Key=Dash-Value-002"
+        "&access_token={{ context.t }}&sig={{ context.s }}-Literal-Piece-003&token={{ 'abc' }}"
+        "&signature=abc%2Fdef%2Bghi"
+    )
+    created = await create(api, url=url, authType="NONE")
+    assert created.status_code == 201, created.text
+    assert created.json()["url"] == (
+        f"{UP}/x?max_tokens=5&keyword=cats&sort_key=id&KEY={MASK}&X-Api-Key={MASK}"
+        f"&access_token={{{{ context.t }}}}&sig={{{{ context.s }}}}{MASK}&token={{{{ 'abc' }}}}&signature={MASK}"
+    )
+    for secret in ("Key-Upper-001", "Dash-Value-002", "-Literal-Piece-003", "abc%2Fdef%2Bghi", "abc/def+ghi"):
+        assert runtime.redactor.knows(secret), secret  # a percent-encoded one also as it reads decoded
+    assert not runtime.redactor.knows("cats") and not runtime.redactor.knows("id")

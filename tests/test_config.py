@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 from proxy.cli import build_settings
 from proxy.config import load_config
 from proxy.errors import ConfigError
+from proxy.runtime import Runtime
+from proxy.settings import Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -31,11 +34,19 @@ def test_env_references_are_expanded_with_defaults(tmp_path: Path) -> None:
 
 
 def test_missing_env_variable_names_the_place(tmp_path: Path) -> None:
-    path = write(tmp_path, "connections:\n  - {name: a, auth_token: '${NOPE_TOKEN}'}\n")
+    """A server that may record (here `once`) needs every credential's variable."""
+    path = write(
+        tmp_path,
+        "connections:\n  - {name: a, product_id: p, type: CONVERSATION, url: 'https://api.example/chat',\n"
+        "      auth_type: BEARER, auth_token: '${NOPE_TOKEN}', input_template: '{\"m\": \"{{ input }}\"}',\n"
+        "      output_mapping: {output: $.r}}\n",
+    )
+    settings = Settings(data_dir=tmp_path / "data", cassettes_dir=tmp_path / "cassettes", record_mode="once")
     with pytest.raises(
-        ConfigError, match=r"^config connections\[0\]\.auth_token: environment variable NOPE_TOKEN is not set$"
+        ConfigError,
+        match=r"^config connections\[0\]\.auth_token: environment variable NOPE_TOKEN is not set \(only a replay",
     ):
-        load_config(path, env={})
+        Runtime(settings, load_config(path, env={})).check_config()
 
 
 @pytest.mark.parametrize(
@@ -150,3 +161,24 @@ def test_known_keys_pass_in_either_spelling(tmp_path: Path) -> None:
         "versions:\n  - {name: v1, productId: p, conversation: chat, description: d}\n"
     )
     check_config_file(tmp_path, text)
+
+
+def test_only_a_credential_may_come_from_an_unset_variable(tmp_path: Path) -> None:
+    """A replay needs no secret, so an unset variable in a credential's place is kept as `${VAR}` and noted; in any
+    other place (a URL decides where calls go) it stays an error naming the place and the variable."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        "connections:\n"
+        "  - {name: c, url: 'https://api.example/v1', auth_token: '${NO_SUCH_TOKEN}', headers: {X-Key: '${NO_KEY}'}}\n"
+        "connectors:\n  - {name: k, url: 'https://kb.example', service_auth: {type: bearer, token: '${NO_KB}'}}\n"
+    )
+    config = load_config(path, env={})
+    assert config.unset_credentials == {
+        "connections[0].auth_token": "NO_SUCH_TOKEN",
+        "connections[0].headers.X-Key": "NO_KEY",
+        "connectors[0].service_auth.token": "NO_KB",
+    }
+    assert config.connections[0]["auth_token"] == "${NO_SUCH_TOKEN}"
+    path.write_text("connections:\n  - {name: c, url: '${NO_SUCH_URL}', auth_token: '${NO_SUCH_TOKEN}'}\n")
+    with pytest.raises(ConfigError, match=re.escape("config connections[0].url: environment variable NO_SUCH_URL")):
+        load_config(path, env={})

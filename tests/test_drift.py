@@ -346,3 +346,35 @@ def test_connector_cassette_pointing_at_another_origin_never_gets_the_connector_
     assert [(r.json, r.headers["authorization"]) for r in resent] == [
         ({"query": REGISTRATION_QUERY}, f"Bearer {TEST_TOKEN}")
     ]
+
+
+def test_a_url_key_masked_in_the_cassette_is_re_sent_as_the_connection_holds_it(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Gemini-style `?key=` is recorded masked (a cassette is shared; the key is not); a drift check re-sends
+    the request with the key the connection holds, so the live answer is compared, not a 400 for `••••••••`."""
+    key = "AIzaSyTESTSECRET0123456789"
+    monkeypatch.setenv("GEMINI_KEY", key)
+    upstream.handle("/v1/gen", lambda r: Reply(json=RECORDED) if r.query == f"key={key}" else Reply(status=400))
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        write_config(tmp_path, upstream_url)
+        .read_text()
+        .replace(f"{upstream_url}/chat", f"'{upstream_url}/v1/gen?key=${{GEMINI_KEY}}'")
+    )
+    with running_proxy(tmp_path, load_config(config), data_dir=tmp_path / "data", cassettes_dir=tmp_path / "cas") as p:
+        with httpx.Client(base_url=p.url) as client:
+            version = client.get("/versions").json()[0]["id"]
+            session = post(client, "/sessions", {"versionId": version, "testCaseId": "tc-key"})
+            post(client, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
+            client.patch(f"/sessions/{session['id']}/finish", json={})
+    cassette = (tmp_path / "cas" / "sessions" / "tc-key.yaml").read_text()
+    (recorded,) = yaml.safe_load(cassette)["interactions"]
+    assert key not in cassette and recorded["request"]["uri"] == f"{upstream_url}/v1/gen?key=••••••••"
+    upstream.received.clear()
+
+    checked = drift(tmp_path, config, "sessions/tc-key", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (interaction,) = json.loads(checked.stdout)["interactions"]
+    assert interaction["differences"] == [] and interaction["error"] is None, interaction
+    assert [r.query for r in upstream.requests_to("/v1/gen")] == [f"key={key}"]

@@ -269,3 +269,72 @@ def test_the_rows_of_the_earlier_layout_are_erased_where_sqlite_would_keep_them(
         assert store.call(store.db.conn.execute, "PRAGMA secure_delete").fetchone() == (0,)  # put back as it was
     finally:
         store.close()
+
+
+URL_KEY = "AIzaSyTESTSECRET0123456789"
+
+
+def unseal_url_as_before(data_dir: Path) -> None:
+    """Every connection and connector row rewritten as the server wrote it before a credential in a URL's query
+    string was sealed: the URL in plain text (connections: in `data`; connectors: in the `url` column)."""
+    vault = Vault(load_fernet(data_dir))
+    with closing(sqlite3.connect(data_dir / "proxy.db")) as db, db:
+        for conn_id, data, sealed in db.execute("SELECT id, data, sealed FROM connections").fetchall():
+            secrets = json.loads(vault.decrypt(sealed))
+            data = {**json.loads(data), "url": secrets.pop("url")}
+            db.execute(
+                "UPDATE connections SET data = ?, sealed = ? WHERE id = ?",
+                (json.dumps(data), vault.encrypt(json.dumps(secrets)), conn_id),
+            )
+        for connector_id, sealed in db.execute("SELECT id, sealed FROM connectors").fetchall():
+            secrets = json.loads(vault.decrypt(sealed))
+            db.execute(
+                "UPDATE connectors SET url = ?, sealed = ? WHERE id = ?",
+                (secrets.pop("url"), vault.encrypt(json.dumps(secrets)), connector_id),
+            )
+
+
+def test_a_url_key_a_data_dir_holds_in_plain_is_sealed_and_erased_at_start_up(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    """The attack: reading the database file of a data dir written before URL keys were sealed (a live and a
+    deleted connection, a connector, and a connection of the earlier layout). Start-up seals them and erases
+    the plain text; the key still reaches the upstream."""
+    data_dir = tmp_path / "data"
+    url = f"{upstream_url}/chat?key={URL_KEY}"
+    answer_searches(upstream)
+    with running_proxy(tmp_path, record_mode="off") as proxy, httpx.Client(base_url=proxy.url) as client:
+        for name in ("gone", "chat"):
+            created = client.post("/endpointConnections", json=chat_connection(upstream_url, name=name, url=url))
+            assert created.status_code == 201, created.text
+            if name == "gone":
+                assert client.delete(f"/endpointConnections/{created.json()['id']}").status_code == 200
+        connector = client.post("/v1/connectors", json={"name": "wiki", "url": f"{upstream_url}/search?key={URL_KEY}"})
+        assert connector.status_code == 200, connector.text
+    unseal_url_as_before(data_dir)
+    assert URL_KEY.encode() in database_bytes(data_dir)  # the test starts from plain text
+
+    upstream.script("/chat", Reply(json={"reply": "fine"}))
+    with running_proxy(tmp_path, record_mode="off") as proxy, httpx.Client(base_url=proxy.url) as client:
+        assert URL_KEY.encode() not in database_bytes(data_dir)  # erased at start-up
+        (shown,) = client.get("/endpointConnections").json()
+        assert shown["url"] == f"{upstream_url}/chat?key=••••••••"
+        assert client.post("/endpointConnections/testConnection", json={"id": shown["id"]}).json()["success"]
+        assert client.post("/v1/connectors/wiki/search", json={"query": "refunds"}).status_code == 200
+    assert upstream.requests_to("/chat")[-1].query == f"key={URL_KEY}"
+    assert upstream.requests_to("/search")[-1].query == f"key={URL_KEY}"
+    redactor = known_secrets(Settings(data_dir=data_dir, cassettes_dir=tmp_path / "cassettes"), Config())
+    assert redactor.knows(URL_KEY)
+
+    earlier = tmp_path / "earlier"
+    write_earlier_data_dir(earlier, upstream_url)
+    vault = Vault(load_fernet(earlier))
+    row = earlier_connection(vault, "ec_gemini", 4, chat_connection(upstream_url, name="gemini", url=url))
+    with closing(sqlite3.connect(earlier / "proxy.db")) as db, db:
+        db.execute("INSERT INTO connections VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+    assert URL_KEY.encode() in database_bytes(earlier)
+    with running_proxy(tmp_path, data_dir=earlier, record_mode="off") as proxy, httpx.Client(base_url=proxy.url) as c:
+        assert URL_KEY.encode() not in database_bytes(earlier)  # migrated sealed
+        assert c.get("/endpointConnections/ec_gemini").json()["url"] == f"{upstream_url}/chat?key=••••••••"
+        assert c.post("/endpointConnections/testConnection", json={"id": "ec_gemini"}).json()["success"]
+    assert upstream.requests_to("/chat")[-1].query == f"key={URL_KEY}"

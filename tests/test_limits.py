@@ -3,20 +3,23 @@ template bombs, deeply nested or huge-number JSON in requests and replies, a JSO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from proxy.settings import JSON_MAX_DEPTH
+from proxy.settings import JSON_MAX_DEPTH, JSONPATH_BASE_STEPS, JSONPATH_STEPS_PER_CHAR
 from proxy.store import DB_FILE_NAME
-from tests.conftest import running_proxy
+from proxy.templating import CompiledTemplate
+from tests.conftest import csrf_token, running_proxy
 from tests.helpers import post
 from tests.upstream import Reply, Upstream
 
@@ -173,6 +176,53 @@ def test_a_stored_bomb_template_from_an_older_data_dir_loads_without_running(
     )
 
 
+TITLE_BOMB = '{"m": "{{ input.user_message }}", "n": {{ ((input.user_message[:1] ~ "-") * 4900000) | title | length }}}'
+
+
+def test_six_concurrent_title_bombs_fail_fast_without_stalling_healthz(
+    api: httpx.Client, upstream: Upstream, upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: `title` over a 9.8 MB string the template built with `*` took 2-7 s a render (one call the
+    render's clock never saw), on the event loop; six at once held /healthz for many seconds."""
+    renders: list[float] = []
+    render = CompiledTemplate.render
+
+    def timed(template: CompiledTemplate, context: Any) -> str:  # the real render, the bomb's timed
+        started = time.perf_counter()
+        try:
+            return render(template, context)
+        finally:
+            if template.source == TITLE_BOMB:
+                renders.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(CompiledTemplate, "render", timed)
+    conv = post(api, "/endpointConnections", connection(upstream_url, "chat", inputTemplate=TITLE_BOMB))
+    final = post(api, "/endpointConnections", connection(upstream_url, "final", "FINALIZATION"))
+    version = {"productId": "p", "conversationEndpointConnectionId": conv["id"],
+               "finalizationEndpointConnectionId": final["id"]}  # fmt: skip
+    version_id = post(api, "/versions", version)["id"]
+    sessions = [post(api, "/sessions", {"versionId": version_id, "isProduction": True})["id"] for _ in range(6)]
+    turns: dict[str, dict[str, Any]] = {}
+
+    def turn(session_id: str) -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=120) as client:
+            turns[session_id] = post(client, f"/sessions/{session_id}/turns", {"input": {"user_message": "hi"}})
+
+    renders.clear()
+    with healthz_polls(str(api.base_url)) as polls:
+        threads = [threading.Thread(target=turn, args=(session_id,)) for session_id in sessions]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert max(polls) < 0.5, f"slowest /healthz {max(polls):.2f}s while renders took {sorted(renders)}"
+    assert len(renders) == 6 and max(renders) < 0.5, f"renders took {sorted(renders)}"
+    error = "template stopped: the `title` filter would walk over 9,800,000 items (the limit is 100,000)"
+    assert [turns[s]["status"] for s in sessions] == ["FAILED"] * 6
+    assert [turns[s]["error"] for s in sessions] == [error] * 6
+    assert not upstream.requests_to("/chat") and len(upstream.requests_to("/final")) == 6
+
+
 # -- JSON bounds in requests -------------------------------------------------------------------
 
 
@@ -269,3 +319,128 @@ def test_healthz_keeps_answering_while_a_huge_reply_is_mapped(
     assert turn["status"] == "GENERATED" and turn["actualOutput"] == "top", turn["error"]
     assert max(polls) < 1, f"slowest /healthz {max(polls):.2f}s while the turn ran {took:.1f}s"
     assert took > 1 and len(polls) > 10  # the mapping took long enough for /healthz to be asked meanwhile
+
+
+# -- JSONPath budget ---------------------------------------------------------------------------
+
+
+def nested_reply(depth: int) -> str:
+    """A small reply nested `depth` levels: `{"k": 149, "n": {"k": 148, "n": ... "leaf"}}`."""
+    document: Any = "leaf"
+    for level in range(depth):
+        document = {"k": level, "n": document}
+    return json.dumps(document)
+
+
+@contextlib.contextmanager
+def healthz_polls(base_url: str) -> Iterator[list[float]]:
+    """How long each `GET /healthz` took, polled from another thread for as long as the block runs."""
+    polls: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as poller:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert poller.get("/healthz").status_code == 200
+                polls.append(time.perf_counter() - started)
+                done.wait(0.01)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        yield polls
+    finally:
+        done.set()
+        thread.join()
+
+
+CUBIC = "$..*..*..*"  # every `..` walks the subtree under each match of what comes before: depth cubed
+DEEP_REPLY = nested_reply(150)  # 2.4 KB; `$..*..*..*` makes 1.1 million matches over it
+STOPPED_BY_BUDGET = (
+    f"passed the budget of {JSONPATH_BASE_STEPS + JSONPATH_STEPS_PER_CHAR * len(DEEP_REPLY):,} steps "
+    f"for a reply of {len(DEEP_REPLY):,} characters"
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "content_type", "reply", "error"),
+    [
+        (
+            {"outputMapping": {"output": CUBIC}},
+            "application/json",
+            DEEP_REPLY,
+            f"output mapping 'output' stopped: the JSONPath {CUBIC} {STOPPED_BY_BUDGET}",
+        ),
+        (
+            {"conversationEndRules": [{"statusCode": 200, "bodyMatch": {"path": CUBIC, "equals": "x"}}]},
+            "application/json",
+            DEEP_REPLY,
+            f"conversation end rule 1 stopped: the JSONPath {CUBIC} {STOPPED_BY_BUDGET}",
+        ),
+        (
+            {"responseMode": "sse", "streamTextPath": CUBIC, "outputMapping": {"output": "$.text"}},
+            "text/event-stream",
+            f"data: {DEEP_REPLY}\n\n",
+            f"the stream text path stopped: the JSONPath {CUBIC} passed the budget of "
+            f"{JSONPATH_BASE_STEPS + JSONPATH_STEPS_PER_CHAR * (len(DEEP_REPLY) + 8):,} steps "
+            f"for a reply of {len(DEEP_REPLY) + 8:,} characters",
+        ),
+    ],
+    ids=["output-mapping", "end-rule", "sse-text-path"],
+)
+def test_a_cubic_jsonpath_over_a_deep_reply_fails_the_turn_without_stalling_healthz(
+    api: httpx.Client, upstream: Upstream, upstream_url: str, fields: dict[str, Any], content_type: str, reply: str,
+    error: str,
+) -> None:  # fmt: skip
+    """The attack: a 2.4 KB reply nested 150 levels read with `$..*..*..*` (as output mapping, end rule or stream
+    text path) held the event loop, and so /healthz and every other session, for 12-17 s."""
+    upstream.script("/chat", Reply(text=reply, headers={"content-type": content_type}))
+    session_id, _ = session_with_finalization(api, upstream_url, **fields)
+    with healthz_polls(str(api.base_url)) as polls:
+        started = time.perf_counter()
+        turn = post(api, f"/sessions/{session_id}/turns", {"input": {"user_message": "hi"}})
+        took = time.perf_counter() - started
+    assert took < 3, f"the turn took {took:.1f}s"
+    assert max(polls) < 1, f"slowest /healthz {max(polls):.2f}s while the turn ran {took:.1f}s"
+    assert len(upstream.requests_to("/chat")) == 1
+    assert_failed_and_finalized(api, upstream, session_id, turn, error)
+    assert turn["error"] == error
+
+
+def test_testconnection_with_a_cubic_jsonpath_fails_fast_and_a_linear_one_still_maps(
+    api: httpx.Client, upstream: Upstream, upstream_url: str
+) -> None:
+    """The attack through testConnection (what `proxy check` and the inspector's test form run too): it fails
+    with the budget's error; `$..k`, which visits each value once, maps the same reply."""
+    upstream.script("/chat", Reply(text=DEEP_REPLY, headers={"content-type": "application/json"}))
+    with healthz_polls(str(api.base_url)) as polls:
+        started = time.perf_counter()
+        tested = connection(upstream_url, "chat", outputMapping={"output": CUBIC})
+        cubic = api.post("/endpointConnections/testConnection", json=tested).json()
+        took = time.perf_counter() - started
+    assert took < 3 and max(polls) < 1, (took, max(polls))
+    assert cubic["success"] is False and cubic["statusCode"] == 200
+    assert cubic["error"] == f"output mapping 'output' stopped: the JSONPath {CUBIC} {STOPPED_BY_BUDGET}"
+    linear = api.post(
+        "/endpointConnections/testConnection", json=connection(upstream_url, "chat", outputMapping={"output": "$..k"})
+    ).json()
+    assert linear["success"] is True and linear["extractedOutput"] == {"output": 149}, linear["error"]
+
+
+def test_the_inspector_preview_of_a_cubic_mapping_stops_with_the_budget_error(
+    api: httpx.Client, upstream: Upstream, upstream_url: str
+) -> None:
+    """The attack through the connection page's preview, which maps the last reply with an edited mapping."""
+    upstream.script("/chat", Reply(text=DEEP_REPLY, headers={"content-type": "application/json"}))
+    session_id, conn_id = session_with_finalization(api, upstream_url)
+    post(api, f"/sessions/{session_id}/turns", {"input": {"user_message": "hi"}})  # the reply the preview maps
+    page = api.get(f"/inspector/connections/{conn_id}")
+    mapping = json.dumps({"output": CUBIC})
+    form = {"csrf_token": csrf_token(page.text), "input_template": CHAT_TEMPLATE, "output_mapping": mapping}
+    started = time.perf_counter()
+    preview = api.post(f"/inspector/connections/{conn_id}/preview", data=form)
+    assert time.perf_counter() - started < 3
+    assert preview.status_code == 200
+    expected = f"output mapping &#39;output&#39; stopped: the JSONPath {CUBIC} {STOPPED_BY_BUDGET}"
+    assert expected in preview.text, preview.text

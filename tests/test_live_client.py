@@ -25,10 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yarl import URL
 
 from proxy.connection import CompiledConnection
 from proxy.engine import CallContext, Engine
-from proxy.transports.client import AiohttpTransport
+from proxy.transports.client import AiohttpTransport, is_loopback_host
 from tests.helpers import compiled_connection
 from tests.raw_http import Handler, answering, header_values, ok, raw_server, read_request
 
@@ -612,7 +613,7 @@ async def test_a_body_is_handed_on_as_it_arrives_not_when_it_ends() -> None:
 # -- proxies and TLS, as the environment and the system say ----------------------------------------
 
 
-async def test_http_proxy_is_used_unless_no_proxy_excludes_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_http_proxy_serves_a_remote_host_unless_no_proxy_excludes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     request_lines: list[bytes] = []
 
     async def forward_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -622,18 +623,71 @@ async def test_http_proxy_is_used_unless_no_proxy_excludes_the_host(monkeypatch:
         await writer.drain()
         await reader.read()
 
-    async with raw_server(forward_proxy) as (_, proxy_url), raw_server(answering(ok(b"direct"))) as (_, url):
+    remote = "http://upstream.test/chat"  # never resolved: the proxy is asked for it
+    async with raw_server(forward_proxy) as (_, proxy_url):
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         transport = live_transport()
-        assert (await send(transport, f"{url}/chat")).content == b"via the proxy"
+        assert (await send(transport, remote)).content == b"via the proxy"
         await transport.aclose()
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("NO_PROXY", "upstream.test")
+        transport = AiohttpTransport()
+        # Sending it would look the name up in DNS: the lookup that decides the route is checked instead.
+        assert transport._proxy(httpx.URL(remote), URL(remote)) == (None, None)
+    assert request_lines == [f"POST {remote} HTTP/1.1".encode()]  # the absolute URI a forward proxy reads
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_an_environment_proxy_never_receives_the_token_for_a_loopback_upstream(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """HTTP_PROXY (any case) names a listener, NO_PROXY is unset: a bearer call to a plain-http loopback upstream
+    goes straight to it, and the proxy gets no connection at all."""
+    heads: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        heads.append(head)
+        writer.write(ok(b"direct"))
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(answering(ok(b"via the proxy"))) as (proxy, proxy_url), raw_server(upstream) as (_, url):
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
         transport = live_transport()
-        assert (await send(transport, f"{url}/chat")).content == b"direct"
+        answer = await send(
+            transport, url.replace("127.0.0.1", host) + "/chat", headers={"Authorization": "Bearer t-0k3n-99"}
+        )
         await transport.aclose()
-    assert request_lines == [f"POST {url}/chat HTTP/1.1".encode()]  # the absolute URI a forward proxy reads
+    assert answer.content == b"direct"
+    assert proxy.connections == 0
+    (head,) = heads
+    assert head.startswith(b"POST /chat HTTP/1.1") and header_values(head, b"authorization") == [b"Bearer t-0k3n-99"]
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("127.0.0.1", True),
+        ("127.9.8.7", True),
+        ("127.1", True),  # shorthand the resolver reads as 127.0.0.1
+        ("2130706433", True),  # 127.0.0.1 as one integer
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("example.com", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_what_counts_as_a_loopback_upstream(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
 
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.servers import serve_in_thread
+from tests.streams import WORDS, StreamingUpstream
 from tests.upstream import Received, Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -306,3 +308,253 @@ def test_each_test_replays_its_own_recordings_alone_in_any_order_and_in_parallel
         replayed = run_pytest(project, *args)  # the upstream is gone
         assert replayed.returncode == 0, f"{args}: {replayed.stdout}{replayed.stderr}"
         assert "failed" not in replayed.stdout and "passed" in replayed.stdout
+
+
+ZERO_CONFIG_APP = """
+from anthropic import Anthropic
+from openai import OpenAI
+
+# The app as it ships: clients built at import time from the environment, nothing proxy-specific.
+openai_client = OpenAI(max_retries=0)
+anthropic_client = Anthropic(max_retries=0)
+
+
+def ask_openai(question):
+    stream = openai_client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": question}], stream=True
+    )
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+
+def ask_anthropic(question):
+    with anthropic_client.messages.stream(
+        model="claude", max_tokens=50, messages=[{"role": "user", "content": question}]
+    ) as stream:
+        return "".join(stream.text_stream)
+"""
+
+ZERO_CONFIG_TESTS = """
+import os
+
+from app import ask_anthropic, ask_openai
+
+
+def test_openai_answers():
+    assert ask_openai("tell me a story") == os.environ["EXPECTED"]
+
+
+def test_anthropic_answers():
+    assert ask_anthropic("tell me a story") == os.environ["EXPECTED"]
+"""
+
+
+class HeaderTap:
+    """ASGI middleware: every request's headers, as the upstream received them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[dict[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]} | {":path": scope["path"]})
+        await self.app(scope, receive, send)
+
+
+def test_zero_config_openai_and_anthropic_apps_record_with_real_keys_and_replay_with_none(tmp_path: Path) -> None:
+    """No proxy.yaml: --proxy-upstream names the APIs and --proxy-env points the unmodified app's SDKs at the
+    proxy before its modules are imported. Recording sends the client's own key upstream (and never writes it
+    down); CI replays with the keys unset to placeholders and the upstream gone."""
+    project = tmp_path / "agent"
+    project.mkdir()
+    (project / "app.py").write_text(ZERO_CONFIG_APP)
+    (project / "test_app.py").write_text(ZERO_CONFIG_TESTS)
+    streaming = StreamingUpstream()
+    tap = HeaderTap(streaming.app)
+    openai_key, anthropic_key = "sk-proj-RealOpenAIKey0123456789", "sk-ant-RealAnthropicKey0123456789"
+    with serve_in_thread(tap) as url:
+        (project / "pytest.ini").write_text(
+            "[pytest]\n"
+            f"proxy_upstreams =\n    openai={url}/v1\n    anthropic={url}\n"
+            "proxy_env =\n    OPENAI_BASE_URL=openai\n    ANTHROPIC_BASE_URL=anthropic\n"
+        )
+        keys = {"OPENAI_API_KEY": openai_key, "ANTHROPIC_API_KEY": anthropic_key, "EXPECTED": "".join(WORDS)}
+        recorded = run_pytest(project, "--proxy-record-mode", "once", **keys)
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert "2 passed" in recorded.stdout
+    assert [h[":path"] for h in tap.seen] == ["/v1/chat/completions", "/v1/messages"]
+    assert tap.seen[0]["authorization"] == f"Bearer {openai_key}"
+    assert anthropic_key in (tap.seen[1].get("x-api-key"), tap.seen[1].get("authorization", "").removeprefix("Bearer "))
+    written = b"".join(path.read_bytes() for path in (project / "cassettes").rglob("*.yaml"))
+    assert b"Once upon" in written or b"upon " in written
+    assert openai_key.encode() not in written and anthropic_key.encode() not in written
+    assert b"RealOpenAIKey" not in written and b"RealAnthropicKey" not in written
+
+    # CI: no upstream, no key worth anything.
+    replayed = run_pytest(project, OPENAI_API_KEY="unused", ANTHROPIC_API_KEY="unused", EXPECTED="".join(WORDS))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "2 passed" in replayed.stdout
+
+
+NO_SECRET_TESTS = """
+import httpx
+import pytest
+
+
+def ask(proxy_server):
+    return httpx.post(f"{proxy_server.url}/forward/chat/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "hello"}]})
+
+
+def test_replays(proxy_server):
+    answer = ask(proxy_server)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "answer to hello"
+
+
+@pytest.mark.proxy_record_mode("all")
+def test_would_go_live(proxy_server):
+    answer = ask(proxy_server)
+    assert answer.status_code == 200, answer.text
+"""
+
+
+def test_ci_replays_with_the_credential_variable_unset_and_a_live_call_names_it(project: Path) -> None:
+    """`auth_token: ${OPENAI_API_KEY}` stopped a replay-only run with a usage error when the variable was unset,
+    and a short placeholder (`x`) was refused. In record mode none the connection loads without the credential
+    (a warning) and replays; a call that would go live fails naming the variable, and nothing is sent."""
+    upstream = fake_upstream()
+    (project / "test_app.py").write_text(NO_SECRET_TESTS)
+    with serve_in_thread(upstream.app) as url:
+        connection = {
+            "name": "chat",
+            "product_id": "p",
+            "type": "CONVERSATION",
+            "url": f"{url}/v1/chat/completions",
+            "auth_type": "BEARER",
+            "auth_token": "${OPENAI_API_KEY}",
+            "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
+            "output_mapping": {"output": "$.choices[0].message.content"},
+        }
+        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(
+            project, "--proxy-record-mode", "once", "-k", "replays", OPENAI_API_KEY="sk-real-0123456789"
+        )
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert [r.headers["authorization"] for r in upstream.received] == ["Bearer sk-real-0123456789"]
+        upstream.received.clear()
+
+        environment = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        unset = subprocess.run(
+            [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "-rA", "-o", "log_level=WARNING"],
+            cwd=project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert unset.returncode == 1, unset.stdout + unset.stderr
+        assert "PASSED test_app.py::test_replays" in unset.stdout
+        assert "FAILED test_app.py::test_would_go_live" in unset.stdout
+        assert "environment variable OPENAI_API_KEY is not set, and this call would take it to the upstream live" in (
+            unset.stdout
+        )
+        assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set: replaying" in (
+            unset.stdout
+        )
+        assert upstream.received == []  # nothing went out, with or without a credential
+
+        placeholder = run_pytest(project, "-k", "replays", OPENAI_API_KEY="x")
+        assert placeholder.returncode == 0, placeholder.stdout + placeholder.stderr
+
+        # A run that may record still needs the variable, and says which.
+        recording = subprocess.run(
+            [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "--proxy-record-mode", "once"],
+            cwd=project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert recording.returncode != 0
+        assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set" in (
+            recording.stdout + recording.stderr
+        )
+
+
+LEFTOVER_TESTS = """
+import os
+
+import httpx
+
+
+def call(proxy_server, what):
+    answer = httpx.post(f"{proxy_server.url}/forward/counter/count", json={"what": what})
+    assert answer.status_code == 200, answer.text
+
+
+def test_keeps_calling(proxy_server):
+    call(proxy_server, "one")
+
+
+def test_calls_less_now(proxy_server):
+    call(proxy_server, "first")
+    if os.environ.get("SECOND", "yes") == "yes":
+        call(proxy_server, "second")
+"""
+
+
+def test_recordings_a_test_no_longer_plays_and_folders_no_test_maps_to_are_reported(project: Path) -> None:
+    """As cassetter does: a test that passes in replay without playing all its recordings gets a warning naming it
+    and how many (--proxy-strict-replay fails it), and after a run the per-test folders no collected test maps to
+    are listed as orphans, which `prune --orphans --delete` removes (and refuses to guess without a record)."""
+    (project / "test_app.py").write_text(LEFTOVER_TESTS)
+    upstream = counting_upstream()
+    with serve_in_thread(upstream.app) as url:
+        connection = {
+            "name": "counter",
+            "product_id": "p",
+            "type": "CONVERSATION",
+            "url": f"{url}/count",
+            "auth_type": "NONE",
+            "input_template": '{"q": "{{ input.user_message }}"}',
+            "output_mapping": {"output": "$.n"},
+        }
+        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        recorded = run_pytest(project, "--proxy-record-mode", "once")
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        assert "ProxyUnplayedWarning" not in recorded.stdout and "orphaned" not in recorded.stdout
+
+        replayed = run_pytest(project, SECOND="no")
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "ProxyUnplayedWarning: proxy: test_app.py::test_calls_less_now did not play every recording of its " in (
+            replayed.stdout
+        )
+        assert "(1 of 2 in test_app/test_calls_less_now/connections/counter)" in replayed.stdout
+        assert "test_keeps_calling did not play" not in replayed.stdout
+
+        strict = run_pytest(project, "--proxy-strict-replay", SECOND="no")
+        assert strict.returncode == 1, strict.stdout + strict.stderr
+        assert "FAILED test_app.py::test_calls_less_now" in strict.stdout and "1 passed" in strict.stdout
+
+        # A test renamed: its old folder is an orphan, reported at the end of the run (-n 2 too) and pruned on request.
+        (project / "test_app.py").write_text(LEFTOVER_TESTS.replace("def test_keeps_calling", "def test_renamed"))
+        renamed = run_pytest(project, "-n", "2", "-p", "xdist", "--proxy-record-mode", "new_episodes")
+        assert renamed.returncode == 0, renamed.stdout + renamed.stderr
+        assert "proxy: orphaned cassettes" in renamed.stdout
+        assert "  test_app/test_keeps_calling\n" in renamed.stdout
+        assert "prune --orphans --delete" in renamed.stdout
+
+    prune = [sys.executable, "-m", "proxy", "cassettes", "prune", "--orphans"]
+    nothing = subprocess.run(
+        [*prune, "--delete", "--data-dir", "elsewhere"], cwd=project, capture_output=True, text=True
+    )
+    assert nothing.returncode == 2 and "no record of orphaned test folders" in nothing.stderr
+    deleted = subprocess.run([*prune, "--delete"], cwd=project, capture_output=True, text=True, timeout=60)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert deleted.stdout.splitlines()[0] == "test_app/test_keeps_calling  1 cassette"
+    assert not (project / "cassettes" / "test_app" / "test_keeps_calling").exists()
+    assert (project / "cassettes" / "test_app" / "test_calls_less_now" / "connections" / "counter.yaml").exists()
+    assert (project / "cassettes" / "test_app" / "test_renamed" / "connections" / "counter.yaml").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from proxy.connection import compile_connection
 from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
 from proxy.redaction import Redactor
-from proxy.settings import MASK
+from proxy.settings import MASK, MASK_NESTED_JSON_DEPTH
 from tests.conftest import TEST_TOKEN, chat_connection, running_proxy
-from tests.encodings import ECHOES, json_unescaped, revealed
+from tests.encodings import ECHOES, in_json_string, json_u_escaped, json_unescaped, revealed
 
 # Characters that have a meaning in some encoding, beside any other (surrogates and the mask's own excepted).
 SPECIAL = "\"\\/ +%&=:?#'\n\t\x00\u00e9\u00ff\u20ac\u4e2d\U0001f600"
@@ -132,6 +133,144 @@ def test_json_inside_a_json_string_is_masked_too() -> None:
     masked = redactor_of(secret).redact(outer)
     assert MASK in masked
     assert revealed(secret, json_unescaped(json_unescaped(masked))) == []
+
+
+NESTED_ESCAPES: dict[str, Callable[[str], str]] = {
+    "every character as \\u": json_u_escaped,
+    "\\u in upper case beside plain characters": lambda s: "".join(
+        f"\\u{ord(c):04X}" if i % 2 else json.dumps(c)[1:-1] for i, c in enumerate(s)
+    ),
+    "short escapes": lambda s: json.dumps(s)[1:-1],
+}
+KEPT = 'caf\\u00e9 \\"q\\" \\\\ \\/ \\n'  # escaped text beside the secret, at every level: none of it may change
+
+
+def inside_documents(escaped: str, depth: int) -> str:
+    """A reply whose "inner_doc" string holds a JSON document that holds `escaped` (a secret as a JSON string's
+    content), `depth` documents deep, with escaped text beside it at every level."""
+    document = '{"k": "' + escaped + '", "keep": "' + KEPT + '"}'
+    for _ in range(depth - 1):
+        document = '{"d": "' + in_json_string(document) + '", "keep": "' + KEPT + '"}'
+    return '{"inner_doc": "' + in_json_string(document) + '", "keep": "' + KEPT + '"}'
+
+
+def documents_in(text: str) -> list[dict[str, Any]]:
+    """Each document of a reply made by `inside_documents`, outermost first, each parsed from its parent's string."""
+    documents = [json.loads(text)]
+    documents.append(json.loads(documents[0]["inner_doc"]))
+    while "d" in documents[-1]:
+        documents.append(json.loads(documents[-1]["d"]))
+    return documents
+
+
+@pytest.mark.parametrize("depth", range(1, MASK_NESTED_JSON_DEPTH + 1))
+@pytest.mark.parametrize("escape", sorted(NESTED_ESCAPES))
+def test_a_secret_in_a_json_document_inside_a_json_string_is_masked(escape: str, depth: int) -> None:
+    """The attack: an upstream echoes the token inside a JSON document that is itself a JSON string value, its escapes
+    escaped again (`{"inner_doc": "{\\"k\\": \\"\\\\u0043…\\"}"}`), `depth` documents deep. Only the echo becomes the
+    mask: every document still parses, and everything beside the echo is as it was."""
+    secret = 'tok "Sup3r"/Secret\t4242'  # a quote, a slash and a tab: short escapes; no backslash
+    escaped = NESTED_ESCAPES[escape](secret)
+    reply = inside_documents(escaped, depth)
+    echo = in_json_string(escaped, depth)  # the echo as the reply holds it
+    assert reply.count(echo) == 1 and documents_in(reply)[-1]["k"] == secret
+    redactor = redactor_of(secret)
+    masked = redactor.redact(reply)
+    assert masked == reply.replace(echo, MASK)
+    documents = documents_in(masked)
+    assert documents[-1]["k"] == MASK
+    assert [d["keep"] for d in documents] == [json.loads(f'"{KEPT}"')] * (depth + 1)
+    assert revealed(secret, reply) and not revealed(secret, masked)
+    assert redactor.contains_secret(reply) and not redactor.contains_secret(masked)
+    assert redactor.redact_bytes(reply.encode()) == masked.encode()
+
+
+def test_a_secret_nested_deeper_than_the_bound_is_not_masked() -> None:
+    """The documented limit: a token inside more than MASK_NESTED_JSON_DEPTH documents, each inside a JSON string
+    of the one around it, is not looked for (each level doubles its backslashes); at the bound it is."""
+    escaped = json_u_escaped(TEST_TOKEN)
+    redactor = redactor_of(TEST_TOKEN)
+    at_bound = inside_documents(escaped, MASK_NESTED_JSON_DEPTH)
+    beyond = inside_documents(escaped, MASK_NESTED_JSON_DEPTH + 1)
+    assert documents_in(beyond)[-1]["k"] == TEST_TOKEN  # it is there, for a reader that parses every level
+    assert redactor.redact(beyond) is beyond and not redactor.contains_secret(beyond)
+    assert redactor.contains_secret(at_bound)
+
+
+def test_a_plain_echo_that_cuts_an_escape_of_a_nested_document_takes_the_escape_whole() -> None:
+    """The attack: the token's own text follows an escape's `\\u00` in a nested document (`caf\\\\u00e9-Sup3r…` in the
+    reply), so masking the token alone would leave `\\u00` behind and the inner document would no longer parse."""
+    secret = "e9-Sup3rSecret-4242"
+    reply = inside_documents("caf\\u00" + secret + " end", 1)
+    masked = redactor_of(secret).redact(reply)
+    assert masked == reply.replace("caf\\\\u00" + secret, "caf" + MASK)
+    assert documents_in(masked)[-1]["k"] == f"caf{MASK} end"
+
+
+def test_an_echo_ending_in_a_backslash_keeps_the_quote_that_ends_its_string() -> None:
+    """The attack: the token ends in a backslash and its string ends right after it (`…\\u005c"`), in a reply that
+    also holds a nested document. Decoded once, that backslash and the quote look like an escape of a nested
+    document, but the quote ends the reply's own string and must stay."""
+    secret = "tok-Sup3rSecret-4242\\"
+    echo = json_u_escaped(secret)
+    reply = '{"k": "' + echo + '", "inner_doc": "' + in_json_string('{"k": "' + json_u_escaped("tok") + '"}') + '"}'
+    masked = redactor_of(secret).redact(reply)
+    assert masked == reply.replace(echo, MASK)
+    assert json.loads(masked)["k"] == MASK
+
+
+def test_a_nested_echo_after_a_run_of_backslashes_is_masked_from_its_own_first_backslash() -> None:
+    """The attack: a backslash just before the token in a document three levels down becomes a run of 16 before the
+    echo's own 8 (`\\\\…\\u0074`): the echo is masked from its own first backslash, every level still parses."""
+    reply = inside_documents("\\\\" + json_u_escaped(TEST_TOKEN), 3)
+    masked = redactor_of(TEST_TOKEN).redact(reply)
+    assert masked == reply.replace(in_json_string(json_u_escaped(TEST_TOKEN), 3), MASK)
+    assert documents_in(masked)[-1]["k"] == "\\" + MASK
+
+
+def test_escaped_text_and_nested_documents_without_the_secret_are_left_as_they_are() -> None:
+    """No false positive: doubled backslashes (Windows paths, regular expressions, nested documents) are decoded only
+    to look for a secret, and text that holds none comes back as it was, the very same string."""
+    near = TEST_TOKEN[:-1] + "X"
+    texts = [
+        json.dumps({"path": "C:\\users\\new\\table", "regex": "\\d+\\u0041\\\\u0042", "s": "\\"}),
+        inside_documents(json_u_escaped(near), MASK_NESTED_JSON_DEPTH),  # one character off
+        inside_documents(json_u_escaped(TEST_TOKEN[:6]) + "\\n" + TEST_TOKEN[6:], 2),  # cut by a newline
+        inside_documents(json_u_escaped(TEST_TOKEN).replace("\\u0053", "\\u0073"), 2),  # a letter's case
+        json.dumps({"code": json.dumps({"k": "\\u" + near, "hex": "\\u00e9\\uD83D\\uDE00"})}),  # `\\u`s, nested
+    ]
+    redactor = redactor_of(TEST_TOKEN)
+    for text in texts:
+        assert redactor.redact(text) is text, text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    secret=SECRETS,
+    before=SURROUNDINGS,
+    after=SURROUNDINGS,
+    depth=st.integers(min_value=1, max_value=MASK_NESTED_JSON_DEPTH),
+)
+def test_nested_documents_parsed_after_masking_hold_no_secret(
+    data: Any, secret: str, before: str, after: str, depth: int
+) -> None:
+    """Any mix of escapes for the secret, in a document inside a JSON string, `depth` deep, each level written with
+    or without non-ASCII escaped: after masking every level parses and none holds the secret."""
+    echo = data.draw(json_escaped(secret))
+    document = '{"k": "' + json.dumps(before)[1:-1] + echo + json.dumps(after)[1:-1] + '", "n": 1}'
+    for _ in range(depth):
+        document = '{"d": "' + json.dumps(document, ensure_ascii=data.draw(st.booleans()))[1:-1] + '", "n": 1}'
+    redactor = redactor_of(secret)
+    masked = redactor.redact(document)
+    levels = [json.loads(document)]
+    masked_levels = [json.loads(masked)]
+    for _ in range(depth):
+        levels.append(json.loads(levels[-1]["d"]))
+        masked_levels.append(json.loads(masked_levels[-1]["d"]))  # still a document at every level
+    assert secret in levels[-1]["k"] and secret not in masked_levels[-1]["k"]
+    assert [level["n"] for level in masked_levels] == [1] * (depth + 1)
+    assert redactor.contains_secret(document) and not revealed(secret, masked)
 
 
 def test_a_body_that_is_not_utf8_keeps_every_byte_but_the_secrets() -> None:

@@ -6,12 +6,15 @@ the test asserts what reached it (nothing) and what the proxy answered.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from proxy.settings import MASK
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, running_proxy
+from tests.servers import free_port, proxy_serving
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -155,6 +158,26 @@ def test_forward_miss_answer_carries_the_safety_headers(tmp_path: Path, upstream
     assert miss.headers["x-content-type-options"] == "nosniff"
 
 
+def test_an_environment_http_proxy_never_receives_the_token_for_a_loopback_upstream(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    """`proxy serve` started with HTTP_PROXY/http_proxy naming the attacker's listener and no NO_PROXY: a stored
+    bearer connection to a plain-http upstream on 127.0.0.1 is called directly; the listener receives nothing."""
+    listener, evil = attacker
+    env = {name: value for name, value in os.environ.items() if name.lower() not in ("no_proxy", "proxy_secret_key")}
+    env |= {"HTTP_PROXY": evil, "http_proxy": evil}
+    port = free_port()
+    data = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"), "--record-mode", "off"]
+    with proxy_serving(port, *data, env=env), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        created = client.post("/endpointConnections", json=chat_connection(upstream_url))
+        assert created.status_code == 201, created.text
+        tested = client.post("/endpointConnections/testConnection", json={"id": created.json()["id"]}).json()
+    assert tested["success"] and tested["statusCode"] == 200, tested
+    assert listener.received == []
+    (arrived,) = upstream.requests_to("/chat")
+    assert arrived.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+
+
 def test_the_servers_own_api_key_never_goes_upstream(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with (
@@ -243,3 +266,64 @@ def test_a_secret_echoed_in_a_header_of_a_cut_answer_is_masked_not_a_500(
             assert answer.status_code == 200 and answer.headers["x-echo"] == "Bearer ********"
             assert answer.headers["x-proxy-cassette"] == "injected"
             answer.read()
+
+
+URL_KEY = "AIzaSyTESTSECRET0123456789"
+
+
+def test_a_url_moved_to_another_origin_with_its_key_masked_carries_no_key(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    """The attack: the connection's URL, read back with `?key=••••••••`, sent again with another origin (a PATCH,
+    or testConnection with the id): the mask keeps the stored key, which must not follow the URL there."""
+    listener, evil = attacker
+    gemini = chat_connection(upstream_url, url=f"{upstream_url}/v1/models/x:generate?key={URL_KEY}", authType="NONE")
+    gemini["authToken"] = None
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = client.post("/endpointConnections", json=gemini)
+        assert conn.status_code == 201, conn.text
+        shown = conn.json()["url"]
+        stolen = shown.replace(upstream_url, evil)
+        moved = client.patch(f"/endpointConnections/{conn.json()['id']}", json={"url": stolen})
+        assert moved.status_code == 422, moved.text
+        assert moved.json()["errors"][0]["field"] == "url" and "the stored url?key would be" in moved.json()["message"]
+        assert URL_KEY not in moved.text
+        tested = client.post("/endpointConnections/testConnection", json={"id": conn.json()["id"], "url": stolen})
+        assert tested.status_code == 422 and "url?key" in tested.json()["message"]
+        assert client.get(f"/endpointConnections/{conn.json()['id']}").json()["url"] == shown
+        assert listener.received == []
+        # The key given again (or another one) in the same request: the move is the caller's own.
+        restated = client.patch(
+            f"/endpointConnections/{conn.json()['id']}", json={"url": stolen.replace(MASK, "AIzaSyKEYFOREVIL00000")}
+        )
+        assert restated.status_code == 200, restated.text
+        assert client.post("/endpointConnections/testConnection", json={"id": conn.json()["id"]}).status_code == 200
+    (arrived,) = listener.received
+    assert arrived.query == "key=AIzaSyKEYFOREVIL00000"
+    assert URL_KEY not in _all_text(listener)
+
+
+def test_a_connector_url_key_is_masked_and_never_follows_the_url_to_another_origin(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+) -> None:
+    """The attack: reading a connector's URL key back, or moving its URL (key masked) to another origin."""
+    listener, evil = attacker
+    upstream.handle("/search", lambda r: Reply(json={"results": []}))
+    listener.handle("/", lambda r: Reply(json={"results": []}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        created = client.post("/v1/connectors", json={"name": "docs", "url": f"{upstream_url}/search?key={URL_KEY}"})
+        assert created.status_code == 200, created.text
+        shown = client.get("/v1/connectors/docs").json()["connector"]["url"]
+        assert shown == f"{upstream_url}/search?key={MASK}"
+        assert URL_KEY not in created.text + client.get("/v1/connectors").text
+        moved = client.patch("/v1/connectors/docs", json={"url": shown.replace(upstream_url, evil)})
+        assert moved.status_code == 422 and "url?key" in moved.json()["message"], moved.text
+        kept = client.patch("/v1/connectors/docs", json={"url": shown.replace("/search", "/search/")})
+        assert kept.status_code == 200, kept.text
+        assert client.post("/v1/connectors/docs/search", json={"query": "q"}).status_code == 200
+        fresh = client.post("/v1/connectors", json={"name": "new", "url": shown})
+        assert fresh.status_code == 422 and "stand for a stored value" in fresh.json()["message"]
+        short = client.post("/v1/connectors", json={"name": "short", "url": f"{upstream_url}/search?token=abc"})
+        assert short.status_code == 422 and "query parameter token is 3 characters" in short.json()["message"]
+    assert listener.received == []
+    assert [r.query for r in upstream.received] == [f"key={URL_KEY}"] * 3  # registered, re-registered, searched

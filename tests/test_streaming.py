@@ -19,6 +19,10 @@ ECHOES = [
     "dG9rLVN1cDNyU2VjcmV0LTQyNDI",  # base64
     "pässwörd-ü😀-long",
     "p\\u00e4ssw\\u00f6rd-\\u00fc\\ud83d\\ude00-long",
+    # In a JSON document inside the event's JSON string: one, three (the longest echo) and two documents deep.
+    "tok-Sup3r\\\\u0053ecret-4242",
+    "".join(f"\\\\\\\\\\\\\\\\u{ord(c):04x}" for c in "tok-Sup3rSecret-4242"),
+    "p\\\\\\\\u00e4ssw\\\\\\\\u00f6rd-\\\\\\\\u00fc\\\\\\\\ud83d\\\\\\\\ude00-long",
 ]
 
 
@@ -31,7 +35,7 @@ def masker() -> StreamMasker:
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.sampled_from(ECHOES), min_size=1, max_size=4),
-    st.lists(st.integers(min_value=1, max_value=400), max_size=30),
+    st.lists(st.integers(min_value=1, max_value=1200), max_size=30),
 )
 def test_a_secret_split_anywhere_across_chunks_is_masked(echoes: list[str], cuts: list[int]) -> None:
     body = "".join(f'data: {{"text": "before {echo} after é"}}\n\n' for echo in echoes).encode()

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy import template_limits as limits
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 CHAT = '{"message": "{{ input.user_message }}", "user": "{{ context.user }}"}'
@@ -169,7 +170,7 @@ def test_compiling_a_stored_template_never_computes_its_constants() -> None:
         ("{{ big * 3 }}", "`\\*` would make a value of about 15,000,000 characters"),
         (
             '{% set ns = namespace(s="0123456789") %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}',
-            "`~` would make a value",
+            "`~` would bring the characters this render has built to about 20,971,500",
         ),
         ('{% set l = [big, big, big] %}{{ "" ~ l }}', "`~` would make a value of about 15,000,"),
         ("{% set l = [big, big, big] %}{{ l }}", "cannot be printed"),
@@ -198,6 +199,73 @@ def test_a_render_over_its_budget_stops_with_a_clear_error(source: str, reason: 
     with pytest.raises(TemplateRefused, match=reason):
         template.render({"input": {"n": 10}, "big": "x" * 5_000_000, "items": list(range(10_000))})
     assert time.perf_counter() - started < 2  # the time budget is 0.5 s; the rest is slack for a busy machine
+
+
+TITLE_BOMB = '{{ ((input.user_message[:1] ~ "-") * 4900000) | title | length }}'
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (TITLE_BOMB, "the `title` filter would walk over 9,800,000 items \\(the limit is 100,000\\)"),
+        (
+            '{{ ((input.user_message[:1] ~ "-") * 4900000) | upper | lower | length }}',
+            "the `upper` filter would bring the characters this render has built to about 19,600,002 "
+            "\\(the limit is 10,485,760 for all of a render's values together\\)",
+        ),
+        (
+            "{% set a = input.user_message * 4000000 %}{% set b = input.user_message * 4000000 %}{{ a ~ b }}",
+            "`\\*` would bring the characters this render has built to about 16,000,000",
+        ),
+        ("{{ big.upper().lower().upper() | length }}", "upper\\(\\) would bring the characters this render has built"),
+        ("{{ (big ~ big[:1200000]) | e | length }}", "the `e` filter would make a value of about 12,000,000"),
+        ("{{ [big, 1] | tojson | length }}", "the `tojson` filter would make a value of about 13,600,006 characters"),
+        # A dict's pairs are new tuples each time: the size memo took one for another and counted `big` as "".
+        ("{% set d = {'a': '', 'b': big, 'c': big} %}{{ d | tojson | length }}", "the `tojson` filter would make"),
+        ("{{ big | pprint | length }}", "the `pprint` filter would walk over 4,800,000 items"),
+        ("{{ big | striptags | length }}", "the `striptags` filter would walk over 4,800,000 items"),
+        ("{{ big | urlencode | length }}", "the `urlencode` filter would walk over 4,800,000 items"),
+        ("{{ big | indent | length }}", "the `indent` filter would walk over 4,800,000 items"),
+        ("{{ big | wordcount }}", "the `wordcount` filter would walk over 4,800,000 items"),
+    ],
+)
+def test_values_built_by_repetition_and_filters_count_against_the_render_as_they_are_built(
+    source: str, reason: str
+) -> None:
+    """The attack: `title` over a 9.8 MB string built by `*` (one Python-speed call the clock never saw) took 2-7 s
+    against the 0.5 s budget, and a chain of copies each under the 10 MB value cap was never counted as a whole.
+    Each is refused before the step that would build past the budget, well inside the time budget."""
+    template = CompiledTemplate(source)
+    started = time.perf_counter()
+    with pytest.raises(TemplateRefused, match=reason):
+        template.render({"input": {"user_message": "hi"}, "big": "<a> b\n" * 800_000})
+    assert time.perf_counter() - started < 0.5
+
+
+ESCAPED_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=ESCAPED_VALUES)
+def test_what_an_escaping_filter_is_counted_for_is_never_less_than_what_it_makes(value: object) -> None:
+    """`e` and `tojson` can make a text 5 to 12 times longer than its input (`&` → `&amp;`, `🚀` → two `\\uXXXX`):
+    counted at the input's length, a 9 MB input made a 27 MB value past the 10 MB cap."""
+    estimates = {"e": limits._escape, "forceescape": limits._escape, "tojson": limits._tojson}
+    for name, estimate in estimates.items():
+        made = int(CompiledTemplate(f"{{{{ v | {name} | length }}}}").render({"v": value}))
+        assert estimate(value) >= made, name
+
+
+@pytest.mark.parametrize("text", [*HOSTILE, "plain ascii", "\U0001f680" * 3, "\x1f\x7f\ud800"])
+def test_a_long_text_is_counted_for_what_tojson_and_e_make_of_it_without_being_encoded(text: str) -> None:
+    """Past 4,096 characters a text's escapes are counted, not made: at least what the filter makes, and close."""
+    long = text * (5000 // len(text) + 1)
+    for name, estimate in {"e": limits._escape, "tojson": limits._tojson}.items():
+        made = int(CompiledTemplate(f"{{{{ v | {name} | length }}}}").render({"v": long}))
+        assert made <= estimate(long) <= 1.5 * made + 2, name
 
 
 def test_loops_and_concatenation_behave_as_before_under_the_budget() -> None:

@@ -18,6 +18,7 @@ from proxy.errors import InvalidField
 from proxy.settings import MASK
 from proxy.streaming import Relay
 from proxy.transports import BodyTooLarge
+from proxy.transports.client import TOKEN
 
 # Per-hop headers, and those httpx sets itself for the upstream.
 HOP_BY_HOP = frozenset(
@@ -62,19 +63,25 @@ async def forward(request: Request) -> Response:
     """Forward the request as it is to the connection's origin."""
     rt = runtime(request)
     mode = record_mode_header(request)
-    conn = rt.connections.resolve(request.path_params["connection"])
-    origin = conn.origin
-    if origin is None:  # a host the template decides is known only per call: forward has nothing to render it with
-        raise InvalidField(
-            "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.spec.url}"
-        )
+    name = request.path_params["connection"]
+    headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
+    upstream = rt.upstreams.get(name)
+    if upstream is not None:  # forward-only: the client's own credential goes up, masked like any secret
+        rt.client_secrets.note(name, headers)
+        target, base_url = upstream.target, upstream.origin.base_url()
+    else:
+        conn = rt.connections.resolve(name)
+        if conn.origin is None:  # a host the template decides is known only per call: nothing to render it with
+            raise InvalidField(
+                "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.shown_url}"
+            )
+        name, target, base_url = conn.name, conn.target, conn.origin.base_url()
     raw_query = request.scope["query_string"]  # as sent: building request.url would parse the whole URL again
     query = f"?{raw_query.decode('latin-1')}" if raw_query else ""
-    url = f"{origin.base_url()}/{request.path_params['path']}{query}"
-    headers = upstream_headers(request.headers.items(), rt.settings.api_key is not None)
-    handle = rt.library.server_handle("connections", conn.name, "forward", rt.library.mode_for(conn.name))
+    url = f"{base_url}/{request.path_params['path']}{query}"
+    handle = rt.library.server_handle("connections", name, "forward", rt.library.mode_for(name))
     handle = handle.for_call(mode)
-    result = await rt.engine.forward(conn.target, request.method, url, headers, await request.body(), handle)
+    result = await rt.engine.forward(target, request.method, url, headers, await request.body(), handle)
     return _response(result)
 
 
@@ -94,7 +101,8 @@ def upstream_headers(client_headers: Iterable[tuple[str, str]], api_key_in_use: 
 
 def answer_headers(upstream: dict[str, str], outcome: str) -> dict[str, str]:
     """Every forward answer's headers, whole, cut or streamed: the upstream's that may pass back, as HTTP can
-    carry them, then the safety headers and the cassette outcome."""
+    carry them, then the safety headers and the cassette outcome. A header whose name held a secret is masked
+    (`x-tok-••••••••`), no HTTP token: it is dropped, as is any other name HTTP cannot carry (from a cassette)."""
     headers = {k: _header_text(v) for k, v in upstream.items() if _passed_back(k)}
     return {**headers, **SAFETY_HEADERS, "X-Proxy-Cassette": outcome}
 
@@ -111,6 +119,7 @@ def _passed_back(name: str) -> bool:
         or lower in UPSTREAM_ONLY
         or lower in _SAFETY_NAMES
         or lower.startswith(UPSTREAM_ONLY_PREFIX)
+        or TOKEN.fullmatch(name) is None
     )
 
 

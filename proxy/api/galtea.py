@@ -54,7 +54,7 @@ async def list_connections(request: Request) -> JSONResponse:
             and matches_any(s.http_method.value, methods, case_insensitive=True)
             and matches_any(s.auth_type.value, auth_types, case_insensitive=True)
             and name_part in s.name.lower()
-            and url_part in s.url.lower()
+            and url_part in conn.shown_url.lower()  # never a probe for a credential in the URL
             and created_between(request, conn.created_at)
         )
 

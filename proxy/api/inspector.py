@@ -21,6 +21,7 @@ from proxy.connection import CompiledConnection, public_fields
 from proxy.engine import CallContext, CallLabel
 from proxy.errors import ProxyError
 from proxy.explain import explain
+from proxy.jsonpath_budget import JsonPathStopped, StepBudget
 from proxy.models import ConnectionType
 from proxy.settings import DEFAULT_TEST_INPUT
 
@@ -178,14 +179,20 @@ async def preview_edit(request: Request) -> HTMLResponse:
     if last is not None and not isinstance(body, dict | list):
         preview["problem"] = f"the last reply (flow {last['id']}) is not JSON: the mapping cannot apply"
     elif last is not None:
-        mapped = await asyncio.to_thread(edited.mapping.apply, body)
-        for key, path in edited.mapping.source.items():
-            row = {"key": key, "path": path}
-            if key in mapped.values:
-                row["value"] = mapped.values[key]
-            else:
-                row["why"] = f"matched nothing: {mapped.misses.get(key, '')}"
-            preview["rows"].append(row)
+        # The same step budget as when the reply came in: its size is what the upstream sent.
+        budget = StepBudget.for_size(last.get("size") or 0)
+        try:
+            mapped = await asyncio.to_thread(edited.mapping.apply, body, budget)
+        except JsonPathStopped as exc:
+            preview["problem"] = rt.engine.redactor.redact(str(exc))
+        else:
+            for key, path in edited.mapping.source.items():
+                row = {"key": key, "path": path}
+                if key in mapped.values:
+                    row["value"] = mapped.values[key]
+                else:
+                    row["why"] = f"matched nothing: {mapped.misses.get(key, '')}"
+                preview["rows"].append(row)
     return page(request, "connection.html", preview=preview, **shown)
 
 

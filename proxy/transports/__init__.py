@@ -37,6 +37,17 @@ class CassetteMiss(CallFailure):
         self.nearest = nearest
 
 
+class CredentialUnset(CallFailure):
+    """A live call would carry a credential whose environment variable is not set (a replay-only config)."""
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(
+            f"environment variable {variable} is not set, and this call would take it to the upstream live: set "
+            f"{variable} to call live (a replay with record mode none needs no credential)"
+        )
+        self.variable = variable
+
+
 class BodyCut(httpx.ReadError, CallFailure):
     """A body that broke off: the answer's head and the `received` bytes (of `expected`), so a caller that
     passes bodies on (the forward route) can pass on as much and hang up, as the upstream did. `outcome`

@@ -27,12 +27,21 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
 
+from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dir, tighten
+from proxy.settings import CASSETTE_MAX_BYTES, CASSETTE_MAX_INTERACTIONS
 from proxy.transports.matching import MatchRules, RecordedRequest
 
 TEMP_MARKER = ".tmp-"
 # How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
 CASSETTE_LOCK_TIMEOUT_S = 60.0
 CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cassette, named by the YAML's SHA-256
+# A cache entry's JSON is at most ~2x its YAML (escaped quotes and backslashes). One far larger was expanded from
+# aliases by a version that still read them: it is dropped, never loaded.
+CACHE_MAX_GROWTH = 4
+CACHE_SLACK_BYTES = 1024 * 1024
+# The parser vcrpy loads cassettes with (its major version is pinned in pyproject.toml): what the checks before a
+# load see is what the load will read.
+_Loader = yamlserializer._CassetteLoader
 # Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
 WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
@@ -101,6 +110,7 @@ class Cassette:
     dirty: bool = False
     journal_seq: int = 0  # the newest journal row this cassette's memory holds
     dropped: list[Interaction] = field(default_factory=list)  # read, then cleared on purpose (record mode all)
+    played: set[int] = field(default_factory=set)  # positions replayed or recorded in this run
 
     def add(self, interaction: Interaction) -> int:
         position = len(self.interactions)
@@ -110,6 +120,7 @@ class Cassette:
         return position
 
     def clear(self) -> None:
+        self.played.clear()
         self.dropped.extend(self.interactions)
         self.interactions.clear()
         self.index.clear()
@@ -128,7 +139,7 @@ class Cassette:
 
 def serialize(interactions: list[Interaction]) -> str:
     data = {"version": CASSETTE_FORMAT_VERSION, "interactions": [i.to_yaml_dict() for i in interactions]}
-    return str(yamlserializer.serialize(data))
+    return str(yaml.dump(data, Dumper=_UnaliasedDumper))
 
 
 def identity(interaction: Interaction) -> str:
@@ -143,23 +154,38 @@ def identities(interactions: Iterable[Interaction]) -> set[str]:
     return {identity(item) for item in interactions}
 
 
+class _UnaliasedDumper(yamlserializer._CassetteDumper):
+    """vcrpy's dumper, except that an object met twice is written out twice, never as an anchor and an alias:
+    loading refuses aliases, so what we write must never hold one."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class ParseCache:
     """Parsed cassettes as JSON, one file per cassette content: `<folder>/<SHA-256 of the YAML>.json`. It lives
     in the data dir, never beside the cassettes, so a cassette folder is only ever read when it is loaded. Any
-    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry."""
+    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry. Like
+    everything in the data dir, the folder is 0700 and its files 0600 (an entry holds what upstreams answered)."""
 
     folder: Path
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> ParseCache:
-        return cls(data_dir / CACHE_DIR_NAME)
+        folder = data_dir / CACHE_DIR_NAME
+        tighten(folder, PRIVATE_DIR_MODE)  # one an earlier version made 0755: its entries are hidden with it
+        return cls(folder)
 
     def entry(self, digest: str) -> Path:
         return self.folder / f"{digest}.json"
 
-    def read(self, digest: str) -> list[Interaction] | None:
+    def read(self, digest: str, yaml_bytes: int) -> list[Interaction] | None:
+        """The entry of a YAML of `yaml_bytes` bytes, unless it is out of all proportion to it (then it goes)."""
         try:
+            if self.entry(digest).stat().st_size > CACHE_MAX_GROWTH * yaml_bytes + CACHE_SLACK_BYTES:
+                self.forget(digest)
+                return None
             data = json.loads(self.entry(digest).read_text(encoding="utf-8"))
             if data.get("sha256") != digest:
                 return None
@@ -170,7 +196,8 @@ class ParseCache:
     def write(self, digest: str, interactions: list[Interaction]) -> None:
         data = {"sha256": digest, "interactions": [_jsonable(i) for i in interactions]}
         try:
-            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False))
+            make_private_dir(self.folder)
+            atomic_write(self.entry(digest), json.dumps(data, ensure_ascii=False), private=True)
         except OSError:
             pass  # a cache that cannot be written: loads stay correct, only slower
 
@@ -181,17 +208,21 @@ class ParseCache:
             pass
 
 
+def interactions_from_cache(text: str) -> list[Interaction]:
+    """The interactions of one parse-cache entry, whatever cassette it was made from (`proxy cassettes verify`).
+    Raises ValueError, KeyError, TypeError or AttributeError when it is not one."""
+    return [_from_jsonable(item) for item in json.loads(text)["interactions"]]
+
+
 def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
     """A cassette's interactions: from `cache` when it holds the file's SHA-256, else by parsing the YAML
     (libyaml when present), which then fills the cache. YAML parsing costs ~0.7 ms an interaction even with
-    libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cassette {path} cannot be read: {exc}") from None
+    libyaml; JSON ~0.01 ms. Raises ValueError naming the file when it cannot read it or refuses it (over
+    CASSETTE_MAX_BYTES, over CASSETTE_MAX_INTERACTIONS, a YAML alias): a refused file is never cached."""
+    raw = _read_capped(path, f"cassette {path}")
     digest = sha256_of(raw)
     if cache is not None:
-        cached = cache.read(digest)
+        cached = cache.read(digest, len(raw))
         if cached is not None:
             return cached
     try:
@@ -202,6 +233,22 @@ def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Inter
     if cache is not None:
         cache.write(digest, interactions)
     return interactions
+
+
+def _read_capped(path: Path, source: str) -> bytes:
+    """The file's bytes, refused by its size before it is read (and at most one byte past the cap is ever read)."""
+    try:
+        with open(path, "rb") as f:
+            too_large = os.fstat(f.fileno()).st_size > CASSETTE_MAX_BYTES
+            raw = b"" if too_large else f.read(CASSETTE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{source} cannot be read: {exc}") from None
+    if too_large or len(raw) > CASSETTE_MAX_BYTES:
+        raise ValueError(
+            f"{source} is refused: it is larger than the {CASSETTE_MAX_BYTES} byte cap (CASSETTE_MAX_BYTES, "
+            f"{CASSETTE_MAX_BYTES // (1024 * 1024)} MiB); split it or record it again"
+        )
+    return raw
 
 
 def sha256_of(raw: bytes) -> str:
@@ -279,6 +326,7 @@ def _from_jsonable(item: dict[str, Any]) -> Interaction:
 def parse_interactions(text: str, source: str) -> list[Interaction]:
     path = source
     try:
+        _refuse_expansion(text, source)
         data = yamlserializer.deserialize(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{source} is not valid YAML: {exc}") from None
@@ -296,11 +344,53 @@ def parse_interactions(text: str, source: str) -> list[Interaction]:
     return interactions
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette."""
+def _refuse_expansion(text: str, source: str) -> None:
+    """One pass over the YAML's events, before any node or object is built from them. Refuses any alias (`*name`
+    repeats a whole subtree, so nested ones make a few hundred bytes expand to gigabytes; no cassette written by
+    this tool or by plain vcrpy has one) and more than CASSETTE_MAX_INTERACTIONS items in the root's `interactions`.
+    Raises ValueError naming `source`; a YAML syntax error is left to the loader."""
+    depth = 0  # collections open around the next event
+    root_is_mapping = at_key = is_interactions = counting = False
+    count = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue  # the stream's and documents' starts and ends
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise ValueError(
+                f"{source} is refused: it uses a YAML alias (*{event.anchor} at line {line}), which no cassette "
+                "written by proxy or vcrpy has; record it again (or write the repeated part out in full)"
+            )
+        if depth == 0:
+            root_is_mapping, at_key = isinstance(event, yaml.MappingStartEvent), True
+        elif depth == 1 and root_is_mapping:  # a key, then its value, of the root mapping
+            if at_key:
+                is_interactions = isinstance(event, yaml.ScalarEvent) and event.value == "interactions"
+            counting = not at_key and is_interactions and isinstance(event, yaml.SequenceStartEvent)
+            at_key = not at_key
+        elif depth == 2 and counting:
+            count += 1
+            if count > CASSETTE_MAX_INTERACTIONS:
+                raise ValueError(
+                    f"{source} is refused: it holds more than {CASSETTE_MAX_INTERACTIONS} interactions "
+                    "(CASSETTE_MAX_INTERACTIONS); split it or record it again"
+                )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+
+
+def atomic_write(path: Path, text: str, private: bool = False) -> None:
+    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette. A `private` file is 0600
+    from its creation (the data dir's); a cassette is made as the umask says, to be committed and shared."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
-    with open(temp, "w", encoding="utf-8") as f:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE if private else 0o666)
+    if private:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # a temporary file a crash left behind keeps the mode it was made with
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -5,7 +5,8 @@ only carries an `httpx.Request` across and the answer back, and raises every fai
 the engine's retry rules and messages expect. What it sets on aiohttp, and why:
 - one `ClientSession` per transport, with a `DummyCookieJar`: a cookie an upstream sets in one session's
   call never rides along on another's, nor lands in a cassette;
-- `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` honoured (as aiohttp's `trust_env` reads them, once per origin),
+- `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` honoured (as aiohttp's `trust_env` reads them, once per origin), but
+  never for a loopback upstream, whatever `NO_PROXY` says: a proxy would receive its credentials;
   TLS verified with the system's CA store;
 - no redirect followed and no body decompressed by aiohttp: the answer reaches httpx as the upstream sent
   it, and httpx decodes gzip/deflate as it always did, a bounded piece at a time (so a compression bomb
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -134,14 +137,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """The proxy `HTTP_PROXY`/`HTTPS_PROXY` name for this origin, unless `NO_PROXY` excludes it, as
         aiohttp's `trust_env` finds it. Looked up once per origin: aiohttp's own `trust_env` reads the
         environment and the netrc file in a worker thread on every request, a third of the forward route's
-        CPU. (Credentials come from connections only: a netrc file never adds any.)"""
+        CPU. (Credentials come from connections only: a netrc file never adds any.) A loopback upstream is
+        always called directly: the proxy would read its stored token, in clear text over `http://`, and could
+        not reach this machine's loopback anyway unless it runs here."""
         origin = (url.scheme, url.host, url.port)
         found = self._proxies.get(origin)
         if found is None:
-            try:
-                proxy, proxy_auth = get_env_proxy_for_url(parsed)
-            except LookupError:
-                proxy, proxy_auth = None, None
+            proxy: URL | None = None
+            proxy_auth: aiohttp.BasicAuth | None = None
+            if not is_loopback_host(url.host):
+                try:
+                    proxy, proxy_auth = get_env_proxy_for_url(parsed)
+                except LookupError:
+                    pass
             found = self._proxies[origin] = (proxy, proxy_auth)
         return found
 
@@ -158,6 +166,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, or an address in 127.0.0.0/8 or ::1, in any spelling the resolver reads as one (`127.1`,
+    `2130706433`, `::ffff:127.0.0.1`)."""
+    name = host.lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
+    except ValueError:
+        try:  # the shorthand and integer forms of IPv4 that getaddrinfo accepts, as inet_aton reads them
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except (OSError, ValueError):
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class InStepProtocol(ResponseHandler):

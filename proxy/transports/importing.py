@@ -54,38 +54,10 @@ from proxy.transports.cassette import (
 )
 from proxy.transports.inventory import SECRET_SHAPES
 from proxy.transports.record_replay import ALWAYS_MASKED
+from proxy.url_secrets import is_credential_param
 from proxy.words import counted
 
 CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
-# Query parameters APIs read credentials from (Google, Azure, AWS and GCS presigned URLs, Slack, GitLab), compared
-# in lower case with `-` read as `_`. Matched whole: `max_tokens`, `keyword` and `sort_key` hold no credential.
-CREDENTIAL_QUERY_PARAMS = frozenset(
-    {
-        "key",
-        "api_key",
-        "apikey",
-        "x_api_key",
-        "api_token",
-        "token",
-        "access_token",
-        "id_token",
-        "refresh_token",
-        "private_token",
-        "auth",
-        "auth_token",
-        "authorization",
-        "sig",
-        "signature",
-        "x_amz_signature",
-        "x_amz_security_token",
-        "x_goog_signature",
-        "secret",
-        "client_secret",
-        "password",
-        "passwd",
-        "subscription_key",
-    }
-)
 GZIP_MAGIC = b"\x1f\x8b"
 COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
 _SCHEME_PREFIX = re.compile(r"(?:Bearer|Basic)\s+")
@@ -298,15 +270,11 @@ def _header_credentials(name: str, value: str) -> list[str]:
     return found
 
 
-def _is_credential_param(name: str) -> bool:
-    return unquote_plus(name).strip().lower().replace("-", "_") in CREDENTIAL_QUERY_PARAMS
-
-
 def _query_credentials(uri: str) -> list[tuple[str, str]]:
     """(parameter as written, value as written) of each credential-named query parameter with a value."""
     query = uri.partition("#")[0].partition("?")[2]
     pairs = [piece.partition("=") for piece in query.split("&")] if query else []
-    return [(name, value) for name, equals, value in pairs if equals and value and _is_credential_param(name)]
+    return [(name, value) for name, equals, value in pairs if equals and value and is_credential_param(name)]
 
 
 def _user_info(uri: str) -> str:
@@ -353,7 +321,7 @@ def masked_url(uri: str, redactor: Redactor) -> tuple[str, list[str]]:
         pieces = []
         for piece in query.split("&"):
             name, equals, value = piece.partition("=")
-            if equals and value and _is_credential_param(name) and MASK not in unquote_plus(value):
+            if equals and value and is_credential_param(name) and MASK not in unquote_plus(value):
                 pieces.append(f"{name}{equals}{MASK}")
                 places.append(f"url ?{name}")
             else:

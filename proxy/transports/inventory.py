@@ -1,4 +1,5 @@
-"""The cassette folder as a user sees it: list, show, verify (parses, loads in vcrpy, holds no secret)."""
+"""The cassette folder as a user sees it: list, show, verify (parses, loads in vcrpy, holds no secret; nor does
+the parse cache in the data dir)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
 from proxy.expiry import parse_time
+from proxy.head_masking import header_renames
 from proxy.redaction import Redactor
 from proxy.settings import MASK
-from proxy.transports.cassette import Interaction, load_interactions
+from proxy.transports.cassette import Interaction, ParseCache, interactions_from_cache, load_interactions
 from proxy.transports.record_replay import ALWAYS_MASKED
+from proxy.url_secrets import unmasked_credentials
 
 # Shapes of credentials worth flagging even when this server never saw them.
 SECRET_SHAPES = re.compile(
@@ -84,13 +87,17 @@ def _pretty(body: object) -> list[str]:
         return text.splitlines()
 
 
-def verify(root: Path, redactor: Redactor) -> tuple[list[Entry], list[str]]:
+def verify(root: Path, redactor: Redactor, cache: ParseCache | None = None) -> tuple[list[Entry], list[str]]:
     """Every cassette: parses, loads in vcrpy's own loader, holds no credential — none of `redactor`'s
-    secrets in any encoding it knows, nothing shaped like a well-known token. Returns (entries, problems)."""
-    return verify_files(root, cassette_files(root), redactor)
+    secrets in any encoding it knows, nothing shaped like a well-known token; and every entry of `cache` (the
+    data dir's copies of cassettes, whichever folder they came from) holds none either. Returns (entries,
+    problems)."""
+    return verify_files(root, cassette_files(root), redactor, cache)
 
 
-def verify_files(root: Path, paths: list[Path], redactor: Redactor) -> tuple[list[Entry], list[str]]:
+def verify_files(
+    root: Path, paths: list[Path], redactor: Redactor, cache: ParseCache | None = None
+) -> tuple[list[Entry], list[str]]:
     """`verify` of the cassettes at `paths` under `root` (what `proxy cassettes import` wrote)."""
     problems: list[str] = []
     entries = []
@@ -109,18 +116,52 @@ def verify_files(root: Path, paths: list[Path], redactor: Redactor) -> tuple[lis
             problems.append(f"{name}: vcrpy cannot load it: {exc}")
         for number, interaction in enumerate(interactions):
             problems += [f"{name} #{number}: {p}" for p in _secrets_in(interaction, redactor)]
+    if cache is not None:
+        problems += _cache_problems(cache, redactor)
     return entries, problems
+
+
+def _cache_problems(cache: ParseCache, redactor: Redactor) -> list[str]:
+    """Each parse-cache entry is a cassette's content too, kept after the cassette changed or went."""
+    problems = []
+    for path in sorted(cache.folder.glob("*.json")) if cache.folder.is_dir() else []:
+        name = f"parse cache {path.name}"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            problems.append(f"{name}: cannot be read ({exc.strerror})")
+            continue
+        try:
+            interactions = interactions_from_cache(text)
+        except (ValueError, KeyError, TypeError, AttributeError):  # not an entry: its text is looked through whole
+            if _holds_secret(text, redactor):
+                problems.append(f"{name}: holds a credential (delete it: the cache is rebuilt)")
+            continue
+        for number, interaction in enumerate(interactions):
+            problems += [f"{name} #{number}: {p}" for p in _secrets_in(interaction, redactor)]
+    return problems
+
+
+def _holds_secret(text: str, redactor: Redactor) -> bool:
+    return redactor.contains_secret(text) or SECRET_SHAPES.search(text) is not None
 
 
 def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
     found = []
+    reason = interaction.response["status"].get("message")
+    if reason and _holds_secret(str(reason), redactor):
+        found.append("response status line holds a credential")
     for side, headers in (("request", interaction.request["headers"]), ("response", interaction.response["headers"])):
+        renames = header_renames(headers, redactor)  # a name that holds a secret is reported masked
         for name, values in headers.items():
+            shown = SECRET_SHAPES.sub(lambda match: f"{match.group(0)[:12]}…", renames.get(name.lower(), name))
+            if shown != name:
+                found.append(f"{side} header name {shown} holds a credential")
             for value in values if isinstance(values, list) else [values]:
                 if name.lower() in ALWAYS_MASKED and value != MASK:
-                    found.append(f"{side} header {name} is not masked")
-                elif redactor.contains_secret(str(value)) or SECRET_SHAPES.search(str(value)):
-                    found.append(f"{side} header {name} holds a credential")
+                    found.append(f"{side} header {shown} is not masked")
+                elif _holds_secret(str(value), redactor):
+                    found.append(f"{side} header {shown} holds a credential")
     for side, body in (
         ("request", interaction.request.get("body")),
         ("response", interaction.response["body"]["string"]),
@@ -130,8 +171,10 @@ def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
             found.append(f"{side} body holds a credential this server knows")
         elif match := SECRET_SHAPES.search(body.decode("utf-8", "replace") if isinstance(body, bytes) else body):
             found.append(f"{side} body holds something shaped like a credential ({match.group(0)[:12]}…)")
-    if redactor.contains_secret(interaction.request["uri"]) or SECRET_SHAPES.search(interaction.request["uri"]):
+    uri = str(interaction.request["uri"])
+    if redactor.contains_secret(uri) or SECRET_SHAPES.search(uri):
         found.append("request URL holds a credential")
+    found += [f"request URL query parameter {param} is not masked" for param in unmasked_credentials(uri)]
     return found
 
 

@@ -57,6 +57,11 @@ class CassetteExpired(CassetteMiss):
     """A recording answers, but its cassette is older than `cassette_max_age` and `on_expired` is `fail`."""
 
 
+class CassetteRefused(CassetteMiss):
+    """The cassette file cannot be used (unreadable, not a cassette, or refused: over a cap, a YAML alias): every
+    call through it fails with why, naming the file, and nothing is recorded into it."""
+
+
 @dataclass
 class CassetteHandle:
     """One opening of a cassette: its mode, whether the cassette existed then, and its own play-back
@@ -98,6 +103,7 @@ class CassetteHandle:
             raise CassetteExpired(self.expired)
         if position < len(recorded):
             self.positions[key] = position + 1
+            cassette.played.add(recorded[position])
             return cassette.interactions[recorded[position]]
         return cassette.interactions[recorded[-1]]
 
@@ -283,7 +289,11 @@ class CassetteLibrary:
         cassette = Cassette(name, path, self.rules)
         if path.exists():
             # Parsing a large cassette is CPU work: off the event loop.
-            interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
+            try:
+                interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
+            except ValueError as exc:  # kept as this name's load: later calls fail alike, without reading it again
+                log.error("%s", exc)
+                raise CassetteRefused(str(exc)) from None
             for interaction in interactions:
                 cassette.add(interaction)
             cassette.existed = True
@@ -295,6 +305,21 @@ class CassetteLibrary:
         self._loading.pop(name, None)
         return cassette
 
+    def unplayed(self, scope: str) -> list[tuple[str, int, int]]:
+        """The cassettes under `<scope>/` this run loaded from disk, with the recordings it never played:
+        (name, unplayed, interactions). Cassettes of the folder it never opened are for the caller to add."""
+        prefix = f"{scope}/"
+        found = []
+        for name, cassette in list(self._cassettes.items()):  # a copy: the server's thread may add one
+            if name.startswith(prefix) and cassette.existed:
+                left = len(cassette.interactions) - len(cassette.played)
+                if left > 0:
+                    found.append((name, left, len(cassette.interactions)))
+        return found
+
+    def loaded(self, name: str) -> bool:
+        return name in self._cassettes
+
     # -- recording ---------------------------------------------------------------------------
 
     async def record(self, handle: CassetteHandle, cassette: Cassette, interaction: Interaction) -> None:
@@ -302,7 +327,7 @@ class CassetteLibrary:
         interaction.proxy.setdefault("id", uuid.uuid4().hex)
         interaction.proxy.setdefault("session_key", handle.session_key)
         key = self.rules.key(interaction.recorded_request())
-        cassette.add(interaction)
+        cassette.played.add(cassette.add(interaction))  # what a run records it has used
         handle.skip_own_recording(cassette, key)
         seq = await self.store.write(
             self.store.journal_append,

@@ -17,6 +17,8 @@ from jsonpath_ng import JSONPath
 
 from proxy import jsonbounds
 from proxy.mapping import compile_jsonpath
+from proxy.settings import MASK
+from proxy.url_secrets import is_credential_param
 
 ABSENT = object()
 URLS_KEPT = 4096
@@ -64,8 +66,12 @@ class MatchRules:
             if len(self._urls) >= URLS_KEPT:
                 self._urls.clear()
             parts = urlsplit(uri)
+            # A credential in the query string is matched as masked: recorded, it is masked (or, in a cassette made
+            # before it was, or on another machine, it is another key); the request is the same.
             query = sorted(
-                (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in self.ignore_query
+                (k, MASK if v and is_credential_param(k) else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if k not in self.ignore_query
             )
             normal = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), ""))
             self._urls[uri] = normal

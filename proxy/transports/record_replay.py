@@ -1,8 +1,8 @@
 """The record/replay transport: per request, the cassette handle it carries decides live, record or replay.
 
 Redaction happens here, before anything is stored: credential headers are masked and every secret
-the server knows is scrubbed, in every encoding its redactor knows, from the URL, headers and bodies,
-both ways.
+the server knows is scrubbed, in every encoding its redactor knows, from the URL, headers (names too),
+the status line and bodies, both ways.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
 from proxy.auth import is_secret_header
+from proxy.head_masking import masked_reason, renames_of
 from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.transports import (
@@ -143,12 +145,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if pace and timing.ttfb_ms:
             await asyncio.sleep(timing.ttfb_ms / 1000 / pace)
         recorded = interaction.response
-        headers = [
-            (name, value)
-            for name, values in recorded["headers"].items()
-            if name.lower() != "content-length"  # the chunks follow one another: no length up front
-            for value in values
-        ]
+        # The chunks follow one another: no length up front.
+        headers = [(k, v) for k, v in _recorded_headers(recorded) if k.lower() != b"content-length"]
         extensions = {
             OUTCOME_EXTENSION: "hit",
             REPLAYED_EXTENSION: True,
@@ -158,7 +156,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         }
         message = recorded["status"].get("message")
         if message:
-            extensions["reason_phrase"] = message.encode("ascii", "replace")
+            extensions["reason_phrase"] = message.encode()
         body = recorded["body"]["string"] or b""
         stream = ReplayStream(body.encode() if isinstance(body, str) else body, timing, pace)
         return httpx.Response(recorded["status"]["code"], headers=headers, stream=stream, extensions=extensions)
@@ -179,7 +177,8 @@ def _mask_header(name: str, value: str, redactor: Redactor) -> str:
 
 
 def _masked_headers(request: httpx.Request, redactor: Redactor) -> dict[str, str]:
-    return {k.lower(): _mask_header(k, v, redactor) for k, v in request.headers.items()}
+    renames = renames_of(request.headers, redactor)
+    return {renames.get(k, k): _mask_header(k, v, redactor) for k, v in request.headers.items()}
 
 
 def _redacted_uri_and_body(
@@ -202,7 +201,7 @@ def _redacted_uri_and_body(
 def _prepared(interaction: Interaction, latency_ms: float) -> PreparedReply:
     """A recorded answer as every replay of it hands it out: its headers parsed, its body as bytes."""
     recorded = interaction.response
-    headers = httpx.Headers([(name, value) for name, values in recorded["headers"].items() for value in values])
+    headers = httpx.Headers(_recorded_headers(recorded))
     message = recorded["status"].get("message")
     body = recorded["body"]["string"] or b""
     extensions = {
@@ -210,23 +209,32 @@ def _prepared(interaction: Interaction, latency_ms: float) -> PreparedReply:
         REPLAYED_EXTENSION: True,
         RECORDED_LATENCY_EXTENSION: latency_ms,
         REPLY_MEMO_EXTENSION: {},
-        **({"reason_phrase": message.encode("ascii", "replace")} if message else {}),
+        **({"reason_phrase": message.encode()} if message else {}),
     }
     return recorded["status"]["code"], headers, body.encode() if isinstance(body, str) else body, extensions
+
+
+def _recorded_headers(recorded: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """A recorded answer's headers as bytes: httpx takes text headers as ASCII only, and a masked name or value
+    (`x-tok-••••••••`) is not; as UTF-8 they read back as they were recorded."""
+    return [
+        (str(name).encode(), str(value).encode()) for name, values in recorded["headers"].items() for value in values
+    ]
 
 
 def redacted_interaction(
     request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float, redactor: Redactor
 ) -> Interaction:
     # A body that is not UTF-8 keeps every byte but the secrets' (see Redactor.redact_bytes).
-    response_headers = [(k, _mask_header(k, v, redactor)) for k, v in response.headers.multi_items()]
+    renames = renames_of(response.headers, redactor)
+    response_headers = [(renames.get(k, k), _mask_header(k, v, redactor)) for k, v in response.headers.multi_items()]
     return make_interaction(
         request.method,
         request.uri,
         request.body,
         request.headers,
         response.status_code,
-        response.reason_phrase,
+        masked_reason(response, redactor),
         response_headers,
         redactor.redact_bytes(content),
         {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from proxy.data_dir import make_private_dir, tighten
 from proxy.store import read_cassette_usage
 from proxy.transports.cassette import atomic_write
 
@@ -44,14 +45,15 @@ def merge_usage_file(path: Path, uses: Usage) -> None:
     """Add `uses` to the usage file, keeping each cassette's newest use, under the file's lock."""
     if not uses:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     _ignored_by_git(path.parent)
-    with FileLock(str(path) + ".lock", timeout=60):
+    with FileLock(str(path) + ".lock", timeout=60, mode=0o600):
         merged = read_usage_file(path)
         for cassette, (used_at, used_by) in uses.items():
             if cassette not in merged or merged[cassette][0] <= used_at:  # ISO 8601 UTC sorts as time
                 merged[cassette] = (used_at, used_by)
         atomic_write(path, json.dumps({key: list(value) for key, value in sorted(merged.items())}, indent=1))
+        tighten(path, 0o600)  # it names the project's cassettes and tests: like every file of a data dir
 
 
 def _ignored_by_git(folder: Path) -> None:
