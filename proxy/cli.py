@@ -428,7 +428,7 @@ def check(
 
 @main.group()
 def cassettes() -> None:
-    """List, show, verify cassettes, and check them for drift against the live endpoints.
+    """List, show, verify and import cassettes, and check them for drift against the live endpoints.
 
     Exit status: see each command; 2 on bad usage.
     """
@@ -575,6 +575,85 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     )
     if problems:
         sys.exit(1)
+
+
+@cassettes.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--connection",
+    "connection_name",
+    metavar="NAME",
+    help="The connection the interactions replay on (/forward/NAME/…). Default: for each interaction, the one "
+    "connection whose URL has its origin.",
+)
+@CASSETTES_OPTION
+@CONFIG_OPTION
+@data_dir_option("its connections can be imported for, and the secrets stored there are masked too.")
+def cassettes_import(
+    paths: tuple[Path, ...], connection_name: str | None, cassettes: Path, config_path: Path | None, data_dir: Path
+) -> None:
+    """Import cassettes written by vcrpy or pytest-recording, with their secrets masked, so that the forward
+    route replays them.
+
+    PATHS are cassette files (.yaml, .yml, or .json from vcrpy's JSON serializer), each imported into
+    connections/<connection>.yaml, or folders of per-test cassettes (pytest-recording's <module>/<test>.yaml),
+    each file imported into <module>/<test>/connections/<connection>.yaml, where the pytest plugin replays it.
+    An interaction on another origin than its connection's is skipped. Credential headers, credential-named
+    query values, the secrets the config file and data dir hold, the credentials the cassettes carry (wherever
+    they appear again) and token-shaped values are masked. Compressed answers are stored decoded. Importing a
+    file again adds nothing. What was written is then checked as `proxy cassettes verify` checks it.
+
+    Exit status: 0 when every interaction was imported and the check passed, 1 when a file could not be read, an
+    interaction was skipped or the check found a problem (each is printed), 2 on bad usage (an unknown
+    connection).
+    """
+    from proxy.runtime import known_connection_urls, known_secrets
+    from proxy.transports.importing import Connections, import_cassettes
+    from proxy.transports.inventory import verify_files
+
+    config = read_config(config_path)
+    settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
+    try:
+        redactor = known_secrets(settings, config)
+        urls = known_connection_urls(settings, config)
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    except RuntimeError as exc:  # a key that does not decrypt the stored secrets
+        raise click.ClickException(str(exc)) from None
+    if connection_name is not None:
+        _check_import_connection(connection_name, urls)
+    root = settings.cassettes_dir
+    results = import_cassettes(paths, root, Connections(urls, connection_name), redactor)
+    for result in results:
+        for line in result.lines():
+            click.echo(line)
+    written = sorted({w.path for result in results for w in result.written})
+    entries, problems = verify_files(root, written, redactor)
+    for problem in problems:
+        click.echo(f"PROBLEM  {problem}")
+    total = sum(e.interactions or 0 for e in entries)
+    click.echo(
+        f"checked {counted(len(entries), 'cassette')}, {counted(total, 'interaction')}: "
+        f"{counted(len(problems), 'problem')}"
+    )
+    if problems or not all(result.complete for result in results):
+        sys.exit(1)
+
+
+def _check_import_connection(name: str, urls: dict[str, str]) -> None:
+    from proxy.origins import fixed_origin
+
+    if name not in urls:
+        known = ", ".join(sorted(urls)) or "none"
+        raise click.BadParameter(
+            f"no connection {name!r} in the config file or the data dir (known: {known})", param_hint="--connection"
+        )
+    if fixed_origin(urls[name]) is None:
+        raise click.BadParameter(
+            f"connection {name!r} has no fixed origin (its URL template decides it: {urls[name]}), so the forward "
+            "route cannot replay for it",
+            param_hint="--connection",
+        )
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

@@ -4,6 +4,7 @@ leaves its host process as it found it (collector, logging): that is for `proxy 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ from proxy.connector_input import ConnectorIn, config_connector_secrets
 from proxy.connector_store import CONNECTORS
 from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
-from proxy.entities import stored_secrets
+from proxy.entities import read_live, stored_secrets
 from proxy.errors import ConfigError, InvalidField, ProxyError, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
 from proxy.flows import FlowLog
@@ -214,3 +215,22 @@ def known_secrets(settings: Settings, config: Config) -> Redactor:
     finally:
         store.close()
     return redactor
+
+
+def known_connection_urls(settings: Settings, config: Config) -> dict[str, str]:
+    """Each connection's URL template by name, as a server with these settings would hold them, without starting
+    one (`proxy cassettes import`): the data dir's stored connections, and the config file's over them (start-up
+    writes those by name). A data dir without a database is left alone."""
+    urls: dict[str, str] = {}
+    data_dir = settings.data_dir
+    if (data_dir / DB_FILE_NAME).exists():
+        if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
+            raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
+        store = Store(data_dir, load_vault(data_dir))
+        try:
+            rows, _ = store.call(read_live, store, CONNECTIONS)
+        finally:
+            store.close()
+        urls.update((str(row["name"]), str(json.loads(row["data"]).get("url") or "")) for row in rows)
+    urls.update((str(data.get("name")), str(data.get("url") or "")) for data in config.connections)
+    return urls

@@ -57,6 +57,10 @@ MAX_REASON_PHRASE_CHARS = 200
 CASSETTE_MAX_BYTES = 256 * 1024 * 1024
 CASSETTE_MAX_INTERACTIONS = 1_000_000
 
+# `proxy cassettes import`: a cassette file from outside larger than this is refused before it is read. A test's
+# recording is kilobytes; parsing costs ~20 KB of memory an interaction (YAML) or ~10x the file (JSON).
+DEFAULT_IMPORT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
 # JSON bounds. A request body over either answers 400; an upstream reply over either fails its call.
 # The digit limit is Python's own for converting integers (sys.int_max_str_digits).
 JSON_MAX_DEPTH = 500

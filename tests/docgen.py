@@ -257,6 +257,7 @@ LIMITS = {
     "MAX_FAULT_DELAY_MS": "largest `delay_ms` of a fault rule",
     "MAX_API_BODY_BYTES": "largest request body the API takes (413 beyond)",
     "MAX_UPSTREAM_BODY_BYTES": "largest upstream reply body; a larger one fails the call and is never recorded",
+    "DEFAULT_IMPORT_MAX_FILE_BYTES": "largest cassette file `proxy cassettes import` reads (refused beyond)",
     "ERROR_BODY_PREVIEW_CHARS": "characters of an upstream body quoted in an error message",
     "MAX_REASON_PHRASE_CHARS": "longest upstream reason phrase kept, in errors and cassettes (printable characters "
     "only, secrets masked before the cut)",

@@ -92,9 +92,16 @@ def verify(root: Path, redactor: Redactor, cache: ParseCache | None = None) -> t
     secrets in any encoding it knows, nothing shaped like a well-known token; and every entry of `cache` (the
     data dir's copies of cassettes, whichever folder they came from) holds none either. Returns (entries,
     problems)."""
+    return verify_files(root, cassette_files(root), redactor, cache)
+
+
+def verify_files(
+    root: Path, paths: list[Path], redactor: Redactor, cache: ParseCache | None = None
+) -> tuple[list[Entry], list[str]]:
+    """`verify` of the cassettes at `paths` under `root` (what `proxy cassettes import` wrote)."""
     problems: list[str] = []
     entries = []
-    for path in cassette_files(root):
+    for path in paths:
         name = name_of(root, path)
         try:
             interactions = load_interactions(path)
