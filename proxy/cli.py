@@ -552,7 +552,8 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     """Check that every cassette parses, loads in vcrpy and holds no secret (status lines and header names
     included), and that the data dir's parse cache holds none either.
 
-    Exit status: 0 when every cassette passed, 1 on any problem (each is printed).
+    Exit status: 0 when every cassette passed, 1 on any problem (each is printed), 2 when there is no cassettes
+    folder (run from the wrong folder, a CI step would otherwise pass having checked nothing).
     """
     from proxy.runtime import known_secrets
     from proxy.transports.cassette import ParseCache
@@ -560,6 +561,9 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
 
     config = read_config(config_path)
     settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
+    if not settings.cassettes_dir.is_dir():
+        click.echo(f"proxy: no cassettes folder at {settings.cassettes_dir.absolute()}: nothing verified", err=True)
+        sys.exit(2)
     try:
         redactor = known_secrets(settings, config)
     except ConfigError as exc:

@@ -156,7 +156,7 @@ class Engine:
         result = CallResult()
         headers = {**client_headers}
         plan = target.header_plan(self.send_traceparent and target.traceparent)
-        added = plan.build(session_id=None, inference_id=new_call_id(), trace_id=new_trace_id())
+        added = plan.build(session_id=None, inference_id=new_call_id(), trace_id=new_trace_id()) if target.adds else {}
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)

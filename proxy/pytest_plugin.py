@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -448,7 +449,7 @@ def _check_unplayed(item: pytest.Item, state: _PluginState) -> None:
     counts = "; ".join(f"{unplayed} of {total} in {name}" for name, unplayed, total in left)
     message = (
         f"proxy: {item.nodeid} did not play every recording of its cassettes ({counts}): they record calls it no "
-        f"longer makes; re-record it with --proxy-record-mode all -k {item.name}"
+        f"longer makes; re-record it with: pytest --proxy-record-mode all {shlex.quote(item.nodeid)}"
     )
     if _flag(item.config, "--proxy-strict-replay", "proxy_strict_replay"):
         pytest.fail(f"{message} (failed by --proxy-strict-replay)", pytrace=False)
@@ -525,6 +526,9 @@ def _miss_report(state: _PluginState, misses: list[str]) -> str:
     mode = state.mode or (server.record_mode if server else "?")
     lines = [f"proxy: {len(misses)} replay {'miss' if len(misses) == 1 else 'misses'} (record mode {mode}):"]
     lines += [f"  {message}" for message in misses]
-    fix = "new_episodes" if mode == RecordMode.ONCE.value else "once"
-    lines.append(f'record them with --proxy-record-mode {fix}, or mark the test @pytest.mark.{MARKER}("{fix}")')
+    # new_episodes records what is missing whether the test's cassette exists or not; `once` would not add to one.
+    lines.append(
+        f"record them with --proxy-record-mode new_episodes (all: record the test afresh), or mark the test "
+        f'@pytest.mark.{MARKER}("new_episodes")'
+    )
     return "\n".join(lines)

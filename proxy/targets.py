@@ -40,6 +40,7 @@ class ForwardTarget:
     traceparent: bool = True
     # Credentials of the URL's query string, (name, value): what a drift check puts back in a recorded URL.
     query_credentials: tuple[tuple[str, str], ...] = ()
+    adds: bool = True  # its headers and Galtea's per-call ones (False: the request goes up exactly as sent)
     _plans: dict[bool, HeaderPlan] = field(default_factory=dict, compare=False, repr=False)
 
     def header_plan(self, send_traceparent: bool) -> HeaderPlan:

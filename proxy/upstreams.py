@@ -68,7 +68,7 @@ def forward_upstream(name: str, url: str, http_allowed: bool) -> ForwardUpstream
         raise InvalidField(field, f"{url!r}: a base URL has no query or fragment")
     check_url(url, http_allowed or is_loopback_host(origin.host))
     subject = CallSubject(f"upstream:{name}", name, "CLIENT", "FORWARD")
-    return ForwardUpstream(name, url, origin, ForwardTarget(f"upstream:{name}", subject, traceparent=False))
+    return ForwardUpstream(name, url, origin, ForwardTarget(f"upstream:{name}", subject, traceparent=False, adds=False))
 
 
 class ClientSecrets:

@@ -176,3 +176,10 @@ def test_run_draws_a_progress_bar_on_a_terminal(tmp_path: Path, upstream_url: st
     assert done.returncode == 0
     assert b"[" + b"#" * 30 + b"] 3/3 sessions, 0 failed" in terminal  # redrawn in place on the terminal
     assert b"t0: COMPLETED" not in terminal  # the plain per-session lines are for logs only
+
+
+def test_verify_run_where_there_is_no_cassettes_folder_fails_instead_of_passing_on_nothing(tmp_path: Path) -> None:
+    """A CI step run from the wrong folder printed `0 cassettes, 0 interactions, 0 problems` and exited 0."""
+    code, output = invoke("cassettes", "verify", "--cassettes", str(tmp_path / "nowhere"))
+    assert code == 2
+    assert output.strip() == f"proxy: no cassettes folder at {tmp_path / 'nowhere'}: nothing verified"

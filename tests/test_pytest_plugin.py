@@ -383,6 +383,8 @@ def test_zero_config_openai_and_anthropic_apps_record_with_real_keys_and_replay_
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr
         assert "2 passed" in recorded.stdout
     assert [h[":path"] for h in tap.seen] == ["/v1/chat/completions", "/v1/messages"]
+    # Forward-only: the request goes up as the SDK sent it, with none of the Galtea per-call headers.
+    assert not [name for h in tap.seen for name in h if name.startswith("x-galtea") or name == "traceparent"]
     assert tap.seen[0]["authorization"] == f"Bearer {openai_key}"
     assert anthropic_key in (tap.seen[1].get("x-api-key"), tap.seen[1].get("authorization", "").removeprefix("Bearer "))
     written = b"".join(path.read_bytes() for path in (project / "cassettes").rglob("*.yaml"))
