@@ -35,7 +35,7 @@ lint: $(DEV)
 	$(BIN)/mypy
 
 test: system-tools lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --durations=15
 
 # Installs what is missing with apt-get when it can (root on Debian/Ubuntu), else says what to install.
 system-tools:

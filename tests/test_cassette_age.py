@@ -220,3 +220,21 @@ def test_a_committed_orphans_record_never_deletes_outside_the_cassettes_folder(t
     assert not (inside / "chat.yaml").exists()
     for entry in entries[:3]:
         assert f"{entry!r}  refused: not a test folder inside {cassettes}" in result.output
+
+
+def test_prune_leaves_cassettes_another_tool_wrote_alone(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
+    """pytest-recording keeps its cassettes in the same `cassettes/<module>/` folders: without any `proxy` section
+    they were listed as never used, and `--delete` removed a suite's pytest-recording cassettes."""
+    cassettes, data_dir = tmp_path / "cassettes", tmp_path / "data"
+    with running_proxy(tmp_path, chat_config(upstream_url), data_dir=data_dir, cassettes_dir=cassettes) as proxy:
+        with httpx.Client(base_url=proxy.url) as client:
+            assert client.post("/forward/chat/v1/chat", json={"q": 1}).status_code == 200
+    theirs = cassettes / "test_vcr" / "test_stream.yaml"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text(
+        "interactions:\n- request: {body: null, headers: {}, method: GET, uri: 'http://x.test/'}\n"
+        "  response: {body: {string: ok}, headers: {}, status: {code: 200, message: OK}}\nversion: 1\n"
+    )
+    listed = prune(cassettes, data_dir, "--unused-since", "1d", "--delete")
+    assert listed[-1].startswith("0 of 2 cassettes")
+    assert theirs.exists()

@@ -178,6 +178,16 @@ def _secrets_in(interaction: Interaction, redactor: Redactor) -> list[str]:
     return found
 
 
+def written_by_proxy(path: Path) -> bool:
+    """Whether a cassette is one this tool wrote (or imported): its interactions carry the `proxy` section. An
+    unreadable one counts as ours, so it is listed, never silently kept."""
+    try:
+        interactions = load_interactions(path)
+    except ValueError:
+        return True
+    return not interactions or any(interaction.proxy.get("id") for interaction in interactions)
+
+
 @dataclass
 class Unused:
     name: str
@@ -193,6 +203,8 @@ def unused(root: Path, usage: dict[str, tuple[str, str]], since: datetime) -> tu
     for path in files:
         used = usage.get(str(path.resolve()))
         when = parse_time(used[0]) if used else None
+        if (used is None or when is None) and not written_by_proxy(path):
+            continue  # another tool's (pytest-recording keeps its files in the same `cassettes/`): not ours to judge
         if used is None or when is None:
             found.append(Unused(name_of(root, path), path, "never used"))
         elif when < since:
