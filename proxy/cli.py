@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from proxy.api.guard import normalize_host_name, normalize_origin
 from proxy.config import CLIENT_LIMITS, Config, load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, InvalidField
 from proxy.record_mode import RecordMode
 from proxy.runner import DEFAULT_CONCURRENCY
 from proxy.settings import (
@@ -587,8 +587,9 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     "--connection",
     "connection_name",
     metavar="NAME",
-    help="The connection the interactions replay on (/forward/NAME/…). Default: for each interaction, the one "
-    "connection whose URL has its origin.",
+    help="The connection the interactions replay on (/forward/NAME/…), or NAME=URL for a forward-only upstream "
+    "(the pytest plugin's --proxy-upstream). Default: for each interaction, the one connection whose URL has its "
+    "origin.",
 )
 @CASSETTES_OPTION
 @CONFIG_OPTION
@@ -624,6 +625,14 @@ def cassettes_import(
         raise click.ClickException(exc.message) from None
     except RuntimeError as exc:  # a key that does not decrypt the stored secrets
         raise click.ClickException(str(exc)) from None
+    if connection_name is not None and "=" in connection_name:  # a forward-only upstream, as the pytest plugin's
+        from proxy.upstreams import parse_assignment
+
+        try:
+            name, url = parse_assignment(connection_name, "--connection")
+        except InvalidField as exc:
+            raise click.BadParameter(exc.message, param_hint="--connection") from None
+        connection_name, urls[name] = name, url
     if connection_name is not None:
         _check_import_connection(connection_name, urls)
     root = settings.cassettes_dir
@@ -666,7 +675,6 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
         return None
     from datetime import UTC, datetime, timedelta
 
-    from proxy.errors import InvalidField
     from proxy.expiry import parse_max_age, parse_time
 
     when = parse_time(value)

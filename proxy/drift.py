@@ -26,6 +26,7 @@ import httpx
 
 from proxy import jsonbounds
 from proxy.auth import build_headers, new_trace_id
+from proxy.cassette_names import file_name
 from proxy.engine import CallContext, build_request
 from proxy.origins import Origin, describe, fixed_origin, url_origin
 from proxy.request_building import parsed_url
@@ -33,7 +34,7 @@ from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.targets import ForwardTarget
 from proxy.transports import BodyTooLarge, read_capped
-from proxy.transports.cassette import Interaction, file_name, identity, load_interactions, update_cassette
+from proxy.transports.cassette import Interaction, identity, load_interactions, update_cassette
 from proxy.transports.inventory import name_of
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction

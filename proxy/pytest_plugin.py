@@ -192,10 +192,12 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 def _assignments(config: pytest.Config, option: str, ini: str) -> list[tuple[str, str]]:
     """`NAME=VALUE` pairs from a repeatable option and its ini list; a malformed one stops the run."""
+    given = [*config.getini(ini), *(config.getoption(option) or [])]
+    if not given:
+        return []
     from proxy.errors import InvalidField
     from proxy.upstreams import parse_assignment
 
-    given = [*config.getini(ini), *(config.getoption(option) or [])]
     try:
         return [parse_assignment(str(text), option.removeprefix("--")) for text in given if str(text).strip()]
     except InvalidField as exc:
@@ -366,7 +368,7 @@ def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
 def _test_scope(item: pytest.Item) -> str:
     """The test's cassette folder: `<module path>/<test name>` (pytest-recording's layout), or the folder named by
     `@pytest.mark.proxy_cassette("name")`, shared on purpose. Each part is made file-safe as cassette names are."""
-    from proxy.transports.cassette import file_name
+    from proxy.cassette_names import file_name
 
     marker = item.get_closest_marker(CASSETTE_MARKER)
     if marker is not None:
@@ -475,7 +477,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def _module_scope(item: pytest.Item) -> str:
-    from proxy.transports.cassette import file_name
+    from proxy.cassette_names import file_name
 
     module = item.nodeid.partition("::")[0].removesuffix(".py")
     return "/".join(file_name(part) for part in module.split("/") if part not in ("", ".", ".."))
@@ -496,11 +498,13 @@ def _note_orphans(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash[_STATE]
+    if hasattr(config, "workerinput") or not (state.served or _is_xdist_controller(config)):
+        return
+    if not (_lasting_dir(config) / "cassette-orphans.json").exists():  # a suite that never ran the server
+        return
     from proxy.pytest_cassettes import orphans_of
 
-    state = config.stash[_STATE]
-    if hasattr(config, "workerinput") or not (state.collected or _is_xdist_controller(config)):
-        return
     found = orphans_of(_lasting_dir(config), _cassettes_dir(config)) or []
     if found:
         terminalreporter.write_sep("=", "proxy: orphaned cassettes", yellow=True)

@@ -22,9 +22,9 @@ from starlette.middleware.gzip import GZipMiddleware
 from vcr.serialize import serialize
 from vcr.serializers import yamlserializer
 
+from proxy.cassette_names import file_name
 from proxy.config import load_config
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
-from proxy.transports.cassette import file_name
 from tests.conftest import TEST_TOKEN, NoNetwork, chat_connection, running_proxy
 from tests.encodings import revealed
 from tests.helpers import invoke, post
@@ -514,3 +514,23 @@ def test_a_connection_and_its_secret_stored_in_the_data_dir_are_what_an_import_w
         ],
     )
     assert_holds_no_secret(cassettes / "connections" / "stored-chat.yaml", TEST_TOKEN)
+
+
+def test_a_zero_config_suite_imports_for_a_forward_only_upstream_named_with_its_url(tmp_path: Path) -> None:
+    """A suite that runs with `--proxy-upstream openai=…` has no config file naming `openai`: `--connection
+    NAME=URL` imports for such an upstream, and a bad one is refused naming the option."""
+    base = "http://127.0.0.1:9"
+    request = vcr.request.Request("POST", f"{base}/v1/chat/completions", b'{"model": "m"}', {})
+    answer = {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": b'{"ok": true}'}}
+    recorded = tmp_path / "chat.yaml"
+    recorded.write_text(serialize({"requests": [request], "responses": [answer]}, yamlserializer))
+    cassettes = tmp_path / "cassettes"
+    where = ["--cassettes", str(cassettes), "--data-dir", str(tmp_path / "data")]
+    code, output = invoke("cassettes", "import", str(recorded), "--connection", f"openai={base}/v1", *where)
+    assert code == 0, output
+    assert (
+        output.splitlines()[0] == f"imported {recorded} → connections/openai (1 interaction, 1 added; no secret found)"
+    )
+    assert (cassettes / "connections" / "openai.yaml").exists()
+    code, output = invoke("cassettes", "import", str(recorded), "--connection", "openai=", *where)
+    assert code == 2 and "--connection" in output and "is not NAME=VALUE" in output

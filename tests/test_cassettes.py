@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.cassette_names import file_name
 from proxy.record_mode import RecordMode
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
-from proxy.transports.cassette import TEMP_MARKER, Cassette, file_name, load_interactions, make_interaction
+from proxy.transports.cassette import TEMP_MARKER, Cassette, load_interactions, make_interaction
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
 

@@ -39,12 +39,12 @@ from vcr.serializers import yamlserializer
 
 from proxy import jsonbounds
 from proxy.auth import is_secret_header, secret_header_parts
+from proxy.cassette_names import file_name
 from proxy.origins import Origin, fixed_origin, url_origin
 from proxy.redaction import Redactor
 from proxy.settings import DEFAULT_IMPORT_MAX_FILE_BYTES, MASK, MAX_UPSTREAM_BODY_BYTES, MIN_SECRET_LEN
 from proxy.transports.cassette import (
     Interaction,
-    file_name,
     identities,
     identity,
     load_interactions,

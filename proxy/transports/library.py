@@ -11,7 +11,7 @@ running server is using could undo its flushes).
 Layout under the cassettes folder: `sessions/<session key>.yaml` (test case id, else customId, else
 connection name), `connections/<connection name>.yaml` (testConnection and the forward route),
 `connectors/<connector name>.yaml`; a key that is not lower-case and file-safe is named by
-`cassette.file_name` (safe form plus a hash of the key), so distinct keys never share a file.
+`cassette_names.file_name` (safe form plus a hash of the key), so distinct keys never share a file.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+from proxy.cassette_names import file_name
 from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
 from proxy.settings import USAGE_REFRESH_S
@@ -38,7 +39,6 @@ from proxy.transports.cassette import (
     Cassette,
     Interaction,
     ParseCache,
-    file_name,
     identities,
     identity,
     load_interactions,
