@@ -60,8 +60,12 @@ fuzz: $(DEV)
 	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/test_fuzz_api.py -s
 
 # The load benchmark compares against mitmproxy (its own venv: its pins would fight ours) driven by wrk.
+# The suite benchmark runs pytest-recording and cassetter beside the plugin in a venv of their own: both claim
+# --record-mode, so installed together they stop every pytest run that does not turn one off (-p no:...).
 bench: $(DEV)
 	test -x .venv-mitm/bin/mitmdump || ($(PYTHON) -m venv .venv-mitm && .venv-mitm/bin/pip install -q mitmproxy)
+	test -x .venv-suite/bin/pytest || ($(PYTHON) -m venv .venv-suite && .venv-suite/bin/pip install -q -e . \
+		pytest pytest-xdist pytest-recording==0.15.0 cassetter==0.16.1)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m tests.bench
 

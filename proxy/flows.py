@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from proxy.settings import (
     FLOW_BATCH_ROWS,
     FLOW_EVENTS_QUEUE,
     FLOWS_PAGE_SIZE,
+    OFF_LOOP_REPLY_BYTES,
 )
 from proxy.store import Store
 from proxy.targets import CallSubject
@@ -180,8 +182,16 @@ class FlowLog:
             "connection_id": conn.id,
             "session_id": label.session_id,
             "error": redact(result.error) if result.error else None,
-            "data": redact(json.dumps(data, ensure_ascii=False, default=str)),
+            "data": self._masked_data(json.dumps(data, ensure_ascii=False, default=str)),
         }
+
+    def _masked_data(self, text: str) -> str | Callable[[], str]:
+        """The row's data masked now, or, when large, how to mask it later in a worker thread with the secrets
+        known now (masking escape-dense text costs up to about a second a megabyte: never on the event loop)."""
+        if len(text) <= OFF_LOOP_REPLY_BYTES:
+            return self.redactor.redact(text)
+        redact = self.redactor.frozen()
+        return lambda: redact(text)
 
     def _flush(self) -> None:
         """Hand the queue to the writer as one batch."""
@@ -201,6 +211,8 @@ class FlowLog:
 
     async def _save(self, rows: list[dict[str, Any]]) -> None:
         try:
+            if any(callable(row["data"]) for row in rows):
+                await asyncio.to_thread(_mask_pending, rows)
             ids = await self.store.write(self._insert, rows)
         except Exception as exc:  # the log is for looking at: a failed write never fails a call
             log.error("%d flows could not be written: %s", len(rows), self.redactor.redact(repr(exc)))
@@ -300,3 +312,9 @@ class FlowLog:
             lambda: [r[0] for r in self.store.db.conn.execute("SELECT DISTINCT connection FROM flows ORDER BY 1")]
         )
         return [r for r in rows if r]
+
+
+def _mask_pending(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        if callable(row["data"]):
+            row["data"] = row["data"]()

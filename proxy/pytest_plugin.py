@@ -33,6 +33,7 @@ from proxy.record_mode import RECORD_MODE_HEADER, RecordMode
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
+    from proxy.transports.cassette import ParseCache
 
 MARKER = "proxy_record_mode"
 CASSETTE_MARKER = "proxy_cassette"
@@ -310,6 +311,8 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     except InvalidField as exc:
         raise pytest.UsageError(f"proxy_server: {exc.message}") from None
     runtime.library.miss_listeners.append(state.missed)
+    if data_dir == temporary:  # parsed cassettes outlive the session: the next run skips parsing their YAML
+        runtime.library.cache = _lasting_cache(config)
     sock = listen("127.0.0.1", 0)
     app = _TestScope(create_app(runtime), state, runtime)
     # The same protocol and limits as `proxy serve`; log_config=None: the test process's logging is the user's.
@@ -329,6 +332,19 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
         thread.join(timeout=SERVER_START_TIMEOUT_S)
         sock.close()
         _keep_usage(config, data_dir)
+
+
+def _lasting_cache(config: pytest.Config) -> ParseCache:
+    """The parse cache in the lasting folder (its entries are signed with the user's key, so one that folder
+    brought along is never trusted)."""
+    from proxy.data_dir import make_private_dir
+    from proxy.transports.cassette import ParseCache
+    from proxy.transports.usage import ignored_by_git
+
+    lasting = _lasting_dir(config)
+    make_private_dir(lasting)
+    ignored_by_git(lasting)
+    return ParseCache.in_data_dir(lasting)
 
 
 def _lasting_dir(config: pytest.Config) -> Path:

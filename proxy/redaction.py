@@ -431,16 +431,12 @@ class Redactor:
     # -- masking ---------------------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        masks = self._masks
-        if masks is None or len(text) < MIN_SECRET_LEN:  # every form of a secret is at least as long as it
-            return text
-        # Every span is found in the text as it came, so one that cuts an escape of a nested document is widened
-        # to it in that document's view before the text changes under it.
-        spans = masks.spans(text)
-        found = bool(spans)
-        for decoding, depth in ((JSON_TEXT, JSON_VIEW_DEPTH), (PERCENT_TEXT, 1)):
-            spans += masks.decoded_spans(text, decoding, masks.spans, depth, found)
-        return _masked(text, _whole_escapes(text, spans), MASK) if spans else text
+        return _redacted(self._masks, text)
+
+    def frozen(self) -> Callable[[str], str]:
+        """`redact` with the secrets known now, for a text masked later, in another thread (a call's throwaway
+        secrets are forgotten when it ends)."""
+        return functools.partial(_redacted, self._masks)
 
     def redact_bytes(self, body: bytes) -> bytes:
         """A body masked as text when it is UTF-8, else byte for byte; nothing else in it changes."""
@@ -470,6 +466,18 @@ class Redactor:
         if isinstance(value, bytes):
             return self.redact_bytes(value) != value
         return self.redact(value) != value
+
+
+def _redacted(masks: _Masks | None, text: str) -> str:
+    if masks is None or len(text) < MIN_SECRET_LEN:  # every form of a secret is at least as long as it
+        return text
+    # Every span is found in the text as it came, so one that cuts an escape of a nested document is widened
+    # to it in that document's view before the text changes under it.
+    spans = masks.spans(text)
+    found = bool(spans)
+    for decoding, depth in ((JSON_TEXT, JSON_VIEW_DEPTH), (PERCENT_TEXT, 1)):
+        spans += masks.decoded_spans(text, decoding, masks.spans, depth, found)
+    return _masked(text, _whole_escapes(text, spans), MASK) if spans else text
 
 
 def _longest_echo(secret: str) -> int:

@@ -444,3 +444,23 @@ def test_the_inspector_preview_of_a_cubic_mapping_stops_with_the_budget_error(
     assert preview.status_code == 200
     expected = f"output mapping &#39;output&#39; stopped: the JSONPath {CUBIC} {STOPPED_BY_BUDGET}"
     assert expected in preview.text, preview.text
+
+
+def test_recording_an_escape_dense_reply_masks_it_without_stalling_healthz(
+    api: httpx.Client, upstream: Upstream, upstream_url: str
+) -> None:
+    """The attack: an upstream answers 2.6 MB made of doubled `\\\\u0074`-style escapes of characters the
+    connection's token holds, the costliest text to mask (about a second a megabyte). Recording it masked the
+    whole body on the event loop, holding `/healthz` for seconds; large bodies are masked in a worker thread."""
+    token = "tok-Nested-Sup3rSecret-4242"
+    body = '{"x": "' + "\\\\u0074\\\\u006f\\\\u006b-" * 120_000 + '"}'
+    assert 2_500_000 < len(body) < 3_000_000
+    upstream.script("/dense", Reply(text=body, headers={"content-type": "application/json"}))
+    fields = {"name": "dense", "url": f"{upstream_url}/dense", "authToken": token}
+    post(api, "/endpointConnections", connection(upstream_url, **fields))
+    with healthz_polls(str(api.base_url)) as polls:
+        started = time.perf_counter()
+        answered = api.post("/forward/dense/dense", json={})
+        took = time.perf_counter() - started
+    assert answered.status_code == 200 and answered.headers["x-proxy-cassette"] == "recorded"
+    assert max(polls) < 0.5, f"slowest /healthz {max(polls):.2f}s while the call took {took:.1f}s"

@@ -220,6 +220,9 @@ def test_cassette_use_outlives_the_test_session_so_prune_is_right_afterwards(pro
     assert not stale.exists()
     assert all(path.exists() for path in used)
     assert (project / ".proxy" / ".gitignore").read_text().splitlines()[-1] == "*"
+    # The parsed cassettes outlive the sessions too (signed, in a private folder): the next run skips their YAML.
+    cache = project / ".proxy" / "cassette-cache"
+    assert len(list(cache.glob("*.json"))) >= 3 and cache.stat().st_mode & 0o077 == 0
 
 
 COUNTER_TESTS = """

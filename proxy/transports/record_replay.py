@@ -17,7 +17,7 @@ import httpx
 from proxy.auth import is_secret_header
 from proxy.head_masking import masked_reason, renames_of
 from proxy.redaction import Redactor
-from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.transports import (
     CASSETTE_EXTENSION,
     OUTCOME_EXTENSION,
@@ -79,15 +79,17 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         # A rate-limit wait before sending is not the upstream's latency: a replay must not repeat it.
         latency_ms = (time.perf_counter() - started) * 1000 - waited_ms(request)
-        interaction = redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
+        interaction = await _redacted(recorded_request, response, content, latency_ms, self.redactor)
         await self.library.record(handle, cassette, interaction)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in WIRE_HEADERS]
         extensions = {
             **response.extensions,
             OUTCOME_EXTENSION: "recorded",
             RECORDED_LATENCY_EXTENSION: interaction.proxy["latency_ms"],  # what a replay will report
+            REDACTED_EXTENSION: True,  # the body handed on is the recorded one, masked already: not masked twice
         }
-        return httpx.Response(response.status_code, headers=headers, content=content, extensions=extensions)
+        masked = interaction.response["body"]["string"]
+        return httpx.Response(response.status_code, headers=headers, content=masked, extensions=extensions)
 
     def _recording(
         self,
@@ -103,7 +105,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         async def record(content: bytes, timing: StreamTiming) -> None:
             # The whole body is masked at once, so a secret split across two chunks is masked too.
             latency_ms = (timing.latency_ms or 0.0) - waited_ms(request)
-            interaction = redacted_interaction(recorded_request, response, content, latency_ms, self.redactor)
+            interaction = await _redacted(recorded_request, response, content, latency_ms, self.redactor)
             interaction.proxy["stream"] = timing.to_cassette()
             await self.library.record(handle, cassette, interaction)
             timing.latency_ms = interaction.proxy["latency_ms"]  # what a replay will report
@@ -220,6 +222,16 @@ def _recorded_headers(recorded: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return [
         (str(name).encode(), str(value).encode()) for name, values in recorded["headers"].items() for value in values
     ]
+
+
+async def _redacted(
+    request: RecordedRequest, response: httpx.Response, content: bytes, latency_ms: float, redactor: Redactor
+) -> Interaction:
+    """`redacted_interaction`, in a worker thread for a large body: masking every encoded form of every secret
+    costs up to about a second a megabyte of escape-dense text, which must not hold up the event loop."""
+    if len(content) > OFF_LOOP_REPLY_BYTES:
+        return await asyncio.to_thread(redacted_interaction, request, response, content, latency_ms, redactor)
+    return redacted_interaction(request, response, content, latency_ms, redactor)
 
 
 def redacted_interaction(

@@ -46,7 +46,7 @@ def merge_usage_file(path: Path, uses: Usage) -> None:
     if not uses:
         return
     make_private_dir(path.parent)
-    _ignored_by_git(path.parent)
+    ignored_by_git(path.parent)
     with FileLock(str(path) + ".lock", timeout=60, mode=0o600):
         merged = read_usage_file(path)
         for cassette, (used_at, used_by) in uses.items():
@@ -56,7 +56,7 @@ def merge_usage_file(path: Path, uses: Usage) -> None:
         tighten(path, 0o600)  # it names the project's cassettes and tests: like every file of a data dir
 
 
-def _ignored_by_git(folder: Path) -> None:
+def ignored_by_git(folder: Path) -> None:
     """A folder we create in a user's project keeps itself out of git, as `.pytest_cache` does."""
     ignore = folder / ".gitignore"
     if not ignore.exists():

@@ -9,11 +9,21 @@ from tests.bench import (
     bench_run,
     bench_store,
     bench_stream,
+    bench_suite,
     bench_test_connection,
     bench_turn,
 )
 
-BENCHES = (bench_engine, bench_test_connection, bench_replay, bench_run, bench_turn, bench_load, bench_stream)
+BENCHES = (
+    bench_engine,
+    bench_test_connection,
+    bench_replay,
+    bench_run,
+    bench_turn,
+    bench_load,
+    bench_stream,
+    bench_suite,
+)
 for bench in (*BENCHES, bench_store):
     print("\n".join(bench.run()), flush=True)
     print(flush=True)

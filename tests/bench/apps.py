@@ -86,3 +86,7 @@ def _streams() -> Starlette:
 
 
 streams = _streams()
+
+
+# The generated test suite's upstream (bench_suite): a JSON route and a streamed one.
+suite = Starlette(routes=[*upstream.routes, *streams.routes])
