@@ -79,7 +79,7 @@ class SessionCreate(RequestModel):
     version_id: Text = None
     product_id: Text = Field(default=None, description="instead of versionId: that product's latest version")
     custom_id: Text = None
-    test_case_id: Text = Field(default=None, description="required when isProduction is false")
+    test_case_id: Text = Field(default=None, description="refused when isProduction is true")
     test_id: Text = None
     dataset_id: Text = Field(default=None, description="alias of testId")
     run_id: Text = Field(default=None, description="refused on a production session")

@@ -35,6 +35,7 @@ def test_sdk_session_without_test_case_is_production_as_the_sdk_documents(
         ({"testCaseId": "tc-3", "isProduction": None}, False),
         ({"isProduction": True}, True),
         ({"testCaseId": "tc-4", "isProduction": False}, False),
+        ({"customId": "imported-1", "isProduction": False}, False),
     ]
     for body, is_production in derived:
         assert post(api, "/sessions", {"versionId": version, **body})["isProduction"] is is_production, body
@@ -87,7 +88,13 @@ def test_sdk_public_calls_with_default_arguments(galtea: Galtea, upstream: Upstr
     assert (by_product.version_id, by_product.is_production) == (version.id, True)
     assert galtea.sessions.get(session.id).version_id == version.id
     assert galtea.sessions.update(session.id, metadata={"tier": "gold"}).metadata == {"tier": "gold"}
-    assert {s.id for s in galtea.sessions.list(version_id=version.id)} == {session.id, by_product.id}
+    # get_or_create sends isProduction: false by default, with a custom id and no test case.
+    per_user = galtea.sessions.get_or_create(custom_id="user-1", version_id=version.id)
+    assert (per_user.custom_id, per_user.is_production, per_user.test_case_id) == ("user-1", False, None)
+    assert galtea.sessions.get_or_create(custom_id="user-1", version_id=version.id).id == per_user.id
+    assert galtea.sessions.get_by_custom_id("user-1", version_id=version.id).id == per_user.id
+    listed = {s.id for s in galtea.sessions.list(version_id=version.id)}
+    assert listed == {session.id, by_product.id, per_user.id}
 
     # Inference results (the SDK's traces, and their deprecated old name).
     trace = galtea.traces.create(session_id=session.id, input="hi", output="hello")
@@ -102,6 +109,6 @@ def test_sdk_public_calls_with_default_arguments(galtea: Galtea, upstream: Upstr
     finished = galtea.sessions.finish(session.id)
     assert finished.status.value == "COMPLETED"
     galtea.sessions.delete(by_product.id)
-    assert [s.id for s in galtea.sessions.list(version_id=version.id)] == [session.id]
+    assert {s.id for s in galtea.sessions.list(version_id=version.id)} == {session.id, per_user.id}
     galtea.endpoint_connections.delete(conn.id)
     assert galtea.endpoint_connections.list() == []
