@@ -79,11 +79,13 @@ class SessionCreate(RequestModel):
     version_id: Text = None
     product_id: Text = Field(default=None, description="instead of versionId: that product's latest version")
     custom_id: Text = None
-    test_case_id: Text = Field(default=None, description="required unless isProduction is true")
+    test_case_id: Text = Field(default=None, description="refused when isProduction is true")
     test_id: Text = None
     dataset_id: Text = Field(default=None, description="alias of testId")
     run_id: Text = Field(default=None, description="refused on a production session")
-    is_production: StrictBool | None = Field(default=None, description="default false")
+    is_production: StrictBool | None = Field(
+        default=None, description="absent or null: true without a testCaseId, false with one"
+    )
     context: str | dict[str, Any] | None = Field(
         default=None, description='refused with testCaseId; plain text is stored as {"value": "<text>"}'
     )

@@ -60,10 +60,6 @@ def test_production_rules_through_the_sdk(
     galtea: Galtea, api: httpx.Client, upstream: Upstream, upstream_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     version = chat_version(api, upstream_url)
-    # isProduction defaults to false, and a non-production session runs a test case.
-    with pytest.raises(requests.HTTPError):
-        galtea.sessions.create(version_id=version)
-    assert "testCaseId (test_case_id): is required on a non-production session" in capsys.readouterr().out
     with pytest.raises(requests.HTTPError):
         galtea.sessions.create(version_id=version, test_case_id="tc-1", is_production=True)
     assert "testCaseId (test_case_id): is refused on a production session" in capsys.readouterr().out

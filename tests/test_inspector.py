@@ -113,6 +113,34 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         browser.close()
 
 
+def test_connection_page_shows_booleans_as_json_in_a_real_browser(
+    proxy_server: RunningProxy, upstream_url: str
+) -> None:
+    """A connection's booleans read on its page as the API sends them (`true`/`false`), not as Python's
+    `True`/`False`, which match nothing a user can paste back into the API."""
+    from playwright.sync_api import sync_playwright
+
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn = post(client, "/endpointConnections", chat_connection(upstream_url, retryEnabled=True, traceparent=False))
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page()
+        page.goto(f"{proxy_server.url}/inspector/connections/{conn['id']}")
+        cells = {
+            row.locator(":scope > th").inner_text(): row.locator(":scope > td").inner_text()
+            for row in page.locator("#fields > tbody > tr").all()
+        }
+        browser.close()
+    shown = {k: cells[k] for k in ("retryEnabled", "traceparent", "acknowledgedInsecureHttp", "hasAuthToken")}
+    assert shown == {
+        "retryEnabled": "true",
+        "traceparent": "false",
+        "acknowledgedInsecureHttp": "true",
+        "hasAuthToken": "true",
+    }
+    assert not {"True", "False"} & set(cells.values()), cells
+
+
 def test_login_in_a_real_browser(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
     """With --api-key: the login form, its cookie (out of the page's reach), then the test form works."""
     from playwright.sync_api import sync_playwright

@@ -47,7 +47,14 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-templates = Environment(loader=PackageLoader("proxy", "templates"), autoescape=select_autoescape(["html"]))
+def _as_json_scalar(value: Any) -> Any:
+    """A boolean printed on a page reads as the API's JSON (`true`), not as Python's `True`."""
+    return json.dumps(value) if isinstance(value, bool) else value
+
+
+templates = Environment(
+    loader=PackageLoader("proxy", "templates"), autoescape=select_autoescape(["html"]), finalize=_as_json_scalar
+)
 templates.globals.update(pretty=_pretty, short=_short)
 
 

@@ -12,19 +12,17 @@ from proxy.versions import Version, VersionRegistry
 
 
 def new_session(fields: SessionCreate, versions: VersionRegistry) -> Session:
-    """A non-production session (the default) runs a test case, which provides its context; a production one
-    has no test case. A session created COMPLETED or FAILED logs a conversation that ran elsewhere: it takes
-    logged inference results, never turns, and has no lifecycle to run."""
+    """A production session has no test case; a non-production one usually runs one, which provides its
+    context, but need not: the galtea SDK's `get_or_create` sends `isProduction: false` with a custom id alone,
+    and Galtea takes it. Without an explicit `isProduction` (absent or null, as the SDK's `create` sends it by
+    default) the test case decides, as Galtea does: none means production. A session created COMPLETED or
+    FAILED logs a conversation that ran elsewhere: it takes logged inference results, never turns, and has no
+    lifecycle to run."""
     version = version_for(fields, versions)
-    test_case_id, is_production = fields.test_case_id, bool(fields.is_production)
+    test_case_id = fields.test_case_id
+    is_production = fields.is_production if fields.is_production is not None else not test_case_id
     if is_production and test_case_id:
         raise InvalidField("testCaseId", "is refused on a production session (isProduction: true)")
-    if not is_production and not test_case_id:
-        raise InvalidField(
-            "testCaseId",
-            "is required on a non-production session (isProduction defaults to false): give the test case "
-            "the session runs, or isProduction: true",
-        )
     if test_case_id and fields.context is not None:
         raise InvalidField("context", "is refused when testCaseId is set (the test case provides it)")
     if is_production and fields.run_id:
