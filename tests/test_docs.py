@@ -4,6 +4,7 @@ run, and no link leads outside the repository."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +52,27 @@ def test_cli_reference_covers_every_command() -> None:
     for path in docgen.commands():
         assert f"<!-- generated: {' '.join(path)} --help -->" in text
     assert "Usage: proxy serve [OPTIONS]" in text
+
+
+def documented_help(text: str, command: str) -> str:
+    match = re.search(rf"<!-- generated: {command} --help -->\n```text\n(.*?)```\n", text, re.DOTALL)
+    assert match, f"docs/cli.md has no generated block for {command} --help"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("command", ["proxy serve", "proxy cassettes prune"])
+def test_cli_reference_is_what_the_installed_command_prints(command: str) -> None:
+    """The reference shows exactly what `proxy … --help` prints on a terminal (wider than click's 80 columns),
+    `[default: …]` parts included: a help built by hand from the command object skips the group's
+    `show_default` and documents options as having no default."""
+    env = {**os.environ, "COLUMNS": docgen.HELP_COLUMNS}
+    proxy = Path(sys.executable).parent / "proxy"
+    printed = subprocess.run(
+        [str(proxy), *command.split()[1:], "--help"], capture_output=True, text=True, timeout=60, env=env, check=True
+    ).stdout
+    documented = documented_help((DOCS / "cli.md").read_text(encoding="utf-8"), command)
+    assert documented == printed
+    assert "[default: " in documented
 
 
 def documented_routes() -> set[tuple[str, str]]:
