@@ -25,7 +25,10 @@ $(DEV): $(RUNTIME)
 	touch $@
 
 # The bundled demo, replaying the shipped cassettes from a copy in the data dir, so nothing a user tries
-# writes into cassettes/ (`make clean` starts the copy afresh).
+# writes into cassettes/ (`make clean` starts the copy afresh). PROXY_MAKE_RUN: a port in use then says
+# `make run PORT=…`, not --port. Exported, not written before the command: that would put a shell between make
+# and the server, which Ctrl-C kills (make then reports `Interrupt`) while the server shuts down cleanly.
+run: export PROXY_MAKE_RUN = 1
 run: $(RUNTIME)
 	test -d $(DATA_DIR)/cassettes || (mkdir -p $(DATA_DIR) && cp -R cassettes $(DATA_DIR)/cassettes)
 	$(BIN)/proxy serve --config examples/demo.yaml --port $(PORT) --data-dir $(DATA_DIR) --cassettes $(DATA_DIR)/cassettes

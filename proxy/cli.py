@@ -203,7 +203,7 @@ def serve(config_path: Path | None, **flags: Any) -> None:
         sock = listen(settings.host, settings.port)
     except (OSError, OverflowError) as exc:
         runtime.store.close()
-        click.echo(f"proxy: cannot listen on {settings.host}:{settings.port}: {why_not(exc)}", err=True)
+        click.echo(f"proxy: cannot listen on {settings.host}:{settings.port}: {why_not(exc, settings.port)}", err=True)
         sys.exit(2)
 
     def announce() -> None:
@@ -213,7 +213,10 @@ def serve(config_path: Path | None, **flags: Any) -> None:
 
     install_log_redaction(runtime.redactor)  # this process is this server's: every log line is scrubbed
     app = create_app(runtime)
-    AnnouncingServer(server_config(app, settings, log_level="info", access_log=False), announce).run(sockets=[sock])
+    server = AnnouncingServer(server_config(app, settings, log_level="info", access_log=False), announce)
+    server.run(sockets=[sock])
+    if server.stopped_by is not None:  # a clean shutdown, as asked: exit 0 (the help's promise)
+        click.echo(f"proxy stopped ({server.stopped_by.name})")
 
 
 def settle_heap() -> None:

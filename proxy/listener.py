@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import signal
 import socket
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -40,11 +43,19 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def why_not(exc: OSError | OverflowError) -> str:
+# Set by the Makefile's `make run`, whose port is chosen with `make run PORT=…`, not with --port.
+MAKE_RUN_ENV = "PROXY_MAKE_RUN"
+
+
+def why_not(exc: OSError | OverflowError, port: int | None = None) -> str:
+    """Why `listen` failed, in words that say what to do; run from `make run`, a port in use names `make run PORT=`
+    with the next port (the one after, each time it is in use too)."""
     if not isinstance(exc, OSError):
         return str(exc)  # a port outside 0-65535 (from the config file)
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE and port is not None and os.environ.get(MAKE_RUN_ENV):
+        return f"port {port} is in use: run make run PORT={port + 1 if port < 65535 else port - 1}"
     return REASONS.get(exc.errno or 0, exc.strerror or str(exc))
 
 
@@ -54,11 +65,24 @@ def url_of(sock: socket.socket) -> str:
 
 
 class AnnouncingServer(uvicorn.Server):
-    """A uvicorn server that calls `announce` once its start-up is complete and it accepts connections."""
+    """A uvicorn server that calls `announce` once its start-up is complete and it accepts connections, and
+    notes the signal that stopped it in `stopped_by`."""
 
     def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
         super().__init__(config)
         self.announce = announce
+        self.stopped_by: signal.Signals | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's handling (a first signal shuts down gracefully, a second Ctrl-C at once), without noting the
+        signal for uvicorn to raise again once shut down (since 0.29): that ends the process by the signal (exit
+        -15), or for SIGINT as click's `Aborted!` with exit 1, where the server stopped as it was asked to."""
+        if self.stopped_by is None:
+            self.stopped_by = signal.Signals(sig)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -13,9 +13,12 @@ The prose around the blocks is written by hand; so are the short descriptions be
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import io
 import json
+import os
 import re
 import sys
 import types
@@ -39,7 +42,7 @@ from proxy.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-HELP_WIDTH = 100  # fixed, so the output does not depend on the terminal that runs this
+HELP_COLUMNS = "200"  # wider than click's 80-column cap, so the output does not depend on the terminal that runs this
 REGENERATE = "make docs"
 BLOCK = re.compile(r"<!-- generated: (?P<key>[^>]+?) -->\n(?P<body>.*?)<!-- end generated: (?P=key) -->\n", re.DOTALL)
 undescribed: list[str] = []
@@ -92,20 +95,26 @@ def commands(group: click.Group = main, path: tuple[str, ...] = ("proxy",)) -> I
 
 
 def help_text(path: tuple[str, ...]) -> str:
-    """What `proxy … --help` prints, at a fixed width."""
-    ctx = click.Context(main, info_name=path[0], terminal_width=HELP_WIDTH, max_content_width=HELP_WIDTH)
-    command: click.Command = main
-    for name in path[1:]:
-        assert isinstance(command, click.Group)
-        sub = command.get_command(ctx, name)
-        assert sub is not None
-        command = sub
-        ctx = click.Context(command, info_name=name, parent=ctx)
-    return ctx.get_help()
+    """What `proxy … --help` prints on a terminal wider than click's cap of 80 columns (most terminals): the
+    command's own output, through click's entry point, so the group's context settings (`show_default`) count.
+    Not click's CliRunner: it forces a width of 80, two columns wider than a terminal gets."""
+    printed = io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_COLUMNS
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main.main([*path[1:], "--help"], prog_name=path[0], standalone_mode=False)
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    assert code == 0, printed.getvalue()
+    return printed.getvalue()
 
 
 def cli_blocks() -> dict[str, tuple[str, str]]:
-    return {f"{' '.join(path)} --help": (" ".join(path), f"```text\n{help_text(path)}\n```\n") for path in commands()}
+    return {f"{' '.join(path)} --help": (" ".join(path), f"```text\n{help_text(path)}```\n") for path in commands()}
 
 
 # -- the configuration tables ----------------------------------------------------------------------

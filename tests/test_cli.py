@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -227,6 +228,76 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path) 
     assert done.stdout == ""  # no URL: it never listened
     assert done.stderr.splitlines() == [f"proxy: cannot listen on 127.0.0.1:{port}: {why_not(OSError(EADDRINUSE, ''))}"]
     assert "in use" in done.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_stopped_by_ctrl_c_or_sigterm_exits_0_with_one_line(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C at a terminal (SIGINT) and a service manager's SIGTERM are how the server is meant to stop: a clean
+    shutdown, exit 0 as --help promises, not click's `Aborted!` with exit 1 nor death by the signal (-2, -15)
+    because uvicorn raises the signal again once it has shut down."""
+    dirs = ("--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"))
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", "0", *dirs]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("proxy listening on http://127.0.0.1:")
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, err
+    assert out == f"proxy stopped ({stop.name})\n"
+    assert "Aborted" not in err and "Traceback" not in err
+    assert err.splitlines()[-1].endswith(f"Finished server process [{process.pid}]")  # shut down, not killed
+
+
+def make_run(port: int, data_dir: Path, *, stderr: int = subprocess.STDOUT) -> subprocess.Popen[str]:
+    """`make run PORT=port` in this checkout, with this venv (not rebuilt) and the data dir given."""
+    venv = Path(sys.prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXY_", "MAKE", "MFLAGS"))}
+    cmd = ["make", "-o", f"{venv}/.installed-runtime", "run", f"PORT={port}", f"VENV={venv}", f"DATA_DIR={data_dir}"]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+    )
+
+
+def test_make_run_stopped_by_ctrl_c_ends_with_one_line_and_no_make_error(tmp_path: Path) -> None:
+    """Ctrl-C on `make run` at a terminal (SIGINT to make and the server): the server's one line, and no
+    `make: *** [Makefile: run] Error 1` after click's `Aborted!`."""
+    port = free_port()
+    process = make_run(port, tmp_path / "data")
+    try:
+        assert process.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("proxy listening on"):
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)  # make or the server ended before it listened
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert out.splitlines()[-1] == "proxy stopped (SIGINT)", out
+    assert "Error" not in out and "Aborted" not in out, out
+
+
+def test_make_run_on_a_port_in_use_names_make_run_port(tmp_path: Path) -> None:
+    """`make run` when 8787 (here: any port) is taken: the line says what to type, `make run PORT=…`, since
+    the --port the plain command suggests is not how make is told."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = make_run(port, tmp_path / "data", stderr=subprocess.PIPE)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"proxy: cannot listen on 127.0.0.1:{port}: port {port} is in use: run make run PORT={port + 1}" in (
+        err.splitlines()
+    ), err
+    assert "`make run PORT=8788`" in (ROOT / "README.md").read_text(encoding="utf-8")  # where a newcomer reads it
 
 
 def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:

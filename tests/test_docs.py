@@ -4,17 +4,21 @@ run, and no link leads outside the repository."""
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.routing import Route
 
 from proxy.app import all_routes
 from tests import docgen
-from tests.helpers import ROOT
+from tests.conftest import chat_connection
+from tests.helpers import ROOT, post
 
 DOCS = ROOT / "docs"
 ANY_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -53,6 +57,27 @@ def test_cli_reference_covers_every_command() -> None:
     assert "Usage: proxy serve [OPTIONS]" in text
 
 
+def documented_help(text: str, command: str) -> str:
+    match = re.search(rf"<!-- generated: {command} --help -->\n```text\n(.*?)```\n", text, re.DOTALL)
+    assert match, f"docs/cli.md has no generated block for {command} --help"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("command", ["proxy serve", "proxy cassettes prune"])
+def test_cli_reference_is_what_the_installed_command_prints(command: str) -> None:
+    """The reference shows exactly what `proxy … --help` prints on a terminal (wider than click's 80 columns),
+    `[default: …]` parts included: a help built by hand from the command object skips the group's
+    `show_default` and documents options as having no default."""
+    env = {**os.environ, "COLUMNS": docgen.HELP_COLUMNS}
+    proxy = Path(sys.executable).parent / "proxy"
+    printed = subprocess.run(
+        [str(proxy), *command.split()[1:], "--help"], capture_output=True, text=True, timeout=60, env=env, check=True
+    ).stdout
+    documented = documented_help((DOCS / "cli.md").read_text(encoding="utf-8"), command)
+    assert documented == printed
+    assert "[default: " in documented
+
+
 def documented_routes() -> set[tuple[str, str]]:
     text = (DOCS / "http-api.md").read_text(encoding="utf-8")
     return set(re.findall(r"^### (GET|POST|PUT|PATCH|DELETE|ANY) (/\S*)$", text, re.MULTILINE))
@@ -77,6 +102,48 @@ def test_every_route_is_in_the_http_reference_and_nothing_else() -> None:
     gone = sorted(f"{m} {p}" for m, p in documented - served)
     assert not missing, f"docs/http-api.md has no '### METHOD /path' section for: {', '.join(missing)}"
     assert not gone, f"docs/http-api.md documents routes the server does not serve: {', '.join(gone)}"
+
+
+def http_api_section(title: str) -> str:
+    text = (DOCS / "http-api.md").read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match, f"docs/http-api.md has no section '## {title}'"
+    return match.group(1)
+
+
+def id_shape(value: str) -> str:
+    """An id with its random part as `h`s: `ec_2c16…` and `ec_9f01…` have one shape, `conn_3f…` another."""
+    return re.sub(r"[0-9a-f]", "h", value)
+
+
+def test_the_documented_connection_object_has_exactly_the_fields_the_server_answers(api: httpx.Client) -> None:
+    """A client written from the reference would not know the fields the server sends and it leaves out
+    (`traceparent`, `faults`, `responseMode`, `streamTextPath`…), nor recognise the ids it makes: the documented
+    object's keys are a real answer's, and its id has the real id's shape."""
+    created = post(api, "/endpointConnections", chat_connection("http://127.0.0.1:9"))
+    answer = api.get(f"/endpointConnections/{created['id']}").json()
+    (example, *_) = re.findall(r"```json\n(.*?)```", http_api_section("Endpoint connections"), re.DOTALL)
+    documented = json.loads(example)
+    assert sorted(documented) == sorted(answer), (
+        f"documented but not answered: {sorted(set(documented) - set(answer))}; "
+        f"answered but not documented: {sorted(set(answer) - set(documented))}"
+    )
+    assert id_shape(documented["id"]) == id_shape(answer["id"])
+
+
+def test_connection_ids_in_the_http_reference_are_the_ids_the_server_makes(api: httpx.Client) -> None:
+    """An example id the server never makes (`conn_3f…` where it answers `ec_…`) sends a reader looking for the
+    wrong thing: every connection id the reference shows starts as the real answers' do."""
+    created = post(api, "/endpointConnections", chat_connection("http://127.0.0.1:9"))
+    faults = api.put("/_proxy/faults/chat", json={"faults": [{"status": 429, "times": 1}]})
+    assert faults.status_code == 200 and faults.json()["connection"] == created["id"]
+    prefix = created["id"].split("_")[0] + "_"
+    text = (DOCS / "http-api.md").read_text(encoding="utf-8")
+    shown = re.findall(r'"connection": "([^"]*)"', text) + re.findall(
+        r'"id": "([a-z]+_[^"]*)"', http_api_section("Endpoint connections")
+    )
+    assert shown, "the reference shows no connection id: this test checks nothing"
+    assert [value for value in shown if not value.startswith(prefix)] == []
 
 
 def anchors(path: Path) -> set[str]:
