@@ -228,6 +228,8 @@ CONNECTOR = {
     "faults": "[Fault rules](#fault-rules) for searches (and the registration query).",
     "oauth": "OAuth client settings, stored and reported, not performed. Exclusive with `service_auth`.",
     "service_auth": "The credential searches carry. Exclusive with `oauth`.",
+    "acknowledged_insecure_http": "Allow an `http://` URL for this connector (`acknowledgedInsecureHttp` is "
+    "taken too, as on connections).",
     "client_id": "OAuth client id.",
     "client_secret": "OAuth client secret: encrypted at rest, never returned.",
     "authorize_url": "OAuth authorize URL.",
