@@ -171,7 +171,8 @@ CONNECTION = {
     "username": "Required with `BASIC`.",
     "password": "Required with `BASIC`. Encrypted at rest, never returned (`hasPassword`).",
     "headers": "Custom headers. Values may hold `{{ name }}` or `{ name }` placeholders: `auth_token`, "
-    "`api_key`, `bearer_token`, `username`, `password`, `session_id`, `trace_id`. Values that look like "
+    "`api_key`, `bearer_token` (BEARER, API_KEY), `username`, `password` (BASIC), `session_id`, `trace_id`; a "
+    "credential placeholder the `authType` cannot fill is refused (422). Values that look like "
     "credentials are encrypted and read back as `••••••••`; sending the mask back keeps the stored value.",
     "input_template": 'Jinja2 body template (sandboxed), e.g. `{"message": "{{ input.user_message }}"}`. '
     "Required for `CONVERSATION`, with an `{{ input… }}` placeholder. Variables are listed below.",
