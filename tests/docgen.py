@@ -282,6 +282,8 @@ LIMITS = {
     "JSONPATH_LOOP_STEPS": "steps a reading of a small reply takes on the event loop before it goes on in a worker "
     "thread",
     "TEMPLATE_MAX_SOURCE_CHARS": "longest template source (422 beyond)",
+    "MAX_UNDEFINED_WARNINGS": "most undefined-variable warnings one testConnection, `proxy check` or preview gives",
+    "MAX_LISTED_KEYS": "most keys an undefined-variable warning lists as the ones that exist",
     "TEMPLATE_RENDER_TIME_S": "render budget of one template, seconds (the call fails beyond)",
     "TEMPLATE_MAX_CHARS": "largest rendered text, or value built while rendering",
     "TEMPLATE_MAX_BUILT_CHARS": "all the values one render builds, added up as they are built (repeated and joined "
