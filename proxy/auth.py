@@ -30,6 +30,33 @@ _LEADING_SCHEME_WORDS = re.compile(r"^(?:(?:bearer|basic|token|apikey|api-key|ke
 _SECRETISH_NAME = re.compile(r"auth|key|token|secret|password|cookie|signature|credential|session", re.IGNORECASE)
 
 
+# The credential placeholders each auth type fills in a custom header; any other type leaves them as written.
+PLACEHOLDERS_BY_AUTH: dict[AuthType, tuple[str, ...]] = {
+    AuthType.NONE: (),
+    AuthType.BEARER: ("auth_token", "api_key", "bearer_token"),
+    AuthType.API_KEY: ("auth_token", "api_key", "bearer_token"),
+    AuthType.BASIC: ("username", "password"),
+}
+CREDENTIAL_PLACEHOLDERS = frozenset(name for names in PLACEHOLDERS_BY_AUTH.values() for name in names)
+
+
+def unfillable_placeholder(auth_type: AuthType, headers: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """The first custom header naming a credential placeholder `auth_type` cannot fill, which would otherwise go
+    upstream as written: (header name, the placeholder as written, the reason)."""
+    fills = PLACEHOLDERS_BY_AUTH[auth_type]
+    for header, value in headers.items():
+        for match in PLACEHOLDER.finditer(value):
+            name = (match.group(1) or match.group(2)).lower()
+            if name in CREDENTIAL_PLACEHOLDERS and name not in fills:
+                can = f"fills only {', '.join(fills)}" if fills else "fills no credential placeholder"
+                reason = (
+                    f"{match.group(0)} is a credential an authType {auth_type.value} connection cannot fill "
+                    f"(it {can}): it would be sent as written; change authType or the header"
+                )
+                return header, match.group(0), reason
+    return None
+
+
 @dataclass(frozen=True)
 class Credentials:
     auth_type: AuthType

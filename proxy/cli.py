@@ -415,7 +415,10 @@ def check(
             mode = runtime.library.mode_for(conn.name)
             handle = runtime.library.server_handle("connections", conn.name, "check", mode)
             ctx = CallContext(
-                input=DEFAULT_TEST_INPUT if test_input is None else test_input, context=context or {}, cassette=handle
+                input=DEFAULT_TEST_INPUT if test_input is None else test_input,
+                context=context or {},
+                cassette=handle,
+                warn_undefined=True,
             )
             if dry_run:
                 return conn, runtime.engine.render(conn, ctx), False

@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonpath_ng import JSONPath
 
-from proxy.auth import Credentials, masked_headers, secret_header_parts
+from proxy.auth import Credentials, masked_headers, secret_header_parts, unfillable_placeholder
 from proxy.errors import InvalidField
 from proxy.mapping import CompiledMapping, JsonPathRefused, compile_jsonpath
 from proxy.models import ConnectionSpec, ResponseMode, check_connection
@@ -93,8 +93,12 @@ def compile_connection(
     conn_id: str, spec: ConnectionSpec, created_at: str, allow_http: bool, strict: bool = True
 ) -> CompiledConnection:
     """Validate every rule and compile; raises InvalidField naming the first bad field. `strict=False`
-    loads a stored template that is over the compile-time template bounds (see CompiledTemplate)."""
+    loads a stored template that is over the compile-time template bounds (see CompiledTemplate), or a header
+    naming a credential its auth type cannot fill (both saved before the rule)."""
     check_connection(spec, allow_http)
+    unfilled = unfillable_placeholder(spec.auth_type, spec.headers or {}) if strict else None
+    if unfilled is not None:
+        raise InvalidField(f"headers.{unfilled[0]}", unfilled[2])
     try:
         body = CompiledTemplate(spec.input_template, strict=strict) if spec.input_template else None
     except TemplateRefused as exc:

@@ -27,6 +27,7 @@ class Connector:
     service_auth_type: str | None = None
     sealed: str | None = None  # Fernet token of {"token", "client_secret"}
     faults: list[dict[str, Any]] = field(default_factory=list)  # fault rules, as given
+    acknowledged_insecure_http: bool = False  # an http:// URL accepted without --allow-http
 
     @property
     def shown_url(self) -> str:
@@ -49,6 +50,7 @@ class Connector:
             "active": self.active,
             "continue_on_failure": self.continue_on_failure,
             "faults": self.faults,
+            "acknowledged_insecure_http": self.acknowledged_insecure_http,
         }
 
 

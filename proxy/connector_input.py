@@ -51,10 +51,18 @@ class ConnectorIn(BaseModel):
     oauth: OAuthIn | None = None
     service_auth: ServiceAuthIn | None = None
     faults: list[FaultRule] | None = Field(default=None, max_length=MAX_FAULT_RULES)
+    acknowledged_insecure_http: bool | None = None
 
 
-def parse_connector(data: dict[str, Any], allow_http: bool) -> ConnectorIn:
-    """The body validated: known keys, one kind of auth, a URL it may call, secrets long enough to mask."""
+# Connections take this key camelCase, and http:// refusals name it so: a connector takes that spelling too.
+_ACKNOWLEDGED_CAMEL = "acknowledgedInsecureHttp"
+
+
+def parse_connector(data: dict[str, Any], allow_http: bool, acknowledged: bool = False) -> ConnectorIn:
+    """The body validated: known keys, one kind of auth, a URL it may call, secrets long enough to mask.
+    `acknowledged`: the stored connector's acknowledgement of http, which the body may restate or withdraw."""
+    if _ACKNOWLEDGED_CAMEL in data:
+        data = {("acknowledged_insecure_http" if k == _ACKNOWLEDGED_CAMEL else k): v for k, v in data.items()}
     check_model_keys(data, ConnectorIn, allowed=READ_ONLY_FIELDS)
     try:
         fields = ConnectorIn.model_validate(data)
@@ -64,7 +72,8 @@ def parse_connector(data: dict[str, Any], allow_http: bool) -> ConnectorIn:
     if data.get("oauth") is not None and data.get("service_auth") is not None:
         raise InvalidField("oauth", "cannot be given together with service_auth")
     if fields.url is not None:
-        check_url(fields.url, allow_http)
+        given = fields.acknowledged_insecure_http
+        check_url(fields.url, allow_http or (acknowledged if given is None else given))
         for secret in query_secrets(fields.url):
             check_secret_length(secret.field, secret.value)
     if fields.service_auth is not None:

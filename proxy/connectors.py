@@ -73,7 +73,7 @@ class ConnectorRegistry(ConnectorCalls):
 
     async def update(self, connector_id_: str, data: dict[str, Any]) -> Connector:
         current = self.get(connector_id_)
-        fields = parse_connector(data, self.allow_http)
+        fields = parse_connector(data, self.allow_http, current.acknowledged_insecure_http)
         updated = Connector(**{**current.__dict__})
         if fields.name is not None and fields.name != current.name:
             new_id = connector_id(fields.name)
@@ -117,7 +117,7 @@ class ConnectorRegistry(ConnectorCalls):
 
     def _apply(self, connector: Connector, fields: ConnectorIn, secrets: dict[str, str]) -> dict[str, str]:
         """Copy the given fields onto the connector; returns its (possibly new) secrets, sealed on it."""
-        for name in ("description", "excludes", "active", "continue_on_failure"):
+        for name in ("description", "excludes", "active", "continue_on_failure", "acknowledged_insecure_http"):
             value = getattr(fields, name)
             if value is not None:
                 setattr(connector, name, value)

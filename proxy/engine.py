@@ -55,6 +55,7 @@ from proxy.transports import (
     BodyCut,
     BodyTooLarge,
     CassetteMiss,
+    CassetteRefused,
     read_capped,
 )
 from proxy.transports.client import AiohttpTransport
@@ -274,6 +275,10 @@ class Engine:
                     await response.aclose()
         except TimeoutError:
             return self._failed(number, started, timeout, f"timed out after {timeout_s:g}s"), None, True
+        except CassetteRefused as exc:
+            attempt = self._failed(number, started, timeout, f"cassette error: {exc}")
+            attempt.outcome = "error"
+            return attempt, None, False
         except CassetteMiss as exc:
             attempt = self._failed(number, started, timeout, f"cassette miss: {exc}")
             attempt.outcome = "miss"
@@ -336,4 +341,5 @@ class Engine:
 def _internal_failure(result: CallResult, exc: Exception, redactor: Redactor) -> None:
     message = redactor.redact(f"{type(exc).__name__}: {exc}")
     log.error("a call failed inside the proxy: %s", message)
-    result.error = f"the call failed inside the proxy ({message}); the server log has the details"
+    # `proxy run` has no server log to point to: the reason is told here, whole.
+    result.error = f"the call failed inside the proxy: {message}"

@@ -103,14 +103,16 @@ class CallFailure(Exception):
 
 
 _PATH_STEP = re.compile(r"[.\[]")
+_CAMEL_NAME = re.compile(r"[a-z][A-Za-z0-9]*")
 
 
 def describe_field(field: str) -> str:
     """`authToken (auth_token)`: both spellings of the top-level name, since the API is camelCase and the
-    config snake_case. What follows it (a header name, a mapping key) is shown as written: `headers.x-A`."""
+    config snake_case. What follows it (a header name, a mapping key) is shown as written: `headers.x-A`. A field
+    that is no camelCase name (`header X-Proxy-Record-Mode`) has no other spelling."""
     top = _PATH_STEP.split(field, maxsplit=1)[0]
     snake = camel_to_snake(top)
-    return field if snake == top else f"{field} ({snake}{field[len(top) :]})"
+    return field if snake == top or not _CAMEL_NAME.fullmatch(top) else f"{field} ({snake}{field[len(top) :]})"
 
 
 def camel_to_snake(name: str) -> str:

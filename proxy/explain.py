@@ -58,6 +58,7 @@ def explain(conn: CompiledConnection, result: CallResult, sent: bool = True) -> 
     lines += [f"  {name}: {value}" for name, value in request.headers.items()]
     lines.append("Body")
     lines += [f"  {line}" for line in _pretty(request.body)]
+    lines += [f"Warning: {warning}" for warning in result.warnings]
     if not sent:
         if result.error:
             lines += ["", f"Not sendable: {result.error}"]

@@ -36,7 +36,7 @@ from proxy.store import Store
 from proxy.targets import CallSubject
 
 log = logging.getLogger("proxy")
-OUTCOMES = ("hit", "recorded", "miss", "live", "injected")
+OUTCOMES = ("hit", "recorded", "miss", "live", "injected", "error")  # error: a cassette that cannot be used
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 SUMMARY_COLUMNS = (
     "id",

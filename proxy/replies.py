@@ -78,6 +78,9 @@ def decode_reply(response: httpx.Response, raw: bytes, redactor: Redactor) -> Up
     return reply
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def transport_failure(exc: httpx.TransportError, url: httpx.URL) -> str:
     """A transport error in plain words; httpx's own text is often empty."""
     detail = str(exc) or "no detail"
@@ -85,6 +88,10 @@ def transport_failure(exc: httpx.TransportError, url: httpx.URL) -> str:
     if unresolved is not None:
         return f"could not resolve host {url.host} ({unresolved.strerror or unresolved})"
     if isinstance(exc, httpx.ConnectError):
+        if _cause(exc, ConnectionRefusedError) is not None:
+            # The live client's own text names its TLS context (aiohttp: `ssl:default`), even for http://.
+            port = url.port or _DEFAULT_PORTS.get(url.scheme, 443)
+            return f"connection refused: {url.host}:{port} (nothing listening)"
         return f"connection refused: {detail}"
     if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
         return f"the upstream closed the connection mid-reply ({type(exc).__name__}: {detail})"

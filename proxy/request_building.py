@@ -19,6 +19,7 @@ from proxy.models import HttpMethod
 from proxy.redaction import Redactor
 from proxy.replies import masked_text
 from proxy.results import CallContext, CallResult, RenderedRequest
+from proxy.templating import undefined_rendered
 from proxy.transports import PARSED_BODY_EXTENSION
 
 # The headers httpx.AsyncClient would add, kept so upstreams and cassettes see what they always saw.
@@ -41,17 +42,14 @@ def render_request(
 ) -> httpx.Request | None:
     """The request to send, or None with `result.error` saying why it cannot be sent; `result.request` is
     the request as it may be shown (masked)."""
-    spec = conn.spec
-    variables: dict[str, Any] | None = None
-    url = conn.url_template.constant
-    if url is None:
+    if not ctx.warn_undefined:
+        url, body = _rendered(conn, ctx, None)
+    else:
         variables = ctx.template_vars()
-        url = conn.url_template.render(variables)
-    body: str | None = None
-    if conn.body_template is not None and spec.http_method is not HttpMethod.GET:
-        body = conn.body_template.constant
-        if body is None:
-            body = conn.body_template.render(variables if variables is not None else ctx.template_vars())
+        with undefined_rendered(variables) as warnings:
+            url, body = _rendered(conn, ctx, variables)
+        result.warnings = [redactor.redact(warning) for warning in warnings]
+    spec = conn.spec
     plan = conn.target.header_plan(send_traceparent and spec.traceparent)
     headers = plan.build(session_id=ctx.session_id, inference_id=ctx.inference_result_id, trace_id=ctx.trace_id)
     if body is not None and wants_json(headers):
@@ -86,6 +84,20 @@ def render_request(
     except (httpx.InvalidURL, ValueError) as exc:
         result.error = redactor.redact(f"the rendered URL is not usable ({exc}): {url}")
         return None
+
+
+def _rendered(conn: CompiledConnection, ctx: CallContext, variables: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The URL and body (None for a GET or no template), each template rendered only if it has placeholders."""
+    url = conn.url_template.constant
+    if url is None:
+        variables = variables if variables is not None else ctx.template_vars()
+        url = conn.url_template.render(variables)
+    body: str | None = None
+    if conn.body_template is not None and conn.spec.http_method is not HttpMethod.GET:
+        body = conn.body_template.constant
+        if body is None:
+            body = conn.body_template.render(variables if variables is not None else ctx.template_vars())
+    return url, body
 
 
 def wants_json(headers: dict[str, str]) -> bool:

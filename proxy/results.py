@@ -54,6 +54,7 @@ class CallContext:
     trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
     cassette: CassetteRef | None = None
     label: CallLabel | None = None
+    warn_undefined: bool = False  # a diagnostic call: undefined template variables become `CallResult.warnings`
 
     def per_run_values(self) -> dict[str, str | None]:
         """Ids that differ on every run: they never take part in cassette matching."""
@@ -156,6 +157,7 @@ class CallResult:
     extraction_error: str | None = None
     ended_by_rule: int | None = None  # index of the conversation end rule that matched
     time_to_first_token_ms: float | None = None  # response_mode sse: when the first piece of text arrived
+    warnings: list[str] = field(default_factory=list)  # with CallContext.warn_undefined: what rendered empty
 
     @property
     def ok(self) -> bool:

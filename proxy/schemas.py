@@ -332,6 +332,10 @@ class TestConnectionResult(Answer):
     error: str | None
     extracted_output: dict[str, Any] | None
     extraction_error: str | None
+    warnings: list[str] = Field(
+        description="What the template rendered empty: each undefined variable, with the keys that do exist "
+        "(`{{ input.user_mesage }} is undefined and renders empty; input has: user_message`)"
+    )
     exchange: Exchange
 
 
@@ -370,6 +374,7 @@ class Connector(CohereAnswer):
     active: bool
     continue_on_failure: bool
     faults: list[dict[str, Any]] = Field(default_factory=list, description="fault rules, as given")
+    acknowledged_insecure_http: bool = Field(default=False, description="an http:// URL accepted without --allow-http")
 
 
 class ConnectorAnswer(CohereAnswer):

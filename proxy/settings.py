@@ -82,6 +82,10 @@ JSONPATH_LOOP_STEPS = 20_000
 # event loop); a render that passes its time, size or call-depth budget fails the call. Numbers a
 # template computes are held to the JSON digit limit.
 TEMPLATE_MAX_SOURCE_CHARS = 100_000
+# Warnings about undefined template variables (testConnection, `proxy check`, the preview): a loop over a
+# misspelt name would otherwise repeat one warning per item; the keys listed beside one, for a large input.
+MAX_UNDEFINED_WARNINGS = 20
+MAX_LISTED_KEYS = 30
 TEMPLATE_RENDER_TIME_S = 0.5
 TEMPLATE_MAX_CHARS = 10 * 1024 * 1024  # the rendered text, and any value built on the way
 # Every value one render builds (repeated and joined strings, a filter's copy of its text), added up as it is

@@ -16,7 +16,9 @@ would be huge is refused when it is stored; every render runs under the same bou
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
@@ -25,11 +27,17 @@ from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
 from proxy import template_limits as limits
-from proxy.settings import JSON_MAX_NUMBER_DIGITS, TEMPLATE_MAX_SOURCE_CHARS
+from proxy.settings import (
+    JSON_MAX_NUMBER_DIGITS,
+    MAX_LISTED_KEYS,
+    MAX_UNDEFINED_WARNINGS,
+    TEMPLATE_MAX_SOURCE_CHARS,
+)
 
 
 class TemplateRefused(ValueError):
@@ -53,12 +61,70 @@ def as_template_input(value: Any) -> Any:
 
 
 class _Undefined(ChainableUndefined):
-    """Undefined names render empty, but a name the sandbox hid is refused, not silently dropped."""
+    """Undefined names render empty, but a name the sandbox hid is refused, not silently dropped. Under
+    `undefined_rendered`, each one rendered is noted (a misspelt `{{ input.user_mesage }}`, for a warning)."""
 
     def __str__(self) -> str:
         if issubclass(self._undefined_exception, SecurityError):
             self._fail_with_undefined_error()
+        seen = _rendered_undefined.get()
+        if seen is not None and len(seen) < MAX_UNDEFINED_WARNINGS:
+            seen.append(self)
         return ""
+
+
+# Set only by the diagnostic calls (testConnection, `proxy check`, the inspector's preview): a turn pays nothing.
+_rendered_undefined: ContextVar[list[_Undefined] | None] = ContextVar("rendered_undefined", default=None)
+
+
+@contextmanager
+def undefined_rendered(variables: Mapping[str, Any]) -> Iterator[list[str]]:
+    """The undefined names the renders inside it print (empty, by the seeds' rule), each said once with the keys
+    that do exist: `{{ input.user_mesage }} is undefined and renders empty; input has: user_message`."""
+    seen: list[_Undefined] = []
+    warnings: list[str] = []
+    token = _rendered_undefined.set(seen)
+    try:
+        yield warnings
+    finally:
+        _rendered_undefined.reset(token)
+        for undefined in seen:
+            warning = _undefined_warning(undefined, variables)
+            if warning not in warnings:
+                warnings.append(warning)
+
+
+def _undefined_warning(undefined: _Undefined, variables: Mapping[str, Any]) -> str:
+    name, owner = undefined._undefined_name, undefined._undefined_obj
+    if owner is missing:
+        return f"{{{{ {name} }}}} is undefined and renders empty; defined: {_listed(variables)}"
+    path = _path_of(owner, variables) or "the value"
+    if isinstance(owner, Mapping):
+        has = f"{path} has: {_listed(owner)}" if owner else f"{path} is empty"
+    else:
+        has = f"{path} is a {type(owner).__name__}, with no {name}"
+    return f"{{{{ {path}.{name} }}}} is undefined and renders empty; {has}"
+
+
+def _listed(keys: Mapping[str, Any]) -> str:
+    names = sorted(map(str, keys))
+    shown = ", ".join(names[:MAX_LISTED_KEYS])
+    return shown + (f" and {len(names) - MAX_LISTED_KEYS} more" if len(names) > MAX_LISTED_KEYS else "")
+
+
+def _path_of(value: Any, variables: Mapping[str, Any], depth: int = 3) -> str | None:
+    """Where `value` sits among the template's variables (`input`, `context.user`): found by identity, a few
+    levels of maps deep (a warning's wording; not worth a walk of a large input)."""
+    for key, item in variables.items():
+        if item is value:
+            return str(key)
+    if depth > 1:
+        for key, item in variables.items():
+            if isinstance(item, Mapping):
+                found = _path_of(value, item, depth - 1)
+                if found is not None:
+                    return f"{key}.{found}"
+    return None
 
 
 def _scalar_text(value: Any) -> str | None:

@@ -180,7 +180,8 @@ CONNECTION = {
     "username": "Required with `BASIC`.",
     "password": "Required with `BASIC`. Encrypted at rest, never returned (`hasPassword`).",
     "headers": "Custom headers. Values may hold `{{ name }}` or `{ name }` placeholders: `auth_token`, "
-    "`api_key`, `bearer_token`, `username`, `password`, `session_id`, `trace_id`. Values that look like "
+    "`api_key`, `bearer_token` (BEARER, API_KEY), `username`, `password` (BASIC), `session_id`, `trace_id`; a "
+    "credential placeholder the `authType` cannot fill is refused (422). Values that look like "
     "credentials are encrypted and read back as `••••••••`; sending the mask back keeps the stored value.",
     "input_template": 'Jinja2 body template (sandboxed), e.g. `{"message": "{{ input.user_message }}"}`. '
     "Required for `CONVERSATION`, with an `{{ input… }}` placeholder. Variables are listed below.",
@@ -237,6 +238,8 @@ CONNECTOR = {
     "faults": "[Fault rules](#fault-rules) for searches (and the registration query).",
     "oauth": "OAuth client settings, stored and reported, not performed. Exclusive with `service_auth`.",
     "service_auth": "The credential searches carry. Exclusive with `oauth`.",
+    "acknowledged_insecure_http": "Allow an `http://` URL for this connector (`acknowledgedInsecureHttp` is "
+    "taken too, as on connections).",
     "client_id": "OAuth client id.",
     "client_secret": "OAuth client secret: encrypted at rest, never returned.",
     "authorize_url": "OAuth authorize URL.",
@@ -288,6 +291,8 @@ LIMITS = {
     "JSONPATH_LOOP_STEPS": "steps a reading of a small reply takes on the event loop before it goes on in a worker "
     "thread",
     "TEMPLATE_MAX_SOURCE_CHARS": "longest template source (422 beyond)",
+    "MAX_UNDEFINED_WARNINGS": "most undefined-variable warnings one testConnection, `proxy check` or preview gives",
+    "MAX_LISTED_KEYS": "most keys an undefined-variable warning lists as the ones that exist",
     "TEMPLATE_RENDER_TIME_S": "render budget of one template, seconds (the call fails beyond)",
     "TEMPLATE_MAX_CHARS": "largest rendered text, or value built while rendering",
     "TEMPLATE_MAX_BUILT_CHARS": "all the values one render builds, added up as they are built (repeated and joined "

@@ -391,3 +391,36 @@ async def test_which_query_parameters_hold_a_credential(api: httpx.AsyncClient) 
     for secret in ("Key-Upper-001", "Dash-Value-002", "-Literal-Piece-003", "abc%2Fdef%2Bghi", "abc/def+ghi"):
         assert runtime.redactor.knows(secret), secret  # a percent-encoded one also as it reads decoded
     assert not runtime.redactor.knows("cats") and not runtime.redactor.knows("id")
+
+
+async def test_a_credential_placeholder_the_auth_type_cannot_fill_is_refused_naming_header_and_placeholder(
+    api: httpx.AsyncClient,
+) -> None:
+    """Attack on the first hour: `{{ username }}` in a custom header of a BEARER connection was stored and sent
+    upstream literally. Refused at create and at update (a new header, or a new auth type), naming both."""
+    response = await create(api, headers={"X-User": "{{ username }}"})
+    assert response.status_code == 422
+    assert response.json()["message"] == (
+        "headers.X-User: {{ username }} is a credential an authType BEARER connection cannot fill (it fills only "
+        "auth_token, api_key, bearer_token): it would be sent as written; change authType or the header"
+    )
+    assert (await api.get("/endpointConnections")).json() == []
+    conn_id = (await create(api, headers={"X-Auth": "Token {{ auth_token }}"})).json()["id"]
+    added = await api.patch(f"/endpointConnections/{conn_id}", json={"headers": {"X-Pass": "{ Password }"}})
+    assert added.status_code == 422 and added.json()["message"].startswith("headers.X-Pass: { Password } is a")
+    switched = await api.patch(
+        f"/endpointConnections/{conn_id}", json={"authType": "BASIC", "username": "ann", "password": TEST_PASSWORD}
+    )
+    assert switched.status_code == 422 and switched.json()["message"].startswith("headers.X-Auth: {{ auth_token }}")
+    none = await create(api, name="open", authType="NONE", authToken=None, headers={"X-Key": "{{ api_key }}"})
+    assert none.status_code == 422 and "(it fills no credential placeholder)" in none.json()["message"]
+    basic = await create(
+        api,
+        name="basic",
+        authType="BASIC",
+        authToken=None,
+        username="ann",
+        password=TEST_PASSWORD,
+        headers={"X-User": "{{ username }}"},
+    )
+    assert basic.status_code == 201, basic.text

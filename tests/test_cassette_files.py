@@ -126,7 +126,7 @@ def test_an_alias_bomb_cassette_fails_its_calls_without_memory_a_stall_or_a_cach
     chat, session = cassettes / "connections" / "chat.yaml", cassettes / "sessions" / "tc-1.yaml"
     refused = "is refused: it uses a YAML alias"
     forward = answers["forward"]
-    assert forward.status_code == 404 and forward.headers["x-proxy-cassette"] == "miss"
+    assert forward.status_code == 502 and forward.headers["x-proxy-cassette"] == "error"  # nothing replayed, nor live
     assert f"cassette {chat} {refused}" in forward.json()["message"]
     test = answers["test"].json()
     assert answers["test"].status_code == 200 and not test["success"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import TEST_TOKEN
-from tests.helpers import ROOT, chat_config_data, invoke
+from tests.helpers import ROOT, chat_config_data, invoke, proxy_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -183,3 +183,22 @@ def test_verify_run_where_there_is_no_cassettes_folder_fails_instead_of_passing_
     code, output = invoke("cassettes", "verify", "--cassettes", str(tmp_path / "nowhere"))
     assert code == 2
     assert output.strip() == f"proxy: no cassettes folder at {tmp_path / 'nowhere'}: nothing verified"
+
+
+def test_run_on_a_corrupted_cassette_prints_the_reason_itself(tmp_path: Path, upstream_url: str) -> None:
+    """`proxy run` on a hand-edited cassette said "the server log has the details" (there is no server). As a user
+    runs it: the session fails with the file, the reason and the way out on its own output."""
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text('{"id": "tc-x", "input": {"user_message": "hi"}}\n')
+    config = str(chat_config(tmp_path, upstream_url))
+    run_args = ["run", str(dataset), "--version", "v1", "--config", config, *dirs(tmp_path)]
+    assert proxy_cli(*run_args).returncode == 0
+    cassette = tmp_path / "cassettes" / "sessions" / "tc-x.yaml"
+    cassette.write_text(cassette.read_text().replace("code: 200", "code: abc"))
+    ran = proxy_cli(*run_args, "--record-mode", "none")
+    assert ran.returncode == 1, ran.stderr
+    assert f"FAILED tc-x: cassette error: cassette {cassette}: interaction 0 is malformed (status code 'abc'" in (
+        ran.stdout
+    )
+    assert "check it with `proxy cassettes verify`, then delete it or re-record it" in ran.stdout
+    assert "server log" not in ran.stdout + ran.stderr

@@ -327,3 +327,33 @@ def test_a_connector_secret_too_short_to_mask_is_refused_naming_its_field(
         assert ok.status_code == 200, ok.text
         patched = client.patch("/v1/connectors/docs", json=auth)
         assert patched.status_code == 422 and patched.json()["errors"][0]["field"] == field
+
+
+def test_an_http_connector_acknowledged_as_the_refusal_says_is_accepted(
+    tmp_path: Path, upstream: Upstream, upstream_url: str
+) -> None:
+    """Attack on the first hour: the http:// refusal says "set acknowledgedInsecureHttp: true", and the
+    connector then refused that key as unknown. Both spellings are taken, kept, and needed again for no one."""
+    search_server(upstream)
+    with running_proxy(tmp_path, allow_http=False) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        refused = client.post("/v1/connectors", json={"name": "plain", "url": f"{upstream_url}/search"})
+        assert refused.status_code == 422 and "acknowledgedInsecureHttp: true" in refused.json()["message"]
+        camel = client.post(
+            "/v1/connectors",
+            json={"name": "plain", "url": f"{upstream_url}/search", "acknowledgedInsecureHttp": True},
+        )
+        assert camel.status_code == 200, camel.text
+        assert camel.json()["connector"]["acknowledged_insecure_http"] is True
+        snake = client.post(
+            "/v1/connectors",
+            json={"name": "snake", "url": f"{upstream_url}/search", "acknowledged_insecure_http": True},
+        )
+        assert snake.status_code == 200, snake.text
+        # The stored acknowledgement covers a new http:// URL on PATCH; withdrawing it refuses one.
+        moved = client.patch("/v1/connectors/plain", json={"url": f"{upstream_url}/search?v=2"})
+        assert moved.status_code == 200, moved.text
+        withdrawn = client.patch(
+            "/v1/connectors/plain", json={"url": f"{upstream_url}/search?v=3", "acknowledgedInsecureHttp": False}
+        )
+        assert withdrawn.status_code == 422 and withdrawn.json()["message"].startswith("url: must be https")
+    assert len(upstream.requests_to("/search")) == 3  # two registrations and the move, nothing for the refusals

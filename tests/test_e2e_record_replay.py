@@ -319,3 +319,44 @@ def test_session_keys_that_could_share_a_file_record_and_replay_their_own_answer
     assert [(t["exchange"]["cassette"], t["actualOutput"]) for t in replayed] == [
         ("hit", f"answer for {key}") for key in reversed(keys)
     ]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda text: text.replace("code: 200", "code: abc"), "interaction 0 is malformed (status code 'abc'"),
+        (lambda text: text[: len(text) // 2] + "\n  - [", "is not valid YAML"),
+    ],
+    ids=["bad-status", "cut-short"],
+)
+def test_a_corrupted_cassette_in_replay_is_an_error_naming_file_reason_and_fix(
+    tmp_path: Path, upstream: Upstream, upstream_url: str, corrupt: Any, reason: str
+) -> None:
+    """A hand-edited or cut-short cassette crashed the replay ("the call failed inside the proxy", a 500 on the
+    forward route) or answered `X-Proxy-Cassette: live` though nothing went live. Now: outcome `error`, the
+    file, the reason and the way out; nothing reaches the upstream; record mode all records it afresh."""
+    with running_proxy(tmp_path, chat_config(upstream_url)) as proxy, httpx.Client(base_url=proxy.url) as client:
+        run_session(client, ["hello"], testCaseId="tc-corrupt")
+        assert client.post("/forward/chat/v1/chat", json={"q": 1}).status_code == 200
+    cassettes = tmp_path / "cassettes"
+    for name in ("sessions/tc-corrupt", "connections/chat"):
+        path = cassettes / f"{name}.yaml"
+        path.write_text(corrupt(path.read_text()))
+    upstream.clear()
+    fix = "the cassette cannot be used: check it with `proxy cassettes verify`, then delete it or re-record it"
+    config = chat_config(upstream_url)
+    with running_proxy(tmp_path, config, record_mode="none") as proxy, httpx.Client(base_url=proxy.url) as client:
+        forwarded = client.post("/forward/chat/v1/chat", json={"q": 1})
+        assert forwarded.status_code == 502 and forwarded.headers["x-proxy-cassette"] == "error"
+        message = forwarded.json()["message"]
+        assert message.startswith(f"cassette error: cassette {cassettes / 'connections/chat.yaml'}")
+        assert reason in message and fix in message
+        [answer] = run_session(client, ["hello"], testCaseId="tc-corrupt")
+        assert answer["status"] == "FAILED" and answer["exchange"]["cassette"] == "error"
+        assert answer["error"].startswith(f"cassette error: cassette {cassettes / 'sessions/tc-corrupt.yaml'}")
+        assert reason in answer["error"] and fix in answer["error"]
+        assert client.get("/flows", params={"outcome": "error"}).status_code == 200  # a filter the inspector offers
+    assert upstream.received == []
+    with running_proxy(tmp_path, config, record_mode="all") as proxy, httpx.Client(base_url=proxy.url) as client:
+        rerecorded = client.post("/forward/chat/v1/chat", json={"q": 1})
+        assert rerecorded.status_code == 200 and rerecorded.headers["x-proxy-cassette"] == "recorded"

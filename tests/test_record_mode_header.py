@@ -62,8 +62,10 @@ def test_a_turn_with_mode_all_calls_live_on_a_replaying_session(client: httpx.Cl
     assert not any(name.startswith("x-proxy") for name in received.headers)
 
 
-@pytest.mark.parametrize("value", ["sometimes", "true", ""])
+@pytest.mark.parametrize("value", ["sometimes", "true", "yes", ""])
 def test_a_bad_value_is_422_naming_the_header(client: httpx.Client, upstream: Upstream, value: str) -> None:
+    """A bad value names the header as it is written: not mangled as a camelCase field
+    (`header _x-_proxy-_record-_mode`)."""
     session = post(client, "/sessions", {"versionId": version_id(client), "testCaseId": "tc-bad"})
     answers = [
         turn(client, session["id"], "hello", **{HEADER: value}),
@@ -73,7 +75,9 @@ def test_a_bad_value_is_422_naming_the_header(client: httpx.Client, upstream: Up
     for answer in answers:
         assert answer.status_code == 422, answer.text
         message = answer.json()["message"]
-        assert f"header {HEADER}" in message and "valid modes are: none, once, new_episodes, all, off" in message
+        valid = "none, once, new_episodes, all, off"
+        assert message == f"header {HEADER}: {value!r} is not a valid record mode; valid modes are: {valid}"
+        assert answer.json()["errors"][0]["field"] == f"header {HEADER}"
     assert upstream.received == []
 
 

@@ -100,7 +100,11 @@ async def test_connection(request: Request) -> JSONResponse:
         conn = rt.connections.build(data)
     handle = rt.library.server_handle("connections", conn.name, "test", rt.library.mode_for(conn.name))
     ctx = CallContext(
-        input=test_input, context=test_context, cassette=handle.for_call(mode), label=CallLabel("testConnection")
+        input=test_input,
+        context=test_context,
+        cassette=handle.for_call(mode),
+        label=CallLabel("testConnection"),
+        warn_undefined=True,
     )
     # Credentials given here are masked in what this call produces, and not kept after it.
     with rt.connections.secrets_for_one_call(conn):
@@ -118,6 +122,7 @@ def test_result(result: CallResult) -> dict[str, Any]:
         "error": result.error,
         "extractedOutput": result.extracted or None,
         "extractionError": result.extraction_error,
+        "warnings": result.warnings,
         "exchange": result.to_json(),
     }
 

@@ -178,9 +178,15 @@ async def preview_edit(request: Request) -> HTMLResponse:
         return page(request, "connection.html", 400, edit_problem=str(exc), **shown)
     except ProxyError as exc:
         return page(request, "connection.html", exc.status_code, edit_problem=exc.message, **shown)
-    rendered = rt.engine.render(edited, CallContext(input=test_input))
+    rendered = rt.engine.render(edited, CallContext(input=test_input, warn_undefined=True))
     last = await rt.flows.last_reply(conn.id)
-    preview: dict[str, Any] = {"request": rendered.request, "error": rendered.error, "flow": last, "rows": []}
+    preview: dict[str, Any] = {
+        "request": rendered.request,
+        "error": rendered.error,
+        "warnings": rendered.warnings,
+        "flow": last,
+        "rows": [],
+    }
     response = (last["data"]["exchange"].get("response") or {}) if last else {}
     body = response.get("body")
     if last is not None and not isinstance(body, dict | list):

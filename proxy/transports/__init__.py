@@ -37,6 +37,18 @@ class CassetteMiss(CallFailure):
         self.nearest = nearest
 
 
+class CassetteRefused(CassetteMiss):
+    """The cassette file cannot be used (unreadable, not a cassette, or refused: over a cap, a YAML alias): every
+    call through it fails with why, naming the file, and the way out; nothing is recorded into it. Its outcome
+    is `error`: nothing was replayed, nor called live."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}; the cassette cannot be used: check it with `proxy cassettes verify`, then delete it or "
+            "re-record it (record mode all)"
+        )
+
+
 class CredentialUnset(CallFailure):
     """A live call would carry a credential whose environment variable is not set (a replay-only config)."""
 

@@ -397,11 +397,27 @@ def parse_interactions(text: str, source: str) -> list[Interaction]:
         try:
             request = VcrRequest._from_dict(item["request"])._to_dict()
             response = compat.convert_to_bytes(item["response"])
-            response["status"]["code"]
-        except (KeyError, TypeError) as exc:
+            problem = _response_problem(response)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: interaction {number} is malformed ({exc})") from None
+        if problem is not None:  # found now, not as a crash of the replay that would use it
+            raise ValueError(f"{path}: interaction {number} is malformed ({problem})")
         interactions.append(Interaction(request, response, dict(item.get("proxy") or {})))
     return interactions
+
+
+def _response_problem(response: dict[str, Any]) -> str | None:
+    """What a replay of this recorded answer could not use: a status that is no HTTP status, headers that are
+    not a map of lists, a body that is not text."""
+    code = response["status"]["code"]
+    if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 599:
+        return f"status code {code!r} is not an HTTP status (100-599)"
+    headers = response["headers"]
+    if not isinstance(headers, dict) or not all(isinstance(values, list) for values in headers.values()):
+        return "headers are not a map of lists"
+    if not isinstance(response["body"]["string"], str | bytes | None):
+        return "body string is not text"
+    return None
 
 
 def _refuse_expansion(text: str, source: str) -> None:

@@ -34,7 +34,7 @@ from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
 from proxy.settings import USAGE_REFRESH_S
 from proxy.store import Store
-from proxy.transports import CassetteMiss
+from proxy.transports import CassetteMiss, CassetteRefused
 from proxy.transports.cassette import (
     Cassette,
     Interaction,
@@ -55,11 +55,6 @@ DEFAULT_FLUSH_INTERVAL_S = 5.0
 
 class CassetteExpired(CassetteMiss):
     """A recording answers, but its cassette is older than `cassette_max_age` and `on_expired` is `fail`."""
-
-
-class CassetteRefused(CassetteMiss):
-    """The cassette file cannot be used (unreadable, not a cassette, or refused: over a cap, a YAML alias): every
-    call through it fails with why, naming the file, and nothing is recorded into it."""
 
 
 @dataclass
@@ -291,9 +286,12 @@ class CassetteLibrary:
             # Parsing a large cassette is CPU work: off the event loop.
             try:
                 interactions = await loop.run_in_executor(self._files, load_interactions, path, self.cache)
-            except ValueError as exc:  # kept as this name's load: later calls fail alike, without reading it again
-                log.error("%s", exc)
-                raise CassetteRefused(str(exc)) from None
+            except ValueError as exc:
+                if name not in self._pending_reset:  # kept as this name's load: later calls fail alike
+                    log.error("%s", exc)
+                    raise CassetteRefused(str(exc)) from None
+                log.warning("%s; it is recorded afresh (record mode all)", exc)
+                interactions = []
             for interaction in interactions:
                 cassette.add(interaction)
             cassette.existed = True

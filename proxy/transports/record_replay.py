@@ -26,6 +26,7 @@ from proxy.transports import (
     RECORDED_LATENCY_EXTENSION,
     REPLAYED_EXTENSION,
     REPLY_MEMO_EXTENSION,
+    CassetteRefused,
     read_capped,
     waited_ms,
 )
@@ -62,7 +63,12 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if handle.replays:
             hit = handle.next_hit(cassette, self._key(request, uri, text, body is text))
             if hit is not None:
-                return await self._replay(hit)
+                try:
+                    return await self._replay(hit)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited past what parsing checks
+                    number = cassette.interactions.index(hit)
+                    why = f"cassette {cassette.path}: interaction {number} is malformed ({exc})"
+                    raise CassetteRefused(why) from None
         # Every header masked only now: to be recorded, or to explain a miss (a replay matches on few or none).
         recorded_request = RecordedRequest(request.method, uri, text, _masked_headers(request, self.redactor))
         if not handle.records:
