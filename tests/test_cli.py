@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from proxy.config import load_config
 from proxy.listener import why_not
 from tests.conftest import running_proxy
 from tests.helpers import ROOT, proxy_cli
-from tests.servers import free_port, proxy_serving, wait_healthy
+from tests.servers import announced_url, proxy_serving
 from tests.upstream import Reply, Upstream
 
 
@@ -73,7 +74,6 @@ def test_python_dash_m_works() -> None:
 
 
 def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
-    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
@@ -83,16 +83,16 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
         "--config",
         str(ROOT / "examples/demo.yaml"),
         "--port",
-        str(port),
+        "0",
         "--data-dir",
         str(tmp_path / "data"),
         "--cassettes",
         str(tmp_path / "cassettes"),
     ]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, process)
+        base = announced_url(process, seen=seen)
         (conn,) = httpx.get(f"{base}/endpointConnections", params={"names[]": "demo-chat"}).json()
         result = httpx.post(
             f"{base}/endpointConnections/testConnection", json={"id": conn["id"], "input": {"user_message": "hi"}}
@@ -101,8 +101,8 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
         assert result["extractedOutput"]["output"] == "You said: hi"
     finally:
         process.terminate()
-        output = process.communicate(timeout=10)[0]
-    assert f"http://127.0.0.1:{port}" in output
+        output = "".join(seen) + process.communicate(timeout=10)[0]
+    assert f"proxy listening on {base}" in output
     assert "demo-token-change-me" not in output
 
 
@@ -110,7 +110,7 @@ def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("connections: {a: 1}")
     result = CliRunner().invoke(main, ["serve", "--config", str(bad)])
-    assert result.exit_code != 0 and "connections must be a list" in result.output
+    assert result.exit_code == 1 and "connections must be a list" in result.output
 
 
 def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) ->
         ' input_template: \'{"m": "{{ input.m }}"}\', output_mapping: {output: $.a}}\n'
     )
     result = CliRunner().invoke(main, ["serve", "--config", str(bad), "--data-dir", str(tmp_path / "d")])
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output  # the help: 1 when the config file is unusable
     assert "config connections[0] (c): authToken (auth_token): is required when authType is BEARER" in result.output
 
 
@@ -176,7 +176,7 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
     tmp_path: Path, upstream_url: str, settings: str, connection_extra: str, place: str
 ) -> None:
     config = echo_config(tmp_path / "proxy.yaml", upstream_url, settings, connection_extra)
-    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", "0")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{place}: true is not a record mode" in done.stderr
     assert "valid modes are: none, once, new_episodes, all, off" in done.stderr
@@ -184,10 +184,9 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
 
 @contextmanager
 def serving(*args: str) -> Iterator[str]:
-    """`python -m proxy serve ARGS` on a free port until the block ends; yields its base URL."""
-    port = free_port()
-    with proxy_serving(port, *args):
-        yield f"http://127.0.0.1:{port}"
+    """`python -m proxy serve ARGS` on a port the system picks until the block ends; yields its base URL."""
+    with proxy_serving(*args) as served:
+        yield served.url
 
 
 def call_test_connection(base: str, message: str) -> dict[str, Any]:
@@ -230,14 +229,14 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path: Path) 
 
 
 def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
-    port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", "0", "--data-dir", str(tmp_path / "data")]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert line == f"proxy listening on http://127.0.0.1:{port}\n"
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # at once: no retry, no wait
+        listening = re.fullmatch(r"proxy listening on (http://127\.0\.0\.1:(\d+))\n", line)
+        assert listening and int(listening[2]) > 0, line  # port 0 asked for: the one the system gave is printed
+        assert httpx.get(f"{listening[1]}/healthz").status_code == 200  # at once: no retry, no wait
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -245,7 +244,7 @@ def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
 
 def test_serve_stops_on_a_misspelt_key_naming_its_place_and_the_nearest_key(tmp_path: Path, upstream_url: str) -> None:
     config = echo_config(tmp_path / "proxy.yaml", upstream_url, extra="    timout: 5\n")
-    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", "0")
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == "Error: config connections[0].timout: unknown field — did you mean timeout?\n"
 
