@@ -37,8 +37,10 @@ lint: $(DEV)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/mypy
 
+# One worker per core; worksteal: an idle worker takes queued tests from a busy one, so a few slow tests
+# near the end do not leave the other core waiting.
 test: system-tools lint
-	$(BIN)/pytest -n auto --durations=15
+	$(BIN)/pytest -n auto --dist worksteal --durations=15
 
 # Installs what is missing with apt-get when it can (root on Debian/Ubuntu), else says what to install.
 system-tools:

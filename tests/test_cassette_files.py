@@ -18,7 +18,7 @@ from proxy.transports import cassette as cassette_module
 from proxy.transports.cassette import Cassette, ParseCache, load_interactions, make_interaction
 from proxy.transports.matching import MatchRules
 from tests.helpers import invoke
-from tests.servers import free_port, proxy_serving
+from tests.servers import proxy_serving
 from tests.upstream import Upstream
 
 LEAF = "x" * 32
@@ -95,10 +95,9 @@ def test_an_alias_bomb_cassette_fails_its_calls_without_memory_a_stall_or_a_cach
         '      input_template: \'{"message": "{{ input.user_message }}"}\', output_mapping: {output: $.reply}}\n'
         "versions:\n  - {name: v1, product_id: p, conversation: chat}\n"
     )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     args = ["--config", str(tmp_path / "proxy.yaml"), "--data-dir", str(data), "--cassettes", str(cassettes)]
-    with proxy_serving(port, *args) as process, httpx.Client(base_url=base, timeout=60) as client:
+    with proxy_serving(*args) as served, httpx.Client(base_url=served.url, timeout=60) as client:
+        process, base = served.process, served.url
         before = memory_kb(process.pid)
         answers: dict[str, httpx.Response] = {}
 

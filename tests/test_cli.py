@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from proxy.config import load_config
 from proxy.listener import why_not
 from tests.conftest import running_proxy
 from tests.helpers import ROOT, proxy_cli
-from tests.servers import free_port, proxy_serving, wait_healthy
+from tests.servers import announced_url, proxy_serving
 from tests.upstream import Reply, Upstream
 
 
@@ -74,7 +75,6 @@ def test_python_dash_m_works() -> None:
 
 
 def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
-    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
@@ -84,16 +84,16 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
         "--config",
         str(ROOT / "examples/demo.yaml"),
         "--port",
-        str(port),
+        "0",
         "--data-dir",
         str(tmp_path / "data"),
         "--cassettes",
         str(tmp_path / "cassettes"),
     ]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, process)
+        base = announced_url(process, seen=seen)
         (conn,) = httpx.get(f"{base}/endpointConnections", params={"names[]": "demo-chat"}).json()
         result = httpx.post(
             f"{base}/endpointConnections/testConnection", json={"id": conn["id"], "input": {"user_message": "hi"}}
@@ -102,8 +102,8 @@ def test_serve_runs_the_bundled_example(tmp_path: Path) -> None:
         assert result["extractedOutput"]["output"] == "You said: hi"
     finally:
         process.terminate()
-        output = process.communicate(timeout=10)[0]
-    assert f"http://127.0.0.1:{port}" in output
+        output = "".join(seen) + process.communicate(timeout=10)[0]
+    assert f"proxy listening on {base}" in output
     assert "demo-token-change-me" not in output
 
 
@@ -111,7 +111,7 @@ def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("connections: {a: 1}")
     result = CliRunner().invoke(main, ["serve", "--config", str(bad)])
-    assert result.exit_code != 0 and "connections must be a list" in result.output
+    assert result.exit_code == 1 and "connections must be a list" in result.output
 
 
 def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_invalid_config_connection_stops_serve_with_its_place(tmp_path: Path) ->
         ' input_template: \'{"m": "{{ input.m }}"}\', output_mapping: {output: $.a}}\n'
     )
     result = CliRunner().invoke(main, ["serve", "--config", str(bad), "--data-dir", str(tmp_path / "d")])
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output  # the help: 1 when the config file is unusable
     assert "config connections[0] (c): authToken (auth_token): is required when authType is BEARER" in result.output
 
 
@@ -177,7 +177,7 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
     tmp_path: Path, upstream_url: str, settings: str, connection_extra: str, place: str
 ) -> None:
     config = echo_config(tmp_path / "proxy.yaml", upstream_url, settings, connection_extra)
-    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", "0")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"{place}: true is not a record mode" in done.stderr
     assert "valid modes are: none, once, new_episodes, all, off" in done.stderr
@@ -185,10 +185,9 @@ def test_a_bare_yaml_on_or_yes_record_mode_is_refused_listing_the_modes(
 
 @contextmanager
 def serving(*args: str) -> Iterator[str]:
-    """`python -m proxy serve ARGS` on a free port until the block ends; yields its base URL."""
-    port = free_port()
-    with proxy_serving(port, *args):
-        yield f"http://127.0.0.1:{port}"
+    """`python -m proxy serve ARGS` on a port the system picks until the block ends; yields its base URL."""
+    with proxy_serving(*args) as served:
+        yield served.url
 
 
 def call_test_connection(base: str, message: str) -> dict[str, Any]:
@@ -266,8 +265,7 @@ def make_run(port: int, data_dir: Path, *, stderr: int = subprocess.STDOUT) -> s
 def test_make_run_stopped_by_ctrl_c_ends_with_one_line_and_no_make_error(tmp_path: Path) -> None:
     """Ctrl-C on `make run` at a terminal (SIGINT to make and the server): the server's one line, and no
     `make: *** [Makefile: run] Error 1` after click's `Aborted!`."""
-    port = free_port()
-    process = make_run(port, tmp_path / "data")
+    process = make_run(0, tmp_path / "data")  # port 0: the server takes a free one and says which
     try:
         assert process.stdout is not None
         lines = []
@@ -301,14 +299,14 @@ def test_make_run_on_a_port_in_use_names_make_run_port(tmp_path: Path) -> None:
 
 
 def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
-    port = free_port()
-    cmd = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    cmd = [sys.executable, "-m", "proxy", "serve", "--port", "0", "--data-dir", str(tmp_path / "data")]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert line == f"proxy listening on http://127.0.0.1:{port}\n"
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # at once: no retry, no wait
+        listening = re.fullmatch(r"proxy listening on (http://127\.0\.0\.1:(\d+))\n", line)
+        assert listening and int(listening[2]) > 0, line  # port 0 asked for: the one the system gave is printed
+        assert httpx.get(f"{listening[1]}/healthz").status_code == 200  # at once: no retry, no wait
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -316,7 +314,7 @@ def test_serve_prints_its_url_only_once_it_answers(tmp_path: Path) -> None:
 
 def test_serve_stops_on_a_misspelt_key_naming_its_place_and_the_nearest_key(tmp_path: Path, upstream_url: str) -> None:
     config = echo_config(tmp_path / "proxy.yaml", upstream_url, extra="    timout: 5\n")
-    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", str(free_port()))
+    done = proxy_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--port", "0")
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == "Error: config connections[0].timout: unknown field — did you mean timeout?\n"
 

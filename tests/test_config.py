@@ -8,6 +8,7 @@ import pytest
 from proxy.cli import build_settings
 from proxy.config import load_config
 from proxy.errors import ConfigError
+from proxy.record_mode import RecordMode
 from proxy.runtime import Runtime
 from proxy.settings import Settings
 
@@ -160,7 +161,18 @@ def test_known_keys_pass_in_either_spelling(tmp_path: Path) -> None:
         f"connections:\n{CHAT}    retryEnabled: true\n    record_mode: off\n"
         "versions:\n  - {name: v1, productId: p, conversation: chat, description: d}\n"
     )
-    check_config_file(tmp_path, text)
+    config = load_config(write(tmp_path, text))
+    runtime = Runtime(build_settings(config, data_dir=tmp_path / "data"), config)
+    try:
+        runtime.check_config()  # start-up accepts the file, and each key, in either spelling, took effect
+        settings, library = runtime.settings, runtime.library
+        assert (settings.record_mode, settings.cassettes_dir) == ("none", Path("c"))
+        assert library.mode_for("chat") is RecordMode.OFF and library.mode_for("other") is RecordMode.NONE
+        assert (library.rules.ignore_query, library.rules.match_headers) == ({"ts"}, {"x-t"})
+        connection = runtime.connections.build(runtime._without_proxy_fields(config.connections[0]))
+        assert connection.spec.retry_enabled is True and connection.spec.product_id == "p"
+    finally:
+        runtime.store.close()
 
 
 def test_only_a_credential_may_come_from_an_unset_variable(tmp_path: Path) -> None:

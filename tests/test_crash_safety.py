@@ -14,7 +14,7 @@ from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
 from proxy.transports.cassette import TEMP_MARKER
-from tests.servers import free_port, proxy_serving
+from tests.servers import ServedProcess, proxy_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -29,9 +29,9 @@ def write_config(path: Path, upstream_url: str) -> None:
     )
 
 
-def server(tmp_path: Path, port: int, cassettes: str = "cassettes") -> AbstractContextManager[subprocess.Popen[bytes]]:
+def server(tmp_path: Path, cassettes: str = "cassettes") -> AbstractContextManager[ServedProcess]:
     dirs = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / cassettes)]
-    return proxy_serving(port, "--config", str(tmp_path / "proxy.yaml"), *dirs)
+    return proxy_serving("--config", str(tmp_path / "proxy.yaml"), *dirs)
 
 
 def cassette_bodies(root: Path) -> dict[str, list[str]]:
@@ -44,11 +44,10 @@ def cassette_bodies(root: Path) -> dict[str, list[str]]:
 
 def test_kill_minus_nine_loses_no_acknowledged_exchange(tmp_path: Path, upstream_url: str) -> None:
     write_config(tmp_path / "proxy.yaml", upstream_url)
-    port = free_port()
     acknowledged: dict[str, list[str]] = {}
     for round_number in range(3):
-        with server(tmp_path, port) as process:
-            base = f"http://127.0.0.1:{port}"
+        with server(tmp_path) as served:
+            process, base = served.process, served.url
             version = httpx.get(f"{base}/versions").json()[0]["id"]
             for case in range(2):
                 key = f"r{round_number}-c{case}"
@@ -64,7 +63,7 @@ def test_kill_minus_nine_loses_no_acknowledged_exchange(tmp_path: Path, upstream
             process.wait(timeout=10)
             if round_number == 0:
                 assert not list((tmp_path / "cassettes").rglob("r0-*.yaml"))  # so recovery is what brings them back
-    with server(tmp_path, port):
+    with server(tmp_path):
         pass  # start-up folds the journal into the cassettes
     assert cassette_bodies(tmp_path / "cassettes") == acknowledged
     assert not list((tmp_path / "cassettes").rglob(f"*{TEMP_MARKER}*"))
@@ -76,8 +75,6 @@ def test_kill_minus_nine_during_fifty_concurrent_recording_sessions_repeatedly(
     import asyncio
 
     write_config(tmp_path / "proxy.yaml", upstream_url)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     acknowledged: dict[str, list[str]] = {}
 
     async def converse(client: httpx.AsyncClient, version: str, key: str) -> None:
@@ -88,7 +85,7 @@ def test_kill_minus_nine_during_fifty_concurrent_recording_sessions_repeatedly(
             if answer.status_code == 201:
                 acknowledged.setdefault(key, []).append(f'{{"message": "{message}"}}')
 
-    async def traffic_until_killed(process: subprocess.Popen[bytes], round_number: int) -> None:
+    async def traffic_until_killed(process: subprocess.Popen[str], base: str, round_number: int) -> None:
         version = httpx.get(f"{base}/versions").json()[0]["id"]
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             tasks = [asyncio.create_task(converse(client, version, f"k{round_number}-{n}")) for n in range(50)]
@@ -97,10 +94,10 @@ def test_kill_minus_nine_during_fifty_concurrent_recording_sessions_repeatedly(
             await asyncio.gather(*tasks, return_exceptions=True)
 
     for round_number in range(3):
-        with server(tmp_path, port) as process:
-            asyncio.run(traffic_until_killed(process, round_number))
-            process.wait(timeout=10)
-    with server(tmp_path, port):
+        with server(tmp_path) as served:
+            asyncio.run(traffic_until_killed(served.process, served.url, round_number))
+            served.process.wait(timeout=10)
+    with server(tmp_path):
         pass
     found = cassette_bodies(tmp_path / "cassettes")
     assert sum(len(v) for v in acknowledged.values()) >= 100  # the kills really hit a busy server
@@ -116,9 +113,8 @@ def test_an_unsaved_recording_is_recovered_into_its_own_cassettes_folder_only(
 ) -> None:
     """Two cassettes folders, one data dir: what A recorded before a kill -9 goes to A, never to B."""
     write_config(tmp_path / "proxy.yaml", upstream_url)
-    port = free_port()
-    with server(tmp_path, port, cassettes="A") as process:
-        base = f"http://127.0.0.1:{port}"
+    with server(tmp_path, cassettes="A") as served:
+        process, base = served.process, served.url
         version = httpx.get(f"{base}/versions").json()[0]["id"]
         session = httpx.post(f"{base}/sessions", json={"versionId": version, "testCaseId": "tc-a"}).json()
         answer = httpx.post(f"{base}/sessions/{session['id']}/turns", json={"input": {"user_message": "only A"}})
@@ -126,9 +122,9 @@ def test_an_unsaved_recording_is_recovered_into_its_own_cassettes_folder_only(
         os.kill(process.pid, signal.SIGKILL)  # before any flush: only the journal has it
         process.wait(timeout=10)
     assert not (tmp_path / "A" / "sessions" / "tc-a.yaml").exists()
-    with server(tmp_path, port, cassettes="B"):
+    with server(tmp_path, cassettes="B"):
         pass
     assert not list((tmp_path / "B").rglob("*.yaml"))  # B gets nothing
-    with server(tmp_path, port, cassettes="A"):
+    with server(tmp_path, cassettes="A"):
         pass
     assert cassette_bodies(tmp_path / "A") == {"tc-a": ['{"message": "only A"}']}

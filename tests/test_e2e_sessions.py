@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from galtea import Galtea
 from proxy.config import Config
 from tests.conftest import RunningProxy, running_proxy
 from tests.helpers import conversation_version, post, thread_connections, thread_version
-from tests.upstream import Reply, Threads, Upstream
+from tests.upstream import Received, Reply, Threads, Upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -182,7 +183,15 @@ async def test_fifty_concurrent_sessions_complete_with_their_own_outputs(
 async def test_turns_of_one_session_run_in_order(
     proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
 ) -> None:
-    upstream.handle("/slow", lambda r: Reply(json={"reply": r.json["m"]}, delay=0.3 if r.json["m"] == "first" else 0))
+    first_arrived = threading.Event()
+
+    def slow_first(received: Received) -> Reply:
+        if received.json["m"] != "first":
+            return Reply(json={"reply": received.json["m"]})
+        first_arrived.set()
+        return Reply(json={"reply": "first"}, delay=0.3)  # still answering when the second turn is sent
+
+    upstream.handle("/slow", slow_first)
     with httpx.Client(base_url=proxy_server.url) as client:
         template = '{"m": "{{ input.user_message }}", "n": {{ past_turns | length }}}'
         version = conversation_version(client, f"{upstream_url}/slow", name="slow", inputTemplate=template)
@@ -190,7 +199,7 @@ async def test_turns_of_one_session_run_in_order(
     async with httpx.AsyncClient(base_url=proxy_server.url, timeout=30) as client:
         url = f"/sessions/{session['id']}/turns"
         first = asyncio.create_task(client.post(url, json={"input": {"user_message": "first"}}))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(first_arrived.wait, 10)  # the first turn is upstream: only then the second
         second = await client.post(url, json={"input": {"user_message": "second"}})
         first_body = (await first).json()
     assert (first_body["index"], second.json()["index"]) == (0, 1)

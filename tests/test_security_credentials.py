@@ -14,7 +14,7 @@ import pytest
 
 from proxy.settings import MASK
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, running_proxy
-from tests.servers import free_port, proxy_serving
+from tests.servers import proxy_serving
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -166,9 +166,8 @@ def test_an_environment_http_proxy_never_receives_the_token_for_a_loopback_upstr
     listener, evil = attacker
     env = {name: value for name, value in os.environ.items() if name.lower() not in ("no_proxy", "proxy_secret_key")}
     env |= {"HTTP_PROXY": evil, "http_proxy": evil}
-    port = free_port()
     data = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"), "--record-mode", "off"]
-    with proxy_serving(port, *data, env=env), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with proxy_serving(*data, env=env) as served, httpx.Client(base_url=served.url, timeout=30) as client:
         created = client.post("/endpointConnections", json=chat_connection(upstream_url))
         assert created.status_code == 201, created.text
         tested = client.post("/endpointConnections/testConnection", json={"id": created.json()["id"]}).json()

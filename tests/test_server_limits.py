@@ -35,7 +35,7 @@ from proxy.runtime import Runtime
 from proxy.settings import DEFAULT_MAX_FLOW_VIEWERS, DEFAULT_MAX_HEADERS, Settings
 from tests.conftest import RunningProxy, chat_connection
 from tests.helpers import post
-from tests.servers import free_port, proxy_serving, serve_in_thread
+from tests.servers import proxy_serving, serve_in_thread
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
@@ -116,10 +116,9 @@ def tcp_state(sock: socket.socket) -> int:
 def test_a_20_mb_header_without_the_api_key_is_cut_off_at_the_limit_and_grows_no_memory(tmp_path: Path) -> None:
     """The attack: one endless header sent to an authenticated route without the key (1 GB grew the server by
     1 GB before its 401). The server stops reading at 64 KB, answers 431 (or resets), and holds nothing."""
-    port = free_port()
     data = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes"), "--api-key", API_KEY]
-    with proxy_serving(port, *data) as process:
-        url = f"http://127.0.0.1:{port}"
+    with proxy_serving(*data) as served:
+        process, url, port = served.process, served.url, served.port
         assert httpx.get(f"{url}/healthz").status_code == 200
         before = rss_bytes(process.pid)
         sent, piece, total = 0, b"a" * 65536, 20 * 1024 * 1024

@@ -28,7 +28,7 @@ from proxy.transports.cassette import (
     update_cassette,
 )
 from proxy.transports.matching import MatchRules
-from tests.servers import free_port, wait_healthy
+from tests.servers import announced_url
 
 pytestmark = pytest.mark.e2e
 
@@ -45,8 +45,7 @@ def write_config(path: Path, upstream_url: str) -> None:
     )
 
 
-def start_server(tmp_path: Path, number: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_server(tmp_path: Path, number: int) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -54,7 +53,7 @@ def start_server(tmp_path: Path, number: int) -> tuple[subprocess.Popen[bytes], 
             "proxy",
             "serve",
             "--port",
-            str(port),
+            "0",
             "--config",
             str(tmp_path / "proxy.yaml"),
             "--data-dir",
@@ -62,12 +61,15 @@ def start_server(tmp_path: Path, number: int) -> tuple[subprocess.Popen[bytes], 
             "--cassettes",
             str(tmp_path / "cassettes"),
         ],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, process)
-    return process, base
+    try:
+        return process, announced_url(process)
+    except RuntimeError:
+        process.kill()
+        raise
 
 
 def record_calls(base: str, number: int) -> list[int]:
@@ -83,7 +85,7 @@ def test_four_servers_recording_into_one_cassette_lose_nothing(tmp_path: Path, u
     `connections/shared.yaml` and shut down at the same moment, so their final writes race. Every one of the
     200 interactions is in the file afterwards (the last writer used to win: 50 left), and plain vcrpy loads it."""
     write_config(tmp_path / "proxy.yaml", upstream_url)
-    servers: list[tuple[subprocess.Popen[bytes], str]] = []
+    servers: list[tuple[subprocess.Popen[str], str]] = []
     try:
         for number in range(SERVERS):
             servers.append(start_server(tmp_path, number))

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.helpers import ROOT
-from tests.servers import free_port, wait_healthy
+from tests.servers import ANNOUNCED
 
 RUNTIME_STAMP = ".venv/.installed-runtime"  # the Makefile's stamp for the runtime install
 # What would change the Makefile's defaults from outside (under `make test`, MAKEFLAGS carries its variables).
@@ -80,11 +80,12 @@ def run(cwd: Path, command: list[str], env: dict[str, str]) -> subprocess.Comple
 
 
 @contextlib.contextmanager
-def make_run(clone: Path, port: int, env: dict[str, str], log: Path) -> Iterator[None]:
-    """`make run` as the README says, on a free port; stopped with Ctrl-C (SIGINT), as a user stops it."""
+def make_run(clone: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """`make run` as the README says, on a port the system picks (PORT=0); yields the URL the server prints once
+    it listens. Stopped with Ctrl-C (SIGINT), as a user stops it."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            ["make", "-o", RUNTIME_STAMP, "run", f"PORT={port}"],
+            ["make", "-o", RUNTIME_STAMP, "run", "PORT=0"],
             cwd=clone,
             env=env,
             stdout=out,
@@ -92,11 +93,12 @@ def make_run(clone: Path, port: int, env: dict[str, str], log: Path) -> Iterator
             start_new_session=True,
         )
     try:
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}", process, timeout_s=30)
-        except RuntimeError as exc:
-            pytest.fail(f"make run: {exc}\n{log.read_text()}")
-        yield
+        deadline = time.monotonic() + 30
+        while not (listening := ANNOUNCED.search(log.read_text())):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"make run printed no URL:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield listening[1]
     finally:
         with contextlib.suppress(ProcessLookupError):  # gone already when make failed
             os.killpg(process.pid, signal.SIGINT)
@@ -119,11 +121,10 @@ def test_the_readme_on_a_fresh_clone_works_and_leaves_it_clean(tmp_path: Path) -
     readme = (clone / "README.md").read_text(encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_") and k not in MAKE_VARIABLES}
     env["PYTHONUNBUFFERED"] = "1"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     try_it = section(readme, "Try it")
 
-    with make_run(clone, port, env, tmp_path / "make-run.log"):
+    with make_run(clone, env, tmp_path / "make-run.log") as base:
+        port = base.rsplit(":", 1)[1]
         # "Try it": the curl commands, in one shell (one sets $id for the next).
         curl_block = next(b for b in code_blocks(try_it, "sh") if "testConnection" in b)
         script = "\n".join(line for line in shell_lines(curl_block) if line.strip() != "make run")

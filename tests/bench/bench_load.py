@@ -19,9 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import app_process, process, record_sessions, serve_command, upstream_process
+from tests.bench.harness import app_process, free_port, process, record_sessions, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = ROOT / ".venv-mitm" / "bin" / "mitmdump"

@@ -24,9 +24,8 @@ from proxy.runtime import Runtime
 from proxy.sessions import tables
 from proxy.settings import Settings
 from tests.bench.bench_load import cpu_seconds, load_config
-from tests.bench.harness import process, record_sessions, serve_command, upstream_process
+from tests.bench.harness import free_port, process, record_sessions, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection
-from tests.servers import free_port
 
 TURNS_PER_SESSION = 10
 BIG_SESSIONS = int(os.environ.get("BENCH_STORE_SESSIONS", "100000"))

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.bench.harness import app_process, process, serve_command
-from tests.servers import free_port
+from tests.bench.harness import app_process, free_port, process, serve_command
 
 MITMDUMP = Path(__file__).resolve().parents[2] / ".venv-mitm" / "bin" / "mitmdump"
 TTFB_REQUESTS = 300

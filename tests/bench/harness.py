@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port, wait_answering
+from tests.servers import wait_answering
+
+
+def free_port() -> int:
+    """A port free at this moment (the benchmarks run one server at a time, never beside pytest-xdist workers;
+    some of the tools they start cannot report a port 0 they were given)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
