@@ -13,6 +13,7 @@ from proxy.data_dir import make_private_dir, tighten
 from proxy.transports.cassette import atomic_write, load_interactions
 from proxy.transports.inventory import cassette_files, name_of
 from proxy.transports.library import CassetteLibrary
+from proxy.transports.usage import read_record
 
 ORPHANS_FILE_NAME = "cassette-orphans.json"
 KINDS = ("connections", "connectors", "sessions")  # the folders a test folder holds its cassettes in
@@ -77,12 +78,7 @@ def write_orphans(path: Path, root: Path, found: list[str]) -> None:
 
 
 def read_orphans_file(path: Path) -> dict[str, list[str]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = read_record(path)
     return {str(k): [str(f) for f in v] for k, v in data.items() if isinstance(v, list)}
 
 

@@ -267,6 +267,21 @@ def test_e_fault_scoped_to_this_test(proxy_server):
 """
 
 
+def write_counter_project(project: Path, upstream_url: str) -> None:
+    """The project's config: one connection, `counter`, at the counting upstream."""
+    connection = {
+        "name": "counter",
+        "product_id": "p",
+        "type": "CONVERSATION",
+        "url": f"{upstream_url}/count",
+        "auth_type": "NONE",
+        "input_template": '{"q": "{{ input.user_message }}"}',
+        "output_mapping": {"output": "$.n"},
+    }
+    (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
+    (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+
+
 def counting_upstream() -> Upstream:
     upstream = Upstream()
     counter = iter(range(1, 1000))
@@ -283,17 +298,7 @@ def test_each_test_replays_its_own_recordings_alone_in_any_order_and_in_parallel
     (project / "test_counter.py").write_text(COUNTER_TESTS)
     upstream = counting_upstream()
     with serve_in_thread(upstream.app) as url:
-        connection = {
-            "name": "counter",
-            "product_id": "p",
-            "type": "CONVERSATION",
-            "url": f"{url}/count",
-            "auth_type": "NONE",
-            "input_template": '{"q": "{{ input.user_message }}"}',
-            "output_mapping": {"output": "$.n"},
-        }
-        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
-        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        write_counter_project(project, url)
         (project / "expected_a").write_text("2")  # 1 went to the session fixture
         (project / "expected_b").write_text("3")
         recorded = run_pytest(project, "--proxy-record-mode", "once")
@@ -517,17 +522,7 @@ def test_recordings_a_test_no_longer_plays_and_folders_no_test_maps_to_are_repor
     (project / "test_app.py").write_text(LEFTOVER_TESTS)
     upstream = counting_upstream()
     with serve_in_thread(upstream.app) as url:
-        connection = {
-            "name": "counter",
-            "product_id": "p",
-            "type": "CONVERSATION",
-            "url": f"{url}/count",
-            "auth_type": "NONE",
-            "input_template": '{"q": "{{ input.user_message }}"}',
-            "output_mapping": {"output": "$.n"},
-        }
-        (project / "proxy.yaml").write_text(json.dumps({"connections": [connection], "settings": {"allow_http": True}}))
-        (project / "pytest.ini").write_text("[pytest]\nproxy_config = proxy.yaml\n")
+        write_counter_project(project, url)
         recorded = run_pytest(project, "--proxy-record-mode", "once")
         assert recorded.returncode == 0, recorded.stdout + recorded.stderr
         assert "ProxyUnplayedWarning" not in recorded.stdout and "orphaned" not in recorded.stdout

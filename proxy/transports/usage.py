@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -26,14 +27,18 @@ def usage_file(folder: Path) -> Path:
     return folder / USAGE_FILE_NAME
 
 
-def read_usage_file(path: Path) -> Usage:
-    """The usage file's entries; a missing or unreadable file holds none (it is a record, never a must)."""
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object kept in a lasting folder; a missing or unreadable one holds nothing (a record, never a must)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict):
-        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_usage_file(path: Path) -> Usage:
+    """The usage file's entries."""
+    data = read_record(path)
     return {
         str(path_text): (str(entry[0]), str(entry[1]))
         for path_text, entry in data.items()
