@@ -9,7 +9,7 @@ path a replayed turn takes), and the tests check every answer against its model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -418,3 +418,22 @@ class FaultsCleared(Answer):
     connection: str
     test_id: str | None
     cleared: bool = Field(description="whether rules had been set")
+
+
+class ActiveFault(FaultRule):
+    """A rule as it was given, with what it has done so far."""
+
+    used: int = Field(description="calls it has acted on so far (what counts against `times`)")
+
+
+class FaultsActive(Answer):
+    connection: str = Field(description="the connection's id (connector:<id> for a connector)")
+    test_id: str | None = Field(description="the X-Proxy-Test-Id asked about; null: calls without one")
+    source: Literal["test", "set", "connection", "none"] = Field(
+        description="where the rules acting on those calls come from: set at run time for this test, set at run "
+        "time without a test id, the connection's own `faults`, or none"
+    )
+    faults: list[ActiveFault] = Field(description="the rules, in the order they are tried")
+    test_ids: list[str] | None = Field(
+        description="without X-Proxy-Test-Id: the tests that have rules of their own (null with one)"
+    )

@@ -99,6 +99,8 @@ def test_every_answer_matches_its_schema(
     api.patch(f"/endpointConnections/{chat['id']}", json={"timeout": 30})
     api.post("/endpointConnections/testConnection", json={"id": chat["id"]})
     api.put(f"/_proxy/faults/{chat['id']}", json={"faults": [{"status": 503, "times": 1, "match": {"path": "/x"}}]})
+    api.get(f"/_proxy/faults/{chat['id']}")
+    api.get(f"/_proxy/faults/{chat['id']}", headers={"X-Proxy-Test-Id": "T"})
     api.delete(f"/_proxy/faults/{chat['id']}")
     api.get("/versions")
     api.get(f"/versions/{version}")

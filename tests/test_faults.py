@@ -272,6 +272,101 @@ def test_the_fault_routes_pass_the_guard(proxy_server: RunningProxy, upstream_ur
         assert client.post("/forward/chat/chat", json={}).status_code == 200  # nothing was set
 
 
+def active(client: httpx.Client, ref: str, test_id: str | None = None) -> dict[str, Any]:
+    """GET /_proxy/faults/{ref} (as test `test_id`), checked to answer 200."""
+    response = client.get(f"/_proxy/faults/{ref}", headers={"X-Proxy-Test-Id": test_id} if test_id else {})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def used(listing: dict[str, Any]) -> list[tuple[int | None, int]]:
+    return [(rule["status"], rule["used"]) for rule in listing["faults"]]
+
+
+def test_get_lists_the_active_rules_per_test_with_what_each_has_done(
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str
+) -> None:
+    """GET /_proxy/faults/{connection} was a 405: a test could not see which rules act on its calls, nor how many
+    of their `times` the calls have used."""
+    upstream.script("/chat", Reply(json=REPLY))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        conn_id, _ = make_version(client, upstream_url, faults=[{"status": 502, "times": 1}])
+        own = active(client, "chat")
+        assert own == {
+            "connection": conn_id,
+            "testId": None,
+            "source": "connection",
+            "faults": [{**FaultRule(status=502, times=1).model_dump(), "used": 0}],
+            "testIds": [],
+        }
+        assert forward_statuses(proxy_server, 2) == [502, 200]
+        assert used(active(client, conn_id)) == [(502, 1)]  # by id as by name
+
+        unscoped = {"faults": [{"status": 500, "times": 2}, {"status": 503, "times": 1}]}
+        assert client.put("/_proxy/faults/chat", json=unscoped).status_code == 200
+        for test_id, rule in (("A", {"status": 429, "times": 1}), ("B", {"status": 418, "delay_ms": 1})):
+            put = client.put("/_proxy/faults/chat", json={"faults": [rule]}, headers={"X-Proxy-Test-Id": test_id})
+            assert put.status_code == 200, put.text
+        assert forward_statuses(proxy_server, 4) == [500, 500, 503, 200]
+        assert forward_statuses(proxy_server, 2, {"X-Proxy-Test-Id": "A"}) == [429, 200]  # A's rule, used up
+
+        without = active(client, "chat")
+        assert (without["source"], used(without), without["testIds"]) == ("set", [(500, 2), (503, 1)], ["A", "B"])
+        a, b = active(client, "chat", "A"), active(client, "chat", "B")
+        assert (a["testId"], a["source"], used(a), a["testIds"]) == ("A", "test", [(429, 1)], None)
+        assert (b["source"], used(b), b["faults"][0]["delay_ms"]) == ("test", [(418, 0)], 1)
+        other = active(client, "chat", "C")  # no rules of its own: the unscoped ones act on its calls
+        assert (other["source"], used(other)) == ("set", [(500, 2), (503, 1)])
+
+        assert client.delete("/_proxy/faults/chat", headers={"X-Proxy-Test-Id": "A"}).json()["cleared"]
+        assert active(client, "chat")["testIds"] == ["B"]
+        assert client.delete("/_proxy/faults/chat").json()["cleared"]
+        assert (active(client, "chat")["source"], used(active(client, "chat"))) == ("connection", [(502, 1)])
+        client.patch(f"/endpointConnections/{conn_id}", json={"faults": []})
+        assert active(client, "chat")["source"] == "none" and active(client, "chat")["faults"] == []
+
+
+def test_get_lists_a_connectors_rules(proxy_server: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
+    upstream.script("/search", Reply(json={"results": []}))
+    with httpx.Client(base_url=proxy_server.url) as client:
+        created = client.post("/v1/connectors", json={"name": "wiki", "url": f"{upstream_url}/search"})
+        assert created.status_code == 200, created.text
+        assert client.patch("/v1/connectors/wiki", json={"faults": [{"status": 500}]}).status_code == 200
+        assert client.post("/v1/connectors/wiki/search", json={"query": "q"}).status_code == 502
+        listing = active(client, "connector:wiki")
+    assert (listing["connection"], listing["source"], used(listing)) == ("connector:wiki", "connection", [(500, 1)])
+
+
+@pytest.mark.parametrize("ref", ["nope", "connector:nope"])
+def test_get_for_an_unknown_connection_is_404(proxy_server: RunningProxy, ref: str) -> None:
+    response = httpx.get(f"{proxy_server.url}/_proxy/faults/{ref}")
+    assert response.status_code == 404 and "nope" in response.json()["message"], response.text
+
+
+def test_listing_faults_passes_the_guard(tmp_path: Path, upstream: Upstream, upstream_url: str) -> None:
+    """Attacks on GET /_proxy/faults: a web page's fetch (foreign Origin), a DNS-rebinding Host, and, with
+    --api-key, a call without the key each get no listing."""
+    key = "key-F4ults-0123456789"
+    rule = {"faults": [{"status": 500, "body": "planted"}]}
+    with running_proxy(tmp_path / "open") as proxy, httpx.Client(base_url=proxy.url) as client:
+        make_version(client, upstream_url)
+        assert client.put("/_proxy/faults/chat", json=rule).status_code == 200
+        for headers in ({"Origin": "https://evil.example"}, {"Host": "rebind.attacker.example"}):
+            refused = client.get("/_proxy/faults/chat", headers=headers)
+            assert refused.status_code == 403 and "planted" not in refused.text, headers
+        assert "planted" in client.get("/_proxy/faults/chat").text
+    bearer = {"Authorization": f"Bearer {key}"}
+    with running_proxy(tmp_path / "keyed", api_key=key) as proxy, httpx.Client(base_url=proxy.url) as client:
+        owner = httpx.Client(base_url=proxy.url, headers=bearer)
+        with owner:
+            make_version(owner, upstream_url)
+            assert owner.put("/_proxy/faults/chat", json=rule).status_code == 200
+            for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789"}):
+                refused = client.get("/_proxy/faults/chat", headers=headers)
+                assert refused.status_code == 401 and "planted" not in refused.text, headers
+            assert owner.get("/_proxy/faults/chat").json()["faults"][0]["body"] == "planted"
+
+
 def test_connector_faults_on_search(proxy_server: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
     results = {"results": [{"id": "d1", "text": "found"}]}
     upstream.script("/search", Reply(json=results))

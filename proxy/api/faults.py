@@ -1,8 +1,9 @@
-"""PUT/DELETE /_proxy/faults/{connection}: fault rules set at run time, and the test id calls carry.
+"""GET/PUT/DELETE /_proxy/faults/{connection}: fault rules set at run time, and the test id calls carry.
 
 `{connection}` is a connection's name or id, or `connector:<id>`. Rules set with an `X-Proxy-Test-Id`
 header apply only to calls made while serving a request with the same header; without one, to every call
-of the connection. Either replaces the connection's own `faults` until DELETE (with the same header)."""
+of the connection. Either replaces the connection's own `faults` until DELETE (with the same header).
+GET tells which rules act on those calls, and how often each has acted."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.api.common import json_response, read_json_object, runtime
 from proxy.api.openapi import ApiRoute
-from proxy.faults import TEST_ID_HEADER, scoped_to_test
+from proxy.faults import TEST_ID_HEADER, FaultRule, scoped_to_test
 from proxy.known_keys import check_model_keys
 from proxy.models import raise_first
 from proxy.runtime import Runtime
-from proxy.schemas import FaultsCleared, FaultsSet, FaultsSetAnswer
+from proxy.schemas import FaultsActive, FaultsCleared, FaultsSet, FaultsSetAnswer
 
 CONNECTOR_PREFIX = "connector:"
 _HEADER = TEST_ID_HEADER.lower().encode()
@@ -44,6 +45,14 @@ def _connection_id(rt: Runtime, ref: str) -> str:
     return rt.connections.resolve(ref).id
 
 
+def _own_rules(rt: Runtime, connection_id: str) -> list[FaultRule]:
+    """The connection's (or connector's) own `faults`, as its calls pass them to the fault layer."""
+    if connection_id.startswith(CONNECTOR_PREFIX):
+        connector = rt.connectors.get(connection_id.removeprefix(CONNECTOR_PREFIX))
+        return [FaultRule.model_validate(rule) for rule in connector.faults]
+    return rt.connections.resolve(connection_id).target.faults
+
+
 def _test_id(request: Request) -> str | None:
     return request.headers.get(TEST_ID_HEADER) or None
 
@@ -65,6 +74,24 @@ async def set_faults(request: Request) -> JSONResponse:
     return json_response(answer)
 
 
+async def list_faults(request: Request) -> JSONResponse:
+    """The rules acting on a connection's calls (for the X-Proxy-Test-Id given), with what each has done."""
+    rt = runtime(request)
+    connection_id = _connection_id(rt, request.path_params["connection"])
+    test_id = _test_id(request)
+    source, plan = rt.faults.active(connection_id, _own_rules(rt, connection_id), test_id)
+    done = [] if plan is None else list(zip(plan.rules, plan.fired, strict=True))
+    rules = [{**rule.model_dump(), "used": used} for rule, used in done]
+    answer = {
+        "connection": connection_id,
+        "testId": test_id,
+        "source": source,
+        "faults": rules,
+        "testIds": rt.faults.test_ids(connection_id) if test_id is None else None,
+    }
+    return json_response(answer)
+
+
 async def clear_faults(request: Request) -> JSONResponse:
     """Clear the fault rules set at run time: the connection's own apply again."""
     rt = runtime(request)
@@ -75,6 +102,7 @@ async def clear_faults(request: Request) -> JSONResponse:
 
 
 ROUTES = [
+    ApiRoute("/_proxy/faults/{connection}", list_faults, methods=["GET"], response=FaultsActive),
     ApiRoute("/_proxy/faults/{connection}", set_faults, methods=["PUT"], body=FaultsSet, response=FaultsSetAnswer),
     ApiRoute("/_proxy/faults/{connection}", clear_faults, methods=["DELETE"], response=FaultsCleared),
 ]

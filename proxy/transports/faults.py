@@ -18,6 +18,11 @@ from proxy.transports.cassette import WIRE_HEADERS
 FAULTS_EXTENSION = "proxy.faults"  # request: (connection id, the connection's own fault rules)
 INJECTED = "injected"  # the OUTCOME_EXTENSION of an answer a rule acted on
 PLANS_KEPT = 1024
+# Where the rules acting on a call come from (GET /_proxy/faults answers it as `source`).
+TEST_RULES = "test"  # set at run time with the call's X-Proxy-Test-Id
+SET_RULES = "set"  # set at run time without a test id
+OWN_RULES = "connection"  # the connection's (or connector's) own `faults`
+NO_RULES = "none"
 
 
 class FaultTransport(httpx.AsyncBaseTransport):
@@ -36,17 +41,40 @@ class FaultTransport(httpx.AsyncBaseTransport):
         """Drop the rules set at run time; the connection's own apply again. Whether there were any."""
         return self._set.pop((connection_id, test_id), None) is not None
 
+    def active(
+        self, connection_id: str, rules: list[FaultRule], test_id: str | None = None
+    ) -> tuple[str, FaultPlan | None]:
+        """What acts on the connection's calls made for `test_id` (None: calls without one), as a call would
+        find it, with its counts: (where the rules come from, the plan). Creates nothing."""
+        found = self._set_plan(connection_id, test_id)
+        if found is not None:
+            return found
+        if not rules:
+            return NO_RULES, None
+        plan = self._configured.get(connection_id)
+        if plan is None or (plan.rules is not rules and plan.rules != rules):  # not called since it changed
+            plan = FaultPlan(rules, self.seed)
+        return OWN_RULES, plan
+
+    def test_ids(self, connection_id: str) -> list[str]:
+        """The tests that have rules of their own on the connection."""
+        return sorted(test_id for conn, test_id in self._set if conn == connection_id and test_id is not None)
+
+    def _set_plan(self, connection_id: str, test_id: str | None) -> tuple[str, FaultPlan] | None:
+        plan = self._set.get((connection_id, test_id)) if test_id is not None else None
+        if plan is not None:
+            return TEST_RULES, plan
+        plan = self._set.get((connection_id, None))
+        return (SET_RULES, plan) if plan is not None else None
+
     def _plan(self, request: httpx.Request) -> FaultPlan | None:
         given = request.extensions.get(FAULTS_EXTENSION)
         if given is None or not (given[1] or self._set):  # no rule anywhere: no lookup per call
             return None
         connection_id, rules = given
-        test_id = current_test_id()
-        plan = self._set.get((connection_id, test_id)) if test_id is not None else None
-        if plan is None:
-            plan = self._set.get((connection_id, None))
-        if plan is not None:
-            return plan
+        found = self._set_plan(connection_id, current_test_id())
+        if found is not None:
+            return found[1]
         if not rules:
             return None
         plan = self._configured.get(connection_id)
