@@ -13,11 +13,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from proxy.api.common import runtime
+from proxy.api.common import query_int, runtime
 from proxy.api.inspector import PAGE_HEADERS, page
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.errors import BadRequest, NotFound
-from proxy.flow_export import HAR_SCHEMA, curl_command, curl_variables, har
+from proxy.flow_export import HAR_SCHEMA, curl_command, curl_variables, har, per_run_headers
 from proxy.flows import OUTCOMES, STATUS_CLASSES, FlowFilter
 from proxy.settings import FLOW_EVENTS_HEARTBEAT_S, FLOW_EVENTS_MAX_S, FLOWS_PAGE_SIZE
 
@@ -127,8 +127,11 @@ def mapping_rows(flow: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def flow_page(request: Request) -> HTMLResponse:
-    """Inspector: one upstream call, its attempts, reply, mapping, near miss and exports."""
+    """Inspector: one upstream call, its attempts, reply, mapping, near miss and exports (`per_run=1`: the curl
+    command with the call's per-run ids too)."""
+    per_run = query_int(request, "per_run", maximum=1) == 1
     flow = await _flow(request)
+    curl = curl_command(flow, per_run)
     nearest = flow["data"].get("nearest")
     now_body = (flow["data"]["exchange"].get("request") or {}).get("body")
     return page(
@@ -140,8 +143,10 @@ async def flow_page(request: Request) -> HTMLResponse:
         mapping=mapping_rows(flow),
         nearest=nearest,
         now_body=now_body,
-        curl=curl_command(flow),
-        curl_variables=curl_variables(flow),
+        curl=curl,
+        curl_variables=curl_variables(curl),
+        per_run=per_run,
+        per_run_headers=per_run_headers(flow),
     )
 
 
