@@ -265,6 +265,31 @@ def test_curl_export_of_a_basic_credential_stops_before_encoding_an_unset_one(
     assert sent.headers["authorization"] == "Basic " + base64.b64encode(f"ann:{password}".encode()).decode()
 
 
+def test_a_forward_flow_says_what_the_forward_route_did_never_mapping_words(
+    served: tuple[RunningProxy, dict[str, str]],
+) -> None:
+    """Wrong words: every forward flow's page said "Output mapping … not run: the reply ended the conversation",
+    where the forward route maps nothing and nothing ended. Its page must name the recording it matched, the
+    headers it added and those it masked, and carry no mapping section."""
+    proxy, _ = served
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        for _ in range(2):  # recorded, then replayed
+            mode = {"X-Proxy-Record-Mode": "new_episodes"}
+            assert client.post("/forward/chat/chat", json={"message": "fwd"}, headers=mode).status_code == 200
+        entries = wait_flows(client, 2, connection="chat")
+        pages = {entry["_cassette"]: client.get(f"/flows/{entry['_flowId']}").text for entry in entries}
+    assert set(pages) == {"recorded", "hit"}
+    for outcome, page in pages.items():
+        assert "Output mapping" not in page and 'id="mapping"' not in page, outcome
+        assert "not run" not in page and "ended the conversation" not in page, outcome
+        found = re.search(r'<table id="forwarded">(.*?)</table>', page, re.S)
+        assert found, outcome
+        rows = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", html.unescape(found.group(1))))
+        assert rows["Recording"].startswith({"recorded": "sent upstream and recorded", "hit": "replayed"}[outcome])
+        assert "Authorization" in rows["Headers added"] and "X-Galtea-Inference-Id" in rows["Headers added"]
+        assert rows["Masked in the log"].startswith("request: Authorization"), rows
+
+
 def test_session_page_names_each_jsonpath_and_shows_an_error_once(
     served: tuple[RunningProxy, dict[str, str]], upstream: Upstream
 ) -> None:
