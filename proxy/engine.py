@@ -161,6 +161,7 @@ class Engine:
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
+        result.injected_headers = list(added)
         result.request = RenderedRequest(
             method,
             self.redactor.redact(url),

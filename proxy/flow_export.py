@@ -1,8 +1,10 @@
 """A flow as a shell `curl` command and flows as HAR 1.2, both from the masked exchange the log keeps.
 
 Neither can hold a secret: the log never had one. Where a masked credential was sent, the curl
-command names a shell variable instead (`$CHAT_AUTH_TOKEN`, from the connection name), for the user
-to set before running it.
+command names a shell variable instead (`${CHAT_AUTH_TOKEN:?…}`, from the connection name), for the user
+to set before running it: unset, the shell stops the command with a message naming it rather than sending
+an empty credential. The ids a call carries for its run alone (`traceparent`, `X-Galtea-Inference-Id`) are
+left out unless asked for: sent again, they would file the copy under the original run.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from proxy import __version__
+from proxy.auth import INFERENCE_ID_HEADER, TRACEPARENT_HEADER
 from proxy.settings import MASK
 
 # Per-hop headers curl sets itself; Accept-Encoding would make curl print a compressed body.
 CURL_SKIPPED = frozenset({"host", "content-length", "connection", "accept-encoding", "transfer-encoding"})
+# Ids of the original call's run (and its trace), left out of a curl command unless asked for.
+PER_RUN_HEADERS = frozenset({TRACEPARENT_HEADER.lower(), "tracestate", INFERENCE_ID_HEADER.lower()})
+VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*):\?[^}]*\}")
 HAR_SCHEMA = {
     "type": "object",
     "required": ["log"],
@@ -31,10 +37,16 @@ def variable_prefix(connection: str | None) -> str:
     return name if name and not name[0].isdigit() else f"C_{name}"
 
 
+def required(name: str) -> str:
+    """`$name` that stops the shell's command, naming the variable, when it is unset or empty."""
+    return f"${{{name}:?set {name}}}"
+
+
 def _double_quoted(text: str) -> str:
-    """`text` inside double quotes, where `$NAME` stays a variable and nothing else expands."""
-    parts = re.split(r"(\$[A-Z][A-Z0-9_]*)", text)
-    escaped = "".join(p if p.startswith("$") else re.sub(r'(["\\$`])', r"\\\1", p) for p in parts)
+    """`text` inside double quotes, where `${NAME:?…}` stays a variable and nothing else expands."""
+    parts = VARIABLE.split(text)
+    # split() puts each variable's name at the odd indexes
+    escaped = "".join(required(p) if i % 2 else re.sub(r'(["\\$`])', r"\\\1", p) for i, p in enumerate(parts))
     return f'"{escaped}"'
 
 
@@ -43,37 +55,50 @@ def _header_arg(name: str, value: str, prefix: str, auth_type: str) -> str:
     if MASK not in value:
         return shlex.quote(f"{name}: {value}")
     if lower == "authorization" and auth_type == "BEARER":
-        value = f"Bearer ${prefix}_AUTH_TOKEN"
+        value = f"Bearer {required(prefix + '_AUTH_TOKEN')}"
     elif lower == "x-api-key" and auth_type == "API_KEY":
-        value = f"${prefix}_AUTH_TOKEN"
+        value = required(prefix + "_AUTH_TOKEN")
     elif lower == "authorization" and auth_type == "BASIC":
-        value = f"Basic ${prefix}_BASIC"
+        value = f"Basic {required(prefix + '_BASIC')}"
     else:
-        value = value.replace(MASK, "$" + prefix + "_" + re.sub(r"[^A-Za-z0-9]+", "_", name).upper())
+        value = value.replace(MASK, required(prefix + "_" + re.sub(r"[^A-Za-z0-9]+", "_", name).upper()))
     return _double_quoted(f"{name}: {value}")
 
 
-def curl_variables(flow: dict[str, Any]) -> list[str]:
-    """The shell variables the flow's curl command needs, in order."""
-    return list(dict.fromkeys(re.findall(r"\$([A-Z][A-Z0-9_]*)", curl_command(flow))))
+def curl_variables(command: str) -> list[str]:
+    """The shell variables a curl command needs the user to set, in order (not those it sets itself)."""
+    assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", command, re.M))
+    return [name for name in dict.fromkeys(VARIABLE.findall(command)) if name not in assigned]
 
 
-def curl_command(flow: dict[str, Any]) -> str:
-    """The request as sent, as a `curl` command line; credentials are `$VARIABLES`."""
+def per_run_headers(flow: dict[str, Any]) -> list[str]:
+    """The names of the per-run headers the flow's request carried."""
+    request = flow["data"]["exchange"].get("request") or {}
+    return [name for name in request.get("headers") or {} if name.lower() in PER_RUN_HEADERS]
+
+
+def curl_command(flow: dict[str, Any], per_run: bool = False) -> str:
+    """The request as sent, as a `curl` command line; credentials are `${VARIABLES:?…}`, and the per-run headers
+    are left out unless `per_run`."""
     request = flow["data"]["exchange"].get("request")
     if not request:
         return ""
     prefix = variable_prefix(flow.get("connection"))
     auth_type = str(flow["data"].get("authType") or "")
+    skipped = CURL_SKIPPED if per_run else CURL_SKIPPED | PER_RUN_HEADERS
     lines = [f"curl -sS -X {shlex.quote(request['method'])} {shlex.quote(request['url'])}"]
     for name, value in (request.get("headers") or {}).items():
-        if name.lower() not in CURL_SKIPPED:
+        if name.lower() not in skipped:
             lines.append(f"-H {_header_arg(name, str(value), prefix, auth_type)}")
     if request.get("body") is not None:
         lines.append(f"--data-raw {shlex.quote(request['body'])}")
     text = " \\\n  ".join(lines)
-    if auth_type == "BASIC" and "$" + prefix + "_BASIC" in text:
-        text = f'{prefix}_BASIC=$(printf %s "${prefix}_USERNAME:${prefix}_PASSWORD" | base64)\n{text}'
+    if auth_type == "BASIC" and required(prefix + "_BASIC") in text:
+        # Checked here, not inside $(…): a subshell's failed expansion would leave the command to run with "".
+        # base64 wraps its output at 76 characters: a long credential's would break the header.
+        user, password = required(prefix + "_USERNAME"), required(prefix + "_PASSWORD")
+        encoded = f'{prefix}_BASIC=$(printf %s "{user}:{password}" | base64 | tr -d "\\n")'
+        text = f': "{user}" "{password}"\n{encoded}\n{text}'
     return text
 
 

@@ -158,9 +158,11 @@ class FlowLog:
         ttfb = stream.get("timeToFirstByteMs") if isinstance(stream, dict) else None
         if ttfb is None and last is not None:
             ttfb = last.first_byte_ms
+        forwarded = result.injected_headers is not None  # the forward route maps nothing: no mapping to show
         data = {
             "exchange": exchange,
-            "mapping": dict(conn.mapping),
+            "mapping": {} if forwarded else dict(conn.mapping),
+            "forward": {"injected": result.injected_headers} if forwarded else None,
             "nearest": last.nearest if last is not None else None,
             "authType": conn.auth_type,
             "connectionType": conn.connection_type,

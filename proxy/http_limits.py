@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import uvicorn
 
-from proxy.listener import OneWriteHttpProtocol
+from proxy.listener import NO_DEFAULT_HEADERS, Dated, OneWriteHttpProtocol
 from proxy.settings import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
@@ -64,7 +64,8 @@ class HttpLimits:
 
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """The uvicorn config of every server the project runs (`options`: more of uvicorn's)."""
-    return uvicorn.Config(app, http=LimitedHttpProtocol.with_limits(HttpLimits.from_settings(settings)), **options)
+    http = LimitedHttpProtocol.with_limits(HttpLimits.from_settings(settings))
+    return uvicorn.Config(Dated(app), http=http, **{**NO_DEFAULT_HEADERS, **options})
 
 
 class LimitedHttpProtocol(OneWriteHttpProtocol):

@@ -3,7 +3,9 @@
 Binding first turns a port in use into one clear line (instead of uvicorn's log and a traceback),
 and the server's URL is announced only once uvicorn accepts connections on it. uvicorn writes an
 answer's head and its body in two socket sends; `OneWriteHttpProtocol` sends them as one (a replayed
-turn spent about a tenth of its CPU on the second send).
+turn spent about a tenth of its CPU on the second send). uvicorn also puts its own `date` and `server: uvicorn` in
+front of every answer's headers, so a forward answer carried two of each (the upstream's and ours): the server runs
+without them, and `Dated` adds a `date` to the answers that have none.
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import errno
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# uvicorn's own headers off: `Dated` dates the answers that carry no `date`, and no answer says `server: uvicorn`.
+NO_DEFAULT_HEADERS = {"server_header": False, "date_header": False}
 
 BACKLOG = 2048  # uvicorn's default
 
@@ -125,3 +132,34 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadWithBody(transport))  # type: ignore[arg-type]
+
+
+class Dated:
+    """ASGI middleware: an answer without a `date` header gets one (HTTP's origin servers send it); one that has its
+    own (a forward answer with the upstream's) keeps it alone. No `server` header is added: an answer names the
+    upstream's server or none."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._second = -1
+        self._date = b""
+
+    def _now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:  # formatted once a second, as uvicorn does
+            self._second, self._date = second, formatdate(second, usegmt=True).encode()
+        return self._date
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def dated_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    message = {**message, "headers": [(b"date", self._now()), *headers]}
+            await send(message)
+
+        await self.app(scope, receive, dated_send)

@@ -158,6 +158,8 @@ class CallResult:
     ended_by_rule: int | None = None  # index of the conversation end rule that matched
     time_to_first_token_ms: float | None = None  # response_mode sse: when the first piece of text arrived
     warnings: list[str] = field(default_factory=list)  # with CallContext.warn_undefined: what rendered empty
+    # A forwarded call (no template, no mapping): the names of the headers the proxy added to the client's request.
+    injected_headers: list[str] | None = None
 
     @property
     def ok(self) -> bool:

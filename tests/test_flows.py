@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 import re
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
+from proxy.flow_export import curl_command, curl_variables
+from proxy.settings import MASK
+from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
 from tests.helpers import launch, post
 from tests.upstream import Reply, Upstream
 
@@ -175,26 +178,116 @@ def test_har_export_is_har_1_2_and_holds_no_secret(served: tuple[RunningProxy, d
     assert TEST_TOKEN not in answer.text and TEST_TOKEN not in one.text
 
 
+def curl_of(client: httpx.Client, flow_id: str, query: str = "") -> str:
+    """The curl command a flow's page shows (`query`: the page's)."""
+    page = client.get(f"/flows/{flow_id}{query}").text
+    found = re.search(r'<pre id="curl-command">(.*?)</pre>', page, re.S)
+    assert found and TEST_TOKEN not in page
+    return html.unescape(found.group(1))
+
+
+def run_bash(command: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", **variables}
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
 def test_curl_export_reproduces_the_call(served: tuple[RunningProxy, dict[str, str]], upstream: Upstream) -> None:
     proxy, ids = served
     with httpx.Client(base_url=proxy.url, timeout=30) as client:
         run_session(client, ids["version"], "tc-curl", 'say "hi" & $HOME')
         (entry,) = wait_flows(client, 1, connection="chat")
-        page = client.get(f"/flows/{entry['_flowId']}").text
-    found = re.search(r'<pre id="curl-command">(.*?)</pre>', page, re.S)
-    assert found and TEST_TOKEN not in page
-    command = html.unescape(found.group(1))
-    assert "$CHAT_AUTH_TOKEN" in command and "••••••••" not in command
+        command = curl_of(client, entry["_flowId"])
+    assert '"${CHAT_AUTH_TOKEN:?set CHAT_AUTH_TOKEN}"' in command.replace("Authorization: Bearer ", "")
+    assert "••••••••" not in command
     sent = upstream.received[-1]
     upstream.received.clear()
-    env = {"PATH": os.environ["PATH"], "CHAT_AUTH_TOKEN": TEST_TOKEN, "HOME": "/nonexistent"}
-    run = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30, check=False)
+    run = run_bash(command, CHAT_AUTH_TOKEN=TEST_TOKEN)
     assert run.returncode == 0, run.stderr
     (again,) = upstream.received
     assert (again.method, again.path, again.body) == (sent.method, sent.path, sent.body)
     assert again.json == {"message": 'say "hi" & $HOME'}
     assert again.headers["authorization"] == f"Bearer {TEST_TOKEN}"
     assert '"reply"' in run.stdout
+
+
+def test_curl_export_stops_on_an_unset_credential_and_leaves_out_the_runs_ids(
+    served: tuple[RunningProxy, dict[str, str]], upstream: Upstream
+) -> None:
+    """Attack on the copy: run with `$CHAT_AUTH_TOKEN` unset, the command sent `Authorization: Bearer ` with no
+    token, and it sent the original call's `traceparent` and `X-Galtea-Inference-Id`, filing the copy under that
+    run. Unset (or empty), the shell must stop it with a message naming the variable and nothing reach the upstream;
+    the run's ids go only with `?per_run=1`; a bad `per_run` is a 4xx naming it."""
+    proxy, ids = served
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        run_session(client, ids["version"], "tc-curl-ids", "hello")
+        (entry,) = wait_flows(client, 1, connection="chat")
+        command = curl_of(client, entry["_flowId"])
+        with_ids = curl_of(client, entry["_flowId"], "?per_run=1")
+        page = client.get(f"/flows/{entry['_flowId']}").text
+        bad = client.get(f"/flows/{entry['_flowId']}", params={"per_run": "2"})
+    sent = upstream.received[-1]
+    upstream.received.clear()
+    assert {"traceparent", "x-galtea-inference-id"} <= set(sent.headers)
+
+    for unset in ({}, {"CHAT_AUTH_TOKEN": ""}):
+        run = run_bash(command, **unset)
+        assert run.returncode != 0 and "CHAT_AUTH_TOKEN: set CHAT_AUTH_TOKEN" in run.stderr, run
+    assert upstream.received == []
+
+    assert run_bash(command, CHAT_AUTH_TOKEN=TEST_TOKEN).returncode == 0
+    (again,) = upstream.received
+    assert again.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+    assert "traceparent" not in again.headers and "x-galtea-inference-id" not in again.headers
+    upstream.received.clear()
+
+    assert run_bash(with_ids, CHAT_AUTH_TOKEN=TEST_TOKEN).returncode == 0
+    (again,) = upstream.received
+    assert again.headers["traceparent"] == sent.headers["traceparent"]
+    assert again.headers["x-galtea-inference-id"] == sent.headers["x-galtea-inference-id"]
+    assert 400 <= bad.status_code < 500 and "per_run" in bad.text
+    assert 'href="?per_run=1#curl"' in page
+
+
+def test_curl_export_of_a_basic_credential_stops_before_encoding_an_unset_one(
+    upstream: Upstream, upstream_url: str
+) -> None:
+    """Attack: with `$CHAT_PASSWORD` unset, `base64` in a subshell encoded `user:` and the command sent it. The
+    command must stop, naming the variable, before anything is sent; set, the upstream gets the credential."""
+    request = {"method": "POST", "url": f"{upstream_url}/chat", "headers": {"Authorization": f"Basic {MASK}"}}
+    command = curl_command({"connection": "chat", "data": {"authType": "BASIC", "exchange": {"request": request}}})
+    assert curl_variables(command) == ["CHAT_USERNAME", "CHAT_PASSWORD"]
+    run = run_bash(command, CHAT_USERNAME="ann")
+    assert run.returncode != 0 and "CHAT_PASSWORD: set CHAT_PASSWORD" in run.stderr
+    assert upstream.received == []
+    password = TEST_PASSWORD * 8  # longer than base64's 76-character lines
+    assert run_bash(command, CHAT_USERNAME="ann", CHAT_PASSWORD=password).returncode == 0
+    (sent,) = upstream.received
+    assert sent.headers["authorization"] == "Basic " + base64.b64encode(f"ann:{password}".encode()).decode()
+
+
+def test_a_forward_flow_says_what_the_forward_route_did_never_mapping_words(
+    served: tuple[RunningProxy, dict[str, str]],
+) -> None:
+    """Wrong words: every forward flow's page said "Output mapping … not run: the reply ended the conversation",
+    where the forward route maps nothing and nothing ended. Its page must name the recording it matched, the
+    headers it added and those it masked, and carry no mapping section."""
+    proxy, _ = served
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        for _ in range(2):  # recorded, then replayed
+            mode = {"X-Proxy-Record-Mode": "new_episodes"}
+            assert client.post("/forward/chat/chat", json={"message": "fwd"}, headers=mode).status_code == 200
+        entries = wait_flows(client, 2, connection="chat")
+        pages = {entry["_cassette"]: client.get(f"/flows/{entry['_flowId']}").text for entry in entries}
+    assert set(pages) == {"recorded", "hit"}
+    for outcome, page in pages.items():
+        assert "Output mapping" not in page and 'id="mapping"' not in page, outcome
+        assert "not run" not in page and "ended the conversation" not in page, outcome
+        found = re.search(r'<table id="forwarded">(.*?)</table>', page, re.S)
+        assert found, outcome
+        rows = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", html.unescape(found.group(1))))
+        assert rows["Recording"].startswith({"recorded": "sent upstream and recorded", "hit": "replayed"}[outcome])
+        assert "Authorization" in rows["Headers added"] and "X-Galtea-Inference-Id" in rows["Headers added"]
+        assert rows["Masked in the log"].startswith("request: Authorization"), rows
 
 
 def test_session_page_names_each_jsonpath_and_shows_an_error_once(
@@ -305,7 +398,7 @@ def test_flows_in_a_real_browser(
         page.goto(f"{proxy.url}/flows?outcome=recorded&connection=chat")
         page.click("tr.flow a")
         page.wait_for_selector("#curl-command")
-        assert "$CHAT_AUTH_TOKEN" in page.inner_text("#curl-command")
+        assert "${CHAT_AUTH_TOKEN:?set CHAT_AUTH_TOKEN}" in page.inner_text("#curl-command")
         assert page.inner_text("#mapping").count("$.reply") == 1
         shot(page, tmp_path, "flow")
 

@@ -13,13 +13,13 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from proxy.api.common import runtime
+from proxy.api.common import query_int, runtime
 from proxy.api.inspector import PAGE_HEADERS, page
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.errors import BadRequest, NotFound
-from proxy.flow_export import HAR_SCHEMA, curl_command, curl_variables, har
+from proxy.flow_export import HAR_SCHEMA, curl_command, curl_variables, har, per_run_headers
 from proxy.flows import OUTCOMES, STATUS_CLASSES, FlowFilter
-from proxy.settings import FLOW_EVENTS_HEARTBEAT_S, FLOW_EVENTS_MAX_S, FLOWS_PAGE_SIZE
+from proxy.settings import FLOW_EVENTS_HEARTBEAT_S, FLOW_EVENTS_MAX_S, FLOWS_PAGE_SIZE, MASK
 
 EVENTS_SCHEMA = {
     "type": "string",
@@ -107,8 +107,10 @@ async def _flow(request: Request) -> dict[str, Any]:
 
 
 def mapping_rows(flow: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each output-mapping key: its JSONPath, and what it extracted or why nothing."""
+    """Each output-mapping key: its JSONPath, and what it extracted or why nothing (a forwarded call: none)."""
     data = flow["data"]
+    if is_forwarded(flow):
+        return []
     exchange = data["exchange"]
     extracted, misses = exchange.get("extracted") or {}, exchange.get("extractionErrors") or {}
     rows = []
@@ -126,9 +128,47 @@ def mapping_rows(flow: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# What the forward route did with the cassette, by the flow's outcome.
+FORWARD_OUTCOMES = {
+    "hit": "replayed: a recording in the cassette matched the request",
+    "recorded": "sent upstream and recorded in the cassette",
+    "miss": "no recording in the cassette matched the request (nothing sent upstream)",
+    "live": "sent upstream, not recorded",
+    "injected": "answered by a fault rule (nothing sent upstream)",
+    "error": "the cassette could not be used",
+}
+
+
+def is_forwarded(flow: dict[str, Any]) -> bool:
+    """A call of the forward route (flows logged before `forward` was kept in the data: by their kind)."""
+    return bool(flow["data"].get("forward")) or flow.get("kind") == "forward"
+
+
+def forward_rows(flow: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the forward route did: the recording it matched (or not), the headers it added, those it masked."""
+    if not is_forwarded(flow):
+        return []
+    exchange = flow["data"]["exchange"]
+    injected = (flow["data"].get("forward") or {}).get("injected")
+    masked = {
+        side: [name for name, value in ((exchange.get(side) or {}).get("headers") or {}).items() if MASK in str(value)]
+        for side in ("request", "response")
+    }
+    rows = [("Recording", FORWARD_OUTCOMES.get(flow.get("outcome") or "", "not sent"))]
+    if injected is not None:
+        rows.append(("Headers added", ", ".join(injected) or "none: sent with the client's headers only"))
+    rows.append(
+        ("Masked in the log", "; ".join(f"{side}: {', '.join(names) or 'none'}" for side, names in masked.items()))
+    )
+    return rows
+
+
 async def flow_page(request: Request) -> HTMLResponse:
-    """Inspector: one upstream call, its attempts, reply, mapping, near miss and exports."""
+    """Inspector: one upstream call, its attempts, reply, mapping, near miss and exports (`per_run=1`: the curl
+    command with the call's per-run ids too)."""
+    per_run = query_int(request, "per_run", maximum=1) == 1
     flow = await _flow(request)
+    curl = curl_command(flow, per_run)
     nearest = flow["data"].get("nearest")
     now_body = (flow["data"]["exchange"].get("request") or {}).get("body")
     return page(
@@ -138,10 +178,13 @@ async def flow_page(request: Request) -> HTMLResponse:
         exchange=flow["data"]["exchange"],
         stream=flow["data"]["exchange"].get("stream"),
         mapping=mapping_rows(flow),
+        forwarded=forward_rows(flow),
         nearest=nearest,
         now_body=now_body,
-        curl=curl_command(flow),
-        curl_variables=curl_variables(flow),
+        curl=curl,
+        curl_variables=curl_variables(curl),
+        per_run=per_run,
+        per_run_headers=per_run_headers(flow),
     )
 
 
