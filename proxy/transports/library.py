@@ -189,9 +189,7 @@ class CassetteLibrary:
         name = self.name_of(kind, key)
         return self._handle(name, key, mode, self.exists(name), repeat_last)
 
-    def _handle(
-        self, name: str, key: str, mode: RecordMode | None, existed: bool, repeat_last: bool
-    ) -> CassetteHandle:
+    def _handle(self, name: str, key: str, mode: RecordMode | None, existed: bool, repeat_last: bool) -> CassetteHandle:
         handle = CassetteHandle(name, mode or self.default_mode, existed, key, repeat_last)
         if handle.mode is RecordMode.ALL and name not in self._reset_this_run:
             self._reset_this_run.add(name)
