@@ -22,6 +22,7 @@ import shlex
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ MARKER = "proxy_record_mode"
 CASSETTE_MARKER = "proxy_cassette"
 DEFAULT_PLUGIN_RECORD_MODE = RecordMode.NONE  # CI stays offline unless asked
 SERVER_START_TIMEOUT_S = 10.0
+SERVER_STOP_TIMEOUT_S = 300.0  # the last flush of a long recording session on a loaded machine
 
 
 @dataclass
@@ -329,7 +331,15 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
         yield ProxyServer(url_of(sock), runtime, mode.value, cassettes)
     finally:
         server.should_exit = True
-        thread.join(timeout=SERVER_START_TIMEOUT_S)
+        # Its shutdown writes the session's recordings into the cassettes: waited for whole, however busy the
+        # machine, before the temporary data dir (and its journal) goes.
+        thread.join(timeout=SERVER_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            warnings.warn(
+                f"proxy_server: the server did not stop within {SERVER_STOP_TIMEOUT_S:g} s; recordings of this "
+                "session may be missing from the cassettes",
+                stacklevel=1,
+            )
         sock.close()
         _keep_usage(config, data_dir)
 

@@ -17,6 +17,7 @@ connection name), `connections/<connection name>.yaml` (testConnection and the f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -378,7 +379,7 @@ class CassetteLibrary:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(self._files, self._write, cassette, snapshot)
-            except Exception:
+            except BaseException:  # cancelled too (a periodic flush at shutdown): the next flush writes it
                 cassette.dirty = True
                 raise
             await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
@@ -401,6 +402,8 @@ class CassetteLibrary:
     async def close(self) -> None:
         if self._flush_task:
             self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task  # settled first: a write it had queued is either done or marked dirty again
         await self.flush()
         self._files.shutdown(wait=True)
 
