@@ -335,3 +335,29 @@ def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: tupl
         page = client.get(f"/inspector/sessions/{turn_api['sessionId']}").text
     assert f"{len(WORDS) + 2} chunks</h3>" in page and "Stream · first byte at" in page
     assert "chat.completion.chunk" in page
+
+
+def test_a_stream_whose_reader_hangs_up_at_its_last_event_is_still_recorded(
+    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+) -> None:
+    """The OpenAI SDK stops reading at `data: [DONE]` and closes the response. When the upstream ends its body a
+    moment later, the client's hang-up cancelled the relay mid-read and the whole stream went unrecorded (about one
+    recording in seven under load); the rest of the stream is read and it is recorded."""
+    upstream, url = streaming
+    events = [f"data: {json.dumps(openai_chunk(word))}\n\n".encode() for word in WORDS] + [b"data: [DONE]\n\n"]
+    upstream.reset(gap=0.1, chunks=[*events, b""])  # the body's end comes 0.1 s after [DONE]
+    with running_proxy(tmp_path, forward_config(url)) as proxy:
+        with httpx.Client(timeout=10) as client:
+            with client.stream("POST", f"{proxy.url}/forward/llm/v1/chat/completions", json={"stream": True}) as r:
+                assert r.headers["x-proxy-cassette"] == "recorded"
+                for line in r.iter_lines():
+                    if line == "data: [DONE]":
+                        break  # and the response is closed, as the SDK does
+        deadline = time.monotonic() + 5
+        cassette = proxy.runtime.library._cassettes.get("connections/llm")
+        while (cassette is None or not cassette.interactions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            cassette = proxy.runtime.library._cassettes.get("connections/llm")
+        assert cassette is not None and len(cassette.interactions) == 1
+        recorded = cassette.interactions[0].response["body"]["string"]
+    assert recorded.endswith(b"data: [DONE]\n\n") and recorded.count(b"data: ") == len(WORDS) + 1

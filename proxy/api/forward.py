@@ -191,6 +191,15 @@ class RelayedStream(StreamingResponse):
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A client that hung up before the end (the OpenAI SDK does, at `data: [DONE]`) leaves the relay
+            # suspended; closed now, not whenever the garbage collector gets to it, the upstream answer is read
+            # to its end and recorded, or released.
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
 
 ROUTES = [
     ApiRoute(

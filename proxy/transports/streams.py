@@ -19,6 +19,17 @@ import httpx
 from proxy.transports import BodyTooLarge
 
 STREAM_EXTENSION = "proxy.stream"  # response: its StreamTiming, when a recording or a replay has one
+# How long the rest of a stream is read for recording after its reader hung up before its end.
+DRAIN_AFTER_READER_LEFT_S = 30.0
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+async def _next(source: AsyncIterator[bytes]) -> bytes | None:
+    """The next chunk, None at the end (a task cannot end with StopAsyncIteration)."""
+    try:
+        return await anext(source)
+    except StopAsyncIteration:
+        return None
 REDACTED_EXTENSION = "proxy.redacted"  # response: its body's secrets are masked already (a replay)
 STREAM_MEDIA = ("text/event-stream", "ndjson", "jsonl", "json-seq")
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -110,7 +121,9 @@ class ReplayStream(httpx.AsyncByteStream):
 
 class RecordingStream(httpx.AsyncByteStream):
     """A live stream passed on chunk by chunk as it arrives, timed; once it has ended whole, `on_end` gets the
-    body and the timing to record. A stream cut off, over the cap or dropped by its reader records nothing."""
+    body and the timing to record. A stream cut off or over the cap records nothing. A reader that hangs up before
+    the end (the OpenAI SDK stops at `data: [DONE]` and closes) leaves the rest to be read here, within
+    DRAIN_AFTER_READER_LEFT_S, so that a stream that does end whole is recorded whatever the reader's timing."""
 
     def __init__(
         self,
@@ -123,18 +136,66 @@ class RecordingStream(httpx.AsyncByteStream):
         self.timing = timing
         self.max_bytes = max_bytes
         self.on_end = on_end
+        self._source: AsyncIterator[bytes] | None = None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._settled = False  # ended, broke off, or handed to the drain: nothing more to do here
+        self._reading: asyncio.Future[bytes | None] | None = None  # the read under way, if any
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        parts, size = [], 0
-        async for chunk in self.response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise BodyTooLarge
-            self.timing.chunk(len(chunk))
-            parts.append(chunk)
+        self._source = self.response.aiter_bytes()
+        while True:
+            # Each read runs as a task of its own, shielded: a reader that hangs up cancels its request's task
+            # mid-read, and the read (the stream's last bytes, often) is then the drain's to finish.
+            self._reading = asyncio.ensure_future(_next(self._source))
+            try:
+                chunk = await asyncio.shield(self._reading)
+            except asyncio.CancelledError:  # the reader went away: aclose hands the rest to the drain
+                raise
+            except BaseException:
+                self._settled = True  # cut off or over the cap: nothing to record
+                raise
+            if chunk is None:
+                break
+            try:
+                self._take(chunk)
+            except BaseException:
+                self._settled = True
+                raise
+            self._reading = None
             yield chunk
+        self._settled = True
         self.timing.end()
-        await self.on_end(b"".join(parts), self.timing)
+        await self.on_end(b"".join(self._parts), self.timing)
+
+    def _take(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            raise BodyTooLarge
+        self.timing.chunk(len(chunk))
+        self._parts.append(chunk)
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        if self._source is None or self._settled:
+            await self.response.aclose()
+            return
+        self._settled = True
+        drain = asyncio.get_running_loop().create_task(self._drain(self._source, self._reading))
+        _DRAINS.add(drain)  # held until done: a task nobody holds may be collected mid-way
+        drain.add_done_callback(_DRAINS.discard)
+
+    async def _drain(self, source: AsyncIterator[bytes], reading: asyncio.Future[bytes | None] | None) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_AFTER_READER_LEFT_S):
+                while True:
+                    chunk = await (reading if reading is not None else _next(source))
+                    reading = None
+                    if chunk is None:
+                        break
+                    self._take(chunk)
+            self.timing.end()
+            await self.on_end(b"".join(self._parts), self.timing)
+        except Exception:  # cut off, over the cap or too slow: a stream not whole is not recorded
+            pass
+        finally:
+            await self.response.aclose()
