@@ -4,16 +4,12 @@ collected test maps to (orphans), kept in `cassette-orphans.json` beside the usa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from filelock import FileLock
-
-from proxy.data_dir import make_private_dir, tighten
-from proxy.transports.cassette import atomic_write, load_interactions
+from proxy.transports.cassette import load_interactions
 from proxy.transports.inventory import cassette_files, name_of
 from proxy.transports.library import CassetteLibrary
-from proxy.transports.usage import read_record
+from proxy.transports.usage import read_record, update_record
 
 ORPHANS_FILE_NAME = "cassette-orphans.json"
 KINDS = ("connections", "connectors", "sessions")  # the folders a test folder holds its cassettes in
@@ -69,12 +65,7 @@ def orphans_file(folder: Path) -> Path:
 
 def write_orphans(path: Path, root: Path, found: list[str]) -> None:
     """Record what a whole run found for the cassette folder `root` (replacing that folder's earlier record)."""
-    make_private_dir(path.parent)
-    with FileLock(str(path) + ".lock", timeout=60, mode=0o600):
-        record = read_orphans_file(path)
-        record[str(root.resolve())] = found
-        atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
-        tighten(path, 0o600)
+    update_record(path, lambda record: {**record, str(root.resolve()): found})
 
 
 def read_orphans_file(path: Path) -> dict[str, list[str]]:

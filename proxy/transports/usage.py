@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,10 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def read_usage_file(path: Path) -> Usage:
     """The usage file's entries."""
-    data = read_record(path)
+    return read_usage_file_from(read_record(path))
+
+
+def read_usage_file_from(data: dict[str, Any]) -> Usage:
     return {
         str(path_text): (str(entry[0]), str(entry[1]))
         for path_text, entry in data.items()
@@ -50,15 +54,26 @@ def merge_usage_file(path: Path, uses: Usage) -> None:
     """Add `uses` to the usage file, keeping each cassette's newest use, under the file's lock."""
     if not uses:
         return
+
+    def merged(record: dict[str, Any]) -> dict[str, Any]:
+        known = read_usage_file_from(record)
+        for cassette, (used_at, used_by) in uses.items():
+            if cassette not in known or known[cassette][0] <= used_at:  # ISO 8601 UTC sorts as time
+                known[cassette] = (used_at, used_by)
+        return {key: list(value) for key, value in sorted(known.items())}
+
+    update_record(path, merged)
+
+
+def update_record(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Rewrite a JSON record of a lasting folder as `change` makes it from what is there now, under the record's
+    file lock (parallel test workers add up) and atomically; 0600 in a 0700 folder that git ignores, like every
+    file of a data dir (it names the project's cassettes and tests)."""
     make_private_dir(path.parent)
     ignored_by_git(path.parent)
     with FileLock(str(path) + ".lock", timeout=60, mode=0o600):
-        merged = read_usage_file(path)
-        for cassette, (used_at, used_by) in uses.items():
-            if cassette not in merged or merged[cassette][0] <= used_at:  # ISO 8601 UTC sorts as time
-                merged[cassette] = (used_at, used_by)
-        atomic_write(path, json.dumps({key: list(value) for key, value in sorted(merged.items())}, indent=1))
-        tighten(path, 0o600)  # it names the project's cassettes and tests: like every file of a data dir
+        atomic_write(path, json.dumps(change(read_record(path)), indent=1, sort_keys=True))
+        tighten(path, 0o600)
 
 
 def ignored_by_git(folder: Path) -> None:
