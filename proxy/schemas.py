@@ -9,7 +9,7 @@ path a replayed turn takes), and the tests check every answer against its model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
@@ -23,9 +23,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from proxy.faults import FaultRule
 from proxy.models import ApiModel, CaseInsensitiveEnum, ConnectionSpec, raise_first
-from proxy.settings import MAX_FAULT_RULES
 
 
 class SessionStatus(CaseInsensitiveEnum):
@@ -351,89 +349,3 @@ class MinimumSdkVersion(Answer):
 
 class Health(Answer):
     status: str
-
-
-# -- Cohere-compatible connectors (snake_case, as Cohere's API) --------------------------------
-
-
-class CohereAnswer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Connector(CohereAnswer):
-    id: str
-    organization_id: str | None
-    name: str
-    description: str | None
-    url: str
-    created_at: str
-    updated_at: str
-    excludes: list[str]
-    auth_type: str | None = Field(description="oauth, service_auth or null")
-    oauth: dict[str, Any] | None = Field(description="without client_secret")
-    active: bool
-    continue_on_failure: bool
-    faults: list[dict[str, Any]] = Field(default_factory=list, description="fault rules, as given")
-    acknowledged_insecure_http: bool = Field(default=False, description="an http:// URL accepted without --allow-http")
-
-
-class ConnectorAnswer(CohereAnswer):
-    connector: Connector
-
-
-class ConnectorList(CohereAnswer):
-    connectors: list[Connector]
-    total_count: int
-
-
-class ConnectorDeleted(CohereAnswer):
-    pass
-
-
-class SearchRequest(BaseModel):
-    query: str = Field(min_length=1)
-
-
-class SearchAnswer(CohereAnswer):
-    model_config = ConfigDict(extra="allow")
-    results: list[Any]
-    warning: str | None = Field(default=None, description="the connector failed and continue_on_failure is set")
-
-
-# -- faults on purpose -------------------------------------------------------------------------
-
-
-class FaultsSet(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    faults: list[FaultRule] = Field(max_length=MAX_FAULT_RULES, description="the rules, in the order they are tried")
-
-
-class FaultsSetAnswer(Answer):
-    connection: str = Field(description="the connection's id (connector:<id> for a connector)")
-    test_id: str | None = Field(description="the X-Proxy-Test-Id the rules apply to; null: every call")
-    faults: list[FaultRule]
-
-
-class FaultsCleared(Answer):
-    connection: str
-    test_id: str | None
-    cleared: bool = Field(description="whether rules had been set")
-
-
-class ActiveFault(FaultRule):
-    """A rule as it was given, with what it has done so far."""
-
-    used: int = Field(description="calls it has acted on so far (what counts against `times`)")
-
-
-class FaultsActive(Answer):
-    connection: str = Field(description="the connection's id (connector:<id> for a connector)")
-    test_id: str | None = Field(description="the X-Proxy-Test-Id asked about; null: calls without one")
-    source: Literal["test", "set", "connection", "none"] = Field(
-        description="where the rules acting on those calls come from: set at run time for this test, set at run "
-        "time without a test id, the connection's own `faults`, or none"
-    )
-    faults: list[ActiveFault] = Field(description="the rules, in the order they are tried")
-    test_ids: list[str] | None = Field(
-        description="without X-Proxy-Test-Id: the tests that have rules of their own (null with one)"
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from proxy import schemas
+from proxy import schemas_cohere
 from proxy.api.common import json_response, query_int, read_json_object, runtime
 from proxy.api.openapi import ApiRoute
 from proxy.connector_input import ConnectorIn
@@ -62,18 +62,24 @@ async def search_connector(request: Request) -> JSONResponse:
 
 
 ROUTES = [
-    ApiRoute("/v1/connectors", list_connectors, methods=["GET"], response=schemas.ConnectorList),
-    ApiRoute("/v1/connectors", create_connector, methods=["POST"], body=ConnectorIn, response=schemas.ConnectorAnswer),
-    ApiRoute("/v1/connectors/{id}", get_connector, methods=["GET"], response=schemas.ConnectorAnswer),
+    ApiRoute("/v1/connectors", list_connectors, methods=["GET"], response=schemas_cohere.ConnectorList),
     ApiRoute(
-        "/v1/connectors/{id}", update_connector, methods=["PATCH"], body=ConnectorIn, response=schemas.ConnectorAnswer
+        "/v1/connectors", create_connector, methods=["POST"], body=ConnectorIn, response=schemas_cohere.ConnectorAnswer
     ),
-    ApiRoute("/v1/connectors/{id}", delete_connector, methods=["DELETE"], response=schemas.ConnectorDeleted),
+    ApiRoute("/v1/connectors/{id}", get_connector, methods=["GET"], response=schemas_cohere.ConnectorAnswer),
+    ApiRoute(
+        "/v1/connectors/{id}",
+        update_connector,
+        methods=["PATCH"],
+        body=ConnectorIn,
+        response=schemas_cohere.ConnectorAnswer,
+    ),
+    ApiRoute("/v1/connectors/{id}", delete_connector, methods=["DELETE"], response=schemas_cohere.ConnectorDeleted),
     ApiRoute(
         "/v1/connectors/{id}/search",
         search_connector,
         methods=["POST"],
-        body=schemas.SearchRequest,
-        response=schemas.SearchAnswer,
+        body=schemas_cohere.SearchRequest,
+        response=schemas_cohere.SearchAnswer,
     ),
 ]

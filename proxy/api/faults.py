@@ -18,7 +18,7 @@ from proxy.faults import TEST_ID_HEADER, FaultRule, scoped_to_test
 from proxy.known_keys import check_model_keys
 from proxy.models import raise_first
 from proxy.runtime import Runtime
-from proxy.schemas import FaultsActive, FaultsCleared, FaultsSet, FaultsSetAnswer
+from proxy.schemas_faults import FaultsActive, FaultsCleared, FaultsSet, FaultsSetAnswer
 
 CONNECTOR_PREFIX = "connector:"
 _HEADER = TEST_ID_HEADER.lower().encode()
