@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.sessions.entities import PENDING, Session
-from proxy.transports.library import CassetteHandle
+from proxy.transports.handles import CassetteHandle
 
 DEFAULT_CACHE_SIZE = 1024
 

@@ -31,7 +31,8 @@ from proxy.transports import (
     waited_ms,
 )
 from proxy.transports.cassette import WIRE_HEADERS, Cassette, Interaction, PreparedReply, make_interaction
-from proxy.transports.library import CassetteHandle, CassetteLibrary
+from proxy.transports.handles import CassetteHandle
+from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import ABSENT, RecordedRequest
 from proxy.transports.streams import (
     REDACTED_EXTENSION,
