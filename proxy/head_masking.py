@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from proxy.redaction import Redactor, text_forms
+from proxy.encoded_forms import text_forms
+from proxy.redaction import Redactor
 from proxy.settings import MAX_REASON_PHRASE_CHARS, MIN_SECRET_LEN
 
 Renames = dict[str, str]  # a lower-cased header name → that name masked

@@ -15,7 +15,8 @@ from jsonpath_ng import JSONPath
 
 from proxy import jsonbounds
 from proxy.jsonpath_budget import StepBudget, find_values
-from proxy.redaction import Redactor, StreamMasker
+from proxy.redaction import Redactor
+from proxy.stream_masking import StreamMasker
 from proxy.transports import BodyTooLarge
 from proxy.transports.streams import REDACTED_EXTENSION, STREAM_EXTENSION, StreamTiming, is_event_stream
 

@@ -3,7 +3,7 @@
 `revealed` decodes a masked text the way a reader would (JSON unescaping with the json module, again for each
 document nested in a string down to the depth the proxy masks, percent decoding with urllib, HTML entities, base64 at
 every alignment, UTF-16 either way round) and says in which of those readings the secret can still be read. It shares
-no code with proxy.redaction on purpose.
+no code with proxy.redaction (or proxy.encoded_forms) on purpose.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.mapping import compile_jsonpath
-from proxy.redaction import Redactor, StreamMasker
+from proxy.redaction import Redactor
 from proxy.settings import MASK
+from proxy.stream_masking import StreamMasker
 from proxy.streaming import SseParser, sse_reply
 
 SECRETS = ["tok-Sup3rSecret-4242", "pässwörd-ü😀-long"]
