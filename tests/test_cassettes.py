@@ -289,4 +289,3 @@ def test_a_parse_cache_entry_planted_in_a_data_dir_is_never_replayed(tmp_path: P
     assert [i.response["body"]["string"] for i in replayed] == [b'{"r": 1}']
     assert b"PWNED" not in (cache.folder / f"{digest}.json").read_bytes()  # the YAML's own entry replaced it
     assert load_interactions(path, cache)[0].response["body"]["string"] == b'{"r": 1}'
-

@@ -30,6 +30,8 @@ async def _next(source: AsyncIterator[bytes]) -> bytes | None:
         return await anext(source)
     except StopAsyncIteration:
         return None
+
+
 REDACTED_EXTENSION = "proxy.redacted"  # response: its body's secrets are masked already (a replay)
 STREAM_MEDIA = ("text/event-stream", "ndjson", "jsonl", "json-seq")
 NO_BODY_STATUSES = frozenset({204, 304})
