@@ -22,66 +22,50 @@ layout) go to `<module>/<test>/connections/<connection>.yaml`, the per-test fold
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote_plus
 
 import httpx
-from vcr.serializers import yamlserializer
 
-from proxy import jsonbounds
-from proxy.auth import is_secret_header, secret_header_parts
 from proxy.cassette_names import file_name
 from proxy.origins import Origin, fixed_origin, url_origin
 from proxy.redaction import Redactor
-from proxy.settings import DEFAULT_IMPORT_MAX_FILE_BYTES, MASK, MAX_UPSTREAM_BODY_BYTES, MIN_SECRET_LEN
 from proxy.transports.cassette import (
     Interaction,
     identities,
     identity,
     load_interactions,
     make_interaction,
-    parse_interactions,
     update_cassette,
 )
-from proxy.transports.inventory import SECRET_SHAPES
-from proxy.transports.record_replay import ALWAYS_MASKED
-from proxy.url_secrets import is_credential_param
+from proxy.transports.import_masking import (
+    body_places,
+    carried_credentials,
+    masked_body,
+    masked_headers,
+    masked_text,
+    masked_url,
+)
+from proxy.transports.import_reading import (
+    Skipped,
+    Source,
+    as_bytes,
+    cassette_files,
+    content_encodings,
+    decoded_body,
+    no_cassettes,
+    read_cassette,
+    with_origin,
+)
 from proxy.words import counted
 
-CASSETTE_SUFFIXES = (".yaml", ".yml", ".json")
-GZIP_MAGIC = b"\x1f\x8b"
-COOKIE_HEADERS = frozenset({"cookie", "set-cookie"})
-_SCHEME_PREFIX = re.compile(r"(?:Bearer|Basic)\s+")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_UTF8_MASK_AS_LATIN1 = MASK.encode("utf-8").decode("latin-1")  # the mask in a body that is not UTF-8
 _REDACTOR_OWNER = ("imported cassettes", "credentials they carry")
 
 
-class Skipped(ValueError):
-    """Why one interaction is not imported."""
-
-
-# -- what to import, and where it goes ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    shown: str  # as the report names it
-    scope: str | None  # the per-test folder it goes to (a folder's file); None: the cassettes folder itself
-
-    def cassette_name(self, connection: str) -> str:
-        name = f"connections/{file_name(connection)}"
-        return f"{self.scope}/{name}" if self.scope else name
+# -- what was imported, and where --------------------------------------------------------------------
 
 
 @dataclass
@@ -126,9 +110,9 @@ def sources(paths: Iterable[Path], root: Path) -> tuple[list[Source], list[FileR
     inside_root = root.resolve()
     for path in paths:
         if path.is_dir():
-            files = _cassette_files(path)
+            files = cassette_files(path)
             if not files:
-                refused.append(FileResult(Source(path, str(path), None), error=_no_cassettes(path)))
+                refused.append(FileResult(Source(path, str(path), None), error=no_cassettes(path)))
             for file in files:
                 relative = file.relative_to(path)
                 scope = "/".join(file_name(part) for part in relative.with_suffix("").parts)
@@ -145,44 +129,6 @@ def sources(paths: Iterable[Path], root: Path) -> tuple[list[Source], list[FileR
         else:
             kept.append(source)
     return kept, refused
-
-
-def _cassette_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in CASSETTE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def _no_cassettes(folder: Path) -> str:
-    return f"the folder holds no {', '.join(CASSETTE_SUFFIXES)} file"
-
-
-def read_cassette(path: Path) -> list[Interaction]:
-    """A vcrpy cassette's interactions (YAML, or JSON from vcrpy's JSON serializer), read as any cassette from
-    outside is. Raises ValueError saying why the file cannot be imported."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ValueError(f"cassette {path} cannot be read: {exc}") from None
-    if size > DEFAULT_IMPORT_MAX_FILE_BYTES:
-        raise ValueError(
-            f"cassette {path} is refused: it is larger than the {DEFAULT_IMPORT_MAX_FILE_BYTES} byte cap for an "
-            "imported file (DEFAULT_IMPORT_MAX_FILE_BYTES)"
-        )
-    if path.suffix.lower() != ".json":
-        return load_interactions(path)
-    try:
-        data = jsonbounds.loads(path.read_bytes())
-    except OSError as exc:
-        raise ValueError(f"cassette {path} cannot be read: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"cassette {path} is not valid JSON: {exc}") from None
-    # Through the YAML reader, so a JSON cassette is validated and bounded as a YAML one is.
-    return parse_interactions(str(yamlserializer.serialize(data)), f"cassette {path}")
 
 
 # -- which connection an interaction is for ----------------------------------------------------------
@@ -220,247 +166,6 @@ class Connections:
         return names[0]
 
 
-# -- the secrets an imported cassette carries --------------------------------------------------------
-
-
-def carried_credentials(interactions: Iterable[Interaction]) -> set[str]:
-    """The credentials the interactions carry, long enough to mask wherever else they appear: the request's credential
-    headers (a Basic header's password and each cookie's value too), the answer's cookies, credential-named query
-    values. An answer's other secret-looking headers (`x-ratelimit-limit-tokens`) are masked where they stand but
-    carry no credential worth looking for elsewhere."""
-    found: set[str] = set()
-    for item in interactions:
-        for name, value in _header_items(item.request.get("headers")):
-            found.update(_header_credentials(name, value))
-        for name, value in _header_items(item.response.get("headers")):
-            if name.lower() in ALWAYS_MASKED:
-                found.update(_header_credentials(name, value))
-        uri = str(item.request.get("uri", ""))
-        for _, value in _query_credentials(uri):
-            found.update((value, unquote_plus(value)))  # as written, and as an upstream would echo it
-        password = _user_info(uri).partition(":")[2]
-        found.add(unquote_plus(password))
-    return {value for value in found if len(value) >= MIN_SECRET_LEN and MASK not in value}
-
-
-def _header_items(headers: Any) -> Iterator[tuple[str, str]]:
-    if not isinstance(headers, dict):
-        return
-    for name, values in headers.items():
-        for value in values if isinstance(values, list) else [values]:
-            yield str(name), str(value)
-
-
-def _is_credential_header(name: str, value: str) -> bool:
-    return name.lower() in ALWAYS_MASKED or is_secret_header(name, value)
-
-
-def _header_credentials(name: str, value: str) -> list[str]:
-    if not _is_credential_header(name, value):
-        return []
-    found = [*secret_header_parts(name, value), value.strip()]
-    if name.lower() in COOKIE_HEADERS:
-        found += [part.partition("=")[2].strip() for part in value.split(";") if "=" in part]
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            found.append(base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2])
-        except (binascii.Error, UnicodeDecodeError):
-            pass
-    return found
-
-
-def _query_credentials(uri: str) -> list[tuple[str, str]]:
-    """(parameter as written, value as written) of each credential-named query parameter with a value."""
-    query = uri.partition("#")[0].partition("?")[2]
-    pairs = [piece.partition("=") for piece in query.split("&")] if query else []
-    return [(name, value) for name, equals, value in pairs if equals and value and is_credential_param(name)]
-
-
-def _user_info(uri: str) -> str:
-    scheme_end = uri.find("://")
-    authority = uri[scheme_end + 3 : _authority_end(uri, scheme_end + 3)] if scheme_end >= 0 else ""
-    return authority.rpartition("@")[0]
-
-
-def _authority_end(uri: str, start: int) -> int:
-    return min((i for i in (uri.find(c, start) for c in "/?#") if i >= 0), default=len(uri))
-
-
-# -- masking -----------------------------------------------------------------------------------------
-
-
-def _masked_shapes(text: str, mask: str = MASK) -> str:
-    """Anything shaped like a well-known token, masked; a `Bearer`/`Basic` word before it is kept."""
-
-    def masked(match: re.Match[str]) -> str:
-        scheme = _SCHEME_PREFIX.match(match.group(0))
-        return (scheme.group(0) if scheme else "") + mask
-
-    return SECRET_SHAPES.sub(masked, text)
-
-
-def _masked_text(text: str, redactor: Redactor) -> str:
-    return _masked_shapes(redactor.redact(text))
-
-
-def _masked_body(body: bytes, redactor: Redactor) -> bytes:
-    masked = redactor.redact_bytes(body)
-    try:
-        return _masked_shapes(masked.decode("utf-8")).encode("utf-8")
-    except UnicodeDecodeError:  # kept byte for byte, as the redactor keeps it, but for what is masked
-        return _masked_shapes(masked.decode("latin-1"), _UTF8_MASK_AS_LATIN1).encode("latin-1")
-
-
-def masked_url(uri: str, redactor: Redactor) -> tuple[str, list[str]]:
-    """The URL with its secrets masked, and where they were (`url ?key`, `url`)."""
-    head, question, rest = uri.partition("?")
-    query, hash_sign, fragment = rest.partition("#")
-    places = []
-    if question:
-        pieces = []
-        for piece in query.split("&"):
-            name, equals, value = piece.partition("=")
-            if equals and value and is_credential_param(name) and MASK not in unquote_plus(value):
-                pieces.append(f"{name}{equals}{MASK}")
-                places.append(f"url ?{name}")
-            else:
-                pieces.append(piece)
-        query = "&".join(pieces)
-    joined = f"{head}{question}{query}{hash_sign}{fragment}"
-    masked = _masked_text(joined, redactor)
-    if masked != joined:
-        places.append("url")
-    return masked, places
-
-
-def _with_origin(uri: str, origin: Origin) -> tuple[str, list[str]]:
-    """The URL as the forward route writes it for a connection on `origin`: its origin's base URL, then the path
-    and query as recorded (user info and fragment dropped: neither ever reaches an upstream from the route)."""
-    start = uri.find("://") + 3
-    end = _authority_end(uri, start)
-    rest = uri[end:].partition("#")[0]
-    if not rest.startswith("/"):
-        rest = "/" + rest
-    return origin.base_url() + rest, (["url user info"] if _user_info(uri) else [])
-
-
-def _masked_headers(headers: Any, side: str, redactor: Redactor) -> tuple[list[tuple[str, str]], list[str]]:
-    masked, places = [], []
-    for name, value in _header_items(headers):
-        lower = name.lower()
-        shown = MASK if _is_credential_header(name, value) else _masked_text(value, redactor)
-        if shown != value:
-            places.append(f"{side} header {lower}")
-        masked.append((lower, shown))
-    return masked, places
-
-
-def _body_places(side: str, before: bytes, after: bytes) -> list[str]:
-    """Where a body changed: JSONPaths when it is JSON, else the body."""
-    if before == after:
-        return []
-    try:
-        paths = _changed_paths(jsonbounds.loads(before), jsonbounds.loads(after))
-    except ValueError:
-        paths = []
-    return [f"{side} body {path}" for path in paths] or [f"{side} body"]
-
-
-def _changed_paths(before: Any, after: Any, path: str = "$") -> list[str]:
-    if isinstance(before, dict) and isinstance(after, dict) and list(before) == list(after):
-        return [found for key in before for found in _changed_paths(before[key], after[key], _child(path, key))]
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        return [
-            found
-            for i, pair in enumerate(zip(before, after, strict=True))
-            for found in _changed_paths(*pair, f"{path}[{i}]")
-        ]
-    return [] if before == after else [path]
-
-
-def _child(path: str, key: str) -> str:
-    return f"{path}.{key}" if _IDENTIFIER.match(key) else f"{path}[{key!r}]"
-
-
-# -- bodies as this tool stores them ------------------------------------------------------------------
-
-
-def decoded_body(body: bytes, encodings: list[str], cap: int = MAX_UPSTREAM_BODY_BYTES) -> bytes:
-    """An answer's body with its content encodings undone (the last applied first), never more than `cap` bytes
-    decoded: a compression bomb stops at the cap. Raises Skipped saying why it cannot be stored."""
-    for coding in reversed(encodings):
-        if coding in ("", "identity"):
-            continue
-        if coding in ("gzip", "x-gzip"):
-            if body.startswith(GZIP_MAGIC):  # else vcrpy stored it decoded (its requests stub keeps the header)
-                body = _inflate(body, zlib.MAX_WBITS | 16, coding, cap)
-        elif coding == "deflate":
-            if _is_zlib(body):  # as the RFC says
-                body = _inflate(body, zlib.MAX_WBITS, coding, cap)
-            elif not _is_text(body):  # raw, as some servers send it; text was stored decoded
-                body = _inflate(body, -zlib.MAX_WBITS, coding, cap)
-        else:
-            raise Skipped(
-                f"its answer is {coding}-encoded, which import cannot decode (record it with vcrpy's "
-                "decode_compressed_response=True)"
-            )
-    if len(body) > cap:
-        raise Skipped(f"its answer's body is larger than the {cap} byte cap a recorded answer may have")
-    return body
-
-
-def _inflate(data: bytes, wbits: int, coding: str, cap: int) -> bytes:
-    """`data` inflated, at most `cap` bytes of it ever held; gzip members one after another, as gzip allows."""
-    out = bytearray()
-    while True:
-        decoder = zlib.decompressobj(wbits)
-        try:
-            out += decoder.decompress(data, cap + 1 - len(out))
-        except zlib.error as exc:
-            raise Skipped(f"its {coding}-encoded answer does not decode ({exc})") from None
-        if len(out) > cap:
-            raise Skipped(
-                f"its {coding}-encoded answer decodes to more than the {cap} byte cap a recorded answer may have"
-            )
-        if not decoder.eof:
-            raise Skipped(f"its {coding}-encoded answer is cut short")
-        data = decoder.unused_data
-        if not data or wbits != zlib.MAX_WBITS | 16:
-            return bytes(out)
-
-
-def _is_zlib(body: bytes) -> bool:
-    return len(body) >= 2 and body[0] & 0x0F == zlib.DEFLATED and (body[0] << 8 | body[1]) % 31 == 0
-
-
-def _is_text(body: bytes) -> bool:
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _content_encodings(headers: Any) -> list[str]:
-    return [
-        coding.strip().lower()
-        for name, value in _header_items(headers)
-        if name.lower() == "content-encoding"
-        for coding in value.split(",")
-    ]
-
-
-def _as_bytes(body: Any) -> bytes:
-    if body is None:
-        return b""
-    if isinstance(body, str):
-        return body.encode("utf-8", "surrogatepass")
-    if isinstance(body, bytes):
-        return body
-    raise Skipped(f"it holds a body that is neither text nor bytes ({type(body).__name__})")
-
-
 # -- one interaction ---------------------------------------------------------------------------------
 
 
@@ -476,21 +181,21 @@ def imported_interaction(
     if origin is None:
         raise Skipped("its URL names no host the forward route could call")
     connection = connections.owner(origin)
-    uri, places = _with_origin(uri, connections.origin(connection))
+    uri, places = with_origin(uri, connections.origin(connection))
     uri, url_places = masked_url(uri, redactor)
-    request_headers, request_places = _masked_headers(item.request.get("headers"), "request", redactor)
-    request_body = _as_bytes(item.request.get("body"))
-    masked_request_body = _masked_body(request_body, redactor)
+    request_headers, request_places = masked_headers(item.request.get("headers"), "request", redactor)
+    request_body = as_bytes(item.request.get("body"))
+    masked_request_body = masked_body(request_body, redactor)
     response = item.response
-    content = decoded_body(_as_bytes(response["body"].get("string")), _content_encodings(response.get("headers")))
-    response_headers, response_places = _masked_headers(response.get("headers"), "response", redactor)
-    masked_content = _masked_body(content, redactor)
+    content = decoded_body(as_bytes(response["body"].get("string")), content_encodings(response.get("headers")))
+    response_headers, response_places = masked_headers(response.get("headers"), "response", redactor)
+    masked_content = masked_body(content, redactor)
     places += [
         *url_places,
         *request_places,
-        *_body_places("request", request_body, masked_request_body),
+        *body_places("request", request_body, masked_request_body),
         *response_places,
-        *_body_places("response", content, masked_content),
+        *body_places("response", content, masked_content),
     ]
     joined: dict[str, list[str]] = {}
     for name, value in request_headers:
@@ -553,7 +258,7 @@ def import_file(
 
 def _skipped(number: int, item: Interaction, why: str, redactor: Redactor) -> str:
     shown, _ = masked_url(str(item.request.get("uri", "")), redactor)
-    return f"#{number} {item.request.get('method', '?')} {shown}: {_masked_text(why, redactor)}"
+    return f"#{number} {item.request.get('method', '?')} {shown}: {masked_text(why, redactor)}"
 
 
 def _recorded_at(path: Path) -> str | None:
