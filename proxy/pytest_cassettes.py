@@ -10,7 +10,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from proxy.data_dir import make_private_dir, tighten
-from proxy.transports.cassette import atomic_write, load_interactions
+from proxy.transports.cassette import load_interactions
+from proxy.transports.cassette_files import atomic_write
 from proxy.transports.inventory import cassette_files, name_of
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.usage import read_record

@@ -11,7 +11,13 @@ from proxy.runtime import Runtime
 from proxy.settings import Settings
 
 PACKAGE = Path(proxy.__file__).parent
-CASSETTE_MODULES = {"proxy.transports.cassette", "proxy.transports.library", "proxy.transports.record_replay"}
+CASSETTE_MODULES = {
+    "proxy.transports.cassette",
+    "proxy.transports.cassette_files",
+    "proxy.transports.parse_cache",
+    "proxy.transports.library",
+    "proxy.transports.record_replay",
+}
 
 
 def imported(path: Path) -> set[str]:

@@ -50,8 +50,8 @@ from proxy.transports.cassette import (
     load_interactions,
     make_interaction,
     parse_interactions,
-    update_cassette,
 )
+from proxy.transports.cassette_files import update_cassette
 from proxy.transports.inventory import SECRET_SHAPES
 from proxy.transports.record_replay import ALWAYS_MASKED
 from proxy.url_secrets import is_credential_param
