@@ -34,7 +34,7 @@ from proxy.record_mode import RECORD_MODE_HEADER, RecordMode
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
-    from proxy.transports.cassette import ParseCache
+    from proxy.transports.parse_cache import ParseCache
 
 MARKER = "proxy_record_mode"
 CASSETTE_MARKER = "proxy_cassette"
@@ -348,7 +348,7 @@ def _lasting_cache(config: pytest.Config) -> ParseCache:
     """The parse cache in the lasting folder (its entries are signed with the user's key, so one that folder
     brought along is never trusted)."""
     from proxy.data_dir import make_private_dir
-    from proxy.transports.cassette import ParseCache
+    from proxy.transports.parse_cache import ParseCache
     from proxy.transports.usage import ignored_by_git
 
     lasting = _lasting_dir(config)

@@ -31,13 +31,13 @@ from proxy.secrets import KEY_FILE_NAME, load_vault
 from proxy.sessions import SessionService
 from proxy.settings import MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
-from proxy.transports.cassette import ParseCache
 from proxy.transports.client import AiohttpTransport
 from proxy.transports.demo import DemoHostTransport
 from proxy.transports.faults import FaultTransport
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
+from proxy.transports.parse_cache import ParseCache
 from proxy.transports.record_replay import RecordReplayTransport
 from proxy.transports.unset import UnsetCredentialGuard
 from proxy.upstreams import ClientSecrets, ForwardUpstream, forward_upstream

@@ -14,6 +14,8 @@ PACKAGE = Path(proxy.__file__).parent
 CASSETTE_MODULES = {
     "proxy.transports.cassette",
     "proxy.transports.handles",
+    "proxy.transports.cassette_files",
+    "proxy.transports.parse_cache",
     "proxy.transports.library",
     "proxy.transports.record_replay",
 }

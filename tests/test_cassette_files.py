@@ -15,8 +15,9 @@ import vcr
 
 from proxy import settings
 from proxy.transports import cassette as cassette_module
-from proxy.transports.cassette import Cassette, ParseCache, load_interactions, make_interaction
+from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.matching import MatchRules
+from proxy.transports.parse_cache import ParseCache
 from tests.helpers import invoke
 from tests.servers import proxy_serving
 from tests.upstream import Upstream

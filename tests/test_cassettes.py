@@ -15,7 +15,8 @@ from proxy.cassette_names import file_name
 from proxy.record_mode import RecordMode
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
-from proxy.transports.cassette import TEMP_MARKER, Cassette, load_interactions, make_interaction
+from proxy.transports.cassette import Cassette, load_interactions, make_interaction
+from proxy.transports.cassette_files import TEMP_MARKER
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
 
@@ -167,7 +168,8 @@ def refuse_yaml(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.transports.cassette import ParseCache, write_cassette
+    from proxy.transports.cassette_files import write_cassette
+    from proxy.transports.parse_cache import ParseCache
 
     folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
     path = folder / "tc.yaml"
@@ -194,7 +196,7 @@ def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
 async def test_a_library_loads_through_the_cache_and_writes_only_cassettes(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.transports.cassette import ParseCache
+    from proxy.transports.parse_cache import ParseCache
 
     folder, cache = tmp_path / "c", ParseCache.in_data_dir(tmp_path / "data")
     library = CassetteLibrary(folder, store, cache=cache)
@@ -262,7 +264,8 @@ def test_a_parse_cache_entry_planted_in_a_data_dir_is_never_replayed(tmp_path: P
     entry replaces the planted one."""
     import json
 
-    from proxy.transports.cassette import ParseCache, _mac, write_cassette
+    from proxy.transports.cassette_files import write_cassette
+    from proxy.transports.parse_cache import ParseCache, _mac
 
     folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
     path = folder / "tc.yaml"

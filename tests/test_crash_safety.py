@@ -13,7 +13,7 @@ import pytest
 from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
-from proxy.transports.cassette import TEMP_MARKER
+from proxy.transports.cassette_files import TEMP_MARKER
 from tests.servers import ServedProcess, proxy_serving
 
 pytestmark = pytest.mark.e2e

@@ -23,8 +23,10 @@ import pytest
 
 from proxy.secrets import install_log_redaction
 from proxy.settings import MASK, MAX_REASON_PHRASE_CHARS
-from proxy.transports.cassette import Cassette, ParseCache, load_interactions, make_interaction, write_cassette
+from proxy.transports.cassette import Cassette, load_interactions, make_interaction
+from proxy.transports.cassette_files import write_cassette
 from proxy.transports.matching import MatchRules
+from proxy.transports.parse_cache import ParseCache
 from tests.conftest import chat_connection, running_proxy
 from tests.encodings import revealed
 from tests.helpers import invoke, post

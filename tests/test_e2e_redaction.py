@@ -23,7 +23,8 @@ import yaml
 from proxy.config import load_config
 from proxy.secrets import install_log_redaction
 from proxy.settings import MASK
-from proxy.transports.cassette import Cassette, make_interaction, write_cassette
+from proxy.transports.cassette import Cassette, make_interaction
+from proxy.transports.cassette_files import write_cassette
 from proxy.transports.matching import MatchRules
 from tests.conftest import NoNetwork, chat_connection, running_proxy
 from tests.encodings import ECHOES, json_u_escaped, revealed

@@ -18,15 +18,8 @@ import pytest
 from vcr.serialize import deserialize
 from vcr.serializers import yamlserializer
 
-from proxy.transports.cassette import (
-    TEMP_MARKER,
-    Cassette,
-    Interaction,
-    load_interactions,
-    make_interaction,
-    remove_temp_files,
-    update_cassette,
-)
+from proxy.transports.cassette import Cassette, Interaction, load_interactions, make_interaction
+from proxy.transports.cassette_files import TEMP_MARKER, remove_temp_files, update_cassette
 from proxy.transports.matching import MatchRules
 from tests.servers import announced_url
 

@@ -9,37 +9,26 @@ section vcrpy ignores: id, recorded time, latency, session key.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import hmac
 import json
 import os
-import stat
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
-from filelock import FileLock
 from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION
 from vcr.serializers import compat, yamlserializer
 
-from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, create_once, make_private_dir, tighten
 from proxy.settings import CASSETTE_MAX_BYTES, CASSETTE_MAX_INTERACTIONS
 from proxy.transports.matching import MatchRules, RecordedRequest
 
-TEMP_MARKER = ".tmp-"
-# How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
-CASSETTE_LOCK_TIMEOUT_S = 60.0
-CACHE_DIR_NAME = "cassette-cache"  # under the data dir: a JSON copy of each cassette, named by the YAML's SHA-256
-# A cache entry's JSON is at most ~2x its YAML (escaped quotes and backslashes). One far larger was expanded from
-# aliases by a version that still read them: it is dropped, never loaded.
-CACHE_MAX_GROWTH = 4
-CACHE_SLACK_BYTES = 1024 * 1024
+if TYPE_CHECKING:  # for annotations only: the parse cache builds on this module
+    from proxy.transports.parse_cache import ParseCache
+
 # The parser vcrpy loads cassettes with (its major version is pinned in pyproject.toml): what the checks before a
 # load see is what the load will read.
 _Loader = yamlserializer._CassetteLoader
@@ -163,95 +152,6 @@ class _UnaliasedDumper(yamlserializer._CassetteDumper):
         return True
 
 
-@dataclass(frozen=True)
-class ParseCache:
-    """Parsed cassettes as JSON, one file per cassette content: `<folder>/<SHA-256 of the YAML>.json`. It lives
-    in the data dir, never beside the cassettes, so a cassette folder is only ever read when it is loaded. Any
-    entry may go (a lost one costs one slower load); a cassette rewritten through it drops its old entry. Like
-    everything in the data dir, the folder is 0700 and its files 0600 (an entry holds what upstreams answered)."""
-
-    folder: Path
-
-    @classmethod
-    def in_data_dir(cls, data_dir: Path) -> ParseCache:
-        folder = data_dir / CACHE_DIR_NAME
-        tighten(folder, PRIVATE_DIR_MODE)  # one an earlier version made 0755: its entries are hidden with it
-        return cls(folder)
-
-    def entry(self, digest: str) -> Path:
-        return self.folder / f"{digest}.json"
-
-    def read(self, digest: str, yaml_bytes: int) -> list[Interaction] | None:
-        """The entry of a YAML of `yaml_bytes` bytes, if this user's key signed it and it is in proportion to the
-        YAML (else it goes): a data dir can come from elsewhere (a repository, a colleague), and an entry planted
-        there would otherwise replay something the cassette does not say."""
-        key = _cache_key()
-        try:
-            if key is None:
-                return None
-            if self.entry(digest).stat().st_size > CACHE_MAX_GROWTH * yaml_bytes + CACHE_SLACK_BYTES:
-                self.forget(digest)
-                return None
-            head, _, body = self.entry(digest).read_bytes().partition(b"\n")
-            signed = json.loads(head)
-            if signed.get("sha256") != digest or not hmac.compare_digest(
-                str(signed.get("mac")), _mac(key, digest, body)
-            ):
-                return None
-            return [_from_jsonable(item) for item in json.loads(body)]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-            return None
-
-    def write(self, digest: str, interactions: list[Interaction]) -> None:
-        key = _cache_key()
-        if key is None:
-            return
-        body = json.dumps([_jsonable(i) for i in interactions], ensure_ascii=False).encode("utf-8")
-        head = json.dumps({"sha256": digest, "mac": _mac(key, digest, body)})
-        try:
-            make_private_dir(self.folder)
-            atomic_write(self.entry(digest), head + "\n" + body.decode("utf-8"), private=True)
-        except OSError:
-            pass  # a cache that cannot be written: loads stay correct, only slower
-
-    def forget(self, digest: str) -> None:
-        try:
-            self.entry(digest).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def interactions_from_cache(text: str) -> list[Interaction]:
-    """The interactions of one parse-cache entry, whatever cassette it was made from and whoever signed it
-    (`proxy cassettes verify`). Raises ValueError, KeyError, TypeError or AttributeError when it is not one."""
-    head, newline, body = text.partition("\n")
-    items = json.loads(body) if newline else json.loads(head)["interactions"]  # an older entry is one document
-    return [_from_jsonable(item) for item in items]
-
-
-def _mac(key: bytes, digest: str, body: bytes) -> str:
-    return hmac.new(key, digest.encode() + b"\n" + body, hashlib.sha256).hexdigest()
-
-
-_cache_keys: dict[Path, bytes | None] = {}
-
-
-def _cache_key() -> bytes | None:
-    """This user's key for parse-cache entries, `~/.cache/proxy/parse-cache.key` (0600, made once), kept outside
-    every data dir so that a data dir from elsewhere brings no entry this user will read. None: no home to keep it."""
-    try:
-        folder = Path.home() / ".cache" / "proxy"
-    except RuntimeError:
-        return None
-    if folder not in _cache_keys:
-        try:
-            make_private_dir(folder)
-            _cache_keys[folder] = create_once(folder / "parse-cache.key", os.urandom(32))
-        except OSError:
-            _cache_keys[folder] = None
-    return _cache_keys[folder]
-
-
 def load_interactions(path: Path, cache: ParseCache | None = None) -> list[Interaction]:
     """A cassette's interactions: from `cache` when it holds the file's SHA-256, else by parsing the YAML
     (libyaml when present), which then fills the cache. YAML parsing costs ~0.7 ms an interaction even with
@@ -293,67 +193,6 @@ def _read_capped(path: Path, source: str) -> bytes:
 
 def sha256_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
-
-
-def lock_of(path: Path) -> FileLock:
-    """The lock every process takes to write the cassette at `path` (servers, `proxy run`, drift, xdist workers).
-    The lock file lives in a folder of this user's, named by the cassette's real path, so the cassettes folder
-    holds nothing but cassettes and a read-only folder still works."""
-    key = hashlib.sha256(os.path.realpath(path).encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return FileLock(_lock_folder() / f"{key}.lock", timeout=CASSETTE_LOCK_TIMEOUT_S, mode=PRIVATE_FILE_MODE)
-
-
-def _lock_folder() -> Path:
-    """`<temp>/proxy-cassette-locks-<uid>`, unless another user made (or replaced) it first: a folder of another
-    owner, open to others, or a symlink could block every recording or reach this user's lock files, so then
-    `~/.cache/proxy/cassette-locks` serves instead."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    for folder in (
-        Path(tempfile.gettempdir()) / f"proxy-cassette-locks-{uid}",
-        Path.home() / ".cache" / "proxy" / "cassette-locks",
-    ):
-        try:
-            folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-            info = os.lstat(folder)
-        except OSError:
-            continue
-        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077:
-            return folder
-    raise ValueError(
-        f"no private folder for cassette lock files: {Path(tempfile.gettempdir()) / f'proxy-cassette-locks-{uid}'} "
-        "belongs to another user or is open to others, and ~/.cache/proxy/cassette-locks cannot be made"
-    )
-
-
-def update_cassette(
-    path: Path, change: Callable[[list[Interaction]], list[Interaction]], cache: ParseCache | None = None
-) -> list[Interaction]:
-    """Rewrite the cassette at `path` as `change` makes it from what is on disk now, under the cassette's lock,
-    so two processes that write it in turn each build on the other's file and neither loses what the other
-    recorded. Returns what was written. A file on disk that cannot be read is left alone (ValueError)."""
-    with lock_of(path):
-        on_disk = load_interactions(path, cache) if path.exists() else []
-        interactions = change(on_disk)
-        write_cassette(path, serialize(interactions), interactions, cache)
-        return interactions
-
-
-def write_cassette(path: Path, text: str, interactions: list[Interaction], cache: ParseCache | None = None) -> None:
-    """The YAML atomically; then `cache` holds the new content and drops the old (a lost entry only costs one
-    slow load). Nothing but the YAML is written into the cassette folder. Writers that another process may race
-    go through `update_cassette`."""
-    if cache is None:
-        atomic_write(path, text)
-        return
-    try:
-        previous: str | None = sha256_of(path.read_bytes())
-    except OSError:
-        previous = None
-    atomic_write(path, text)
-    digest = sha256_of(text.encode("utf-8"))
-    cache.write(digest, interactions)
-    if previous is not None and previous != digest:
-        cache.forget(previous)
 
 
 def _body_to_json(body: Any) -> Any:
@@ -456,48 +295,3 @@ def _refuse_expansion(text: str, source: str) -> None:
                 )
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
-
-
-def atomic_write(path: Path, text: str, private: bool = False) -> None:
-    """Temporary file, fsync, rename: a reader (or a crash) never sees half a cassette. A `private` file is 0600
-    from its creation (the data dir's); a cassette is made as the umask says, to be committed and shared."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE if private else 0o666)
-    if private:
-        os.fchmod(fd, PRIVATE_FILE_MODE)  # a temporary file a crash left behind keeps the mode it was made with
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def remove_temp_files(root: Path) -> int:
-    """Temporary files a crashed writer left behind; one whose writer is still running (another server or
-    worker on this folder) is that writer's to finish."""
-    removed = 0
-    if root.exists():
-        for temp in root.rglob(f".*{TEMP_MARKER}*"):
-            if _writer_alive(temp.name.rsplit(TEMP_MARKER, 1)[-1]):
-                continue
-            temp.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _writer_alive(pid_text: str) -> bool:
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, another user's
-        return True
-    return True

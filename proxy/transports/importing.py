@@ -39,8 +39,8 @@ from proxy.transports.cassette import (
     identity,
     load_interactions,
     make_interaction,
-    update_cassette,
 )
+from proxy.transports.cassette_files import update_cassette
 from proxy.transports.import_masking import (
     body_places,
     carried_credentials,

@@ -16,7 +16,8 @@ from proxy.expiry import parse_time
 from proxy.head_masking import header_renames
 from proxy.redaction import Redactor
 from proxy.settings import MASK
-from proxy.transports.cassette import Interaction, ParseCache, interactions_from_cache, load_interactions
+from proxy.transports.cassette import Interaction, load_interactions
+from proxy.transports.parse_cache import ParseCache, interactions_from_cache
 from proxy.transports.record_replay import ALWAYS_MASKED
 from proxy.url_secrets import unmasked_credentials
 

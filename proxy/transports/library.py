@@ -36,19 +36,11 @@ from proxy.record_mode import RecordMode
 from proxy.settings import USAGE_REFRESH_S
 from proxy.store import Store
 from proxy.transports import CassetteMiss, CassetteRefused
-from proxy.transports.cassette import (
-    Cassette,
-    Interaction,
-    ParseCache,
-    identities,
-    identity,
-    load_interactions,
-    parse_interactions,
-    remove_temp_files,
-    update_cassette,
-)
+from proxy.transports.cassette import Cassette, Interaction, identities, identity, load_interactions, parse_interactions
+from proxy.transports.cassette_files import remove_temp_files, update_cassette
 from proxy.transports.handles import CassetteHandle, why_not_recorded
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
+from proxy.transports.parse_cache import ParseCache
 
 log = logging.getLogger("proxy.cassettes")
 DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from proxy.data_dir import make_private_dir, tighten
 from proxy.store import read_cassette_usage
-from proxy.transports.cassette import atomic_write
+from proxy.transports.cassette_files import atomic_write
 
 USAGE_FILE_NAME = "cassette-usage.json"
 Usage = dict[str, tuple[str, str]]  # {absolute cassette path: (last used, ISO 8601 UTC; by whom)}

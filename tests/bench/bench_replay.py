@@ -23,10 +23,12 @@ from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
-from proxy.transports.cassette import Cassette, ParseCache, load_interactions, make_interaction, write_cassette
+from proxy.transports.cassette import Cassette, load_interactions, make_interaction
+from proxy.transports.cassette_files import write_cassette
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
+from proxy.transports.parse_cache import ParseCache
 from proxy.transports.record_replay import RecordReplayTransport
 
 URL = "https://upstream.bench/chat"
