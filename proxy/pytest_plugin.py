@@ -17,30 +17,22 @@ name wins over the plugin's, as pytest's own rules have it; `-p no:proxy` turns 
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
-import tempfile
 import threading
-import time
-import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from proxy.record_mode import RECORD_MODE_HEADER, RecordMode
+from proxy.pytest_options import DEFAULT_PLUGIN_RECORD_MODE, _assignments, _cassettes_dir, _flag, _lasting_dir
+from proxy.record_mode import RecordMode
 
 if TYPE_CHECKING:
-    from proxy.runtime import Runtime
-    from proxy.transports.parse_cache import ParseCache
+    from proxy.pytest_server import ProxyServer
 
 MARKER = "proxy_record_mode"
 CASSETTE_MARKER = "proxy_cassette"
-DEFAULT_PLUGIN_RECORD_MODE = RecordMode.NONE  # CI stays offline unless asked
-SERVER_START_TIMEOUT_S = 10.0
-SERVER_STOP_TIMEOUT_S = 300.0  # the last flush of a long recording session on a loaded machine
 
 
 @dataclass
@@ -70,16 +62,6 @@ class _PluginState:
 
 
 _STATE = pytest.StashKey[_PluginState]()
-
-
-@dataclass
-class ProxyServer:
-    """The running server: `url` for `Galtea(base_url=...)`, `f"{url}/forward/<connection>/v1"` for OpenAI."""
-
-    url: str
-    runtime: Runtime
-    record_mode: str
-    cassettes_dir: Path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -134,30 +116,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = _PluginState()
 
 
-def _option_path(config: pytest.Config, option: str, ini: str) -> Path | None:
-    """A path from the command line (relative to the working directory) or the ini file (relative to it)."""
-    given = config.getoption(option)
-    if given:
-        return Path(given).absolute()
-    from_ini = config.getini(ini)
-    if from_ini:
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return base / str(from_ini)
-    return None
-
-
-def _record_mode(config: pytest.Config) -> RecordMode:
-    value = config.getoption("--proxy-record-mode") or config.getini("proxy_record_mode")
-    if not value:
-        return DEFAULT_PLUGIN_RECORD_MODE
-    from proxy.errors import InvalidField
-
-    try:
-        return RecordMode.parse(value, "proxy_record_mode")
-    except InvalidField as exc:
-        raise pytest.UsageError(exc.message) from None
-
-
 @pytest.fixture(scope="session")
 def proxy_server(request: pytest.FixtureRequest) -> Iterator[ProxyServer]:
     """The proxy server, in-process on a free loopback port, for the whole test session."""
@@ -165,6 +123,8 @@ def proxy_server(request: pytest.FixtureRequest) -> Iterator[ProxyServer]:
     if state.server is not None:  # started with the session, for --proxy-env
         yield state.server
         return
+    from proxy.pytest_server import _running
+
     with _running(request.config, state) as server:
         yield server
 
@@ -175,6 +135,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if not _assignments(config, "--proxy-env", "proxy_env") or _is_xdist_controller(config):
         return
+    from proxy.pytest_server import _running
+
     state = config.stash[_STATE]
     state.running = contextlib.ExitStack()
     state.running.enter_context(_running(config, state))
@@ -191,204 +153,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _is_xdist_controller(config: pytest.Config) -> bool:
     """pytest-xdist's controller runs no test: each worker runs its own server."""
     return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
-
-
-def _assignments(config: pytest.Config, option: str, ini: str) -> list[tuple[str, str]]:
-    """`NAME=VALUE` pairs from a repeatable option and its ini list; a malformed one stops the run."""
-    given = [*config.getini(ini), *(config.getoption(option) or [])]
-    if not given:
-        return []
-    from proxy.errors import InvalidField
-    from proxy.upstreams import parse_assignment
-
-    try:
-        return [parse_assignment(str(text), option.removeprefix("--")) for text in given if str(text).strip()]
-    except InvalidField as exc:
-        raise pytest.UsageError(f"proxy_server: {exc.message}") from None
-
-
-class _TestScope:
-    """ASGI middleware: what the running test decides for the calls it makes. Its cassettes are its own folder's
-    (set on the event loop, between requests); a request gets the test's node id as `X-Proxy-Test-Id` and, in a
-    marked test, the marker's `X-Proxy-Record-Mode`, unless it carries its own."""
-
-    def __init__(self, app: Any, state: _PluginState, runtime: Runtime) -> None:
-        from proxy.faults import TEST_ID_HEADER
-
-        self.app = app
-        self.state = state
-        self.library = runtime.library
-        self.mode_header = RECORD_MODE_HEADER.lower().encode()
-        self.test_id_header = TEST_ID_HEADER.lower().encode()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            state = self.state
-            self.library.set_scope(state.scope)
-            added = [(name, value) for name, value in self._headers(state) if not _has_header(scope, name)]
-            if added:
-                scope = {**scope, "headers": [*scope["headers"], *added]}
-        await self.app(scope, receive, send)
-
-    def _headers(self, state: _PluginState) -> Iterator[tuple[bytes, bytes]]:
-        if state.mode:
-            yield self.mode_header, state.mode.encode()
-        if state.test_id:
-            yield self.test_id_header, state.test_id.encode("latin-1", "replace")
-
-
-def _has_header(scope: Any, name: bytes) -> bool:
-    return any(key.lower() == name for key, _ in scope["headers"])
-
-
-@contextlib.contextmanager
-def _running(config: pytest.Config, state: _PluginState) -> Iterator[ProxyServer]:
-    """The server, from its start to the block's end: `state.server` meanwhile, and the --proxy-env variables set."""
-    with tempfile.TemporaryDirectory(prefix="proxy-data-") as temporary:
-        with _server(config, state, Path(temporary)) as server, _environment(config, server):
-            state.server = server
-            state.served = True
-            try:
-                yield server
-            finally:
-                state.server = None
-
-
-@contextlib.contextmanager
-def _environment(config: pytest.Config, server: ProxyServer) -> Iterator[None]:
-    """Each `VAR=NAME` of --proxy-env: VAR is the forward URL of upstream (or connection) NAME, for the session."""
-    assignments = _assignments(config, "--proxy-env", "proxy_env")
-    values = {}
-    for variable, name in assignments:
-        upstream = server.runtime.upstreams.get(name)
-        if upstream is None and server.runtime.connections.find(name) is None:
-            known = sorted([*server.runtime.upstreams, *(c.spec.name for c in server.runtime.connections.all())])
-            raise pytest.UsageError(
-                f"proxy_server: --proxy-env {variable}={name}: no upstream or connection is named {name!r} "
-                f"(known: {', '.join(known) or 'none'}); add one with --proxy-upstream {name}=URL"
-            )
-        values[variable] = f"{server.url}/forward/{name}{upstream.path if upstream else ''}"
-    before = {variable: os.environ.get(variable) for variable in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for variable, value in before.items():
-            if value is None:
-                os.environ.pop(variable, None)
-            else:
-                os.environ[variable] = value
-
-
-@contextlib.contextmanager
-def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iterator[ProxyServer]:
-    import uvicorn
-
-    from proxy.app import create_app
-    from proxy.cli import build_settings
-    from proxy.config import Config, load_config
-    from proxy.errors import ConfigError, InvalidField
-    from proxy.http_limits import server_config
-    from proxy.listener import listen, url_of
-    from proxy.runtime import Runtime
-
-    mode = _record_mode(config)
-    config_path = _option_path(config, "--proxy-config", "proxy_config")
-    try:
-        proxy_config = load_config(config_path) if config_path else Config()
-        file = proxy_config.settings
-        cassettes = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
-        if cassettes is None:
-            cassettes = Path(file["cassettes_dir"]) if file.get("cassettes_dir") else config.rootpath / "cassettes"
-        data_dir = Path(file["data_dir"]) if file.get("data_dir") else temporary
-        settings = build_settings(
-            proxy_config, host="127.0.0.1", port=0, record_mode=mode.value, cassettes=cassettes, data_dir=data_dir
-        )
-        runtime = Runtime(settings, proxy_config)
-        runtime.check_config()
-        for name, url in _assignments(config, "--proxy-upstream", "proxy_upstreams"):
-            runtime.add_upstream(name, url)
-    except ConfigError as exc:
-        raise pytest.UsageError(f"proxy_server: {exc.message}") from None
-    except InvalidField as exc:
-        raise pytest.UsageError(f"proxy_server: {exc.message}") from None
-    runtime.library.miss_listeners.append(state.missed)
-    if data_dir == temporary:  # parsed cassettes outlive the session: the next run skips parsing their YAML
-        runtime.library.cache = _lasting_cache(config)
-    sock = listen("127.0.0.1", 0)
-    app = _TestScope(create_app(runtime), state, runtime)
-    # The same protocol and limits as `proxy serve`; log_config=None: the test process's logging is the user's.
-    server = uvicorn.Server(server_config(app, settings, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="proxy-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            sock.close()
-            raise RuntimeError("proxy_server: the proxy server did not start (see the log above)")
-        time.sleep(0.01)
-    try:
-        yield ProxyServer(url_of(sock), runtime, mode.value, cassettes)
-    finally:
-        server.should_exit = True
-        # Its shutdown writes the session's recordings into the cassettes: waited for whole, however busy the
-        # machine, before the temporary data dir (and its journal) goes.
-        thread.join(timeout=SERVER_STOP_TIMEOUT_S)
-        if thread.is_alive():
-            warnings.warn(
-                f"proxy_server: the server did not stop within {SERVER_STOP_TIMEOUT_S:g} s; recordings of this "
-                "session may be missing from the cassettes",
-                stacklevel=1,
-            )
-        sock.close()
-        _keep_usage(config, data_dir)
-
-
-def _lasting_cache(config: pytest.Config) -> ParseCache:
-    """The parse cache in the lasting folder (its entries are signed with the user's key, so one that folder
-    brought along is never trusted)."""
-    from proxy.data_dir import make_private_dir
-    from proxy.transports.parse_cache import ParseCache
-    from proxy.transports.usage import ignored_by_git
-
-    lasting = _lasting_dir(config)
-    make_private_dir(lasting)
-    ignored_by_git(lasting)
-    return ParseCache.in_data_dir(lasting)
-
-
-def _lasting_dir(config: pytest.Config) -> Path:
-    """Where what outlives the session is kept: cassette use and orphans."""
-    return _option_path(config, "--proxy-data-dir", "proxy_data_dir") or config.rootpath / ".proxy"
-
-
-def _cassettes_dir(config: pytest.Config) -> Path:
-    """The cassette folder as the server will use it, without loading the config when an option names it."""
-    given = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
-    if given is not None:
-        return given
-    config_path = _option_path(config, "--proxy-config", "proxy_config")
-    if config_path is not None:
-        from proxy.config import load_config
-        from proxy.errors import ConfigError
-
-        try:
-            folder = load_config(config_path).settings.get("cassettes_dir")
-        except ConfigError:
-            folder = None
-        if folder:
-            return Path(folder)
-    return config.rootpath / "cassettes"
-
-
-def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
-    """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
-    from proxy.store import read_cassette_usage
-    from proxy.transports.usage import merge_usage_file, usage_file
-
-    lasting = _lasting_dir(config)
-    if lasting.resolve() != data_dir.resolve():
-        merge_usage_file(usage_file(lasting), read_cassette_usage(data_dir))
 
 
 def _test_scope(item: pytest.Item) -> str:
@@ -482,10 +246,6 @@ def _check_unplayed(item: pytest.Item, state: _PluginState) -> None:
     if _flag(item.config, "--proxy-strict-replay", "proxy_strict_replay"):
         pytest.fail(f"{message} (failed by --proxy-strict-replay)", pytrace=False)
     item.warn(ProxyUnplayedWarning(f"{message}, or --proxy-strict-replay to fail on this"))
-
-
-def _flag(config: pytest.Config, option: str, ini: str) -> bool:
-    return bool(config.getoption(option)) or str(config.getini(ini)).lower() in ("1", "true", "yes", "on")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

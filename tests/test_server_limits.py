@@ -414,7 +414,8 @@ def test_viewers_that_read_nothing_are_disconnected_without_slowing_anyone(tmp_p
 
 def test_the_pytest_plugin_server_refuses_101_headers_too(request: pytest.FixtureRequest) -> None:
     """The attack of 101 headers, against the server the pytest plugin runs in a user's test session."""
-    from proxy.pytest_plugin import _PluginState, _running
+    from proxy.pytest_plugin import _PluginState
+    from proxy.pytest_server import _running
 
     with _running(request.config, _PluginState()) as server:
         with connect(server.url) as sock:
