@@ -31,7 +31,9 @@ from jinja2.utils import missing
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
+from proxy import template_calls as calls
 from proxy import template_limits as limits
+from proxy import template_sizes as sizes
 from proxy.settings import (
     JSON_MAX_NUMBER_DIGITS,
     MAX_LISTED_KEYS,
@@ -150,7 +152,7 @@ def _finalize_json(eval_ctx: EvalContext, value: Any) -> Any:
         return text
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)[1:-1]
-    limits.printable(value)
+    sizes.printable(value)
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -162,7 +164,7 @@ def _finalize_url(eval_ctx: EvalContext, value: Any) -> Any:
     if text is not None:
         return text
     if not isinstance(value, str):
-        limits.printable(value)
+        sizes.printable(value)
         value = json.dumps(value, ensure_ascii=False, default=str)
     return quote(value, safe="")
 
@@ -182,20 +184,20 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, finalize: Callable[..., Any]) -> None:
         super().__init__(undefined=_Undefined, finalize=finalize, autoescape=False, optimized=False)
-        self.filters = limits.guarded_filters(self.filters)
+        self.filters = calls.guarded_filters(self.filters)
         self.filters[METERED_FILTER] = limits.metered
-        self.filters[CONCAT_FILTER] = limits.bounded_concat
+        self.filters[CONCAT_FILTER] = sizes.bounded_concat
         del self.globals["lipsum"]  # placeholder text by the paragraph: no use in a request
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         limits.tick()
-        limits.check_binop(operator, left, right)
+        sizes.check_binop(operator, left, right)
         return self.binop_table[operator](left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         budget = limits.enter_call()
         try:
-            args = limits.check_method_call(obj, args, kwargs)
+            args = calls.check_method_call(obj, args, kwargs)
             return super().call(context, obj, *args, **kwargs)
         finally:
             if budget is not None:
@@ -237,14 +239,14 @@ def _check_constants(node: nodes.Node) -> Any:
         return _UNKNOWN
     try:
         if isinstance(node, nodes.BinExpr):
-            if limits.check_binop(node.operator, *values) > _FOLD_MAX_CHARS:
+            if sizes.check_binop(node.operator, *values) > _FOLD_MAX_CHARS:
                 return _UNKNOWN
             return _JSON_ENV.binop_table[node.operator](*values)
         if isinstance(node, nodes.UnaryExpr):
             return _JSON_ENV.unop_table[node.operator](*values)
         if isinstance(node, nodes.Concat):
-            small = sum(map(limits.weight, values)) <= _FOLD_MAX_CHARS
-            return limits.bounded_concat(*values) if small else _UNKNOWN
+            small = sum(map(sizes.weight, values)) <= _FOLD_MAX_CHARS
+            return sizes.bounded_concat(*values) if small else _UNKNOWN
         if isinstance(node, nodes.List):
             return list(values)
         if isinstance(node, nodes.Tuple) and node.ctx == "load":

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import template_limits as limits
+from proxy import template_calls as calls
 from proxy.templating import CompiledTemplate, TemplateRefused
 
 CHAT = '{"message": "{{ input.user_message }}", "user": "{{ context.user }}"}'
@@ -253,7 +253,7 @@ ESCAPED_VALUES = st.recursive(
 def test_what_an_escaping_filter_is_counted_for_is_never_less_than_what_it_makes(value: object) -> None:
     """`e` and `tojson` can make a text 5 to 12 times longer than its input (`&` → `&amp;`, `🚀` → two `\\uXXXX`):
     counted at the input's length, a 9 MB input made a 27 MB value past the 10 MB cap."""
-    estimates = {"e": limits._escape, "forceescape": limits._escape, "tojson": limits._tojson}
+    estimates = {"e": calls._escape, "forceescape": calls._escape, "tojson": calls._tojson}
     for name, estimate in estimates.items():
         made = int(CompiledTemplate(f"{{{{ v | {name} | length }}}}").render({"v": value}))
         assert estimate(value) >= made, name
@@ -263,7 +263,7 @@ def test_what_an_escaping_filter_is_counted_for_is_never_less_than_what_it_makes
 def test_a_long_text_is_counted_for_what_tojson_and_e_make_of_it_without_being_encoded(text: str) -> None:
     """Past 4,096 characters a text's escapes are counted, not made: at least what the filter makes, and close."""
     long = text * (5000 // len(text) + 1)
-    for name, estimate in {"e": limits._escape, "tojson": limits._tojson}.items():
+    for name, estimate in {"e": calls._escape, "tojson": calls._tojson}.items():
         made = int(CompiledTemplate(f"{{{{ v | {name} | length }}}}").render({"v": long}))
         assert made <= estimate(long) <= 1.5 * made + 2, name
 
