@@ -116,7 +116,7 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.cli import build_settings
+    from proxy.cli_options import build_settings
     from proxy.config import Config, load_config
     from proxy.errors import ConfigError, InvalidField
     from proxy.http_limits import server_config

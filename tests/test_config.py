@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import build_settings
+from proxy.cli_options import build_settings
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.record_mode import RecordMode

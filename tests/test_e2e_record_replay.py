@@ -261,7 +261,7 @@ def test_forward_route_records_replays_repeats_and_misses(
 def test_bundled_demo_cassettes_replay_with_record_mode_none(tmp_path: Path) -> None:
     import json
 
-    from proxy.cli import read_config
+    from proxy.cli_options import read_config
 
     root = Path(__file__).resolve().parent.parent
     config = read_config(root / "examples" / "demo.yaml")

@@ -425,7 +425,7 @@ def test_the_pytest_plugin_server_refuses_101_headers_too(request: pytest.Fixtur
 
 
 def test_the_limits_come_from_the_config_file_and_a_bad_one_is_named(tmp_path: Path) -> None:
-    from proxy.cli import build_settings
+    from proxy.cli_options import build_settings
 
     path = tmp_path / "proxy.yaml"
     path.write_text("settings:\n  max_headers: 20\n  header_timeout: 2.5\n  max_flow_viewers: '4'\n")
