@@ -153,8 +153,8 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
     folder (run from the wrong folder, a CI step would otherwise pass having checked nothing).
     """
     from proxy.runtime import known_secrets
-    from proxy.transports.parse_cache import ParseCache
     from proxy.transports.inventory import verify
+    from proxy.transports.parse_cache import ParseCache
 
     config = read_config(config_path)
     settings = build_settings(config, cassettes=cassettes, data_dir=data_dir)
