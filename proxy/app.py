@@ -57,7 +57,9 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.debug("%s %s: the client disconnected before its request body arrived", request.method, request.url.path)
         return JSONResponse({"message": "the client disconnected"}, status_code=400)
     redactor = request.app.state.runtime.redactor
-    log.error("unexpected error on %s %s: %s", request.method, request.url.path, redactor.redact(repr(exc)))
+    log.error(
+        "unexpected error on %s %s: %s", request.method, request.url.path, redactor.redact(repr(exc)), exc_info=exc
+    )
     return JSONResponse({"message": "internal error; the server log has the details"}, status_code=500)
 
 

@@ -77,8 +77,8 @@ def serve(config_path: Path | None, **flags: Any) -> None:
     from proxy.app import create_app
     from proxy.http_limits import server_config
     from proxy.listener import AnnouncingServer, listen, url_of, why_not
+    from proxy.log_scrubbing import install_log_redaction
     from proxy.runtime import Runtime
-    from proxy.secrets import install_log_redaction
 
     config = read_config(config_path)
     settings = build_settings(config, **flags)

@@ -105,7 +105,7 @@ class Engine:
         try:
             self.observer(label, subject, result)
         except Exception as exc:  # watching a call must never fail it
-            log.error("a call observer failed: %s", self.redactor.redact(f"{type(exc).__name__}: {exc}"))
+            log.error("a call observer failed: %s", self.redactor.redact(f"{type(exc).__name__}: {exc}"), exc_info=exc)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -341,6 +341,6 @@ class Engine:
 
 def _internal_failure(result: CallResult, exc: Exception, redactor: Redactor) -> None:
     message = redactor.redact(f"{type(exc).__name__}: {exc}")
-    log.error("a call failed inside the proxy: %s", message)
+    log.error("a call failed inside the proxy: %s", message, exc_info=exc)  # the traceback, scrubbed by the log
     # `proxy run` has no server log to point to: the reason is told here, whole.
     result.error = f"the call failed inside the proxy: {message}"

@@ -217,7 +217,7 @@ class FlowLog:
                 await asyncio.to_thread(_mask_pending, rows)
             ids = await self.store.write(self._insert, rows)
         except Exception as exc:  # the log is for looking at: a failed write never fails a call
-            log.error("%d flows could not be written: %s", len(rows), self.redactor.redact(repr(exc)))
+            log.error("%d flows could not be written: %s", len(rows), self.redactor.redact(repr(exc)), exc_info=exc)
             return
         for row, flow_id in zip(rows, ids, strict=True):
             row["id"] = flow_id

@@ -27,7 +27,6 @@ from proxy.models import ConnectionSpec, parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.registry import CONNECTIONS, ConnectionRegistry
-from proxy.secrets import KEY_FILE_NAME, load_vault
 from proxy.sessions import SessionService
 from proxy.settings import MIN_SECRET_LEN, Settings
 from proxy.store import DB_FILE_NAME, Store
@@ -41,6 +40,7 @@ from proxy.transports.parse_cache import ParseCache
 from proxy.transports.record_replay import RecordReplayTransport
 from proxy.transports.unset import UnsetCredentialGuard
 from proxy.upstreams import ClientSecrets, ForwardUpstream, forward_upstream
+from proxy.vault import KEY_FILE_NAME, load_vault
 from proxy.versions import CONFIG_FIELDS as VERSION_CONFIG_FIELDS
 from proxy.versions import VersionRegistry
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from proxy.data_dir import PRIVATE_FILE_MODE, make_private_file, open_data_dir, tighten
-from proxy.secrets import Vault
+from proxy.vault import Vault
 
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
@@ -266,4 +266,4 @@ def _nothing() -> None:
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.error("a queued database write failed: %s", future.exception())
+        log.error("a queued database write failed: %s", future.exception(), exc_info=future.exception())

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from proxy.cassette_names import file_name
 from proxy.record_mode import RecordMode
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.cassette_files import TEMP_MARKER
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
+from proxy.vault import Vault, load_fernet
 
 
 def interaction(n: int):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from proxy.secrets import install_log_redaction
+from proxy.log_scrubbing import install_log_redaction
 from proxy.settings import MASK, MAX_REASON_PHRASE_CHARS
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.cassette_files import write_cassette

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from proxy.config import load_config
-from proxy.secrets import install_log_redaction
+from proxy.log_scrubbing import install_log_redaction
 from proxy.settings import MASK
 from proxy.transports.cassette import Cassette, make_interaction
 from proxy.transports.cassette_files import write_cassette

@@ -17,9 +17,9 @@ from proxy.connector_store import CONNECTORS
 from proxy.entities import read_live
 from proxy.models import ConnectionSpec
 from proxy.runtime import known_secrets
-from proxy.secrets import Vault, load_fernet
 from proxy.settings import Settings
 from proxy.store import Store
+from proxy.vault import Vault, load_fernet
 from tests.conftest import TEST_TOKEN, chat_connection, running_proxy
 from tests.upstream import Received, Reply, Upstream
 

@@ -10,11 +10,11 @@ from proxy.engine import CallContext, Engine
 from proxy.ratelimit import RateLimiter, RateLimiters
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.vault import Vault, load_fernet
 from tests.helpers import compiled_connection as connection
 
 

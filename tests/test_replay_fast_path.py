@@ -16,13 +16,13 @@ from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports import REPLAYED_EXTENSION, CassetteMiss
 from proxy.transports import record_replay as record_replay_module
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.vault import Vault, load_fernet
 
 REPLY = {"reply": "recorded answer", "docs": ["a"]}
 

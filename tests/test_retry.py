@@ -13,11 +13,11 @@ from proxy.models import BackoffStrategy
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.retry import RetryPolicy, parse_retry_after
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports import OUTCOME_EXTENSION, REPLAYED_EXTENSION
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.vault import Vault, load_fernet
 from tests.helpers import compiled_connection as connection
 
 

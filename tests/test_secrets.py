@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
 import stat
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
+from proxy.log_scrubbing import install_log_redaction
 from proxy.redaction import Redactor
-from proxy.secrets import Vault, install_log_redaction, load_fernet
 from proxy.store import Store
+from proxy.vault import Vault, load_fernet
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, chat_connection, running_proxy
+from tests.encodings import json_u_escaped, revealed
 from tests.upstream import Reply, Upstream
 
 HEADER_SECRET = "hdr-Secret-Value-9911"
@@ -165,3 +170,85 @@ def test_a_config_value_to_mask_that_is_too_short_stops_start_up(tmp_path: Path)
     config = Config(settings={"redact_values": ["acct-99881", "x-1"]})
     with pytest.raises(ConfigError, match=r"settings\.redact_values\[1\]: is 3 characters long"):
         Runtime(Settings(data_dir=tmp_path / "d", cassettes_dir=tmp_path / "c"), config)
+
+
+def leaky_error(secret: str) -> RuntimeError:
+    """An exception whose message holds `secret` as it is and as the encoded forms the redactor knows, chained
+    to one whose args hold it too (a traceback prints both)."""
+    forms = [secret, json_u_escaped(secret), quote(secret, safe=""), base64.b64encode(secret.encode()).decode()]
+    try:
+        raise ValueError("credential", f"Bearer {secret}")
+    except ValueError as cause:
+        error = RuntimeError(f"broke on {' '.join(forms)}")
+        error.__cause__ = cause
+        return error
+
+
+def assert_logged_whole_and_scrubbed(log_text: str, raised_in: str) -> None:
+    assert "Traceback (most recent call last)" in log_text and f"in {raised_in}" in log_text, log_text
+    assert "RuntimeError: broke on" in log_text and "ValueError:" in log_text  # the chain, to its cause
+    assert revealed(TEST_TOKEN, log_text) == [], log_text
+
+
+def test_a_call_failing_inside_the_proxy_is_logged_with_its_traceback_scrubbed(
+    tmp_path: Path, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_transport(request: httpx.Request) -> httpx.Response:
+        raise leaky_error(TEST_TOKEN)
+
+    caplog.set_level(logging.ERROR)
+    with running_proxy(tmp_path, transport=httpx.MockTransport(broken_transport)) as proxy:
+        uninstall = install_log_redaction(proxy.runtime.redactor)  # as `proxy serve` does
+        try:
+            with httpx.Client(base_url=proxy.url) as client:
+                conn_id = client.post("/endpointConnections", json=chat_connection(upstream_url)).json()["id"]
+                tested = client.post("/endpointConnections/testConnection", json={"id": conn_id}).json()
+        finally:
+            uninstall()
+    assert not tested["success"] and "the call failed inside the proxy" in str(tested), tested
+    assert "a call failed inside the proxy" in caplog.text
+    assert_logged_whole_and_scrubbed(caplog.text, "broken_transport")
+
+
+def test_an_unexpected_error_in_a_route_is_logged_with_its_traceback_scrubbed(
+    tmp_path: Path, upstream_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.api import galtea
+
+    def broken_query(request: Any, name: str) -> list[str]:
+        raise leaky_error(TEST_TOKEN)
+
+    caplog.set_level(logging.ERROR)
+    with running_proxy(tmp_path) as proxy:
+        uninstall = install_log_redaction(proxy.runtime.redactor)
+        try:
+            with httpx.Client(base_url=proxy.url) as client:
+                assert client.post("/endpointConnections", json=chat_connection(upstream_url)).status_code == 201
+                monkeypatch.setattr(galtea, "query_list", broken_query)
+                listed = client.get("/endpointConnections")
+        finally:
+            uninstall()
+    assert listed.status_code == 500 and listed.json() == {"message": "internal error; the server log has the details"}
+    assert "unexpected error on GET /endpointConnections" in caplog.text
+    assert_logged_whole_and_scrubbed(caplog.text, "broken_query")
+
+
+async def test_a_failed_queued_write_is_logged_with_its_traceback_scrubbed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    redactor = Redactor()
+    redactor.register("test", [TEST_TOKEN])
+    store = Store(tmp_path / "data", Vault(load_fernet(tmp_path / "data")))
+
+    def broken_write() -> None:
+        raise leaky_error(TEST_TOKEN)
+
+    uninstall = install_log_redaction(redactor)
+    try:
+        store.enqueue(broken_write)
+        await store.drain()
+    finally:
+        uninstall()
+        store.close()
+    assert "a queued database write failed" in caplog.text
+    assert_logged_whole_and_scrubbed(caplog.text, "broken_write")

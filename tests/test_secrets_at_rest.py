@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from proxy.config import Config
 from proxy.runtime import known_secrets
-from proxy.secrets import load_fernet
 from proxy.settings import MASK, Settings
+from proxy.vault import load_fernet
 from tests.conftest import TEST_TOKEN, chat_connection, running_proxy
 from tests.helpers import chat_config, run_session
 from tests.upstream import Reply, Upstream

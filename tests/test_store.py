@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
+from proxy.vault import Vault, load_fernet
 from tests.conftest import chat_connection, running_proxy
 from tests.upstream import Reply, Upstream
 

@@ -324,7 +324,7 @@ class CassetteLibrary:
                 try:
                     await self.flush()
                 except Exception as exc:  # keep flushing later; the journal still holds everything
-                    log.error("periodic cassette flush failed: %s", exc)
+                    log.error("periodic cassette flush failed: %s", exc, exc_info=exc)
 
         self._flush_task = asyncio.create_task(loop())
 

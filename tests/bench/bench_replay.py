@@ -21,7 +21,6 @@ from proxy.engine import CallContext, Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
-from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.cassette_files import write_cassette
@@ -30,6 +29,7 @@ from proxy.transports.live import PacedTransport
 from proxy.transports.matching import MatchRules
 from proxy.transports.parse_cache import ParseCache
 from proxy.transports.record_replay import RecordReplayTransport
+from proxy.vault import Vault, load_fernet
 
 URL = "https://upstream.bench/chat"
 SIZES = (100, 10_000, 100_000)

@@ -1,21 +1,18 @@
-"""Secrets at rest (Fernet), and log records scrubbed of a server's secrets (see `proxy.redaction`)."""
+"""Secrets at rest: sealed with Fernet under a key from PROXY_SECRET_KEY or the data dir's key file."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from proxy.data_dir import create_once, make_private_dir
 from proxy.errors import ConfigError
-from proxy.redaction import Redactor
 from proxy.settings import (
     PASSPHRASE_SALT_BYTES,
     PASSPHRASE_SCRYPT_N,
@@ -115,32 +112,3 @@ UNREADABLE = (
     f"stored secret cannot be decrypted: wrong {SECRET_KEY_ENV}, or the data dir's {KEY_FILE_NAME} or"
     f" {SALT_FILE_NAME} is not the one it was sealed with"
 )
-
-
-def _scrub(record: logging.LogRecord, redactor: Redactor) -> None:
-    try:
-        message = record.getMessage()
-    except (TypeError, ValueError):
-        return
-    cleaned = redactor.redact(message)
-    if cleaned != message:
-        record.msg, record.args = cleaned, None
-
-
-def install_log_redaction(redactor: Redactor) -> Callable[[], None]:
-    """Scrub every log record of `redactor`'s secrets when it is created, whichever library logs it
-    (httpcore's DEBUG lines carry raw headers) and whichever handler prints it. Process-wide, so the
-    command that owns the process (`proxy serve`) installs it, never the library. Returns the undo."""
-    make_record = logging.getLogRecordFactory()
-
-    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        _scrub(record, redactor)
-        return record
-
-    def uninstall() -> None:
-        if logging.getLogRecordFactory() is redacting_factory:
-            logging.setLogRecordFactory(make_record)
-
-    logging.setLogRecordFactory(redacting_factory)
-    return uninstall
