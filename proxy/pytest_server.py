@@ -190,8 +190,7 @@ def _lasting_cache(config: pytest.Config) -> ParseCache:
 
 def _keep_usage(config: pytest.Config, data_dir: Path) -> None:
     """The session's cassette use, from its (temporary) data dir into the lasting usage file."""
-    from proxy.store import read_cassette_usage
-    from proxy.transports.usage import merge_usage_file, usage_file
+    from proxy.transports.usage import merge_usage_file, read_cassette_usage, usage_file
 
     lasting = _lasting_dir(config)
     if lasting.resolve() != data_dir.resolve():

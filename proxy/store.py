@@ -34,7 +34,6 @@ T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # made by SQLite beside the database, with its mode
-USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
 log = logging.getLogger("proxy")
 MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
 ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next commit
@@ -169,23 +168,6 @@ class Store:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         self._db = db
-        self._migrate()
-
-    def _migrate(self) -> None:
-        if not self.db.table("journal").exists():
-            self.db.execute(
-                "CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, cassette TEXT NOT NULL,"
-                " kind TEXT NOT NULL, data TEXT NOT NULL, path TEXT)"
-            )
-        elif "path" not in self.db.table("journal").columns_dict:
-            # Rows from before each row named its cassette file: the first cassettes folder to start
-            # claims them (see `journal_claim_unplaced`), as every folder did then.
-            self.db.execute("ALTER TABLE journal ADD COLUMN path TEXT")
-        self.db.execute("CREATE INDEX IF NOT EXISTS journal_path ON journal (path, seq)")
-        if not self.db.table(USAGE_TABLE).exists():
-            self.db.execute(
-                f"CREATE TABLE {USAGE_TABLE} (path TEXT PRIMARY KEY, last_used TEXT NOT NULL, used_by TEXT NOT NULL)"
-            )
 
     def close(self) -> None:
         if self._timer is not None:  # queued rows nobody drained: written, not dropped
@@ -206,58 +188,6 @@ class Store:
 
     def unseal(self, token: str | None) -> dict[str, Any]:
         return json.loads(self.vault.decrypt(token)) if token else {}
-
-    # -- cassette journal (writer thread only; `journal_append` through `write`) ---------------
-
-    def journal_append(self, cassette: str, kind: str, data: str, path: str) -> int:
-        """One recorded interaction (or a `reset`) of the cassette file at `path` (absolute: a data dir
-        may serve several cassettes folders, one after another or at once); returns its sequence number."""
-        cursor = self.db.conn.execute(
-            "INSERT INTO journal (cassette, kind, data, path) VALUES (?, ?, ?, ?)", (cassette, kind, data, path)
-        )
-        return int(cursor.lastrowid or 0)
-
-    def journal_claim_unplaced(self, path_of: Callable[[str], str]) -> None:
-        """Give rows journaled without a path (by an older version) the file `path_of(cassette name)`."""
-        for (name,) in list(self.db.execute("SELECT DISTINCT cassette FROM journal WHERE path IS NULL")):
-            self.db.conn.execute(
-                "UPDATE journal SET path = ? WHERE path IS NULL AND cassette = ?", (path_of(name), name)
-            )
-
-    def journal_rows(self) -> dict[str, tuple[str, list[tuple[int, str, str]]]]:
-        """Per cassette file (its path): the cassette's name and its rows (seq, kind, data), in order."""
-        rows: dict[str, tuple[str, list[tuple[int, str, str]]]] = {}
-        query = "SELECT seq, cassette, kind, data, path FROM journal WHERE path IS NOT NULL ORDER BY seq"
-        for seq, cassette, kind, data, path in self.db.execute(query):
-            rows.setdefault(path, (cassette, []))[1].append((seq, kind, data))
-        return rows
-
-    def cassette_used(self, path: str, used_at: str, used_by: str) -> None:
-        """Note a cassette file's use (writer thread; through `write`), for `proxy cassettes prune`."""
-        self.db.conn.execute(
-            f"INSERT INTO {USAGE_TABLE} (path, last_used, used_by) VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE "
-            "SET last_used = excluded.last_used, used_by = excluded.used_by",
-            (path, used_at, used_by),
-        )
-
-    def journal_forget(self, path: str, upto_seq: int) -> None:
-        """The cassette file at `path` now holds everything up to `upto_seq`."""
-        self.db.conn.execute("DELETE FROM journal WHERE path = ? AND seq <= ?", (path, upto_seq))
-
-
-def read_cassette_usage(data_dir: Path) -> dict[str, tuple[str, str]]:
-    """{cassette file: (last used, by whom)} from a data dir's database, read-only and without its key;
-    empty when there is no database yet."""
-    path = data_dir / DB_FILE_NAME
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (USAGE_TABLE,)).fetchone():
-            return {}
-        return {row[0]: (row[1], row[2]) for row in conn.execute(f"SELECT path, last_used, used_by FROM {USAGE_TABLE}")}
-    finally:
-        conn.close()
 
 
 def _nothing() -> None:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from proxy.cli import main
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.store import read_cassette_usage
+from proxy.transports.usage import read_cassette_usage
 from tests.conftest import running_proxy
 from tests.helpers import chat_config, run_session
 from tests.upstream import Upstream

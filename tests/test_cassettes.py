@@ -16,6 +16,7 @@ from proxy.record_mode import RecordMode
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.cassette_files import TEMP_MARKER
+from proxy.transports.journal import Journal
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
 from proxy.vault import Vault, load_fernet
@@ -64,11 +65,11 @@ async def test_recovery_folds_the_journal_in_without_duplicates(tmp_path: Path, 
     assert bodies(path) == [b'{"n": 0}', b'{"n": 1}']
     flushed = await library.cassette("sessions/tc")
     text = flushed.serialize([flushed.interactions[1]])
-    store.call(store.journal_append, "sessions/tc", "interaction", text, library.journal_path("sessions/tc"))
+    store.call(library.journal.append, "sessions/tc", "interaction", text, library.journal_path("sessions/tc"))
     recovered = CassetteLibrary(tmp_path / "c", store).recover()
     assert recovered == {"sessions/tc": 2}
     assert bodies(path) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
-    assert store.call(store.journal_rows) == {}
+    assert store.call(Journal(store).rows) == {}
     assert CassetteLibrary(tmp_path / "c", store).recover() == {}  # idempotent
 
 
@@ -221,7 +222,7 @@ async def test_journal_rows_belong_to_one_cassettes_folder(tmp_path: Path, store
     assert not (tmp_path / "a" / "sessions" / "tc.yaml").exists()
     assert CassetteLibrary(tmp_path / "a", store).recover() == {"sessions/tc": 2}
     assert bodies(tmp_path / "a" / "sessions" / "tc.yaml") == [b'{"n": 0}', b'{"n": 1}']
-    assert store.call(store.journal_rows) == {}
+    assert store.call(Journal(store).rows) == {}
 
 
 async def test_rows_of_a_folder_that_is_gone_are_kept_and_logged(
@@ -232,7 +233,7 @@ async def test_rows_of_a_folder_that_is_gone_are_kept_and_logged(
     assert not gone.exists()
     CassetteLibrary(tmp_path / "other", store).recover()
     assert f"the journal keeps 3 unsaved interactions of cassettes in {gone} (the folder is gone)" in caplog.text
-    assert list(store.call(store.journal_rows)) == [str(gone / "sessions" / "tc.yaml")]
+    assert list(store.call(Journal(store).rows)) == [str(gone / "sessions" / "tc.yaml")]
     assert not (tmp_path / "other" / "sessions").exists()
 
 
@@ -251,7 +252,7 @@ def test_a_journal_from_before_paths_migrates_to_the_folder_in_use(tmp_path: Pat
     try:
         assert CassetteLibrary(tmp_path / "now", store).recover() == {"sessions/tc": 1}
         assert bodies(tmp_path / "now" / "sessions" / "tc.yaml") == [b'{"n": 9}']
-        assert store.call(store.journal_rows) == {}
+        assert store.call(Journal(store).rows) == {}
     finally:
         store.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from proxy.store import Store
+from proxy.transports.journal import Journal
 from proxy.vault import Vault, load_fernet
 from tests.conftest import chat_connection, running_proxy
 from tests.upstream import Reply, Upstream
@@ -59,8 +60,9 @@ async def test_concurrent_writes_are_all_committed_before_their_callers_resume(t
     assert await asyncio.gather(*(one(n) for n in range(200))) == list(range(200))
     assert len(committed_rows(store, "t")) == 200
     assert commits[0] < 200 / 4  # writes queued behind a commit went together
+    journal = Journal(store)
     seqs = await asyncio.gather(
-        *(store.write(store.journal_append, "c", "interaction", str(n), "/c.yaml") for n in range(20))
+        *(store.write(journal.append, "c", "interaction", str(n), "/c.yaml") for n in range(20))
     )
     assert seqs == sorted(seqs) and len(set(seqs)) == 20  # each caller gets its own row's number, in order
     store.close()
@@ -89,7 +91,7 @@ async def test_a_failing_write_takes_back_only_itself(tmp_path: Path) -> None:
 
 def test_blocking_calls_commit_what_they_write(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    seq = store.call(store.journal_append, "sessions/tc", "interaction", "recorded", "/c/sessions/tc.yaml")
+    seq = store.call(Journal(store).append, "sessions/tc", "interaction", "recorded", "/c/sessions/tc.yaml")
     with closing(sqlite3.connect(store.path)) as other:
         assert list(other.execute("SELECT seq, cassette, data FROM journal")) == [(seq, "sessions/tc", "recorded")]
     store.close()

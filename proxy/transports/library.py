@@ -39,8 +39,10 @@ from proxy.transports import CassetteMiss, CassetteRefused
 from proxy.transports.cassette import Cassette, Interaction, identities, identity, load_interactions, parse_interactions
 from proxy.transports.cassette_files import remove_temp_files, update_cassette
 from proxy.transports.handles import CassetteHandle, why_not_recorded
+from proxy.transports.journal import Journal
 from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, similarity
 from proxy.transports.parse_cache import ParseCache
+from proxy.transports.usage import create_usage_table, note_use
 
 log = logging.getLogger("proxy.cassettes")
 DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
@@ -64,6 +66,8 @@ class CassetteLibrary:
         self.cache = cache  # parsed cassettes, in the data dir: loads skip YAML parsing
         self._journal_root = root.resolve()
         self.store = store
+        self.journal = Journal(store)
+        store.call(create_usage_table, store)
         self.rules = rules or MatchRules()
         self.default_mode = default_mode
         self.replay_latency = replay_latency
@@ -164,7 +168,7 @@ class CassetteLibrary:
         kind = handle.name.rsplit("/", 2)[-2].removesuffix("s")  # session, connection, connector
         used_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         await self.store.write(
-            self.store.cassette_used, self.journal_path(handle.name), used_at, f"{kind} {handle.session_key}"
+            note_use, self.store, self.journal_path(handle.name), used_at, f"{kind} {handle.session_key}"
         )
 
     def _check_age(self, cassette: Cassette, newest: datetime | None) -> None:
@@ -202,7 +206,7 @@ class CassetteLibrary:
         if name in self._pending_reset:
             self._pending_reset.discard(name)
             cassette.clear()
-            seq = await self.store.write(self.store.journal_append, name, "reset", "", self.journal_path(name))
+            seq = await self.store.write(self.journal.append, name, "reset", "", self.journal_path(name))
             cassette.journal_seq = max(cassette.journal_seq, seq)
         return cassette
 
@@ -256,7 +260,7 @@ class CassetteLibrary:
         cassette.played.add(cassette.add(interaction))  # what a run records it has used
         handle.skip_own_recording(cassette, key)
         seq = await self.store.write(
-            self.store.journal_append,
+            self.journal.append,
             cassette.name,
             "interaction",
             cassette.serialize([interaction]),
@@ -311,7 +315,7 @@ class CassetteLibrary:
             except BaseException:  # cancelled too (a periodic flush at shutdown): the next flush writes it
                 cassette.dirty = True
                 raise
-            await self.store.run(self.store.journal_forget, self.journal_path(cassette_name), journaled_upto)
+            await self.store.run(self.journal.forget, self.journal_path(cassette_name), journaled_upto)
 
     def _write(self, cassette: Cassette, snapshot: list[Interaction]) -> None:
         """Under the cassette's file lock, merged with what other processes wrote since we read it."""
@@ -343,15 +347,15 @@ class CassetteLibrary:
         removed = remove_temp_files(self.root)
         recovered: dict[str, int] = {}
         elsewhere: Counter[str] = Counter()  # other cassettes folders: their unsaved interactions
-        self.store.call(self.store.journal_claim_unplaced, self.journal_path)
-        for journal_path, (name, rows) in self.store.call(self.store.journal_rows).items():
+        self.store.call(self.journal.claim_unplaced, self.journal_path)
+        for journal_path, (name, rows) in self.store.call(self.journal.rows).items():
             path = Path(journal_path)
             if not path.is_relative_to(self._journal_root):
                 folder = str(path.parents[len(Path(name).parts) - 1])  # the file is <folder>/<name>.yaml
                 elsewhere[folder] += sum(kind == "interaction" for _, kind, _ in rows)
                 continue
             update_cassette(path, partial(fold_journal, name=name, rows=rows, recovered=recovered), self.cache)
-            self.store.call(self.store.journal_forget, journal_path, rows[-1][0])
+            self.store.call(self.journal.forget, journal_path, rows[-1][0])
         if removed or recovered:
             log.info("recovered %s journaled interactions; removed %d temporary files", recovered, removed)
         for folder, count in elsewhere.items():

@@ -1,15 +1,16 @@
 """When each cassette file was last used, for `proxy cassettes prune`, kept where it outlives a test session.
 
-A server notes use in its data dir's database. A process whose data dir is thrown away afterwards (the pytest
-plugin's server, one per xdist worker) also merges what it noted into `cassette-usage.json` in a lasting folder
-(`.proxy/` beside the tests by default): under a file lock, each entry keeping its newest use, replaced
-atomically, so parallel workers lose nothing. `prune` reads both.
+A server notes use in its data dir's database (the `cassette_usage` table, on the store's writer thread). A
+process whose data dir is thrown away afterwards (the pytest plugin's server, one per xdist worker) also merges
+what it noted into `cassette-usage.json` in a lasting folder (`.proxy/` beside the tests by default): under a file
+lock, each entry keeping its newest use, replaced atomically, so parallel workers lose nothing. `prune` reads both.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,43 @@ from typing import Any
 from filelock import FileLock
 
 from proxy.data_dir import make_private_dir, tighten
-from proxy.store import read_cassette_usage
+from proxy.store import DB_FILE_NAME, Store
 from proxy.transports.cassette_files import atomic_write
 
 USAGE_FILE_NAME = "cassette-usage.json"
 Usage = dict[str, tuple[str, str]]  # {absolute cassette path: (last used, ISO 8601 UTC; by whom)}
+USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
+
+
+def create_usage_table(store: Store) -> None:
+    store.db.execute(
+        f"CREATE TABLE IF NOT EXISTS {USAGE_TABLE}"
+        " (path TEXT PRIMARY KEY, last_used TEXT NOT NULL, used_by TEXT NOT NULL)"
+    )
+
+
+def note_use(store: Store, path: str, used_at: str, used_by: str) -> None:
+    """Note a cassette file's use (writer thread; through `Store.write`), for `proxy cassettes prune`."""
+    store.db.conn.execute(
+        f"INSERT INTO {USAGE_TABLE} (path, last_used, used_by) VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE "
+        "SET last_used = excluded.last_used, used_by = excluded.used_by",
+        (path, used_at, used_by),
+    )
+
+
+def read_cassette_usage(data_dir: Path) -> Usage:
+    """{cassette file: (last used, by whom)} from a data dir's database, read-only and without its key;
+    empty when there is no database yet."""
+    path = data_dir / DB_FILE_NAME
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (USAGE_TABLE,)).fetchone():
+            return {}
+        return {row[0]: (row[1], row[2]) for row in conn.execute(f"SELECT path, last_used, used_by FROM {USAGE_TABLE}")}
+    finally:
+        conn.close()
 
 
 def usage_file(folder: Path) -> Path:
