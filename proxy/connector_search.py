@@ -8,7 +8,7 @@ excluded fields remain in the document and are only kept out of the prompt.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.connector import Connector
 from proxy.engine import CallLabel, CallResult, Engine
@@ -30,18 +30,24 @@ def auth_header(auth_type: str | None, token: str | None) -> dict[str, str]:
     return {"Authorization": value}
 
 
+class StoredConnectors(Protocol):
+    """Where the calls find a connector and its stored secrets (`proxy.connectors.ConnectorRegistry`)."""
+
+    def get(self, connector_id_: str) -> Connector: ...
+
+    def secrets_of(self, connector: Connector) -> dict[str, str]: ...
+
+
 class ConnectorCalls:
-    """The calls of `ConnectorRegistry`, which provides `get` and `_secrets`."""
+    """A connector's calls: its registration test query and its searches, sent by `engine`."""
 
-    engine: Engine
-    library: CassetteLibrary
-    redactor: Redactor
-
-    def get(self, connector_id_: str) -> Connector:
-        raise NotImplementedError
-
-    def _secrets(self, connector: Connector) -> dict[str, str]:
-        raise NotImplementedError
+    def __init__(
+        self, connectors: StoredConnectors, engine: Engine, library: CassetteLibrary, redactor: Redactor
+    ) -> None:
+        self.connectors = connectors
+        self.engine = engine
+        self.library = library
+        self.redactor = redactor
 
     def _target(self, connector: Connector, token: str | None) -> ForwardTarget:
         """Where the engine sends the connector's calls: POST to its URL with its service auth."""
@@ -58,12 +64,12 @@ class ConnectorCalls:
 
     def target_of(self, connector: Connector) -> ForwardTarget:
         """Where the connector's calls go, with its stored credential (a drift check re-sends through it)."""
-        return self._target(connector, self._secrets(connector).get("token"))
+        return self._target(connector, self.connectors.secrets_of(connector).get("token"))
 
     async def call(
         self, connector: Connector, body: dict[str, Any], token: str | None = None, kind: str = "connector search"
     ) -> CallResult:
-        token = token if token is not None else self._secrets(connector).get("token")
+        token = token if token is not None else self.connectors.secrets_of(connector).get("token")
         target = self._target(connector, token)
         handle = self.library.server_handle("connectors", connector.name, "search", self.library.default_mode)
         payload = json.dumps(body, ensure_ascii=False).encode()
@@ -71,7 +77,8 @@ class ConnectorCalls:
             target, "POST", connector.url, {"Content-Type": "application/json"}, payload, handle, CallLabel(kind)
         )
 
-    async def _register(self, connector: Connector, secrets: dict[str, str]) -> None:
+    async def register(self, connector: Connector, secrets: dict[str, str]) -> None:
+        """Send the registration test query with `secrets`; raises BadRequest saying why when it fails."""
         # Until the test query passes the secrets are not the connector's: known for this call only.
         with self.redactor.scoped([*secrets.values(), *secret_values(connector.url)]):
             result = await self.call(
@@ -82,7 +89,7 @@ class ConnectorCalls:
             raise BadRequest(f"connector registration cancelled: the test query to {connector.shown_url} {problem}")
 
     async def search(self, connector_id_: str, body: dict[str, Any]) -> tuple[dict[str, Any], CallResult]:
-        connector = self.get(connector_id_)
+        connector = self.connectors.get(connector_id_)
         if not connector.active:
             raise BadRequest(f"connector {connector.id} is inactive: activate it (active: true) to search")
         query = body.get("query")

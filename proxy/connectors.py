@@ -25,18 +25,16 @@ from proxy.transports.library import CassetteLibrary
 from proxy.url_secrets import query_secrets, refuse_masked, restore_masked
 
 
-class ConnectorRegistry(ConnectorCalls):
-    """Keeps `redactor` knowing the secrets of exactly the stored connectors."""
+class ConnectorRegistry:
+    """Keeps `redactor` knowing the secrets of exactly the stored connectors; `calls` makes their calls."""
 
     def __init__(
         self, store: Store, engine: Engine, library: CassetteLibrary, allow_http: bool, redactor: Redactor
     ) -> None:
         self.store = store
-        self.engine = engine
-        self.library = library
         self.allow_http = allow_http
-        self.redactor = redactor
         self.table = EntityTable(store, CONNECTORS, redactor)
+        self.calls = ConnectorCalls(self, engine, library, redactor)
 
     def load(self) -> None:
         self.table.load()
@@ -67,7 +65,7 @@ class ConnectorRegistry(ConnectorCalls):
         now = now_iso()
         connector = Connector(id=new_id, name=fields.name, url=fields.url, created_at=now, updated_at=now)
         secrets = self._apply(connector, fields, {})
-        await self._register(connector, secrets)
+        await self.calls.register(connector, secrets)
         await self.table.save(connector)
         return connector
 
@@ -82,7 +80,7 @@ class ConnectorRegistry(ConnectorCalls):
             updated.name = fields.name
         if fields.url is not None:
             updated.url = restore_masked(fields.url, current.url)  # a masked credential keeps the stored one
-        stored = self._secrets(current)
+        stored = self.secrets_of(current)
         secrets = self._apply(updated, fields, stored)
         if not same_origin(current.url, updated.url):
             restated = {
@@ -102,7 +100,7 @@ class ConnectorRegistry(ConnectorCalls):
                 )
         updated.updated_at = now_iso()
         if updated.url != current.url or updated.sealed != current.sealed:
-            await self._register(updated, secrets)  # a new address or credential is tested again
+            await self.calls.register(updated, secrets)  # a new address or credential is tested again
         await self.table.save(updated)
         return updated
 
@@ -137,5 +135,5 @@ class ConnectorRegistry(ConnectorCalls):
         connector.sealed = self.store.seal(secrets) if secrets else None
         return secrets
 
-    def _secrets(self, connector: Connector) -> dict[str, str]:
+    def secrets_of(self, connector: Connector) -> dict[str, str]:
         return self.store.unseal(connector.sealed)

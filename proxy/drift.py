@@ -188,7 +188,7 @@ def connection_owners(runtime: Runtime, cassette_stem: str | None = None) -> lis
 def connector_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
     connectors = runtime.connectors
     return [
-        Owner("connector", c.name, c.shown_url, fixed_origin(c.url), connectors.target_of(c))
+        Owner("connector", c.name, c.shown_url, fixed_origin(c.url), connectors.calls.target_of(c))
         for c in connectors.table.all()
         if file_name(c.name) == cassette_stem
     ]

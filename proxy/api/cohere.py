@@ -51,7 +51,7 @@ async def delete_connector(request: Request) -> JSONResponse:
 async def search_connector(request: Request) -> JSONResponse:
     """Search through a connector: its service auth added, results whole, its `excludes` as `excluded_fields`."""
     try:
-        answer, result = await runtime(request).connectors.search(
+        answer, result = await runtime(request).connectors.calls.search(
             request.path_params["id"], await read_json_object(request)
         )
     except SearchFailed as failure:
