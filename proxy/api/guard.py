@@ -141,64 +141,43 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers: dict[bytes, bytes] = {}
-        repeated = False
-        for key, value in scope["headers"]:
-            repeated |= key in (b"host", b"origin") and key in headers
-            headers.setdefault(key, value)  # the first, as the routes read it
-        method: str = scope["method"]
-        path: str = scope["path"]
+        head = RequestHead.of(scope)
+        refused = self._host_refusal(head, scope) or self._origin_refusal(head, scope)
+        if refused is not None:
+            await send_json(send, refused.status, {"message": refused.message})
+            return
+        listed = self._listed(head.origin)
+        if head.origin is not None:
+            if head.method == "OPTIONS" and b"access-control-request-method" in head.headers:
+                await self._preflight(send, head.origin, head.headers)
+                return
+            send = _cors_answer(send, head.origin.encode("latin-1") if listed else None)
+        refused = _cross_site_refusal(head, listed) or _content_type_refusal(head)
+        if refused is not None:
+            await send_json(send, refused.status, {"message": refused.message})
+        elif head.is_inspector_form:
+            await self._form(scope, receive, send, head.media)
+        else:
+            await self.app(scope, receive, send)
 
-        host = headers.get(b"host", b"").decode("latin-1").lower()
-        match = HOST_HEADER.fullmatch(host)
+    def _host_refusal(self, head: RequestHead, scope: Scope) -> Refusal | None:
+        """A `Host` that is not this server's (DNS rebinding), or a second one."""
+        match = HOST_HEADER.fullmatch(head.host)
         name = (match.group("v6") or match.group("name")).rstrip(".") if match else ""
-        if repeated or not match or not self.policy.host_allowed(name, scope):
-            await send_json(send, 403, {"message": _host_refused(host, name, repeated)})
-            return
+        if head.repeated or not match or not self.policy.host_allowed(name, scope):
+            return Refusal(403, _host_refused(head.host, name, head.repeated))
+        return None
 
-        raw_origin = headers.get(b"origin")
-        origin = raw_origin.decode("latin-1") if raw_origin is not None else None
-        listed = False
-        if origin is not None:
-            normalized = _origin_or_none(origin)
-            listed = normalized in self.policy.cors_origins
-            if not listed and normalized != _origin_or_none(f"{scope.get('scheme', 'http')}://{host}"):
-                await send_json(send, 403, {"message": _origin_refused(origin)})
-                return
-            if method == "OPTIONS" and b"access-control-request-method" in headers:
-                await self._preflight(send, origin, headers)
-                return
-            send = _cors_answer(send, origin.encode("latin-1") if listed else None)
+    def _listed(self, origin: str | None) -> bool:
+        return origin is not None and _origin_or_none(origin) in self.policy.cors_origins
 
-        site = headers.get(b"sec-fetch-site")
-        if site in (b"cross-site", b"same-site") and not listed and not _top_level_navigation(method, path, headers):
-            message = (
-                f"a {site.decode()} request from a web page (Sec-Fetch-Site: {site.decode()}) is refused; "
-                "to let a web app call this server, start it with --cors-origin <its origin>"
-            )
-            await send_json(send, 403, {"message": message})
-            return
-
-        media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        has_body = _has_body(headers)
-        if path.startswith(FORWARD_PREFIX):
-            from_browser = origin is not None or any(k.startswith(b"sec-fetch-") for k in headers)
-            if from_browser and (media in CORS_SAFELISTED_TYPES or (not media and has_body)):
-                message = (
-                    f"Content-Type: {media or 'none'} from a browser is refused on /forward "
-                    "(a page can send it without a CORS preflight); send the body with its real type, e.g. JSON"
-                )
-                await send_json(send, 415, {"message": message})
-                return
-        elif is_inspector_path(path) and method in STATE_CHANGING:
-            await self._form(scope, receive, send, media)
-            return
-        elif (method in STATE_CHANGING and (method != "DELETE" or has_body)) and (media or has_body):
-            if not _is_json(media):
-                message = f"Content-Type: {media or 'none'} is refused: {method} {path} takes application/json"
-                await send_json(send, 415, {"message": message})
-                return
-        await self.app(scope, receive, send)
+    def _origin_refusal(self, head: RequestHead, scope: Scope) -> Refusal | None:
+        """An `Origin` other than the server's own that `--cors-origin` does not list."""
+        if head.origin is None or self._listed(head.origin):
+            return None
+        if _origin_or_none(head.origin) != _origin_or_none(f"{scope.get('scheme', 'http')}://{head.host}"):
+            return Refusal(403, _origin_refused(head.origin))
+        return None
 
     async def _preflight(self, send: Send, origin: str, headers: dict[bytes, bytes]) -> None:
         requested = headers.get(b"access-control-request-headers", b"").decode("latin-1")
@@ -249,6 +228,91 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """What the checks read of a request: the first of each header, as the routes read it."""
+
+    headers: dict[bytes, bytes]
+    repeated: bool  # a second Host or Origin
+    method: str
+    path: str
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestHead:
+        headers: dict[bytes, bytes] = {}
+        repeated = False
+        for key, value in scope["headers"]:
+            repeated |= key in (b"host", b"origin") and key in headers
+            headers.setdefault(key, value)
+        return cls(headers, repeated, scope["method"], scope["path"])
+
+    @property
+    def host(self) -> str:
+        return self.headers.get(b"host", b"").decode("latin-1").lower()
+
+    @property
+    def origin(self) -> str | None:
+        raw = self.headers.get(b"origin")
+        return raw.decode("latin-1") if raw is not None else None
+
+    @property
+    def media(self) -> str:
+        return self.headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+
+    @property
+    def is_forward(self) -> bool:
+        return self.path.startswith(FORWARD_PREFIX)
+
+    @property
+    def is_inspector_form(self) -> bool:
+        return not self.is_forward and is_inspector_path(self.path) and self.method in STATE_CHANGING
+
+
+def _cross_site_refusal(head: RequestHead, listed: bool) -> Refusal | None:
+    """A cross-site or same-site request from no listed origin, but a top-level navigation to the inspector."""
+    site = head.headers.get(b"sec-fetch-site")
+    if (
+        site not in (b"cross-site", b"same-site")
+        or listed
+        or _top_level_navigation(head.method, head.path, head.headers)
+    ):
+        return None
+    return Refusal(
+        403,
+        f"a {site.decode()} request from a web page (Sec-Fetch-Site: {site.decode()}) is refused; "
+        "to let a web app call this server, start it with --cors-origin <its origin>",
+    )
+
+
+def _content_type_refusal(head: RequestHead) -> Refusal | None:
+    """A body a page could send without a CORS preflight: a form or text on /forward from a browser, anything
+    but JSON to a state-changing API call. (An inspector form post is checked by its CSRF token instead.)"""
+    media, has_body = head.media, _has_body(head.headers)
+    if head.is_forward:
+        from_browser = head.origin is not None or any(k.startswith(b"sec-fetch-") for k in head.headers)
+        if from_browser and (media in CORS_SAFELISTED_TYPES or (not media and has_body)):
+            return Refusal(
+                415,
+                f"Content-Type: {media or 'none'} from a browser is refused on /forward "
+                "(a page can send it without a CORS preflight); send the body with its real type, e.g. JSON",
+            )
+        return None
+    if head.is_inspector_form:
+        return None
+    changes_state = head.method in STATE_CHANGING and (head.method != "DELETE" or has_body)
+    if changes_state and (media or has_body) and not _is_json(media):
+        return Refusal(
+            415, f"Content-Type: {media or 'none'} is refused: {head.method} {head.path} takes application/json"
+        )
+    return None
 
 
 def _origin_or_none(value: str) -> str | None:
