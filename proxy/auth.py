@@ -130,15 +130,16 @@ def masked_headers(headers: Mapping[str, str]) -> dict[str, str]:
 _random = Random(os.urandom(16))
 
 
-def new_trace_id() -> str:
+def new_w3c_trace_id() -> str:
     return f"{_random.getrandbits(128):032x}"
 
 
-def traceparent(trace_id: str) -> str:
-    return f"00-{trace_id}-{_random.getrandbits(64):016x}-01"
+def traceparent(w3c_trace_id: str) -> str:
+    return f"00-{w3c_trace_id}-{_random.getrandbits(64):016x}-01"
 
 
-# Placeholders only a call can fill in; the credential ones are the connection's and filled in once.
+# Placeholders only a call can fill in; the credential ones are the connection's and filled in once. The
+# `trace_id` placeholder is the turn's id (as the template variable of that name), not the W3C trace id.
 PER_CALL_PLACEHOLDERS = frozenset({"session_id", "trace_id"})
 
 
@@ -151,7 +152,7 @@ class HeaderPlan:
     values: Mapping[str, str]  # the credential placeholders' values
     send_traceparent: bool
 
-    def build(self, *, session_id: str | None, inference_id: str, trace_id: str | None) -> dict[str, str]:
+    def build(self, *, session_id: str | None, inference_id: str, w3c_trace_id: str | None) -> dict[str, str]:
         headers: dict[str, str] = {}
         values: dict[str, str] | None = None
         for name, value, per_call in self.headers:
@@ -161,8 +162,8 @@ class HeaderPlan:
                 value = substitute(value, values)
             headers[name] = value
         headers[INFERENCE_ID_HEADER] = inference_id
-        if self.send_traceparent and trace_id:
-            headers[TRACEPARENT_HEADER] = traceparent(trace_id)
+        if self.send_traceparent and w3c_trace_id:
+            headers[TRACEPARENT_HEADER] = traceparent(w3c_trace_id)
         return headers
 
 
@@ -190,8 +191,8 @@ def build_headers(
     *,
     session_id: str | None,
     inference_id: str,
-    trace_id: str | None,
+    w3c_trace_id: str | None,
     send_traceparent: bool,
 ) -> dict[str, str]:
     plan = compile_headers(credentials, custom, send_traceparent)
-    return plan.build(session_id=session_id, inference_id=inference_id, trace_id=trace_id)
+    return plan.build(session_id=session_id, inference_id=inference_id, w3c_trace_id=w3c_trace_id)

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from proxy import jsonbounds
-from proxy.auth import build_headers, new_trace_id
+from proxy.auth import build_headers, new_w3c_trace_id
 from proxy.cassette_names import file_name
 from proxy.engine import CallContext, build_request
 from proxy.origins import Origin, describe, fixed_origin, url_origin
@@ -253,7 +253,7 @@ def resend_request(target: ForwardTarget, interaction: Interaction, uri: str) ->
         target.headers,
         session_id=None,
         inference_id=uuid.uuid4().hex,
-        trace_id=new_trace_id(),
+        w3c_trace_id=new_w3c_trace_id(),
         send_traceparent=False,
     )
     replaced = {name.lower() for name in added}

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from proxy.auth import masked_headers, new_trace_id
+from proxy.auth import masked_headers, new_w3c_trace_id
 from proxy.connection import CompiledConnection
 from proxy.head_masking import masked_head, with_masked_names
 from proxy.jsonpath_budget import JsonPathStopped
@@ -157,7 +157,11 @@ class Engine:
         result = CallResult()
         headers = {**client_headers}
         plan = target.header_plan(self.send_traceparent and target.traceparent)
-        added = plan.build(session_id=None, inference_id=new_call_id(), trace_id=new_trace_id()) if target.adds else {}
+        added = (
+            plan.build(session_id=None, inference_id=new_call_id(), w3c_trace_id=new_w3c_trace_id())
+            if target.adds
+            else {}
+        )
         if any(k.lower() in ("authorization", "x-api-key") for k in added):
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)

@@ -51,7 +51,7 @@ def render_request(
         result.warnings = [redactor.redact(warning) for warning in warnings]
     spec = conn.spec
     plan = conn.target.header_plan(send_traceparent and spec.traceparent)
-    headers = plan.build(session_id=ctx.session_id, inference_id=ctx.inference_result_id, trace_id=ctx.trace_id)
+    headers = plan.build(session_id=ctx.session_id, inference_id=ctx.inference_result_id, w3c_trace_id=ctx.w3c_trace_id)
     if body is not None and wants_json(headers):
         try:
             extensions[PARSED_BODY_EXTENSION] = jsonbounds.loads(body)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from proxy.auth import new_trace_id
+from proxy.auth import new_w3c_trace_id
 from proxy.mapping import OUTPUT, output_text
 from proxy.settings import ERROR_BODY_PREVIEW_CHARS
 from proxy.streaming import Event, Relay, stream_json
@@ -51,7 +51,7 @@ class CallContext:
     inference_result_id: str = field(default_factory=lambda: new_call_id())
     metadata: dict[str, Any] = field(default_factory=dict)
     past_turns: list[dict[str, Any]] = field(default_factory=list)
-    trace_id: str = field(default_factory=new_trace_id)  # W3C trace id, one per session
+    w3c_trace_id: str = field(default_factory=new_w3c_trace_id)  # the `traceparent` header's, one per session
     cassette: CassetteRef | None = None
     label: CallLabel | None = None
     warn_undefined: bool = False  # a diagnostic call: undefined template variables become `CallResult.warnings`
@@ -71,7 +71,7 @@ class CallContext:
             "test_id": self.test_id,
             "inference_result_id": self.inference_result_id,
             "dataset_id": self.inference_result_id,
-            "trace_id": self.inference_result_id,
+            "trace_id": self.inference_result_id,  # the turn's id under another name, not the W3C trace id
             "past_turns": [{**turn, "input": as_template_input(turn.get("input"))} for turn in self.past_turns],
         }
 

@@ -14,7 +14,7 @@ def headers_for(creds: Credentials, custom: dict[str, str] | None = None, **kw: 
     options: dict[str, object] = {
         "session_id": "ext-1",
         "inference_id": "inf-1",
-        "trace_id": "a" * 32,
+        "w3c_trace_id": "a" * 32,
         "send_traceparent": True,
     }
     options.update(kw)

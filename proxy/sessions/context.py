@@ -33,7 +33,7 @@ def call_context(
         inference_result_id=inference_id,
         metadata=dict(session.metadata),
         past_turns=list(active.past),
-        trace_id=session.trace_id,
+        w3c_trace_id=session.trace_id,
         cassette=active.handle.for_call(mode),
         label=CallLabel(kind, session.id),
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from proxy.auth import new_trace_id
+from proxy.auth import new_w3c_trace_id
 from proxy.results import new_call_id
 from proxy.schemas import SessionStatus
 
@@ -60,7 +60,7 @@ class Session:
     product_id: str
     created_at: str
     cassette_key: str  # fixed at creation: test case id, else customId, else connection name
-    trace_id: str = field(default_factory=new_trace_id)
+    trace_id: str = field(default_factory=new_w3c_trace_id)  # W3C's, for `traceparent` (its column keeps this name)
     custom_id: str | None = None
     external_session_id: str | None = None
     test_case_id: str | None = None

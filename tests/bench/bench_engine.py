@@ -62,7 +62,7 @@ def run() -> list[str]:
             spec.headers or {},
             session_id="s",
             inference_id="i",
-            trace_id="t" * 32,
+            w3c_trace_id="t" * 32,
             send_traceparent=True,
         )
     )
