@@ -29,6 +29,7 @@ import sqlite_utils
 
 from proxy.data_dir import PRIVATE_FILE_MODE, make_private_file, open_data_dir, tighten
 from proxy.secrets import Vault
+from proxy.settings import MAX_QUEUED, ROW_BATCH_DELAY_S
 
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
@@ -36,8 +37,6 @@ DB_FILE_NAME = "proxy.db"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # made by SQLite beside the database, with its mode
 USAGE_TABLE = "cassette_usage"  # each cassette file's last use: when, and by which session, connection or connector
 log = logging.getLogger("proxy")
-MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
-ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next commit
 
 
 class Store:
