@@ -14,10 +14,9 @@ import click
 
 from proxy.api.guard import normalize_host_name, normalize_origin
 from proxy.cli_cassettes import cassettes
-from proxy.cli_options import build_settings, common_options, load_runtime, read_config, replay_options
+from proxy.cli_options import build_settings, common_options, load_runtime, read_config, replay_options, shown_default
 from proxy.errors import ConfigError
-from proxy.runner import DEFAULT_CONCURRENCY
-from proxy.settings import DEFAULT_HOST, DEFAULT_PORT
+from proxy.settings import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from proxy.words import counted, noun
 
 
@@ -46,8 +45,8 @@ def main() -> None:
 
 @main.command()
 @common_options
-@click.option("--host", default=DEFAULT_HOST, help="Address to listen on (loopback unless you change it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, help="Port (0: any free port).")
+@click.option("--host", **shown_default(DEFAULT_HOST), help="Address to listen on (loopback unless you change it).")
+@click.option("--port", type=click.IntRange(0, 65535), **shown_default(DEFAULT_PORT), help="Port (0: any free port).")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set PROXY_API_KEY).")
 @click.option("--allow-http", is_flag=True, help="Accept http:// connection URLs without acknowledgement.")
 @click.option(

@@ -17,6 +17,7 @@ from proxy.cli_options import (
     build_settings,
     load_runtime,
     read_config,
+    shown_default,
 )
 from proxy.errors import ConfigError, InvalidField
 from proxy.settings import DEFAULT_DATA_DIR
@@ -34,11 +35,14 @@ def cassettes() -> None:
 def data_dir_option(what_for: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--data-dir` for a cassettes command, saying what it reads there."""
     return click.option(
-        "--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, help=f"Data folder: {what_for}"
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        **shown_default(DEFAULT_DATA_DIR),
+        help=f"Data folder: {what_for}",
     )
 
 
-def _cassette_root(cassettes: Path, config_path: Path | None) -> Path:
+def _cassette_root(cassettes: Path | None, config_path: Path | None) -> Path:
     config = read_config(config_path)
     return build_settings(config, cassettes=cassettes).cassettes_dir
 
@@ -46,7 +50,7 @@ def _cassette_root(cassettes: Path, config_path: Path | None) -> Path:
 @cassettes.command("list")
 @CASSETTES_OPTION
 @CONFIG_OPTION
-def cassettes_list(cassettes: Path, config_path: Path | None) -> None:
+def cassettes_list(cassettes: Path | None, config_path: Path | None) -> None:
     """List cassettes with their interaction counts.
 
     Exit status: 0 (an unreadable cassette is listed as such), 1 when the config file is unusable.
@@ -67,7 +71,7 @@ def cassettes_list(cassettes: Path, config_path: Path | None) -> None:
 @click.argument("name")
 @CASSETTES_OPTION
 @CONFIG_OPTION
-def cassettes_show(name: str, cassettes: Path, config_path: Path | None) -> None:
+def cassettes_show(name: str, cassettes: Path | None, config_path: Path | None) -> None:
     """Pretty-print one cassette (by name, e.g. sessions/tc-1, or path).
 
     Exit status: 0 when shown, 1 when there is no such cassette or it does not parse.
@@ -145,7 +149,7 @@ def cassettes_drift(
 @CASSETTES_OPTION
 @CONFIG_OPTION
 @data_dir_option("the secrets stored there are looked for too, and in its parse cache.")
-def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) -> None:
+def cassettes_verify(cassettes: Path | None, config_path: Path | None, data_dir: Path | None) -> None:
     """Check that every cassette parses, loads in vcrpy and holds no secret (status lines and header names
     included), and that the data dir's parse cache holds none either.
 
@@ -192,7 +196,11 @@ def cassettes_verify(cassettes: Path, config_path: Path | None, data_dir: Path) 
 @CONFIG_OPTION
 @data_dir_option("its connections can be imported for, and the secrets stored there are masked too.")
 def cassettes_import(
-    paths: tuple[Path, ...], connection_name: str | None, cassettes: Path, config_path: Path | None, data_dir: Path
+    paths: tuple[Path, ...],
+    connection_name: str | None,
+    cassettes: Path | None,
+    config_path: Path | None,
+    data_dir: Path | None,
 ) -> None:
     """Import cassettes written by vcrpy or pytest-recording, with their secrets masked, so that the forward
     route replays them.
@@ -291,7 +299,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 @CONFIG_OPTION
 @data_dir_option("where the server noted each cassette's last use.")
 def cassettes_prune(
-    since: Any, orphans: bool, delete: bool, cassettes: Path, config_path: Path | None, data_dir: Path
+    since: Any, orphans: bool, delete: bool, cassettes: Path | None, config_path: Path | None, data_dir: Path | None
 ) -> None:
     """List the cassettes no session, connection or connector has used since DATE (never used counts as
     unused), as the server whose data dir this is noted their use; --delete deletes them. With --orphans instead:

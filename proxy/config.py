@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from proxy.errors import ConfigError, InvalidField, UnknownField
 from proxy.expiry import OnExpired, parse_max_age
 from proxy.known_keys import check_keys
 from proxy.record_mode import RecordMode
-from proxy.settings import REPLAY_LATENCIES, Settings
+from proxy.settings import ReplayLatency, Settings
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECTIONS = ("settings", "connections", "versions", "connectors")
@@ -36,6 +37,10 @@ CLIENT_LIMITS: dict[str, tuple[type, str]] = {
     "send_timeout": (float, "a positive number of seconds"),
     "max_flow_viewers": (int, "a positive whole number of viewers"),
 }
+TEXT_SETTINGS = ("host", "api_key")
+PATH_SETTINGS = ("data_dir", "cassettes_dir", "cassettes")
+FLAG_SETTINGS = ("allow_http", "traceparent")
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 # Where a credential sits in the file: a connection's or connector's token, password or secret, a custom header.
@@ -119,28 +124,55 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
 
 
 def _settings(settings: dict[str, Any]) -> dict[str, Any]:
-    if settings.get("record_mode") is not None:
-        try:
-            settings["record_mode"] = RecordMode.parse(settings["record_mode"], "settings.record_mode").value
-        except InvalidField as exc:
-            raise ConfigError(f"config {exc.message}") from None
-    latency = settings.get("replay_latency")
-    if latency is not None and str(latency).lower() not in REPLAY_LATENCIES:
-        raise ConfigError(f"config settings.replay_latency: {latency!r} is not one of {', '.join(REPLAY_LATENCIES)}")
+    """The file's settings, each checked and held as the type `Settings` gives it: the one place they are parsed."""
     try:
-        if settings.get("cassette_max_age") is not None:
-            parse_max_age(settings["cassette_max_age"], "settings.cassette_max_age")
-            settings["cassette_max_age"] = str(settings["cassette_max_age"])
-        if settings.get("on_expired") is not None:
-            settings["on_expired"] = OnExpired.parse(settings["on_expired"], "settings.on_expired").value
+        _convert(settings, "record_mode", RecordMode.parse)
+        _convert(settings, "replay_latency", _replay_latency)
+        _convert(settings, "cassette_max_age", lambda v, where: timedelta(seconds=parse_max_age(v, where)))
+        _convert(settings, "on_expired", OnExpired.parse)
+        for key in TEXT_SETTINGS:
+            _convert(settings, key, _text)
+        for key in PATH_SETTINGS:
+            _convert(settings, key, lambda v, where: Path(_text(v, where)))
+        for key in FLAG_SETTINGS:
+            _convert(settings, key, _flag)
     except InvalidField as exc:
         raise ConfigError(f"config {exc.message}") from None
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
     _number(settings, "replay_speed", float, lambda n: n > 0, "a positive number")
-    _number(settings, "fault_seed", int, lambda n: n == int(n), "an integer")
+    _number(settings, "fault_seed", int, lambda n: math.isfinite(n) and n == int(n), "an integer")
+    _number(settings, "flow_log_size", int, _positive_whole, "a positive whole number of flows")
     for key, (kind, expected) in CLIENT_LIMITS.items():
         _number(settings, key, kind, _positive_whole if kind is int else _positive, expected)
     return settings
+
+
+def _convert(settings: dict[str, Any], key: str, parse: Callable[[Any, str], Any]) -> None:
+    if settings.get(key) is not None:
+        settings[key] = parse(settings[key], f"settings.{key}")
+
+
+def _replay_latency(value: Any, where: str) -> ReplayLatency:
+    try:
+        return ReplayLatency(str(value).lower())
+    except ValueError:
+        raise InvalidField(where, f"{value!r} is not one of {', '.join(m.value for m in ReplayLatency)}") from None
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidField(where, f"{value!r} is not text")
+    return str(value)
+
+
+def _flag(value: Any, where: str) -> bool:
+    """true or false; as text too, since a `${VAR}` expands to text (`allow_http: ${ALLOW:-false}`)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if isinstance(value, str) and word in FLAG_WORDS:
+        return FLAG_WORDS[word]
+    raise InvalidField(where, f"{value!r} is not true or false")
 
 
 def _positive(n: float) -> bool:
@@ -163,4 +195,4 @@ def _number(settings: dict[str, Any], key: str, kind: type, ok: Callable[[Any], 
             pass
     if isinstance(number, bool) or not isinstance(number, int | float) or not ok(number):
         raise ConfigError(f"config settings.{key}: {value!r} is not {expected}")
-    settings[key] = number
+    settings[key] = kind(number)

@@ -33,11 +33,10 @@ from proxy.request_building import parsed_url
 from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.targets import ForwardTarget
-from proxy.transports import BodyTooLarge, read_capped
+from proxy.transports import RATE_LIMIT_EXTENSION, BodyTooLarge, read_capped
 from proxy.transports.cassette import Interaction, identity, load_interactions
 from proxy.transports.cassette_files import update_cassette
 from proxy.transports.inventory import name_of
-from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.record_replay import redacted_interaction
 from proxy.url_secrets import unmasked
 

@@ -47,8 +47,10 @@ from proxy.templating import TemplateRefused
 from proxy.transports import (
     ATTEMPT_TIMEOUT_EXTENSION,
     CASSETTE_EXTENSION,
+    FAULTS_EXTENSION,
     OUTCOME_EXTENSION,
     PER_RUN_EXTENSION,
+    RATE_LIMIT_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
     REPLAYED_EXTENSION,
     AttemptTimeout,
@@ -59,8 +61,6 @@ from proxy.transports import (
     read_capped,
 )
 from proxy.transports.client import AiohttpTransport
-from proxy.transports.faults import FAULTS_EXTENSION
-from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
 
 # Re-exported: where the rest of the server has always imported them from.

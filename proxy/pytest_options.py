@@ -4,6 +4,7 @@ file), the record mode, `NAME=VALUE` lists, flags, and the folders the session's
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,19 +61,27 @@ def _lasting_dir(config: pytest.Config) -> Path:
 
 
 def _cassettes_dir(config: pytest.Config) -> Path:
-    """The cassette folder as the server will use it, without loading the config when an option names it."""
+    """The cassette folder as the server will use it (the same merge), without loading the config when an option
+    names it."""
     given = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
     if given is not None:
         return given
-    config_path = _option_path(config, "--proxy-config", "proxy_config")
-    if config_path is not None:
-        from proxy.config import load_config
-        from proxy.errors import ConfigError
+    from proxy.config_sources import merge_settings
 
-        try:
-            folder = load_config(config_path).settings.get("cassettes_dir")
-        except ConfigError:
-            folder = None
-        if folder:
-            return Path(folder)
-    return config.rootpath / "cassettes"
+    return merge_settings(
+        _file_settings(config), {}, {}, {"cassettes_dir": config.rootpath / "cassettes"}
+    ).cassettes_dir
+
+
+def _file_settings(config: pytest.Config) -> dict[str, Any]:
+    """The config file's settings, or none when there is no file or it is unusable (the server says why)."""
+    config_path = _option_path(config, "--proxy-config", "proxy_config")
+    if config_path is None:
+        return {}
+    from proxy.config import load_config
+    from proxy.errors import ConfigError
+
+    try:
+        return load_config(config_path).settings
+    except ConfigError:
+        return {}

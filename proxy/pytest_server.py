@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from proxy.pytest_options import _assignments, _lasting_dir, _option_path, _record_mode
-from proxy.record_mode import RECORD_MODE_HEADER
+from proxy.record_mode import RECORD_MODE_HEADER, RecordMode
+from proxy.settings import SERVER_START_TIMEOUT_S, SERVER_STOP_TIMEOUT_S
 
 if TYPE_CHECKING:
     from proxy.pytest_plugin import _PluginState
     from proxy.runtime import Runtime
     from proxy.transports.parse_cache import ParseCache
-
-SERVER_START_TIMEOUT_S = 10.0
-SERVER_STOP_TIMEOUT_S = 300.0  # the last flush of a long recording session on a loaded machine
 
 
 @dataclass
@@ -34,7 +32,7 @@ class ProxyServer:
 
     url: str
     runtime: Runtime
-    record_mode: str
+    record_mode: RecordMode
     cassettes_dir: Path
 
 
@@ -116,8 +114,8 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.cli_options import build_settings
     from proxy.config import Config, load_config
+    from proxy.config_sources import merge_settings
     from proxy.errors import ConfigError, InvalidField
     from proxy.http_limits import server_config
     from proxy.listener import listen, url_of
@@ -127,14 +125,17 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
     config_path = _option_path(config, "--proxy-config", "proxy_config")
     try:
         proxy_config = load_config(config_path) if config_path else Config()
-        file = proxy_config.settings
-        cassettes = _option_path(config, "--proxy-cassettes", "proxy_cassettes")
-        if cassettes is None:
-            cassettes = Path(file["cassettes_dir"]) if file.get("cassettes_dir") else config.rootpath / "cassettes"
-        data_dir = Path(file["data_dir"]) if file.get("data_dir") else temporary
-        settings = build_settings(
-            proxy_config, host="127.0.0.1", port=0, record_mode=mode.value, cassettes=cassettes, data_dir=data_dir
-        )
+        # The plugin's options are its flags; the record mode is the plugin's own (the file's does not count), and
+        # the data dir a temporary one unless the file names one.
+        flags = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "record_mode": mode,
+            "cassettes_dir": _option_path(config, "--proxy-cassettes", "proxy_cassettes"),
+        }
+        defaults = {"cassettes_dir": config.rootpath / "cassettes", "data_dir": temporary}
+        settings = merge_settings(proxy_config.settings, flags, os.environ, defaults)
+        cassettes, data_dir = settings.cassettes_dir, settings.data_dir
         runtime = Runtime(settings, proxy_config)
         runtime.check_config()
         for name, url in _assignments(config, "--proxy-upstream", "proxy_upstreams"):
@@ -159,7 +160,7 @@ def _server(config: pytest.Config, state: _PluginState, temporary: Path) -> Iter
             raise RuntimeError("proxy_server: the proxy server did not start (see the log above)")
         time.sleep(0.01)
     try:
-        yield ProxyServer(url_of(sock), runtime, mode.value, cassettes)
+        yield ProxyServer(url_of(sock), runtime, settings.record_mode, cassettes)
     finally:
         server.should_exit = True
         # Its shutdown writes the session's recordings into the cassettes: waited for whole, however busy the

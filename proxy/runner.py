@@ -19,10 +19,9 @@ from proxy.dataset import TestCase
 from proxy.errors import ProxyError
 from proxy.runtime import Runtime
 from proxy.sessions import PENDING, Turn
+from proxy.settings import DEFAULT_CONCURRENCY
 from proxy.versions import Version
 from proxy.words import counted, noun
-
-DEFAULT_CONCURRENCY = 8
 
 
 @dataclass

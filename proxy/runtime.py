@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,6 @@ from proxy.connectors import ConnectorRegistry
 from proxy.engine import Engine
 from proxy.entities import read_live, stored_secrets
 from proxy.errors import ConfigError, InvalidField, ProxyError, UnknownField
-from proxy.expiry import OnExpired, parse_max_age
 from proxy.flows import FlowLog
 from proxy.known_keys import check_keys, check_model_keys
 from proxy.models import ConnectionSpec, parse_spec
@@ -28,7 +28,7 @@ from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
 from proxy.registry import CONNECTIONS, ConnectionRegistry
 from proxy.sessions import SessionService
-from proxy.settings import MIN_SECRET_LEN, Settings
+from proxy.settings import MIN_SECRET_LEN, ReplayLatency, Settings
 from proxy.store import DB_FILE_NAME, Store
 from proxy.transports.client import AiohttpTransport
 from proxy.transports.demo import DemoHostTransport
@@ -40,7 +40,7 @@ from proxy.transports.parse_cache import ParseCache
 from proxy.transports.record_replay import RecordReplayTransport
 from proxy.transports.unset import UnsetCredentialGuard
 from proxy.upstreams import ClientSecrets, ForwardUpstream, forward_upstream
-from proxy.vault import KEY_FILE_NAME, load_vault
+from proxy.vault import KEY_FILE_NAME, SECRET_KEY_ENV, load_vault
 from proxy.versions import CONFIG_FIELDS as VERSION_CONFIG_FIELDS
 from proxy.versions import VersionRegistry
 
@@ -58,16 +58,16 @@ class Runtime:
         self.redactor.register("config", redact_values(self.config))
         self.store = Store(settings.data_dir, load_vault(settings.data_dir))
         self.connections = ConnectionRegistry(self.store, settings.allow_http, self.redactor)
-        self.connections.short_secrets_allowed = RecordMode.parse(settings.record_mode) is RecordMode.NONE
+        self.connections.short_secrets_allowed = settings.record_mode is RecordMode.NONE
         self.library = CassetteLibrary(
             settings.cassettes_dir,
             self.store,
             MatchRules.from_settings(self.config.settings),
-            RecordMode.parse(settings.record_mode),
-            replay_latency=settings.replay_latency == "recorded",
+            settings.record_mode,
+            replay_latency=settings.replay_latency is ReplayLatency.RECORDED,
             replay_speed=settings.replay_speed,
-            max_age_s=parse_max_age(settings.cassette_max_age) if settings.cassette_max_age else None,
-            on_expired=OnExpired.parse(settings.on_expired),
+            max_age_s=settings.cassette_max_age.total_seconds() if settings.cassette_max_age else None,
+            on_expired=settings.on_expired,
             cache=ParseCache.in_data_dir(settings.data_dir),
         )
         live: httpx.AsyncBaseTransport = PacedTransport(DemoHostTransport(transport or AiohttpTransport()))
@@ -205,9 +205,7 @@ def known_secrets(settings: Settings, config: Config) -> Redactor:
     data_dir = settings.data_dir
     if not (data_dir / DB_FILE_NAME).exists():
         return redactor
-    if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
-        raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
-    store = Store(data_dir, load_vault(data_dir))
+    store = _existing_store(data_dir)
     try:
         for kind in (CONNECTIONS, CONNECTORS):
             for owner, secrets in stored_secrets(store, kind):
@@ -224,9 +222,7 @@ def known_connection_urls(settings: Settings, config: Config) -> dict[str, str]:
     urls: dict[str, str] = {}
     data_dir = settings.data_dir
     if (data_dir / DB_FILE_NAME).exists():
-        if not (os.environ.get("PROXY_SECRET_KEY") or (data_dir / KEY_FILE_NAME).exists()):
-            raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set PROXY_SECRET_KEY to read it")
-        store = Store(data_dir, load_vault(data_dir))
+        store = _existing_store(data_dir)
         try:
             rows, _ = store.call(read_live, store, CONNECTIONS)
         finally:
@@ -234,3 +230,11 @@ def known_connection_urls(settings: Settings, config: Config) -> dict[str, str]:
         urls.update((str(row["name"]), str(json.loads(row["data"]).get("url") or "")) for row in rows)
     urls.update((str(data.get("name")), str(data.get("url") or "")) for data in config.connections)
     return urls
+
+
+def _existing_store(data_dir: Path) -> Store:
+    """The store of a data dir that holds a database, refused when its key is neither there nor in the
+    environment: a new key would open none of its secrets."""
+    if not (os.environ.get(SECRET_KEY_ENV) or (data_dir / KEY_FILE_NAME).exists()):
+        raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set {SECRET_KEY_ENV} to read it")
+    return Store(data_dir, load_vault(data_dir))

@@ -1,17 +1,21 @@
-"""Every default and cap in one place, and the server-wide settings value object."""
+"""Every default and cap a user can meet, in one place (the sizes of internal memo tables stay beside their code),
+and the server-wide settings value object."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
+
+from proxy.expiry import OnExpired
+from proxy.record_mode import RecordMode
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_DATA_DIR = ".proxy"
 DEFAULT_CASSETTES_DIR = "cassettes"
-REPLAY_LATENCIES = ("none", "recorded")  # on replay: answer at once, or sleep each answer's recorded latency
 DEFAULT_REPLAY_SPEED = 1.0  # recorded delays are divided by it
-ON_EXPIRED = ("warn", "fail", "rerecord")  # what `on_expired` does with a cassette older than cassette_max_age
 USAGE_REFRESH_S = 3600.0  # a cassette's last-used time is written at most this often per server run
 
 # Endpoint connection defaults and caps (Galtea's documented values).
@@ -40,6 +44,27 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0  # from a connection's opening, or a request's f
 MIN_BODY_BYTES_PER_S = 1024
 DEFAULT_MAX_CONNECTIONS = 1000  # open at once; more are answered 503 and closed (under the usual 1024 open files)
 DEFAULT_SEND_TIMEOUT_S = 60.0  # a client that takes none of its answer for this long is disconnected
+
+# `proxy run`: sessions run at once unless --concurrency says otherwise.
+DEFAULT_CONCURRENCY = 8
+# The pytest plugin's in-process server: how long its start may take, and its stop (the last flush of a long
+# recording session on a loaded machine).
+SERVER_START_TIMEOUT_S = 10.0
+SERVER_STOP_TIMEOUT_S = 300.0
+
+# Upstream connections (the live client).
+DEFAULT_MAX_CONNECTIONS_PER_ORIGIN = 100  # httpx's own default cap; further requests wait for a free one
+DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # an idle connection is closed after this, never reused forever
+
+# The SQLite writer and the cassettes: what is written when.
+MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
+ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next commit
+DEFAULT_FLUSH_INTERVAL_S = 5.0  # a server writes what it recorded into the cassette files this often
+# How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
+CASSETTE_LOCK_TIMEOUT_S = 60.0
+DEFAULT_SESSION_CACHE_SIZE = 1024  # recent sessions held in memory (the rest are read from the database)
+MAX_CLIENT_SECRETS = 32  # distinct client credentials kept masked per forward upstream (the newest)
+COHERE_MAX_PAGE = 100  # most connectors one `GET /v1/connectors` page lists
 
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
@@ -131,23 +156,31 @@ LATEST_SDK_VERSION = "5.12.0"
 MINIMUM_SDK_VERSION = "5.0.0"
 
 
+class ReplayLatency(StrEnum):
+    NONE = "none"  # a replayed answer comes at once
+    RECORDED = "recorded"  # each replayed answer sleeps its recorded latency
+
+
 @dataclass(frozen=True)
 class Settings:
+    """A server's settings, typed: each value was checked where it was read (the config file in proxy/config.py,
+    the flags by click) and merged in proxy/config_sources.py; whatever reads a setting takes it as it is."""
+
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     cassettes_dir: Path = Path(DEFAULT_CASSETTES_DIR)
-    record_mode: str = "once"
+    record_mode: RecordMode = RecordMode.ONCE
     allow_http: bool = False
     traceparent: bool = True
     api_key: str | None = None
-    replay_latency: str = "none"  # or "recorded": sleep each replayed answer's recorded latency
+    replay_latency: ReplayLatency = ReplayLatency.NONE
     allowed_hosts: tuple[str, ...] = ()  # Host names answered beside the bind address, localhost and loopback
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (CORS)
     replay_speed: float = DEFAULT_REPLAY_SPEED
     fault_seed: int | None = None  # seeds the generators of fault rules with a `probability` (a rule's `seed` wins)
-    cassette_max_age: str | None = None  # `30d`, `12h`, `90m`: older cassettes are handled as on_expired says
-    on_expired: str = ON_EXPIRED[0]
+    cassette_max_age: timedelta | None = None  # older cassettes are handled as on_expired says
+    on_expired: OnExpired = OnExpired.WARN
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept
     max_flow_viewers: int = DEFAULT_MAX_FLOW_VIEWERS  # live `/flows/events` streams; a newer one ends the oldest
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers, before any route runs
@@ -155,3 +188,8 @@ class Settings:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S  # seconds to a request's headers' end
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     send_timeout: float = DEFAULT_SEND_TIMEOUT_S  # seconds a client may take none of its answer
+
+    def __post_init__(self) -> None:
+        # An enum setting given as its value's text (`record_mode="none"`) is held as the enum all the same.
+        for name, kind in (("record_mode", RecordMode), ("replay_latency", ReplayLatency), ("on_expired", OnExpired)):
+            object.__setattr__(self, name, kind(getattr(self, name)))

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from proxy.data_dir import PRIVATE_FILE_MODE, make_private_file, open_data_dir, tighten
+from proxy.settings import MAX_QUEUED, ROW_BATCH_DELAY_S
 from proxy.vault import Vault
 
 T = TypeVar("T")
@@ -35,8 +36,6 @@ Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
 DB_FILE_NAME = "proxy.db"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # made by SQLite beside the database, with its mode
 log = logging.getLogger("proxy")
-MAX_QUEUED = 256  # writes waiting for the next commit before `room` holds their callers back
-ROW_BATCH_DELAY_S = 0.01  # the longest an `enqueue`d write waits for the next commit
 
 
 class Store:

@@ -17,8 +17,8 @@ from proxy import jsonbounds
 from proxy.jsonpath_budget import StepBudget, find_values
 from proxy.redaction import Redactor
 from proxy.stream_masking import StreamMasker
-from proxy.transports import BodyTooLarge
-from proxy.transports.streams import REDACTED_EXTENSION, STREAM_EXTENSION, StreamTiming, is_event_stream
+from proxy.transports import REDACTED_EXTENSION, STREAM_EXTENSION, BodyTooLarge
+from proxy.transports.streams import StreamTiming, is_event_stream
 
 DONE = "[DONE]"
 _LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end may be half of a \r\n

@@ -19,7 +19,7 @@ from proxy.errors import InvalidField
 from proxy.models import check_url
 from proxy.origins import Origin, url_origin
 from proxy.redaction import Redactor
-from proxy.settings import MIN_SECRET_LEN
+from proxy.settings import MAX_CLIENT_SECRETS, MIN_SECRET_LEN
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.transports.client import is_loopback_host
 
@@ -27,7 +27,6 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 # Headers that carry a client's own credential to the upstream.
 CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 SCHEME_WORDS = frozenset({"bearer", "basic", "token"})
-MAX_CLIENT_SECRETS = 32  # distinct client credentials kept masked per upstream (the newest)
 
 
 @dataclass(frozen=True)

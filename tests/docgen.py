@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import enum
 import io
 import json
@@ -276,9 +277,7 @@ LIMITS = {
     "DEFAULT_TEST_INPUT": "the input testConnection and `proxy check` render when given none",
     "GC_THRESHOLDS": "garbage-collector thresholds `proxy serve` runs with, its start-up state frozen (a server "
     "started in-process, as the pytest plugin does, leaves its host process's collector alone)",
-    "REPLAY_LATENCIES": "the values `--replay-latency` takes",
     "DEFAULT_REPLAY_SPEED": "`--replay-speed`: recorded delays are divided by it",
-    "ON_EXPIRED": "the values `on_expired` takes (the first is the default)",
     "USAGE_REFRESH_S": "a cassette's last-used time (for `proxy cassettes prune`) is written at most this often",
     "CASSETTE_MAX_BYTES": "largest cassette file loaded; a larger one is refused unread (the calls through it fail)",
     "CASSETTE_MAX_INTERACTIONS": "most interactions in one cassette; one with more is refused before any is built",
@@ -302,6 +301,18 @@ LIMITS = {
     "MIN_SECRET_LEN": "shortest secret taken (422 below): shorter ones would match ordinary text",
     "MASK_NESTED_JSON_DEPTH": "deepest JSON document inside a JSON string (inside another…) in which an echoed secret "
     "is masked",
+    "DEFAULT_CONCURRENCY": "`proxy run --concurrency`: sessions run at once",
+    "SERVER_START_TIMEOUT_S": "seconds the pytest plugin's server may take to start",
+    "SERVER_STOP_TIMEOUT_S": "seconds the pytest plugin waits for its server to stop and write the recordings",
+    "DEFAULT_MAX_CONNECTIONS_PER_ORIGIN": "upstream connections open at once to one origin; further calls wait",
+    "DEFAULT_KEEPALIVE_TIMEOUT_S": "seconds an idle upstream connection is kept for reuse",
+    "MAX_QUEUED": "database writes queued for the next commit before their callers are held back",
+    "ROW_BATCH_DELAY_S": "the longest a queued database write waits for the next commit, seconds",
+    "DEFAULT_FLUSH_INTERVAL_S": "a server writes what it recorded into the cassette files this often, seconds",
+    "CASSETTE_LOCK_TIMEOUT_S": "seconds a writer waits for another process writing the same cassette",
+    "DEFAULT_SESSION_CACHE_SIZE": "recent sessions held in memory (the rest are read from the database)",
+    "MAX_CLIENT_SECRETS": "distinct client credentials kept masked per forward upstream (the newest)",
+    "COHERE_MAX_PAGE": "most connectors one `GET /v1/connectors` page lists (`limit`)",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
     "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
     "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
@@ -334,7 +345,14 @@ MODEL_NAMES: dict[type, tuple[str, str]] = {  # one, several
     FaultRule: ("[fault rule](#fault-rules)", "[fault rules](#fault-rules)"),
     FaultMatch: ("[fault match](#fault-rules)", "[fault matches](#fault-rules)"),
 }
-WORDS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", Any: "any JSON value"}
+WORDS: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    Any: "any JSON value",
+    datetime.timedelta: "age (`30d`, `12h`, `90m`)",
+}
 REQUIRED_ON_CREATE = object()
 
 

@@ -60,7 +60,7 @@ def test_warn_logs_the_age_and_replays(
     tmp_path: Path, old_cassettes: Path, upstream: Upstream, upstream_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "proxy.cassettes")
-    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age="30d", on_expired="warn")
+    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age=timedelta(days=30), on_expired="warn")
     assert turn["status"] == "GENERATED" and turn["exchange"]["cassette"] == "hit"
     [line] = [r.getMessage() for r in caplog.records if "cassette_max_age" in r.getMessage()]
     assert re.search(
@@ -74,7 +74,7 @@ def test_warn_logs_the_age_and_replays(
 def test_a_cassette_within_the_age_is_not_expired(
     tmp_path: Path, old_cassettes: Path, upstream_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age="60d", on_expired="fail")
+    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age=timedelta(days=60), on_expired="fail")
     assert turn["exchange"]["cassette"] == "hit"
     assert not [r for r in caplog.records if "cassette_max_age" in r.getMessage()]
 
@@ -82,7 +82,7 @@ def test_a_cassette_within_the_age_is_not_expired(
 def test_fail_refuses_the_replay_naming_the_cassette_and_its_age(
     tmp_path: Path, old_cassettes: Path, upstream: Upstream, upstream_url: str
 ) -> None:
-    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age="720h", on_expired="fail")
+    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age=timedelta(hours=720), on_expired="fail")
     assert turn["status"] == "FAILED"
     assert "cassette sessions/tc-old is 45.0d old" in turn["error"]
     assert "over cassette_max_age 30.0d; on_expired: fail refuses to replay it" in turn["error"]
@@ -93,7 +93,7 @@ def test_rerecord_records_the_cassette_afresh(
     tmp_path: Path, old_cassettes: Path, upstream: Upstream, upstream_url: str
 ) -> None:
     path = old_cassettes / "sessions" / "tc-old.yaml"
-    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age="30d", on_expired="rerecord")
+    turn = replay(tmp_path, upstream_url, old_cassettes, cassette_max_age=timedelta(days=30), on_expired="rerecord")
     assert turn["status"] == "GENERATED" and turn["exchange"]["cassette"] == "recorded"
     assert len(upstream.requests_to("/chat")) == 1
     [recorded_at] = RECORDED_AT.findall(path.read_text())  # the old interaction is gone

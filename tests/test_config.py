@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from proxy.cli_options import build_settings
 from proxy.config import load_config
+from proxy.config_sources import merge_settings
 from proxy.errors import ConfigError
+from proxy.expiry import OnExpired
 from proxy.record_mode import RecordMode
 from proxy.runtime import Runtime
-from proxy.settings import Settings
+from proxy.settings import ReplayLatency, Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -194,3 +197,70 @@ def test_only_a_credential_may_come_from_an_unset_variable(tmp_path: Path) -> No
     path.write_text("connections:\n  - {name: c, url: '${NO_SUCH_URL}', auth_token: '${NO_SUCH_TOKEN}'}\n")
     with pytest.raises(ConfigError, match=re.escape("config connections[0].url: environment variable NO_SUCH_URL")):
         load_config(path, env={})
+
+
+def test_merge_takes_flags_over_the_environment_over_the_file_over_the_defaults() -> None:
+    file = {"host": "file.test", "port": 7000, "api_key": "file-key-123", "record_mode": RecordMode.NONE}
+    env = {"PROXY_API_KEY": "env-key-1234"}
+    assert merge_settings({}, {}, {}) == Settings()
+    from_file = merge_settings(file, {}, {})
+    assert (from_file.host, from_file.port, from_file.api_key, from_file.record_mode) == (
+        "file.test",
+        7000,
+        "file-key-123",
+        RecordMode.NONE,
+    )
+    assert merge_settings(file, {}, env).api_key == "env-key-1234"  # the environment beats the file
+    flagged = merge_settings(file, {"api_key": "flag-key-123", "port": 0, "record_mode": "all"}, env)
+    assert (flagged.api_key, flagged.port, flagged.record_mode, flagged.host) == (
+        "flag-key-123",
+        0,
+        RecordMode.ALL,
+        "file.test",
+    )
+
+
+def test_merge_counts_a_flag_or_variable_left_out_or_empty_as_not_given() -> None:
+    file = {"api_key": "file-key-123", "replay_speed": 2.0}
+    merged = merge_settings(file, {"api_key": None, "replay_speed": None}, {"PROXY_API_KEY": ""})
+    assert (merged.api_key, merged.replay_speed) == ("file-key-123", 2.0)
+    assert merge_settings({}, {}, {"OTHER_KEY": "x"}).api_key is None  # only the variables the merge names count
+
+
+def test_merge_reads_the_cassettes_key_and_a_callers_defaults(tmp_path: Path) -> None:
+    defaults = {"cassettes_dir": tmp_path / "c", "data_dir": tmp_path / "d", "record_mode": RecordMode.NONE}
+    merged = merge_settings({}, {}, {}, defaults)
+    assert (merged.cassettes_dir, merged.data_dir, merged.record_mode) == (tmp_path / "c", tmp_path / "d", "none")
+    both = {"cassettes": Path("short"), "cassettes_dir": Path("long")}
+    assert merge_settings(both, {}, {}, defaults).cassettes_dir == Path("short")
+    assert merge_settings(both, {"cassettes_dir": Path("flag")}, {}).cassettes_dir == Path("flag")
+    with pytest.raises(TypeError, match="not settings: cassettes_folder"):
+        merge_settings({}, {"cassettes_folder": Path("x")}, {})
+
+
+def test_the_file_settings_are_typed_once_where_the_file_is_read(tmp_path: Path) -> None:
+    text = (
+        "settings: {record_mode: ALL, replay_latency: Recorded, cassette_max_age: 12h, on_expired: FAIL,"
+        " allow_http: '${ALLOW}', traceparent: 'off', data_dir: d, cassettes: c, flow_log_size: '50'}"
+    )
+    file = load_config(write(tmp_path, text), env={"ALLOW": "true"}).settings
+    settings = merge_settings(file, {}, {})
+    assert settings.record_mode is RecordMode.ALL and settings.replay_latency is ReplayLatency.RECORDED
+    assert settings.cassette_max_age == timedelta(hours=12) and settings.on_expired is OnExpired.FAIL
+    assert (settings.allow_http, settings.traceparent) == (True, False)
+    assert (settings.data_dir, settings.cassettes_dir, settings.flow_log_size) == (Path("d"), Path("c"), 50)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("{allow_http: maybe}", "config settings.allow_http: 'maybe' is not true or false"),
+        ("{flow_log_size: 0}", "config settings.flow_log_size: 0 is not a positive whole number of flows"),
+        ("{host: [a]}", "config settings.host: ['a'] is not text"),
+        ("{fault_seed: .inf}", "config settings.fault_seed: inf is not an integer"),
+    ],
+)
+def test_bad_settings_are_refused_where_the_file_is_read(tmp_path: Path, settings: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, f"settings: {settings}"))
+    assert raised.value.message == message

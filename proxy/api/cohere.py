@@ -11,15 +11,14 @@ from proxy.api.openapi import ApiRoute
 from proxy.connector_input import ConnectorIn
 from proxy.connector_search import SearchFailed
 from proxy.errors import InvalidField
-
-MAX_PAGE = 100
+from proxy.settings import COHERE_MAX_PAGE
 
 
 async def list_connectors(request: Request) -> JSONResponse:
     """List connectors, newest first."""
     limit = query_int(request, "limit")
-    if limit is not None and limit > MAX_PAGE:
-        raise InvalidField("limit", f"must be at most {MAX_PAGE}")
+    if limit is not None and limit > COHERE_MAX_PAGE:
+        raise InvalidField("limit", f"must be at most {COHERE_MAX_PAGE}")
     page, total = runtime(request).connectors.page(limit, query_int(request, "offset"))
     return json_response({"connectors": [c.to_api() for c in page], "total_count": total})
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.sessions.entities import PENDING, Session
+from proxy.settings import DEFAULT_SESSION_CACHE_SIZE
 from proxy.transports.handles import CassetteHandle
-
-DEFAULT_CACHE_SIZE = 1024
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Active:
 
 
 class SessionCache:
-    def __init__(self, size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(self, size: int = DEFAULT_SESSION_CACHE_SIZE) -> None:
         self.size = size
         self._entries: OrderedDict[str, Active] = OrderedDict()
         self._handles: dict[str, CassetteHandle] = {}  # of evicted sessions still PENDING

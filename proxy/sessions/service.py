@@ -24,7 +24,7 @@ from proxy.models import ConnectionType
 from proxy.record_mode import RecordMode
 from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions import tables
-from proxy.sessions.cache import DEFAULT_CACHE_SIZE, Active, SessionCache
+from proxy.sessions.cache import Active, SessionCache
 from proxy.sessions.checks import new_session
 from proxy.sessions.context import call_context
 from proxy.sessions.entities import (
@@ -43,6 +43,7 @@ from proxy.sessions.entities import (
 )
 from proxy.sessions.lifecycle import absorb_mapped_keys, apply_turn_result
 from proxy.sessions.tables import ListQuery, Rows
+from proxy.settings import DEFAULT_SESSION_CACHE_SIZE
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.versions import Version, VersionRegistry
@@ -70,7 +71,7 @@ class SessionService:
         versions: VersionRegistry,
         engine: Engine,
         library: CassetteLibrary,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: int = DEFAULT_SESSION_CACHE_SIZE,
     ) -> None:
         self.store = store
         self.versions = versions

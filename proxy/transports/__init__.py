@@ -23,6 +23,10 @@ RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"  # response: the latenc
 REPLAYED_EXTENSION = "proxy.replayed"  # response: True when played back, so no wait before a retry is real
 # request: the JSON document the body holds, as the caller parsed it (read only), so no transport parses it again
 PARSED_BODY_EXTENSION = "proxy.parsed_body"
+RATE_LIMIT_EXTENSION = "proxy.rate_limit"  # request: (connection id, calls per minute), paced by live.py
+FAULTS_EXTENSION = "proxy.faults"  # request: (connection id, the connection's own fault rules)
+STREAM_EXTENSION = "proxy.stream"  # response: its StreamTiming, when a recording or a replay has one
+REDACTED_EXTENSION = "proxy.redacted"  # response: its body's secrets are masked already (a replay)
 # response: a dict kept with a recorded answer, the same on every replay of it, where a caller may keep what it
 # worked out from the (unchanging) body, so that it is not worked out again
 REPLY_MEMO_EXTENSION = "proxy.reply_memo"

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 
 from proxy.data_dir import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from proxy.settings import CASSETTE_LOCK_TIMEOUT_S
 from proxy.transports.cassette import Interaction, load_interactions, serialize, sha256_of
 
 if TYPE_CHECKING:  # for annotations only: the parse cache writes its entries with atomic_write
     from proxy.transports.parse_cache import ParseCache
 
 TEMP_MARKER = ".tmp-"
-# How long a writer waits for another process to finish writing the same cassette (a write takes milliseconds).
-CASSETTE_LOCK_TIMEOUT_S = 60.0
 
 
 def lock_of(path: Path) -> FileLock:

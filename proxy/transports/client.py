@@ -37,8 +37,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
 
-DEFAULT_MAX_CONNECTIONS_PER_ORIGIN = 100  # httpx's own default cap; further requests wait for a free one
-DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # an idle connection is closed after this, never reused forever
+from proxy.settings import DEFAULT_KEEPALIVE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS_PER_ORIGIN
+
 # httpx inflates each piece whole, and deflate packs up to ~1,000:1: a compressed body is read in small
 # pieces so that one piece never inflates past a few MB before the caller's cap can refuse it.
 ENCODED_READ_BYTES = 4 * 1024

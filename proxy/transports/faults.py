@@ -12,10 +12,16 @@ import httpx
 
 from proxy.faults import FaultPlan, FaultRule, current_test_id
 from proxy.settings import MAX_UPSTREAM_BODY_BYTES
-from proxy.transports import OUTCOME_EXTENSION, RECORDED_LATENCY_EXTENSION, REPLAYED_EXTENSION, BodyCut, read_capped
+from proxy.transports import (
+    FAULTS_EXTENSION,
+    OUTCOME_EXTENSION,
+    RECORDED_LATENCY_EXTENSION,
+    REPLAYED_EXTENSION,
+    BodyCut,
+    read_capped,
+)
 from proxy.transports.cassette import WIRE_HEADERS
 
-FAULTS_EXTENSION = "proxy.faults"  # request: (connection id, the connection's own fault rules)
 INJECTED = "injected"  # the OUTCOME_EXTENSION of an answer a rule acted on
 PLANS_KEPT = 1024
 # Where the rules acting on a call come from (GET /_proxy/faults answers it as `source`).

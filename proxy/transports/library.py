@@ -33,7 +33,7 @@ from pathlib import Path
 from proxy.cassette_names import file_name
 from proxy.expiry import OnExpired, describe_age, newest_recording
 from proxy.record_mode import RecordMode
-from proxy.settings import USAGE_REFRESH_S
+from proxy.settings import DEFAULT_FLUSH_INTERVAL_S, USAGE_REFRESH_S
 from proxy.store import Store
 from proxy.transports import CassetteMiss, CassetteRefused
 from proxy.transports.cassette import Cassette, Interaction, identities, identity, load_interactions, parse_interactions
@@ -46,7 +46,6 @@ from proxy.transports.usage import create_usage_table, note_use
 
 log = logging.getLogger("proxy.cassettes")
 DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
-DEFAULT_FLUSH_INTERVAL_S = 5.0
 
 
 class CassetteLibrary:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import httpx
 
 from proxy.ratelimit import RateLimiters
-from proxy.transports import waiting_to_send
-
-RATE_LIMIT_EXTENSION = "proxy.rate_limit"  # request: (connection id, calls per minute)
+from proxy.transports import RATE_LIMIT_EXTENSION, waiting_to_send
 
 
 class PacedTransport(httpx.AsyncBaseTransport):

@@ -24,8 +24,10 @@ from proxy.transports import (
     PARSED_BODY_EXTENSION,
     PER_RUN_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
+    REDACTED_EXTENSION,
     REPLAYED_EXTENSION,
     REPLY_MEMO_EXTENSION,
+    STREAM_EXTENSION,
     CassetteRefused,
     read_capped,
     waited_ms,
@@ -35,8 +37,6 @@ from proxy.transports.handles import CassetteHandle
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import ABSENT, RecordedRequest
 from proxy.transports.streams import (
-    REDACTED_EXTENSION,
-    STREAM_EXTENSION,
     RecordingStream,
     ReplayStream,
     StreamTiming,

@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from proxy.transports import BodyTooLarge
+from proxy.transports import STREAM_EXTENSION, BodyTooLarge
 
-STREAM_EXTENSION = "proxy.stream"  # response: its StreamTiming, when a recording or a replay has one
 # How long the rest of a stream is read for recording after its reader hung up before its end.
 DRAIN_AFTER_READER_LEFT_S = 30.0
 _DRAINS: set[asyncio.Task[None]] = set()
@@ -32,7 +31,6 @@ async def _next(source: AsyncIterator[bytes]) -> bytes | None:
         return None
 
 
-REDACTED_EXTENSION = "proxy.redacted"  # response: its body's secrets are masked already (a replay)
 STREAM_MEDIA = ("text/event-stream", "ndjson", "jsonl", "json-seq")
 NO_BODY_STATUSES = frozenset({204, 304})
 
