@@ -303,6 +303,8 @@ LIMITS = {
     "MASK_NESTED_JSON_DEPTH": "deepest JSON document inside a JSON string (inside another…) in which an echoed secret "
     "is masked",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
+    "DRIFT_EVENT_COUNT_RATIO": "`cassettes drift` on a stream: share of the recorded event count it may be off by",
+    "DRIFT_EVENT_COUNT_SLACK": "`cassettes drift` on a stream: events the live count may be off by, whatever the share",
     "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
     "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
     "DEFAULT_HEADER_TIMEOUT_S": "`header_timeout`: seconds to send a request's headers (408 and closed beyond)",
