@@ -105,7 +105,10 @@ def cassettes_drift(
     NAMES are cassettes (e.g. connections/chat, sessions/tc-1); all of them by default. Each recorded
     request is sent again, live, with its connection's current credentials. A different status, a key
     added or missing, or a value whose JSON type changed is drift (named by JSONPath, e.g.
-    `$.usage.total_tokens: number → string`); a value that changed within its type is not.
+    `$.usage.total_tokens: number → string`); a value that changed within its type is not. A streamed
+    answer (server-sent events) is read to its end within the connection's timeout and compared event by
+    event: the first event whose name or data shape differs (`event #0 $.choices[0].delta.content: string →
+    array`), how the stream ends (`data: [DONE]`, `message_stop`), and its event count when far off.
 
     Exit status: 0 when nothing drifted (with --update: once what drifted is re-recorded), 1 when an
     interaction drifted or could not be re-sent, a cassette is unknown or refused, or the config file is unusable.

@@ -1,6 +1,8 @@
 """Drift: re-send recorded requests live and compare each answer with its recording, in status and JSON
-shape (a key added or missing, a value's type changed), JSONPath by JSONPath. Values that differ but keep
-their type are not drift: a live model never answers the same words twice.
+shape (a key added or missing, a value's type changed), JSONPath by JSONPath (see json_shapes); a stream of
+server-sent events is read to its end, within the owner's timeout, and compared event by event (see
+stream_shapes). Values that differ but keep their type are not drift: a live model never answers the same words
+twice.
 
 A recorded request is sent again as it was recorded, with the credentials its owner holds now in place of the
 masked ones. A cassette is a file anyone can commit, so nothing in it chooses a credential: the owner of a
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -24,44 +25,28 @@ from typing import Any
 
 import httpx
 
-from proxy import jsonbounds
 from proxy.auth import build_headers, new_w3c_trace_id
 from proxy.cassette_names import file_name
 from proxy.engine import CallContext, build_request
+from proxy.json_shapes import Difference, body_differences
 from proxy.origins import Origin, describe, fixed_origin, url_origin
 from proxy.request_building import parsed_url
 from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
+from proxy.stream_shapes import stream_differences
+from proxy.streaming import read_timed
 from proxy.targets import ForwardTarget
-from proxy.transports import RATE_LIMIT_EXTENSION, BodyTooLarge, read_capped
+from proxy.transports import RATE_LIMIT_EXTENSION, BodyTooLarge
 from proxy.transports.cassette import Interaction, identity, load_interactions
 from proxy.transports.cassette_files import update_cassette
 from proxy.transports.inventory import name_of
 from proxy.transports.record_replay import redacted_interaction
+from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
 from proxy.url_secrets import unmasked
 
 # Set by the client library for each request, never worth re-sending as recorded.
 RESENT_WITHOUT = frozenset({"host", "content-length", "transfer-encoding", "connection", "traceparent"})
 PER_RUN_TOKEN = re.compile("<({})>".format("|".join(CallContext().per_run_values())))
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass
-class Difference:
-    path: str  # a JSONPath, or "status"
-    recorded: str | None  # a JSON type name or a status; None: the key was added
-    live: str | None  # None: the key is missing
-
-    def text(self) -> str:
-        if self.recorded is None:
-            return f"{self.path}: added"
-        if self.live is None:
-            return f"{self.path}: missing"
-        return f"{self.path}: {self.recorded} → {self.live}"
-
-    def to_json(self) -> dict[str, Any]:
-        change = "added" if self.recorded is None else "missing" if self.live is None else "changed"
-        return {"path": self.path, "change": change, "recorded": self.recorded, "live": self.live}
 
 
 @dataclass
@@ -97,50 +82,15 @@ class Checked:
 # -- shapes ----------------------------------------------------------------------------------------
 
 
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
+def _header(headers: dict[str, Any], name: str) -> str:
+    """A header of a recorded message ({name: [values]}, as written), "" when it has none."""
+    for key, values in headers.items():
+        if key.lower() == name:
+            return str(values[0] if isinstance(values, list) and values else values)
+    return ""
 
 
-def child_path(path: str, key: str) -> str:
-    return f"{path}.{key}" if _IDENTIFIER.match(key) else f"{path}[{key!r}]"
-
-
-def shape_differences(recorded: Any, live: Any, path: str = "$") -> list[Difference]:
-    """Where `live` differs from `recorded` in shape. Arrays are compared item by item as far as both go:
-    a list that grew or shrank is a value, not a shape."""
-    recorded_type, live_type = json_type(recorded), json_type(live)
-    if recorded_type != live_type:
-        return [Difference(path, recorded_type, live_type)]
-    found: list[Difference] = []
-    if isinstance(recorded, dict):
-        for key in recorded:
-            if key not in live:
-                found.append(Difference(child_path(path, key), json_type(recorded[key]), None))
-            else:
-                found += shape_differences(recorded[key], live[key], child_path(path, key))
-        found += [Difference(child_path(path, key), None, json_type(live[key])) for key in live if key not in recorded]
-    elif isinstance(recorded, list):
-        for index, (old, new) in enumerate(zip(recorded, live, strict=False)):
-            found += shape_differences(old, new, f"{path}[{index}]")
-    return found
-
-
-def _json_or_none(body: bytes) -> tuple[bool, Any]:
-    try:
-        return True, jsonbounds.loads(body) if body.strip() else None
-    except (ValueError, UnicodeDecodeError):  # JsonRefused is a ValueError too
-        return False, None
-
-
-def answer_differences(recorded: Interaction, status: int, body: bytes) -> list[Difference]:
+def answer_differences(recorded: Interaction, status: int, content_type: str, body: bytes) -> list[Difference]:
     found = []
     recorded_status = int(recorded.response["status"]["code"])
     if recorded_status != status:
@@ -148,13 +98,14 @@ def answer_differences(recorded: Interaction, status: int, body: bytes) -> list[
     recorded_body = recorded.response["body"]["string"] or b""
     if isinstance(recorded_body, str):
         recorded_body = recorded_body.encode()
-    was_json, old = _json_or_none(recorded_body)
-    is_json, new = _json_or_none(body)
-    if was_json and is_json:
-        found += shape_differences(old, new)
-    elif was_json != is_json:
-        found.append(Difference("$", "JSON" if was_json else "not JSON", "JSON" if is_json else "not JSON"))
-    return found
+    was_stream = is_event_stream({"content-type": _header(recorded.response["headers"], "content-type")})
+    is_stream = is_event_stream({"content-type": content_type})
+    if was_stream and is_stream:
+        return found + stream_differences(recorded_body, body)
+    if was_stream != is_stream:
+        shown = ("an event stream", "not an event stream")
+        return [*found, Difference("$", shown[not was_stream], shown[not is_stream])]
+    return found + body_differences(recorded_body, body)
 
 
 # -- re-sending ------------------------------------------------------------------------------------
@@ -277,18 +228,21 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
         return checked
     target = owner.target
     redact = runtime.redactor.redact
+    timing = StreamTiming()  # a stream is read to its end, each chunk timed, so that --update keeps its timing
     try:
         request = resend_request(target, interaction, uri)
-        started = time.perf_counter()
         async with asyncio.timeout(target.timeout_s):
             response = await runtime.engine.transport.handle_async_request(request)
+            timing.head()
             try:
-                content = await read_capped(response, MAX_UPSTREAM_BODY_BYTES)
+                content, _ = await read_timed(response, MAX_UPSTREAM_BODY_BYTES, timing)
             finally:
                 await response.aclose()
-        latency_ms = (time.perf_counter() - started) * 1000
     except TimeoutError:
         checked.error = f"timed out after {target.timeout_s:g}s"
+        if timing.chunks:
+            read = sum(int(size) for _, size in timing.chunks)
+            checked.error += f": the stream had not ended ({read} bytes in {len(timing.chunks)} chunks read)"
         return checked
     except BodyTooLarge:
         checked.error = f"the live body is larger than the {MAX_UPSTREAM_BODY_BYTES} byte cap"
@@ -297,10 +251,15 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
         checked.error = redact(f"could not be sent: {type(exc).__name__}: {exc}")
         return checked
     masked = runtime.redactor.redact_bytes(content)
-    checked.differences = answer_differences(interaction, response.status_code, masked)
+    content_type = response.headers.get("content-type", "")
+    checked.differences = answer_differences(interaction, response.status_code, content_type, masked)
+    latency_ms = timing.latency_ms or 0.0
     live = redacted_interaction(interaction.recorded_request(), response, content, latency_ms, runtime.redactor)
     # The request stays as recorded (it is what replays match); the answer and its time are the live ones.
-    checked.live = Interaction(interaction.request, live.response, {**interaction.proxy, **live.proxy})
+    proxy = {key: value for key, value in interaction.proxy.items() if key != "stream"} | live.proxy
+    if is_streamed(response):
+        proxy["stream"] = timing.to_cassette()
+    checked.live = Interaction(interaction.request, live.response, proxy)
     return checked
 
 

@@ -69,6 +69,12 @@ COHERE_MAX_PAGE = 100  # most connectors one `GET /v1/connectors` page lists
 # Browsers may cache a CORS preflight answer this long.
 CORS_MAX_AGE_S = 600
 
+# `proxy cassettes drift` on a stream: a live model answers in more or fewer pieces each time, so a live event
+# count is drift only when it is off the recorded one by more than this share of it and by more than so many
+# events (a 3-piece answer may come in 6; one of 10 pieces in 40 is another answer).
+DRIFT_EVENT_COUNT_RATIO = 0.5
+DRIFT_EVENT_COUNT_SLACK = 4
+
 # Bodies.
 MAX_API_BODY_BYTES = 10 * 1024 * 1024
 MAX_UPSTREAM_BODY_BYTES = 10 * 1024 * 1024

@@ -28,6 +28,7 @@ _LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end m
 class Event:
     offset_ms: float  # when the chunk that completed it arrived
     data: str
+    name: str = ""  # its `event:` field; none is the default type, "message"
 
     def parsed(self) -> Any:
         """The event's data as JSON, or as the text it is."""
@@ -41,8 +42,8 @@ class Event:
 
 
 class SseParser:
-    """Server-sent events as the chunks of a stream arrive: the `data:` lines of each event joined; comments,
-    `event:`, `id:` and `retry:` lines read past. A `data: [DONE]` event ends the stream."""
+    """Server-sent events as the chunks of a stream arrive: the `data:` lines of each event joined, its `event:`
+    name kept; comments, `id:` and `retry:` lines read past. A `data: [DONE]` event ends the stream."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -50,6 +51,7 @@ class SseParser:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
         self._data: list[str] = []
+        self._name = ""
 
     def feed(self, chunk: bytes, offset_ms: float) -> None:
         if self.done:
@@ -81,11 +83,15 @@ class SseParser:
                 if data.strip() == DONE:
                     self.done = True
                 else:
-                    self.events.append(Event(offset_ms, data))
+                    self.events.append(Event(offset_ms, data, self._name))
+            self._name = ""  # a name belongs to the one event it is in, dispatched or not
             return
         name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
         if name == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
+            self._data.append(value)
+        elif name == "event":
+            self._name = value
 
 
 def events_of(body: bytes, timing: StreamTiming) -> list[Event]:

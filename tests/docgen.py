@@ -314,6 +314,8 @@ LIMITS = {
     "MAX_CLIENT_SECRETS": "distinct client credentials kept masked per forward upstream (the newest)",
     "COHERE_MAX_PAGE": "most connectors one `GET /v1/connectors` page lists (`limit`)",
     "CORS_MAX_AGE_S": "how long a browser may cache a `--cors-origin` preflight answer, seconds",
+    "DRIFT_EVENT_COUNT_RATIO": "`cassettes drift` on a stream: share of the recorded event count it may be off by",
+    "DRIFT_EVENT_COUNT_SLACK": "`cassettes drift` on a stream: events the live count may be off by, whatever the share",
     "DEFAULT_MAX_HEADER_BYTES": "`max_header_bytes`: largest request line and headers (431 beyond)",
     "DEFAULT_MAX_HEADERS": "`max_headers`: most headers in one request (431 beyond)",
     "DEFAULT_HEADER_TIMEOUT_S": "`header_timeout`: seconds to send a request's headers (408 and closed beyond)",

@@ -13,7 +13,7 @@ import yaml
 
 from proxy.config import load_config
 from proxy.connector_search import REGISTRATION_QUERY
-from proxy.drift import Difference, shape_differences
+from proxy.json_shapes import Difference, shape_differences
 from proxy.settings import MASK
 from proxy.transports.cassette import Cassette, make_interaction
 from proxy.transports.matching import MatchRules
