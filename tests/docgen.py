@@ -205,7 +205,8 @@ CONNECTION = {
     "traceparent": "Send a W3C `traceparent` header on this connection's calls; off, a `traceparent` custom "
     "header is sent as written.",
     "response_mode": "`json`, or `sse` for a server-sent-events reply whose pieces are joined before mapping.",
-    "stream_text_path": "With `sse`: JSONPath applied to each event's JSON `data`; the strings found are joined.",
+    "stream_text_path": "JSONPath applied to each event's JSON `data`; the strings found are joined: with `sse`, "
+    "the text mapped; in any mode, the text a stream relayed by the forward route shows in its flow.",
     "faults": "[Fault rules](#fault-rules): answers, delays and cut bodies injected on purpose, above the "
     "cassette, so never recorded.",
 }

@@ -6,6 +6,7 @@ OpenAI and Anthropic SDKs."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from haralyzer import HarParser
 from proxy.config import Config
 from proxy.settings import MASK
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
+from tests.helpers import launch
 from tests.servers import serve_in_thread
 from tests.streams import USAGE, WORDS, StreamingUpstream, anthropic_events, openai_events
 
@@ -89,9 +91,10 @@ def three_ways(
     cassettes = tmp_path / "cassettes"
     out = []
     for mode, transport in (("off", None), ("once", None), ("none", NoNetwork())):
-        with running_proxy(
-            tmp_path / mode, config, transport, cassettes_dir=cassettes, record_mode=mode
-        ) as proxy, httpx.Client(base_url=proxy.url) as client:
+        with (
+            running_proxy(tmp_path / mode, config, transport, cassettes_dir=cassettes, record_mode=mode) as proxy,
+            httpx.Client(base_url=proxy.url) as client,
+        ):
             text = read(proxy.url)
             (flow,) = flows_over(proxy, flows_expected)
             out.append((mode, text, flow, client.get(f"/flows/{flow['id']}.har").json()))
@@ -284,3 +287,39 @@ def test_the_har_export_loads_in_haralyzer_and_has_the_har_1_2_fields(
         timings = entry["timings"]
         assert {"send", "wait", "receive"} <= set(timings) and all(v >= 0 for v in timings.values())
         assert entry["time"] == pytest.approx(timings["send"] + timings["wait"] + timings["receive"], abs=0.01)
+
+
+def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+    """The live list shows the stream `streaming…`, then fills the same row in; its page shows the stream."""
+    from playwright.sync_api import sync_playwright
+
+    upstream, url = streaming
+    upstream.reset(first_delay=0.3, gap=0.08)
+    with running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy, sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{proxy.url}/flows")
+        page.wait_for_selector("text=· live")
+        reader = threading.Thread(target=openai_text, args=(proxy.url,))
+        reader.start()
+        row = page.wait_for_selector("tr.flow[data-stream=streaming]")
+        assert "streaming…" in row.inner_text()
+        page.wait_for_selector("tr.flow[data-stream=complete]")
+        reader.join()
+        assert page.locator("tr.flow").count() == 1
+        whole = len(b"".join(openai_events(WORDS)))
+        assert str(whole) in page.inner_text("tr.flow") and "streaming…" not in page.inner_text("tr.flow")
+
+        page.click("tr.flow a")
+        page.wait_for_selector("#stream-events")
+        assert page.inner_text("#stream-outcome") == "complete"
+        assert page.inner_text("#stream-bytes") == str(whole)
+        assert page.inner_text("#stream-text") == "".join(WORDS)
+        events = page.locator("#stream-events tr")
+        assert events.count() == 1 + len(WORDS) + 1  # the heading, the words, the usage
+        assert " ms" in events.nth(1).inner_text() and "Once" in events.nth(1).inner_text()
+        assert "Output mapping" not in page.content()
+        folder = Path(os.environ.get("PROXY_SCREENSHOT_DIR", str(tmp_path)))
+        page.screenshot(path=str(folder / "flow-stream.png"), full_page=True)
+        assert (folder / "flow-stream.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        browser.close()
