@@ -24,7 +24,8 @@ from proxy.settings import MASK
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
 from tests.helpers import launch
 from tests.servers import serve_in_thread
-from tests.streams import USAGE, WORDS, StreamingUpstream, anthropic_events, openai_events
+from tests.streams import USAGE, WORDS, StreamingUpstream, anthropic_events, openai_events, secret_echo_chunks
+from tests.test_e2e_streaming import forward_config as llm_config
 
 pytestmark = pytest.mark.e2e
 OVER = ("complete", "cut")
@@ -35,21 +36,6 @@ def streaming() -> Iterator[tuple[StreamingUpstream, str]]:
     upstream = StreamingUpstream()
     with serve_in_thread(upstream.app) as url:
         yield upstream, url
-
-
-def llm_config(url: str, **connection: Any) -> Config:
-    data = {
-        "name": "llm",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": f"{url}/v1",
-        "auth_type": "BEARER",
-        "auth_token": TEST_TOKEN,
-        "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
-        "output_mapping": {"output": "$.text"},
-        **connection,
-    }
-    return Config(connections=[data])
 
 
 def flows_over(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
@@ -236,9 +222,7 @@ def test_a_secret_echoed_across_two_chunks_is_masked_in_the_flow_and_its_har(
     tmp_path: Path, streaming: tuple[StreamingUpstream, str]
 ) -> None:
     upstream, url = streaming
-    echo = f'data: {{"choices": [{{"index": 0, "delta": {{"content": "your key is {TEST_TOKEN} ok"}}}}]}}\n\n'.encode()
-    cut = echo.index(TEST_TOKEN.encode()) + 7
-    upstream.reset(chunks=[echo[:cut], echo[cut:], b"data: [DONE]\n\n"], gap=0.05)
+    upstream.reset(chunks=secret_echo_chunks(TEST_TOKEN), gap=0.05)
     with (
         running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy,
         httpx.Client(base_url=proxy.url) as client,
