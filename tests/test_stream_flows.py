@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -307,3 +308,29 @@ def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: tuple[Stre
         page.screenshot(path=str(folder / "flow-stream.png"), full_page=True)
         assert (folder / "flow-stream.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         browser.close()
+
+
+def test_a_flow_log_from_before_streams_were_tracked_gets_its_column(
+    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+) -> None:
+    upstream, url = streaming
+    upstream.reset(gap=0.0)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "proxy.db") as old:
+        old.execute(
+            "CREATE TABLE flows (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL,"
+            " method TEXT, url TEXT, status INTEGER, latency_ms REAL, ttfb_ms REAL, size INTEGER, outcome TEXT,"
+            " connection TEXT, connection_id TEXT, session_id TEXT, error TEXT, data TEXT NOT NULL)"
+        )
+        old.execute(
+            "INSERT INTO flows (at, kind, url, data) VALUES ('2026-01-01T00:00:00.000Z', 'forward', 'http://old/',"
+            ' \'{"exchange": {"attempts": []}}\')'
+        )
+    old.close()
+    with running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy:
+        assert openai_text(proxy.url) == "".join(WORDS)
+        (flow,) = flows_over(proxy, 1)
+        listed = httpx.get(f"{proxy.url}/flows").text
+    assert flow["id"] == 2 and flow["stream"] == "complete"
+    assert "http://old/" in listed and 'data-stream="complete"' in listed
