@@ -31,7 +31,7 @@ _LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end m
 class Event:
     offset_ms: float  # when the chunk that completed it arrived
     data: str
-    name: str = ""  # its `event:` line, if it had one
+    name: str = ""  # its `event:` field; none is the default type, "message"
 
     def parsed(self) -> Any:
         """The event's data as JSON, or as the text it is."""
@@ -46,8 +46,8 @@ class Event:
 
 
 class SseParser:
-    """Server-sent events as the chunks of a stream arrive: the `data:` lines of each event joined, with its
-    `event:` name; comments, `id:` and `retry:` lines read past. A `data: [DONE]` event ends the stream."""
+    """Server-sent events as the chunks of a stream arrive: the `data:` lines of each event joined, its `event:`
+    name kept; comments, `id:` and `retry:` lines read past. A `data: [DONE]` event ends the stream."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -88,7 +88,7 @@ class SseParser:
                     self.done = True
                 else:
                     self.events.append(Event(offset_ms, data, self._name))
-            self._name = ""
+            self._name = ""  # a name belongs to the one event it is in, dispatched or not
             return
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
