@@ -334,3 +334,37 @@ def test_a_flow_log_from_before_streams_were_tracked_gets_its_column(
         listed = httpx.get(f"{proxy.url}/flows").text
     assert flow["id"] == 2 and flow["stream"] == "complete"
     assert "http://old/" in listed and 'data-stream="complete"' in listed
+
+
+def test_a_streamed_har_entry_is_served_back_by_chromiums_har_router(
+    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+) -> None:
+    """Playwright's HAR router (`route_from_har`) answers Chromium's requests from the export: the stream's body."""
+    from playwright.sync_api import sync_playwright
+
+    upstream, url = streaming
+    upstream.reset(gap=0.0)
+    with running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy:
+        openai_text(proxy.url)
+        (flow,) = flows_over(proxy, 1)
+        har = httpx.get(f"{proxy.url}/flows/{flow['id']}.har").json()
+    path = tmp_path / "flow.har"
+    path.write_text(json.dumps(har))
+    request = har["log"]["entries"][0]["request"]
+    calls = upstream.plan.calls["openai"]
+    with sync_playwright() as p:
+        browser = launch(p)
+        context = browser.new_context()
+        context.route_from_har(str(path), not_found="abort")
+        page = context.new_page()
+        status, media, text = page.evaluate(
+            """async ([url, body]) => {
+                const r = await fetch(url, {method: "POST", body, headers: {"content-type": "application/json"}});
+                return [r.status, r.headers.get("content-type"), await r.text()];
+            }""",
+            [request["url"], request["postData"]["text"]],
+        )
+        browser.close()
+    assert upstream.plan.calls["openai"] == calls  # answered from the HAR, not by the upstream
+    assert status == 200 and media.startswith("text/event-stream")
+    assert text == b"".join(openai_events(WORDS)).decode()
