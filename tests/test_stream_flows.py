@@ -101,7 +101,9 @@ def test_openai_stream_flow_is_written_at_its_end_live_recorded_and_replayed(
         stream = flow["data"]["exchange"]["stream"]
         body = flow["data"]["exchange"]["response"]["body"]
         assert body == whole.decode() and flow["size"] == len(whole) == stream["bytes"], mode
-        assert len(stream["chunks"]) == len(WORDS) + 2 and not stream["truncated"]
+        # One entry per read: the upstream's 10 writes, fewer when two arrive together in one read.
+        assert sum(size for _, size in stream["chunks"]) == len(whole) and not stream["truncated"]
+        assert 1 < len(stream["chunks"]) <= len(WORDS) + 2
         assert [e["data"] for e in stream["events"]][-1]["usage"] == USAGE  # [DONE] ends it, no event
         assert stream["text"] == "".join(WORDS)  # the connection's stream_text_path, by default OpenAI's
         offsets = [e["offsetMs"] for e in stream["events"]]
