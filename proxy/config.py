@@ -36,6 +36,7 @@ CLIENT_LIMITS: dict[str, tuple[type, str]] = {
     "max_connections": (int, "a positive whole number of connections"),
     "send_timeout": (float, "a positive number of seconds"),
     "max_flow_viewers": (int, "a positive whole number of viewers"),
+    "flow_body_max_bytes": (int, "a positive whole number of bytes"),
 }
 TEXT_SETTINGS = ("host", "api_key")
 PATH_SETTINGS = ("data_dir", "cassettes_dir", "cassettes")

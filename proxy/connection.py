@@ -38,6 +38,7 @@ class CompiledConnection:
     mapping: CompiledMapping
     end_rules: list[CompiledEndRule] = field(default_factory=list)
     stream_text_path: JSONPath | None = None  # response_mode sse: each event's piece of the text
+    events_text_path: JSONPath | None = None  # the same path in any mode: a relayed stream's text in the flow log
 
     @property
     def name(self) -> str:
@@ -83,6 +84,7 @@ class CompiledConnection:
             s.faults,
             s.traceparent,
             whole_credentials(s.url),
+            stream_text_path=self.events_text_path,
         )
 
     def url_uses_session_id(self) -> bool:
@@ -124,11 +126,15 @@ def compile_connection(
                 raise InvalidField(f"conversationEndRules[{index}].bodyMatch.path", str(exc)) from None
         rules.append(CompiledEndRule(rule.status_code, path, rule.body_match.equals if rule.body_match else None))
     try:
-        text_path = compile_jsonpath(spec.stream_text_path) if spec.response_mode is ResponseMode.SSE else None
+        text_path = compile_jsonpath(spec.stream_text_path)
     except JsonPathRefused as exc:
-        raise InvalidField("streamTextPath", str(exc)) from None
+        # Only `response_mode: sse` read it before the forward route did: a path stored in another mode loads.
+        if strict or spec.response_mode is ResponseMode.SSE:
+            raise InvalidField("streamTextPath", str(exc)) from None
+        text_path = None
     mapping = CompiledMapping(mapping_source, paths)
-    return CompiledConnection(conn_id, spec, created_at, body, url, mapping, rules, text_path)
+    sse_path = text_path if spec.response_mode is ResponseMode.SSE else None
+    return CompiledConnection(conn_id, spec, created_at, body, url, mapping, rules, sse_path, text_path)
 
 
 def secret_fields(spec: ConnectionSpec) -> list[tuple[str, str]]:

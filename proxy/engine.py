@@ -40,7 +40,8 @@ from proxy.results import (
     http_error_text,
     new_call_id,
 )
-from proxy.settings import MAX_UPSTREAM_BODY_BYTES
+from proxy.settings import DEFAULT_FLOW_BODY_MAX_BYTES, MAX_UPSTREAM_BODY_BYTES
+from proxy.stream_tap import StreamTap
 from proxy.streaming import Relay, events_of, read_timed
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.templating import TemplateRefused
@@ -91,12 +92,14 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_body_bytes: int = MAX_UPSTREAM_BODY_BYTES,
         redactor: Redactor | None = None,
+        flow_body_max_bytes: int = DEFAULT_FLOW_BODY_MAX_BYTES,
     ) -> None:
         self.transport = transport if transport is not None else AiohttpTransport()
         self.redactor = redactor if redactor is not None else Redactor()  # without one, nothing is secret
         self.send_traceparent = send_traceparent
         self.sleep = sleep
         self.max_body_bytes = max_body_bytes
+        self.flow_body_max_bytes = flow_body_max_bytes  # of a relayed stream, what its flow keeps
         self.observer: CallObserver | None = None
 
     def _observe(self, label: CallLabel, subject: CallSubject, result: CallResult) -> None:
@@ -181,6 +184,8 @@ class Engine:
                 await self._send(target, request, result, relay=True)
             except Exception as exc:
                 _internal_failure(result, exc, self.redactor)
+            if result.reply is not None and result.reply.relay is not None:
+                result.reply.relay.tap.text_path = target.stream_text_path
         self._observe(label or CallLabel("forward"), target.subject, result)
         return result
 
@@ -331,7 +336,8 @@ class Engine:
         reason, headers = masked_head(response, self.redactor)
         reply = UpstreamReply(response.status_code, reason, headers, "")
         deadline = timeout.deadline() or asyncio.get_running_loop().time() + timeout.timeout_s
-        reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing)
+        tap = StreamTap(self.flow_body_max_bytes)
+        reply.relay = Relay(response, self.redactor, self.max_body_bytes, deadline, timing, tap)
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))

@@ -133,20 +133,24 @@ def har_entry(flow: dict[str, Any]) -> dict[str, Any]:
             "mimeType": _mime(request.get("headers"), "application/json"),
             "text": request["body"],
         }
+    stream = exchange.get("stream") or {}
     if response is not None:
         body = response.get("body")
         text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        content: dict[str, Any] = {
+            "size": flow.get("size") or len(text.encode()),
+            "mimeType": _mime(response.get("headers"), "application/json"),
+            "text": text,  # a relayed stream's: its body as relayed (server-sent events as text)
+        }
+        if stream.get("truncated"):
+            content["comment"] = f"truncated: the flow log keeps the first {len(text.encode())} bytes"
         har_response: dict[str, Any] = {
             "status": response.get("status") or 0,
             "statusText": "",
             "httpVersion": "HTTP/1.1",
             "cookies": [],
             "headers": _pairs(response.get("headers")),
-            "content": {
-                "size": flow.get("size") or len(text.encode()),
-                "mimeType": _mime(response.get("headers"), "application/json"),
-                "text": text,
-            },
+            "content": content,
             "redirectURL": "",
             "headersSize": -1,
             "bodySize": flow.get("size") or len(text.encode()),
@@ -158,7 +162,7 @@ def har_entry(flow: dict[str, Any]) -> dict[str, Any]:
             "httpVersion": "HTTP/1.1",
             "cookies": [],
             "headers": [],
-            "content": {"size": 0, "mimeType": "x-unknown"},
+            "content": {"size": 0, "mimeType": "x-unknown", "text": ""},  # optional in HAR 1.2, expected by readers
             "redirectURL": "",
             "headersSize": -1,
             "bodySize": -1,
@@ -185,6 +189,8 @@ def har(flows: list[dict[str, Any]]) -> dict[str, Any]:
         "log": {
             "version": "1.2",
             "creator": {"name": "proxy", "version": __version__},
+            # Optional in HAR 1.2 but read by the common HAR readers: no browser made these calls, the proxy did.
+            "browser": {"name": "proxy", "version": __version__},
             "pages": [],
             "entries": [har_entry(flow) for flow in flows],
         }

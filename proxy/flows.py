@@ -7,8 +7,11 @@ is written in batches through the store's writer, off the event loop: at once wh
 queued, else `FLOW_BATCH_DELAY_S` after the first, and whatever is left on shutdown; no call waits on a
 commit of its own flow. Every read writes the queue first, so a flow is listed as soon as its call has
 answered. The table keeps the newest `flow_log_size` rows: each batch deletes what fell off the end, by
-primary key. Live viewers subscribe to the rows as they are committed: each one costs every flow a little, so at
-most `max_viewers` are served (a newer one ends the oldest's stream), and one that falls behind is ended too.
+primary key. A relayed stream's flow is written when its head arrives, marked `streaming`, and written again
+over the same row when the stream is over (whole or cut), with its body, events and real timing; viewers are told
+of the row both times. Live viewers subscribe to the rows as they are committed: each one costs every flow a
+little, so at most `max_viewers` are served (a newer one ends the oldest's stream), and one that falls behind is
+ended too.
 """
 
 from __future__ import annotations
@@ -53,16 +56,19 @@ SUMMARY_COLUMNS = (
     "connection_id",
     "session_id",
     "error",
+    "stream",  # a relayed stream: streaming, complete or cut
 )
 TABLE = f"""CREATE TABLE IF NOT EXISTS flows (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, method TEXT, url TEXT,
     status INTEGER, latency_ms REAL, ttfb_ms REAL, size INTEGER, outcome TEXT, connection TEXT,
-    connection_id TEXT, session_id TEXT, error TEXT, data TEXT NOT NULL);
+    connection_id TEXT, session_id TEXT, error TEXT, data TEXT NOT NULL, stream TEXT);
 CREATE INDEX IF NOT EXISTS flows_connection ON flows (connection, id);
 CREATE INDEX IF NOT EXISTS flows_session ON flows (session_id, id);
 -- {len(SUMMARY_COLUMNS)} summary columns and the exchange"""
 ROW_COLUMNS = (*SUMMARY_COLUMNS[1:], "data")  # what a row is written with: all but the id SQLite gives it
 INSERT = f"INSERT INTO flows ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+UPDATED_COLUMNS = tuple(c for c in ROW_COLUMNS if c != "at")  # a stream's row, once it is over: all but its start
+UPDATE = f"UPDATE flows SET {', '.join(f'{c} = ?' for c in UPDATED_COLUMNS)} WHERE id = ?"
 
 
 @dataclass(frozen=True)
@@ -134,22 +140,46 @@ class FlowLog:
         self.batch_rows = batch_rows
         self.batch_delay_s = batch_delay_s
         self._queue: list[dict[str, Any]] = []  # observed, not yet handed to the writer
+        # Streams that are over: (the row written when it began, the row now), not yet handed to the writer.
+        self._updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self._ending: set[asyncio.Task[None]] = set()  # streams over whose row is being built
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None  # the batch on its way to the disk
         self._subscribers: dict[asyncio.Queue[dict[str, Any] | None], None] = {}  # the oldest first
         store.call(store.db.executescript, TABLE)
+        store.call(_add_stream_column, store)
 
     # -- writing -----------------------------------------------------------------------------
 
     def observe(self, label: CallLabel, conn: CallSubject, result: CallResult) -> None:
-        """The engine's observer: build the row now (still masked with this call's secrets), write it later."""
-        self._queue.append(self._row(label, conn, result))
+        """The engine's observer: build the row now (still masked with this call's secrets), write it later.
+        A stream still on its way is written again when it is over."""
+        row = self._row(label, conn, result)
+        self._queue.append(row)
+        relay = result.reply.relay if result.reply is not None else None
+        if relay is not None and not relay.tap.over:
+            relay.tap.on_end.append(lambda: self._stream_over(row, label, conn, result))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._flushing is not None:  # the queue is looked at again when that batch is written
             return
-        if len(self._queue) >= self.batch_rows:
+        if len(self._queue) + len(self._updates) >= self.batch_rows:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.batch_delay_s, self._flush)
+
+    def _stream_over(self, row: dict[str, Any], label: CallLabel, conn: CallSubject, result: CallResult) -> None:
+        task = asyncio.get_running_loop().create_task(self._stream_row(row, label, conn, result))
+        self._ending.add(task)  # held until done: a task nobody holds may be collected mid-way
+        task.add_done_callback(self._ending.discard)
+
+    async def _stream_row(self, row: dict[str, Any], label: CallLabel, conn: CallSubject, result: CallResult) -> None:
+        relay = result.reply.relay if result.reply is not None else None
+        if relay is not None and relay.tap.kept_size > OFF_LOOP_REPLY_BYTES:
+            await asyncio.to_thread(relay.stream_json)  # its events parsed and read off the loop, then kept
+        self._updates.append((row, self._row(label, conn, result)))
+        self._schedule()
 
     def _row(self, label: CallLabel, conn: CallSubject, result: CallResult) -> dict[str, Any]:
         exchange = result.to_json()
@@ -159,6 +189,10 @@ class FlowLog:
         if ttfb is None and last is not None:
             ttfb = last.first_byte_ms
         forwarded = result.injected_headers is not None  # the forward route maps nothing: no mapping to show
+        tap = result.reply.relay.tap if result.reply is not None and result.reply.relay is not None else None
+        latency = result.latency_ms if result.attempts else None
+        if tap is not None:  # the stream's real end, not its head's (nor a recording's): none while it runs
+            latency = stream.get("durationMs") if tap.over and isinstance(stream, dict) else None
         data = {
             "exchange": exchange,
             "mapping": {} if forwarded else dict(conn.mapping),
@@ -176,15 +210,16 @@ class FlowLog:
             "method": request.method if request else None,
             "url": redact(request.url) if request else None,
             "status": reply.status if reply else None,
-            "latency_ms": round(result.latency_ms, 3) if result.attempts else None,
+            "latency_ms": round(latency, 3) if latency is not None else None,
             "ttfb_ms": round(ttfb, 3) if ttfb is not None else None,
-            "size": reply.size if reply else None,
+            "size": (tap.relayed_bytes if tap is not None else reply.size) if reply else None,
             "outcome": result.outcome or ("live" if result.attempts else None),
             "connection": conn.name,
             "connection_id": conn.id,
             "session_id": label.session_id,
             "error": redact(result.error) if result.error else None,
             "data": self._masked_data(json.dumps(data, ensure_ascii=False, default=str)),
+            "stream": tap.outcome if tap is not None else None,
         }
 
     def _masked_data(self, text: str) -> str | Callable[[], str]:
@@ -201,26 +236,27 @@ class FlowLog:
             self._timer.cancel()
             self._timer = None
         rows, self._queue = self._queue, []
-        self._flushing = asyncio.get_running_loop().create_task(self._save(rows))
+        updates, self._updates = self._updates, []
+        self._flushing = asyncio.get_running_loop().create_task(self._save(rows, updates))
         self._flushing.add_done_callback(self._flushed)
 
     def _flushed(self, _: asyncio.Task[None]) -> None:
         self._flushing = None
-        if len(self._queue) >= self.batch_rows:
+        if len(self._queue) + len(self._updates) >= self.batch_rows:
             self._flush()
-        elif self._queue:
+        elif self._queue or self._updates:
             self._timer = asyncio.get_running_loop().call_later(self.batch_delay_s, self._flush)
 
-    async def _save(self, rows: list[dict[str, Any]]) -> None:
+    async def _save(self, rows: list[dict[str, Any]], updates: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        written = rows + [new for _, new in updates]
         try:
-            if any(callable(row["data"]) for row in rows):
-                await asyncio.to_thread(_mask_pending, rows)
-            ids = await self.store.write(self._insert, rows)
+            if any(callable(row["data"]) for row in written):
+                await asyncio.to_thread(_mask_pending, written)
+            updated = await self.store.write(self._insert, rows, updates)
         except Exception as exc:  # the log is for looking at: a failed write never fails a call
-            log.error("%d flows could not be written: %s", len(rows), self.redactor.redact(repr(exc)), exc_info=exc)
+            log.error("%d flows could not be written: %s", len(written), self.redactor.redact(repr(exc)), exc_info=exc)
             return
-        for row, flow_id in zip(rows, ids, strict=True):
-            row["id"] = flow_id
+        for row in rows + updated:
             self._publish({k: row[k] for k in SUMMARY_COLUMNS})
 
     def _publish(self, summary: dict[str, Any]) -> None:
@@ -230,17 +266,32 @@ class FlowLog:
             else:
                 queue.put_nowait(summary)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
+    def _insert(
+        self, rows: list[dict[str, Any]], updates: list[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Write the new rows (each given its id) and the streams that are over; returns the rows updated."""
         conn = self.store.db.conn
-        conn.executemany(INSERT, [[row[k] for k in ROW_COLUMNS] for row in rows])
-        # One writer, one transaction: the batch's ids are consecutive, ending at the last one given.
-        (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-        conn.execute("DELETE FROM flows WHERE id <= ?", (last - self.size,))
-        return list(range(last - len(rows) + 1, last + 1))
+        if rows:
+            conn.executemany(INSERT, [[row[k] for k in ROW_COLUMNS] for row in rows])
+            # One writer, one transaction: the batch's ids are consecutive, ending at the last one given.
+            (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+            for row, flow_id in zip(rows, range(last - len(rows) + 1, last + 1), strict=True):
+                row["id"] = flow_id
+            conn.execute("DELETE FROM flows WHERE id <= ?", (last - self.size,))
+        updated = []
+        for began, now in updates:
+            if "id" not in began:  # its first write failed: nothing to update
+                continue
+            now.update(id=began["id"], at=began["at"])
+            if conn.execute(UPDATE, [*(now[k] for k in UPDATED_COLUMNS), now["id"]]).rowcount:
+                updated.append(now)
+        return updated
 
     async def settled(self) -> None:
         """Write every observed call now and wait until it is committed (before a read, on shutdown)."""
-        while self._queue or self._flushing is not None:
+        if self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+        while self._queue or self._updates or self._flushing is not None:
             if self._flushing is None:
                 self._flush()
             assert self._flushing is not None
@@ -320,3 +371,10 @@ def _mask_pending(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if callable(row["data"]):
             row["data"] = row["data"]()
+
+
+def _add_stream_column(store: Store) -> None:
+    """A log from before streams were tracked gets their column (empty for its old rows)."""
+    columns = {row[1] for row in store.db.conn.execute("PRAGMA table_info(flows)")}
+    if "stream" not in columns:
+        store.db.conn.execute("ALTER TABLE flows ADD COLUMN stream TEXT")

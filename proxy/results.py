@@ -115,11 +115,11 @@ class UpstreamReply:
     size: int = 0  # body bytes as received
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "headers": self.headers,
-            "body": self.json if self.is_json else self.text,
-        }
+        if self.relay is not None:  # a relayed stream: its body as relayed so far, up to the flow log's cap
+            body: Any = self.relay.tap.body()
+        else:
+            body = self.json if self.is_json else self.text
+        return {"status": self.status, "headers": self.headers, "body": body}
 
     def stream_json(self) -> dict[str, Any] | None:
         if self.relay is not None:

@@ -79,6 +79,7 @@ class Runtime:
             self.faults,
             send_traceparent=settings.traceparent,
             redactor=self.redactor,
+            flow_body_max_bytes=settings.flow_body_max_bytes,
         )
         self.flows = FlowLog(self.store, self.redactor, settings.flow_log_size, settings.max_flow_viewers)
         self.engine.observer = self.flows.observe

@@ -141,6 +141,9 @@ FLOW_EVENTS_QUEUE = 100  # flows a slow live-update client may fall behind by be
 DEFAULT_MAX_FLOW_VIEWERS = 32  # live-update streams at once; a newer one ends the oldest (each costs every flow)
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
+# Of a relayed stream, the body its flow keeps (as relayed, masked): a long stream is relayed whole all the same,
+# but its flow is truncated here, so one stream cannot make the log hold as much as the 10 MB body cap.
+DEFAULT_FLOW_BODY_MAX_BYTES = 1024 * 1024
 
 # PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
 # core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
@@ -189,6 +192,7 @@ class Settings:
     on_expired: OnExpired = OnExpired.WARN
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # the newest flows kept
     max_flow_viewers: int = DEFAULT_MAX_FLOW_VIEWERS  # live `/flows/events` streams; a newer one ends the oldest
+    flow_body_max_bytes: int = DEFAULT_FLOW_BODY_MAX_BYTES  # of a relayed stream, the body its flow keeps
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a request's line and headers, before any route runs
     max_headers: int = DEFAULT_MAX_HEADERS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_S  # seconds to a request's headers' end

@@ -8,7 +8,7 @@ import codecs
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from jsonpath_ng import JSONPath
@@ -19,6 +19,9 @@ from proxy.redaction import Redactor
 from proxy.stream_masking import StreamMasker
 from proxy.transports import REDACTED_EXTENSION, STREAM_EXTENSION, BodyTooLarge
 from proxy.transports.streams import StreamTiming, is_event_stream
+
+if TYPE_CHECKING:
+    from proxy.stream_tap import StreamTap
 
 DONE = "[DONE]"
 _LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end may be half of a \r\n
@@ -38,7 +41,8 @@ class Event:
             return self.data
 
     def to_json(self) -> dict[str, Any]:
-        return {"offsetMs": self.offset_ms, "data": self.parsed()}
+        shown = {"offsetMs": self.offset_ms, "data": self.parsed()}
+        return {"event": self.name, **shown} if self.name else shown
 
 
 class SseParser:
@@ -154,19 +158,26 @@ async def read_timed(response: httpx.Response, max_bytes: int, timing: StreamTim
 class Relay:
     """A streamed reply on its way to the forward route's client: each chunk masked as it arrives (a secret
     split across two chunks too, see StreamMasker), the body capped, the whole stream within the attempt's
-    deadline. The upstream's events are collected as they pass, for the exchange."""
+    deadline. What passes is tapped for the flow log (`tap`), which is told when the stream is over."""
 
     def __init__(
-        self, response: httpx.Response, redactor: Redactor, max_bytes: int, deadline: float, timing: StreamTiming
+        self,
+        response: httpx.Response,
+        redactor: Redactor,
+        max_bytes: int,
+        deadline: float,
+        timing: StreamTiming,
+        tap: StreamTap,
     ) -> None:
         self.response = response
         self.masker = None if response.extensions.get(REDACTED_EXTENSION) else StreamMasker(redactor)
         self.max_bytes = max_bytes
         self.deadline = deadline
         self.timing = timing
-        # An event stream's chunks as relayed, read into events only if the exchange is looked at.
-        self.seen: list[tuple[float, bytes]] | None = [] if is_event_stream(response.headers) else None
+        self.tap = tap
+        self.event_stream = is_event_stream(response.headers)
         self.ended = False
+        self._over_json: dict[str, Any] | None = None  # stream_json once the stream is over: it changes no more
 
     async def chunks(self) -> AsyncIterator[bytes]:
         upstream = self.response.aiter_bytes()
@@ -184,26 +195,34 @@ class Relay:
                 self.timing.chunk(len(chunk))
                 out = self.masker.feed(chunk) if self.masker else chunk
                 if out:
-                    self._saw(out)
+                    self.tap.saw(self.timing.chunks[-1][0], out)
                     yield out
             tail = self.masker.flush() if self.masker else b""
             if tail:
-                self._saw(tail)
+                self.tap.saw(self.timing.chunks[-1][0] if self.timing.chunks else self.timing.ttfb_ms, tail)
                 yield tail
-            self.timing.end()
             self.ended = True
         finally:
+            self.finish()
             await self.response.aclose()
 
-    def _saw(self, chunk: bytes) -> None:
-        if self.seen is not None:
-            self.seen.append((self.timing.chunks[-1][0] if self.timing.chunks else self.timing.ttfb_ms, chunk))
+    def finish(self) -> None:
+        """The stream is over, whole or not (also when it never started: the client left before its body)."""
+        if self.timing.latency_ms is None:
+            self.timing.end()
+        self.tap.finish(self.ended)
 
     def stream_json(self) -> dict[str, Any]:
-        timing = self.response.extensions.get(STREAM_EXTENSION) or self.timing
-        parser = SseParser()
-        for offset, chunk in self.seen or ():
-            parser.feed(chunk, offset)
-        if self.ended and self.seen:
-            parser.end(self.seen[-1][0])
-        return stream_json(timing, parser.events)
+        """The `stream` part of the exchange, as this relay saw it: its real timing, so far or to its end."""
+        if self._over_json is not None:
+            return self._over_json
+        timing = self.timing
+        out = {
+            "timeToFirstByteMs": timing.ttfb_ms,
+            "durationMs": timing.latency_ms,
+            "chunks": [[offset, int(size)] for offset, size in timing.chunks],
+        }
+        shown = {**out, **self.tap.summary(self.event_stream)}
+        if self.tap.over:
+            self._over_json = shown
+        return shown

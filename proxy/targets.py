@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from jsonpath_ng import JSONPath
+
 from proxy.auth import Credentials, HeaderPlan, compile_headers
 from proxy.faults import FaultRule
 from proxy.models import AuthType
@@ -41,6 +43,7 @@ class ForwardTarget:
     # Credentials of the URL's query string, (name, value): what a drift check puts back in a recorded URL.
     query_credentials: tuple[tuple[str, str], ...] = ()
     adds: bool = True  # its headers and Galtea's per-call ones (False: the request goes up exactly as sent)
+    stream_text_path: JSONPath | None = None  # where each event of a relayed stream holds its piece of text
     _plans: dict[bool, HeaderPlan] = field(default_factory=dict, compare=False, repr=False)
 
     def header_plan(self, send_traceparent: bool) -> HeaderPlan:

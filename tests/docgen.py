@@ -143,6 +143,8 @@ SETTINGS = {
     "cassette and its age, `rerecord` treats it as mode `all` for the server run.",
     "flow_log_size": "How many upstream calls the flow log keeps (the newest; see [inspector.md](inspector.md)).",
     "max_flow_viewers": "Live `GET /flows/events` streams served at once; a newer one ends the oldest's stream.",
+    "flow_body_max_bytes": "Of a relayed stream, the bytes its flow keeps (as relayed, masked); the stream itself is "
+    "relayed whole, its flow is marked truncated ([inspector.md](inspector.md)). Config file only.",
     "max_header_bytes": "Largest request line and headers, together; a request over it is answered 431 before any "
     "route (authentication included) runs. Config file only, as are the limits below.",
     "max_headers": "Most headers in one request; more are answered 431 before any route runs.",
@@ -204,7 +206,8 @@ CONNECTION = {
     "traceparent": "Send a W3C `traceparent` header on this connection's calls; off, a `traceparent` custom "
     "header is sent as written.",
     "response_mode": "`json`, or `sse` for a server-sent-events reply whose pieces are joined before mapping.",
-    "stream_text_path": "With `sse`: JSONPath applied to each event's JSON `data`; the strings found are joined.",
+    "stream_text_path": "JSONPath applied to each event's JSON `data`; the strings found are joined: with `sse`, "
+    "the text mapped; in any mode, the text a stream relayed by the forward route shows in its flow.",
     "faults": "[Fault rules](#fault-rules): answers, delays and cut bodies injected on purpose, above the "
     "cassette, so never recorded.",
 }
@@ -331,6 +334,7 @@ LIMITS = {
     "FLOW_EVENTS_QUEUE": "flows a slow `GET /flows/events` client may fall behind by before its stream ends",
     "FLOW_BATCH_ROWS": "flows queued that the flow log writes at once, in one commit, without waiting",
     "FLOW_BATCH_DELAY_S": "the longest a flow waits in the flow log's queue before it is written, seconds",
+    "DEFAULT_FLOW_BODY_MAX_BYTES": "`flow_body_max_bytes`: of a relayed stream, the body bytes its flow keeps",
     "PASSPHRASE_SCRYPT_N": "scrypt's cost (N) for a `PROXY_SECRET_KEY` passphrase; with R and P, part of the key",
     "PASSPHRASE_SCRYPT_R": "scrypt's block size (r) for a `PROXY_SECRET_KEY` passphrase",
     "PASSPHRASE_SCRYPT_P": "scrypt's parallelism (p) for a `PROXY_SECRET_KEY` passphrase",

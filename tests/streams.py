@@ -31,6 +31,13 @@ def openai_events(words: list[str]) -> list[bytes]:
     return [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
 
 
+def secret_echo_chunks(secret: str) -> list[bytes]:
+    """An OpenAI event that echoes `secret`, cut in two inside the secret, then `[DONE]`."""
+    echo = f'data: {{"choices": [{{"index": 0, "delta": {{"content": "your key is {secret} ok"}}}}]}}\n\n'.encode()
+    cut = echo.index(secret.encode()) + 7
+    return [echo[:cut], echo[cut:], b"data: [DONE]\n\n"]
+
+
 def anthropic_events(words: list[str]) -> list[bytes]:
     message = {"id": "msg-1", "type": "message", "role": "assistant", "content": [], "model": "claude"}
     message |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 0}}

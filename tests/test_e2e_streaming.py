@@ -21,7 +21,7 @@ from proxy.cli import main
 from proxy.config import Config
 from tests.conftest import TEST_TOKEN, NoNetwork, running_proxy
 from tests.servers import serve_in_thread
-from tests.streams import USAGE, WORDS, StreamingUpstream, openai_chunk
+from tests.streams import USAGE, WORDS, StreamingUpstream, openai_chunk, secret_echo_chunks
 
 pytestmark = pytest.mark.e2e
 
@@ -171,9 +171,7 @@ def test_a_secret_split_across_two_chunks_never_reaches_the_client_or_the_casset
     tmp_path: Path, streaming: tuple[StreamingUpstream, str]
 ) -> None:
     upstream, url = streaming
-    echo = f'data: {{"choices": [{{"index": 0, "delta": {{"content": "your key is {TEST_TOKEN} ok"}}}}]}}\n\n'.encode()
-    cut = echo.index(TEST_TOKEN.encode()) + 7
-    upstream.reset(chunks=[echo[:cut], echo[cut:], b"data: [DONE]\n\n"], gap=0.05)
+    upstream.reset(chunks=secret_echo_chunks(TEST_TOKEN), gap=0.05)
     cassettes = tmp_path / "cassettes"
     with running_proxy(tmp_path / "a", forward_config(url), cassettes_dir=cassettes) as proxy:
         with httpx.stream("POST", f"{proxy.url}/forward/llm/v1/chat/completions", json={}) as response:

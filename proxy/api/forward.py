@@ -199,6 +199,7 @@ class RelayedStream(StreamingResponse):
             # suspended; closed now, not whenever the garbage collector gets to it, the upstream answer is read
             # to its end and recorded, or released.
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            self.relay.finish()  # a body never started (the client left first) ends the flow's stream too
 
 
 ROUTES = [
