@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from proxy.auth import masked_headers, new_trace_id
+from proxy.auth import AUTH_OVERRIDE_HEADERS, masked_headers, new_trace_id
 from proxy.connection import CompiledConnection
 from proxy.head_masking import masked_head, with_masked_names
 from proxy.jsonpath_budget import JsonPathStopped
@@ -158,8 +158,8 @@ class Engine:
         headers = {**client_headers}
         plan = target.header_plan(self.send_traceparent and target.traceparent)
         added = plan.build(session_id=None, inference_id=new_call_id(), trace_id=new_trace_id()) if target.adds else {}
-        if any(k.lower() in ("authorization", "x-api-key") for k in added):
-            headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
+        if any(k.lower() in AUTH_OVERRIDE_HEADERS for k in added):
+            headers = {k: v for k, v in headers.items() if k.lower() not in AUTH_OVERRIDE_HEADERS}
         headers.update(added)
         result.injected_headers = list(added)
         result.request = RenderedRequest(
