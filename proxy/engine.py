@@ -26,7 +26,7 @@ from proxy.head_masking import masked_head, with_masked_names
 from proxy.jsonpath_budget import JsonPathStopped
 from proxy.redaction import Redactor
 from proxy.replies import decode_reply, off_loop_if_large, read_reply, transport_failure
-from proxy.reply_mapping import REQUIRED_KEYS, map_reply, matching_end_rule
+from proxy.reply_mapping import map_reply, matching_end_rule
 from proxy.request_building import build_request, render_request, text_preview
 from proxy.results import (
     Attempt,
@@ -62,19 +62,6 @@ from proxy.transports.client import AiohttpTransport
 from proxy.transports.faults import FAULTS_EXTENSION
 from proxy.transports.live import RATE_LIMIT_EXTENSION
 from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
-
-# Re-exported: where the rest of the server has always imported them from.
-__all__ = [
-    "REQUIRED_KEYS",
-    "CallContext",
-    "CallLabel",
-    "CallObserver",
-    "CallResult",
-    "CutReply",
-    "Engine",
-    "UpstreamReply",
-    "build_request",
-]
 
 # Told of every finished call (label, what it was for, result); installed by the server, never raises into a call.
 CallObserver = Callable[[CallLabel, CallSubject, CallResult], None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -196,7 +196,7 @@ def field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def raise_first(exc: ValidationError) -> None:
+def raise_first(exc: ValidationError) -> NoReturn:
     error = exc.errors(include_url=False)[0]
     loc = tuple(x for x in error["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     # Enum errors name every valid value; pydantic's text already does.
@@ -232,7 +232,6 @@ def parse_spec(data: dict[str, Any]) -> ConnectionSpec:
         return ConnectionSpec.model_validate(data)
     except ValidationError as exc:
         raise_first(exc)
-        raise  # unreachable
 
 
 def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:

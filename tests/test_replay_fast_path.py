@@ -12,10 +12,11 @@ import pytest
 
 from proxy import jsonbounds
 from proxy.connection import CompiledConnection, compile_connection
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.secrets import Vault, load_fernet
 from proxy.store import Store
 from proxy.transports import REPLAYED_EXTENSION, CassetteMiss

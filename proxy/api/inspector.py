@@ -18,11 +18,11 @@ from proxy.api.common import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.connection import CompiledConnection, public_fields
-from proxy.engine import CallContext, CallLabel
 from proxy.errors import ProxyError
 from proxy.explain import explain
 from proxy.jsonpath_budget import JsonPathStopped, StepBudget
 from proxy.models import ConnectionType
+from proxy.results import CallContext, CallLabel
 from proxy.settings import DEFAULT_TEST_INPUT
 
 RECENT_SESSIONS = 200

@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from proxy.engine import CallResult, Engine
+from proxy.engine import Engine
 from proxy.entities import now_iso
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import output_text
 from proxy.models import ConnectionType
 from proxy.record_mode import RecordMode
-from proxy.results import new_call_id
+from proxy.results import CallResult, new_call_id
 from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions import tables
 from proxy.sessions.cache import DEFAULT_CACHE_SIZE, Active, SessionCache
