@@ -247,22 +247,21 @@ async def test_from_form(request: Request) -> HTMLResponse:
     return page(request, "connection.html", explanation=explanation, **shown)
 
 
-TEST_FORM = {
-    "type": "object",
-    "properties": {
-        "input": {"type": "string", "description": "JSON; a sample input when empty"},
-        "context": {"type": "string", "description": "a JSON object"},
-        "dry_run": {"type": "string", "description": "any value: render only, send nothing"},
-    },
-}
-EDIT_FORM = {
-    "type": "object",
-    "properties": {
-        "input_template": {"type": "string", "description": "the input template (Jinja2)"},
-        "output_mapping": {"type": "string", "description": "a JSON object of key → JSONPath"},
-        "preview_input": {"type": "string", "description": "JSON input to render the template with (preview only)"},
-    },
-}
+def text_form(**fields: str) -> dict[str, Any]:
+    """The OpenAPI schema of a form of text fields, each with its description."""
+    return {"type": "object", "properties": {k: {"type": "string", "description": d} for k, d in fields.items()}}
+
+
+TEST_FORM = text_form(
+    input="JSON; a sample input when empty",
+    context="a JSON object",
+    dry_run="any value: render only, send nothing",
+)
+EDIT_FORM = text_form(
+    input_template="the input template (Jinja2)",
+    output_mapping="a JSON object of key → JSONPath",
+    preview_input="JSON input to render the template with (preview only)",
+)
 FORM = "application/x-www-form-urlencoded"
 
 ROUTES = [
