@@ -264,29 +264,17 @@ EDIT_FORM = text_form(
 )
 FORM = "application/x-www-form-urlencoded"
 
+
+def form_route(path: str, endpoint: Any, form: dict[str, Any]) -> ApiRoute:
+    """A page's form posted to `path`, answered with a page."""
+    return ApiRoute(path, endpoint, methods=["POST"], body=form, body_media=FORM, response=HTML, media="text/html")
+
+
 ROUTES = [
     ApiRoute("/", overview, methods=["GET"], response=HTML, media="text/html"),
     ApiRoute("/inspector/sessions/{id}", session_page, methods=["GET"], response=HTML, media="text/html"),
     ApiRoute("/inspector/connections/{id}", connection_page, methods=["GET"], response=HTML, media="text/html"),
-    ApiRoute(
-        "/inspector/connections/{id}/test",
-        test_from_form,
-        methods=["POST"],
-        body=TEST_FORM,
-        body_media=FORM,
-        response=HTML,
-        media="text/html",
-    ),
-    *(
-        ApiRoute(
-            f"/inspector/connections/{{id}}/{name}",
-            endpoint,
-            methods=["POST"],
-            body=EDIT_FORM,
-            body_media=FORM,
-            response=HTML,
-            media="text/html",
-        )
-        for name, endpoint in (("preview", preview_edit), ("save", save_edit))
-    ),
+    form_route("/inspector/connections/{id}/test", test_from_form, TEST_FORM),
+    form_route("/inspector/connections/{id}/preview", preview_edit, EDIT_FORM),
+    form_route("/inspector/connections/{id}/save", save_edit, EDIT_FORM),
 ]
