@@ -272,8 +272,8 @@ def check(
     """
     import asyncio
 
-    from proxy.engine import CallContext
     from proxy.explain import explain
+    from proxy.results import CallContext
     from proxy.settings import DEFAULT_TEST_INPUT
 
     test_input = _parse_json_option(input_json, "--input")

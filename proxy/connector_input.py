@@ -68,7 +68,6 @@ def parse_connector(data: dict[str, Any], allow_http: bool, acknowledged: bool =
         fields = ConnectorIn.model_validate(data)
     except ValidationError as exc:
         raise_first(exc)
-        raise
     if data.get("oauth") is not None and data.get("service_auth") is not None:
         raise InvalidField("oauth", "cannot be given together with service_auth")
     if fields.url is not None:

@@ -11,11 +11,12 @@ import json
 from typing import Any, Protocol
 
 from proxy.connector import Connector
-from proxy.engine import CallLabel, CallResult, Engine
+from proxy.engine import Engine
 from proxy.errors import BadRequest, CallFailure, InvalidField
 from proxy.faults import FaultRule
 from proxy.models import AuthType, ConnectionType
 from proxy.redaction import Redactor
+from proxy.results import CallLabel, CallResult
 from proxy.targets import CallSubject, ForwardTarget
 from proxy.transports.library import CassetteLibrary
 from proxy.url_secrets import secret_values, whole_credentials

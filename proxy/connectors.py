@@ -15,11 +15,10 @@ from proxy.connector_input import ConnectorIn, parse_connector
 from proxy.connector_search import ConnectorCalls
 from proxy.connector_store import CONNECTORS, seal_plain_urls
 from proxy.engine import Engine
-from proxy.entities import EntityTable
+from proxy.entities import EntityTable, now_iso
 from proxy.errors import InvalidField
 from proxy.origins import same_origin
 from proxy.redaction import Redactor
-from proxy.registry import now_iso
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.url_secrets import query_secrets, refuse_masked, restore_masked

@@ -27,10 +27,10 @@ import httpx
 
 from proxy.auth import build_headers, new_w3c_trace_id
 from proxy.cassette_names import file_name
-from proxy.engine import CallContext, build_request
 from proxy.json_shapes import Difference, body_differences
 from proxy.origins import Origin, describe, fixed_origin, url_origin
-from proxy.request_building import parsed_url
+from proxy.request_building import build_request, parsed_url
+from proxy.results import CallContext
 from proxy.runtime import Runtime
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES
 from proxy.stream_shapes import stream_differences

@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 
-from proxy.auth import masked_headers, new_w3c_trace_id
+from proxy.auth import AUTH_OVERRIDE_HEADERS, masked_headers, new_w3c_trace_id
 from proxy.connection import CompiledConnection
 from proxy.head_masking import masked_head, with_masked_names
 from proxy.jsonpath_budget import JsonPathStopped
 from proxy.redaction import Redactor
 from proxy.replies import decode_reply, off_loop_if_large, read_reply, transport_failure
-from proxy.reply_mapping import REQUIRED_KEYS, map_reply, matching_end_rule
+from proxy.reply_mapping import map_reply, matching_end_rule
 from proxy.request_building import build_request, render_request, text_preview
 from proxy.results import (
     Attempt,
@@ -63,19 +63,6 @@ from proxy.transports import (
 )
 from proxy.transports.client import AiohttpTransport
 from proxy.transports.streams import StreamTiming, is_event_stream, is_streamed
-
-# Re-exported: where the rest of the server has always imported them from.
-__all__ = [
-    "REQUIRED_KEYS",
-    "CallContext",
-    "CallLabel",
-    "CallObserver",
-    "CallResult",
-    "CutReply",
-    "Engine",
-    "UpstreamReply",
-    "build_request",
-]
 
 # Told of every finished call (label, what it was for, result); installed by the server, never raises into a call.
 CallObserver = Callable[[CallLabel, CallSubject, CallResult], None]
@@ -165,8 +152,8 @@ class Engine:
             if target.adds
             else {}
         )
-        if any(k.lower() in ("authorization", "x-api-key") for k in added):
-            headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
+        if any(k.lower() in AUTH_OVERRIDE_HEADERS for k in added):
+            headers = {k: v for k, v in headers.items() if k.lower() not in AUTH_OVERRIDE_HEADERS}
         headers.update(added)
         result.injected_headers = list(added)
         result.request = RenderedRequest(

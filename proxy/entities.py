@@ -14,8 +14,10 @@ key from before scrypt) are sealed again with the current one when the kind load
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -29,6 +31,19 @@ HEAD_COLUMNS: dict[str, type] = {"id": str, "seq": int}
 TAIL_COLUMNS: dict[str, type] = {"deleted_at": str, "data": str, "sealed": str}
 LEGACY_SUFFIX = "_before_columns"
 log = logging.getLogger("proxy")
+
+
+def now_iso() -> str:
+    """Now in UTC to the millisecond (`2024-05-01T12:00:00.123Z`), as every stored record is stamped."""
+    now = time.time()
+    second = int(now)
+    return f"{_second_text(second)}.{int((now - second) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=1)
+def _second_text(second: int) -> str:
+    # Formatted once a second: stamping a turn's rows is on every turn's path.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class Entity(Protocol):

@@ -36,6 +36,8 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 
 class ProxyError(Exception):
     status_code = 500
@@ -87,7 +89,7 @@ class UnknownField(InvalidField):
         self, field: str, key: str, known: Collection[str], what: str = "field", camel_case: bool = True
     ) -> None:
         camel = camel_case and any(ch.isupper() for ch in key)
-        names = sorted({snake_to_camel(k) for k in known} if camel else set(known))
+        names = sorted({to_camel(k) for k in known} if camel else set(known))
         nearest = difflib.get_close_matches(key, names, n=1)
         hint = f"did you mean {nearest[0]}?" if nearest else f"known: {', '.join(names)}"
         super().__init__(field, f"unknown {what} — {hint}")
@@ -116,15 +118,7 @@ def describe_field(field: str) -> str:
 
 
 def camel_to_snake(name: str) -> str:
-    out = []
-    for ch in name:
-        if ch.isupper():
-            out.append("_" + ch.lower())
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def snake_to_camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+    """`authToken` → `auth_token`, every capital a word of its own: pydantic's `to_snake` folds runs of capitals
+    and splits digits off (`userID` → `user_id`, `v2Endpoint` → `v_2_endpoint`), which `to_camel` does not give
+    back as they were written."""
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name)

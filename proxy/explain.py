@@ -11,7 +11,8 @@ from typing import Any
 
 from proxy import jsonbounds
 from proxy.connection import CompiledConnection
-from proxy.engine import REQUIRED_KEYS, CallResult
+from proxy.reply_mapping import REQUIRED_KEYS
+from proxy.results import CallResult
 
 WIDTH = 100
 SHOWN_EVENTS = 50  # of a stream; the rest are counted

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.engine import CallLabel, CallResult
 from proxy.redaction import Redactor
+from proxy.results import CallLabel, CallResult
 from proxy.settings import (
     DEFAULT_FLOW_LOG_SIZE,
     DEFAULT_MAX_FLOW_VIEWERS,

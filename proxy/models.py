@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from proxy.errors import InvalidField
+from proxy.errors import InvalidField, camel_to_snake
 from proxy.faults import FaultRule
 from proxy.known_keys import check_model_keys
 from proxy.settings import (
@@ -196,7 +196,7 @@ def field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def raise_first(exc: ValidationError) -> None:
+def raise_first(exc: ValidationError) -> NoReturn:
     error = exc.errors(include_url=False)[0]
     loc = tuple(x for x in error["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     # Enum errors name every valid value; pydantic's text already does.
@@ -227,21 +227,16 @@ def _reason(error: Any) -> str:
 
 def parse_spec(data: dict[str, Any]) -> ConnectionSpec:
     check_model_keys(data, ConnectionSpec, allowed=READ_ONLY_FIELDS)
-    data = {k: v for k, v in data.items() if not (v is None and _snake(k) in NULLABLE_TO_DEFAULT)}
+    data = {k: v for k, v in data.items() if not (v is None and camel_to_snake(k) in NULLABLE_TO_DEFAULT)}
     try:
         return ConnectionSpec.model_validate(data)
     except ValidationError as exc:
         raise_first(exc)
-        raise  # unreachable
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def normalise_keys(data: dict[str, Any]) -> dict[str, Any]:
     """camelCase or snake_case in, snake_case out (top level)."""
-    return {_snake(k): v for k, v in data.items()}
+    return {camel_to_snake(k): v for k, v in data.items()}
 
 
 def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from proxy.connection import (
@@ -22,7 +21,7 @@ from proxy.connection import (
     refuse_short_secrets,
     secret_fields,
 )
-from proxy.entities import EntityKind, EntityTable, erase_and_update
+from proxy.entities import EntityKind, EntityTable, erase_and_update, now_iso
 from proxy.errors import InvalidField, NotFound
 from proxy.known_keys import check_model_keys
 from proxy.models import (
@@ -45,10 +44,6 @@ SECRET_SPEC_FIELDS = ("auth_token", "password", "headers")
 SPEC_COLUMNS = ("product_id", "name", "type")  # spec fields kept in columns of their own
 
 log = logging.getLogger("proxy")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id(prefix: str) -> str:

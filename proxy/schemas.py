@@ -57,7 +57,6 @@ class RequestModel(ApiModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise_first(exc)
-            raise  # unreachable: raise_first always raises
 
     def given(self) -> set[str]:
         """The fields the request named (even as null): PATCH changes only those."""

@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic.alias_generators import to_camel
+
 from proxy.connection import CompiledConnection
-from proxy.entities import EntityKind, EntityTable
+from proxy.entities import EntityKind, EntityTable, now_iso
 from proxy.errors import InvalidField
 from proxy.models import ConnectionType, normalise_keys
-from proxy.registry import ConnectionRegistry, new_id, now_iso
+from proxy.registry import ConnectionRegistry, new_id
 from proxy.schemas import VersionCreate
 from proxy.store import Store
 
@@ -152,7 +154,7 @@ class VersionRegistry:
             name=name,
             number=number,
             created_at=existing.created_at if existing else now_iso(),
-            extra={_camel(k): v for k, v in extra.items()},
+            extra={to_camel(k): v for k, v in extra.items()},
             **slots,
         )
 
@@ -161,7 +163,7 @@ class VersionRegistry:
         ref = fields.get(slot) or fields.get(shorthand)
         if ref is None:
             return None
-        api_field = _camel(slot)
+        api_field = to_camel(slot)
         conn = self.connections.find(ref, product_id)
         if conn is None:
             raise InvalidField(api_field, f"no endpoint connection {ref!r}")
@@ -186,8 +188,3 @@ def _fields(data: dict[str, Any]) -> dict[str, Any]:
     """A version body validated, as snake_case fields; the fields it does not know kept beside them."""
     spec = VersionCreate.parse(data)
     return spec.model_dump(include=set(VersionCreate.model_fields)) | normalise_keys(spec.model_extra or {})
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)

@@ -181,6 +181,14 @@ def launch(playwright: Any, *extra_args: str) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
 
 
+def submit_form(page: Any, field: str, value: str, button: str, shows: str) -> str:
+    """Fill the page's `field` with `value`, press `button` and wait for `shows`: the text it then shows."""
+    page.fill(field, value)
+    page.click(button)
+    page.wait_for_selector(shows)
+    return str(page.inner_text(shows))
+
+
 # -- a compiled connection, without a server ------------------------------------------------------------
 
 

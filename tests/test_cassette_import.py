@@ -29,7 +29,7 @@ from tests.conftest import TEST_TOKEN, NoNetwork, chat_connection, running_proxy
 from tests.encodings import revealed
 from tests.helpers import invoke, post
 from tests.servers import serve_in_thread
-from tests.upstream import Received, Reply, Upstream
+from tests.upstream import Received, Reply, Upstream, chat_completion
 
 pytestmark = pytest.mark.e2e
 LIVE_TOKEN = "sk-live-Q7fR2mX9kP4wL8nT3vB6yC1z"  # what a user's cassette usually holds, unmasked
@@ -42,24 +42,9 @@ RUN_TIMEOUT_S = 120
 
 
 def completion(received: Received) -> Reply:
-    """An OpenAI-shaped chat completion that echoes the caller's token and an account number."""
-    content = received.json["messages"][0]["content"]
-    return Reply(
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "system_fingerprint": received.headers["authorization"].partition(" ")[2],
-            "user": ACCOUNT,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": f"answer to {content}"},
-                }
-            ],
-        }
+    """A chat completion that echoes the caller's token and an account number."""
+    return chat_completion(
+        received, system_fingerprint=received.headers["authorization"].partition(" ")[2], user=ACCOUNT
     )
 
 

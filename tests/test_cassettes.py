@@ -15,10 +15,11 @@ from proxy.cassette_names import file_name
 from proxy.record_mode import RecordMode
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
-from proxy.transports.cassette_files import TEMP_MARKER
+from proxy.transports.cassette_files import TEMP_MARKER, write_cassette
 from proxy.transports.journal import Journal
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.matching import MatchRules
+from proxy.transports.parse_cache import ParseCache
 from proxy.vault import Vault, load_fernet
 
 
@@ -166,17 +167,20 @@ def refuse_yaml(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return asked
 
 
-def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from proxy.transports.cassette_files import write_cassette
-    from proxy.transports.parse_cache import ParseCache
-
-    folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
-    path = folder / "tc.yaml"
+def written_cassette(path: Path, cache: ParseCache | None) -> Cassette:
+    """A cassette of one interaction, written to `path` (its parse cached in `cache`, if given)."""
     cassette = Cassette("tc", path, MatchRules())
     cassette.add(interaction(1))
     write_cassette(path, cassette.serialize(), cassette.interactions, cache)
+    return cassette
+
+
+def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
+    path = folder / "tc.yaml"
+    cassette = written_cassette(path, cache)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert [p.name for p in folder.iterdir()] == ["tc.yaml"]  # nothing beside the cassette
     assert [p.name for p in cache.folder.iterdir()] == [f"{digest}.json"]
@@ -197,8 +201,6 @@ def test_the_parse_cache_lives_in_the_data_dir_and_spares_the_yaml(
 async def test_a_library_loads_through_the_cache_and_writes_only_cassettes(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.transports.parse_cache import ParseCache
-
     folder, cache = tmp_path / "c", ParseCache.in_data_dir(tmp_path / "data")
     library = CassetteLibrary(folder, store, cache=cache)
     await record(library, "tc", range(2))
@@ -265,14 +267,11 @@ def test_a_parse_cache_entry_planted_in_a_data_dir_is_never_replayed(tmp_path: P
     entry replaces the planted one."""
     import json
 
-    from proxy.transports.cassette_files import write_cassette
-    from proxy.transports.parse_cache import ParseCache, _mac
+    from proxy.transports.parse_cache import _mac
 
-    folder, cache = tmp_path / "cassettes", ParseCache.in_data_dir(tmp_path / "data")
-    path = folder / "tc.yaml"
-    cassette = Cassette("tc", path, MatchRules())
-    cassette.add(interaction(1))
-    write_cassette(path, cassette.serialize(), cassette.interactions, None)
+    cache = ParseCache.in_data_dir(tmp_path / "data")
+    path = tmp_path / "cassettes" / "tc.yaml"
+    written_cassette(path, None)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     loaded = load_interactions(path, None)
     planted = [

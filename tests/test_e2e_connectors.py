@@ -239,28 +239,13 @@ def test_no_connector_secret_in_responses_database_or_logs(
 ) -> None:
     caplog.set_level("DEBUG")
     search_server(upstream)
-    texts = []
+    search = f"{upstream_url}/search"
+    connectors = [
+        {"name": "kb", "url": search, "service_auth": {"type": "bearer", "token": TEST_TOKEN}},
+        {"name": "o", "url": search, "oauth": {"client_id": "c", "client_secret": OAUTH_SECRET}},
+    ]
     with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url) as client:
-        texts.append(
-            client.post(
-                "/v1/connectors",
-                json={
-                    "name": "kb",
-                    "url": f"{upstream_url}/search",
-                    "service_auth": {"type": "bearer", "token": TEST_TOKEN},
-                },
-            ).text
-        )
-        texts.append(
-            client.post(
-                "/v1/connectors",
-                json={
-                    "name": "o",
-                    "url": f"{upstream_url}/search",
-                    "oauth": {"client_id": "c", "client_secret": OAUTH_SECRET},
-                },
-            ).text
-        )
+        texts = [client.post("/v1/connectors", json=body).text for body in connectors]
         texts += [
             client.get("/v1/connectors").text,
             client.get("/v1/connectors/o").text,

@@ -6,6 +6,7 @@ import httpx
 import pytest
 from galtea import Galtea
 from galtea.domain.exceptions.entity_not_found_exception import EntityNotFoundException
+from pydantic.alias_generators import to_camel, to_snake
 
 from tests.conftest import RunningProxy, chat_connection
 from tests.helpers import post
@@ -38,3 +39,16 @@ def test_sdk_product_look_ups(galtea: Galtea, proxy_server: RunningProxy, upstre
         galtea.versions.get_by_name(product_id="sales-bot", version_name="v9")
     with pytest.raises(EntityNotFoundException, match="Product with ID ghost does not exist"):
         galtea.versions.get_by_name(product_id="ghost", version_name="v1")
+
+
+def test_a_versions_other_fields_read_back_as_written(proxy_server: RunningProxy, upstream_url: str) -> None:
+    # Kept as snake_case and read back as camelCase: capitals and digits come back where they were written, which
+    # pydantic's `to_snake` would not give (`userID` → `user_id` → `userId`).
+    written = {"userID": 1, "v2Endpoint": 2, "systemPrompt": 3, "getHTTPResponse": 4}
+    assert to_camel(to_snake("userID")) != "userID" and to_camel(to_snake("v2Endpoint")) == "v2Endpoint"
+    with httpx.Client(base_url=proxy_server.url) as api:
+        conn = post(api, "/endpointConnections", chat_connection(upstream_url, productId="p"))
+        fields = {"productId": "p", "conversationEndpointConnectionId": conn["id"], **written, "top_p": 5}
+        version = post(api, "/versions", fields)
+        read = api.get(f"/versions/{version['id']}").json()
+    assert {k: read.get(k) for k in [*written, "topP"]} == {**written, "topP": 5}

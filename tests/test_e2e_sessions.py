@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,12 +20,17 @@ from tests.upstream import Received, Reply, Threads, Upstream
 pytestmark = pytest.mark.e2e
 
 
+def thread_session(api: httpx.Client, upstream: Upstream, upstream_url: str) -> dict[str, Any]:
+    """A production session of a version whose connections run a thread on `upstream` (created, messaged,
+    deleted), as the API answered its creation."""
+    Threads(upstream)
+    return post(api, "/sessions", {"versionId": thread_version(api, upstream_url), "isProduction": True})
+
+
 def test_thread_style_lifecycle_reaches_the_upstream_in_order(
     api: httpx.Client, upstream: Upstream, upstream_url: str
 ) -> None:
-    Threads(upstream)
-    version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
+    session = thread_session(api, upstream, upstream_url)
     first = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     second = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "again"}})
     finished = api.patch(f"/sessions/{session['id']}/finish", json={"stoppingReason": "done"}).json()
@@ -57,9 +63,7 @@ def test_thread_style_lifecycle_reaches_the_upstream_in_order(
 def test_failed_turn_fails_the_session_and_still_finalizes(
     api: httpx.Client, upstream: Upstream, upstream_url: str
 ) -> None:
-    Threads(upstream)
-    version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
+    session = thread_session(api, upstream, upstream_url)
     post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     upstream.handle("/threads/th_1/messages", lambda r: Reply(status=422, json={"detail": "model not found"}))
     failed = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "x"}})
@@ -265,9 +269,7 @@ def test_version_rules(api: httpx.Client, upstream_url: str) -> None:
 
 
 def test_inference_results_logged_and_listed(api: httpx.Client, upstream: Upstream, upstream_url: str) -> None:
-    Threads(upstream)
-    version_id = thread_version(api, upstream_url)
-    session = post(api, "/sessions", {"versionId": version_id, "isProduction": True})
+    session = thread_session(api, upstream, upstream_url)
     ran = post(api, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hello"}})
     logged = post(
         api,

@@ -8,7 +8,8 @@ import socket
 import httpx
 import pytest
 
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
+from proxy.results import CallContext
 from tests.helpers import compiled_connection as connection
 
 

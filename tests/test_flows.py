@@ -20,7 +20,7 @@ import pytest
 from proxy.flow_export import curl_command, curl_variables
 from proxy.settings import MASK
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
-from tests.helpers import launch, post
+from tests.helpers import launch, post, submit_form
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -405,10 +405,10 @@ def test_flows_in_a_real_browser(
         # The mapping editor maps the last reply again with a changed JSONPath, sending nothing upstream.
         before = len(upstream.received)
         page.goto(f"{proxy.url}/inspector/connections/{ids['chat']}")
-        page.fill("textarea[name=output_mapping]", '{"output": "$.path", "echoed": "$.reply"}')
-        page.click("button:has-text('Preview')")
-        page.wait_for_selector("#preview-mapping")
-        preview = page.inner_text("#preview-mapping")
+        mapping = '{"output": "$.path", "echoed": "$.reply"}'
+        preview = submit_form(
+            page, "textarea[name=output_mapping]", mapping, "button:has-text('Preview')", "#preview-mapping"
+        )
         assert "$.path" in preview and "/chat" in preview and "echo" in preview
         assert "Hello! This is a test message." in page.inner_text("#preview")
         assert len(upstream.received) == before

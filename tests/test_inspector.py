@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
-from tests.helpers import launch, post, thread_version
+from tests.helpers import launch, post, submit_form, thread_version
 from tests.upstream import Threads, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -105,10 +105,9 @@ def test_inspector_in_a_real_browser(recorded: tuple[RunningProxy, dict[str, str
         assert height > 900  # the whole session, below the fold included
 
         page.goto(f"{proxy.url}/inspector/connections/{ids['conv']}")
-        page.fill("textarea[name=input]", '{"user_message": "from the browser"}')
-        page.click("button[type=submit]")
-        page.wait_for_selector("#explanation")
-        explanation = page.inner_text("#explanation")
+        explanation = submit_form(
+            page, "textarea[name=input]", '{"user_message": "from the browser"}', "button[type=submit]", "#explanation"
+        )
         assert "Request  POST" in explanation and "from the browser" in explanation and "Result:" in explanation
         browser.close()
 
@@ -166,10 +165,9 @@ def test_login_in_a_real_browser(tmp_path: Path, upstream: Upstream, upstream_ur
         (cookie,) = page.context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and key not in cookie["value"]
         assert page.evaluate("document.cookie") == ""
-        page.fill("textarea[name=input]", '{"user_message": "logged in"}')
-        page.click("form:not(.logout) button[type=submit]")
-        page.wait_for_selector("#explanation")
-        assert "logged in" in page.inner_text("#explanation")
+        submitted = '{"user_message": "logged in"}'
+        button = "form:not(.logout) button[type=submit]"
+        assert "logged in" in submit_form(page, "textarea[name=input]", submitted, button, "#explanation")
         assert [r.json for r in upstream.requests_to("/chat")] == [{"message": "logged in"}]
         page.click("text=Log out")
         page.wait_for_selector("input[name=api_key]")

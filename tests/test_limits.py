@@ -296,26 +296,10 @@ def test_healthz_keeps_answering_while_a_huge_reply_is_mapped(
     assert 6_000_000 < len(body) < 8_000_000
     upstream.script("/chat", Reply(text=body, headers={"content-type": "application/json"}))
     session_id, _ = session_with_finalization(api, upstream_url, outputMapping={"output": "$..a"})
-    polls: list[float] = []
-    done = threading.Event()
-
-    def poll_healthz() -> None:
-        with httpx.Client(base_url=str(api.base_url), timeout=30) as poller:
-            while not done.is_set():
-                started = time.perf_counter()
-                assert poller.get("/healthz").status_code == 200
-                polls.append(time.perf_counter() - started)
-                time.sleep(0.02)
-
-    poller = threading.Thread(target=poll_healthz)
-    poller.start()
     started = time.perf_counter()
-    try:
+    with healthz_polls(str(api.base_url), every_s=0.02) as polls:
         turn = post(api, f"/sessions/{session_id}/turns", {"input": {"user_message": "hi"}})
-    finally:
         took = time.perf_counter() - started
-        done.set()
-        poller.join()
     assert turn["status"] == "GENERATED" and turn["actualOutput"] == "top", turn["error"]
     assert max(polls) < 1, f"slowest /healthz {max(polls):.2f}s while the turn ran {took:.1f}s"
     assert took > 1 and len(polls) > 10  # the mapping took long enough for /healthz to be asked meanwhile
@@ -333,8 +317,9 @@ def nested_reply(depth: int) -> str:
 
 
 @contextlib.contextmanager
-def healthz_polls(base_url: str) -> Iterator[list[float]]:
-    """How long each `GET /healthz` took, polled from another thread for as long as the block runs."""
+def healthz_polls(base_url: str, every_s: float = 0.01) -> Iterator[list[float]]:
+    """How long each `GET /healthz` took, polled from another thread every `every_s` for as long as the block
+    runs."""
     polls: list[float] = []
     done = threading.Event()
 
@@ -344,7 +329,7 @@ def healthz_polls(base_url: str) -> Iterator[list[float]]:
                 started = time.perf_counter()
                 assert poller.get("/healthz").status_code == 200
                 polls.append(time.perf_counter() - started)
-                done.wait(0.01)
+                done.wait(every_s)
 
     thread = threading.Thread(target=poll)
     thread.start()

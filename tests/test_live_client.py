@@ -28,7 +28,8 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from proxy.connection import CompiledConnection
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
+from proxy.results import CallContext
 from proxy.transports.client import AiohttpTransport, is_loopback_host
 from tests.helpers import compiled_connection
 from tests.raw_http import Handler, answering, header_values, ok, raw_server, read_request

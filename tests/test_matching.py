@@ -2,10 +2,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.transports.matching import MatchRules, RecordedRequest, describe_difference, first_difference
+from proxy.mapping import compile_jsonpath
+from proxy.transports.matching import (
+    Difference,
+    MatchRules,
+    RecordedRequest,
+    describe_difference,
+    first_difference,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -60,18 +68,31 @@ def test_non_json_bodies_compare_as_text() -> None:
 def test_first_difference_names_the_json_path() -> None:
     recorded = {"messages": [{"role": "user", "content": "hello"}, {"role": "user", "content": "hello"}]}
     now = {"messages": [{"role": "user", "content": "hello"}, {"role": "user", "content": "hi"}]}
-    assert first_difference(recorded, now) == '$.messages[1].content: "hello" recorded, "hi" now'
-    assert first_difference({"a": 1}, {"a": 1, "b": 2}) == "$.b: absent recorded, 2 now"
-    assert first_difference([1, 2], [1]) == "$: 2 items recorded, 1 now"
+    assert first_difference(recorded, now) == Difference('"hello"', '"hi"', "$.messages[1].content")
+    assert first_difference({"a": 1}, {"a": 1, "b": 2}) == Difference("absent", "2", "$.b")
+    assert first_difference([1, 2], [1]) == Difference("2 items", "1", "$")
+    assert first_difference({"a": [1]}, {"a": [1]}) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [("a:b.c", "$.meta['a:b.c']"), ("x: y", "$.meta['x: y']"), ("it's.here", '$.meta["it\'s.here"]')],
+)
+def test_a_key_with_a_colon_or_a_dot_is_named_whole_as_a_jsonpath_that_reads_back(key: str, path: str) -> None:
+    recorded, now = {"meta": {key: "hello"}}, {"meta": {key: "hi"}}
+    found = first_difference(recorded, now)
+    assert found is not None and found.path == path
+    assert found.message == f'body {path}: "hello" recorded, "hi" now'
+    assert [m.value for m in compile_jsonpath(path).find(now)] == ["hi"]
 
 
 def test_describe_difference_orders_method_url_body() -> None:
     rules = MatchRules()
-    assert describe_difference(rules, request({}, method="GET"), request({})) == "method: GET recorded, POST now"
-    assert describe_difference(rules, request({}, "https://up.test/a"), request({}, "https://up.test/b")).startswith(
-        "url: https://up.test/a recorded"
+    assert describe_difference(rules, request({}, method="GET"), request({})) == Difference(
+        "GET", "POST", part="method"
     )
-    assert (
-        describe_difference(rules, request({"m": "hello"}), request({"m": "hi"}))
-        == 'body $.m: "hello" recorded, "hi" now'
-    )
+    url = describe_difference(rules, request({}, "https://up.test/a"), request({}, "https://up.test/b"))
+    assert url is not None and url.message.startswith("url: https://up.test/a recorded")
+    body = describe_difference(rules, request({"m": "hello"}), request({"m": "hi"}))
+    assert body is not None and body.message == 'body $.m: "hello" recorded, "hi" now' and body.path == "$.m"
+    assert describe_difference(rules, request({"m": "hi"}), request({"m": "hi"})) is None

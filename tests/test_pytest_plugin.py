@@ -16,7 +16,7 @@ import pytest
 
 from tests.servers import serve_in_thread
 from tests.streams import WORDS, StreamingUpstream
-from tests.upstream import Received, Reply, Upstream
+from tests.upstream import Reply, Upstream, chat_completion
 
 pytestmark = pytest.mark.e2e
 RUN_TIMEOUT_S = 180
@@ -78,23 +78,9 @@ def config_yaml(upstream_url: str) -> str:
     return json.dumps({"connections": connections, "settings": {"allow_http": True}})  # JSON is YAML
 
 
-def completion(received: Received) -> Reply:
-    content = received.json["messages"][0]["content"]
-    message = {"role": "assistant", "content": f"answer to {content}"}
-    return Reply(
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-        }
-    )
-
-
 def fake_upstream() -> Upstream:
     upstream = Upstream()
-    upstream.handle("/v1/chat/completions", completion)
+    upstream.handle("/v1/chat/completions", chat_completion)
     upstream.script("/bot", Reply(json={"reply": "pong"}))
     return upstream
 

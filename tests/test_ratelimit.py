@@ -6,10 +6,11 @@ from pathlib import Path
 
 import httpx
 
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.ratelimit import RateLimiter, RateLimiters
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.store import Store
 from proxy.transports.library import CassetteLibrary
 from proxy.transports.live import PacedTransport

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.connection import compile_connection
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import parse_spec
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.settings import MASK, MASK_NESTED_JSON_DEPTH
 from tests.conftest import TEST_TOKEN, chat_connection, running_proxy
 from tests.encodings import ECHOES, in_json_string, json_u_escaped, json_unescaped, revealed

@@ -12,10 +12,11 @@ import pytest
 
 from proxy import jsonbounds
 from proxy.connection import CompiledConnection, compile_connection
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.store import Store
 from proxy.transports import REPLAYED_EXTENSION, CassetteMiss
 from proxy.transports import record_replay as record_replay_module
@@ -90,6 +91,15 @@ async def test_a_miss_still_masks_and_explains(setup: Setup) -> None:
     await setup.call(conn, "hi", RecordMode.ONCE)
     missed = await setup.call(conn, "something else", RecordMode.NONE)
     assert missed.outcome == "miss" and "differing at body $.message" in (missed.error or "")
+
+
+async def test_a_miss_names_the_whole_path_of_a_key_with_a_colon_and_a_dot(setup: Setup) -> None:
+    conn = connection(inputTemplate='{"meta": {"a:b.c": "{{ input.m }}"}}')
+    await setup.call(conn, "hi", RecordMode.ONCE)
+    missed = await setup.call(conn, "bye", RecordMode.NONE)
+    nearest = missed.attempts[-1].nearest
+    assert missed.outcome == "miss" and nearest is not None and nearest["path"] == "$.meta['a:b.c']"
+    assert """differing at body $.meta['a:b.c']: "hi" recorded, "bye" now""" in (missed.error or "")
 
 
 async def test_the_match_key_reuses_the_body_the_engine_parsed(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:

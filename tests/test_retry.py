@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import BackoffStrategy
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.retry import RetryPolicy, parse_retry_after
 from proxy.store import Store
 from proxy.transports import OUTCOME_EXTENSION, REPLAYED_EXTENSION

@@ -103,7 +103,7 @@ def test_url_rendering_percent_escapes_values() -> None:
 
 
 def test_galtea_docs_openai_template_with_structured_input() -> None:
-    from proxy.engine import CallContext
+    from proxy.results import CallContext
 
     template = CompiledTemplate(
         '{"model": "gpt-4", "messages": [{"role": "system", "content": "You are a helpful assistant."},'

@@ -131,6 +131,24 @@ def serve_upstream() -> Iterator[tuple[Upstream, str]]:
         yield upstream, url
 
 
+def chat_completion(received: Received, **fields: Any) -> Reply:
+    """An OpenAI-shaped chat completion answering the first message with `answer to <its content>`, with `fields`
+    besides."""
+    content = received.json["messages"][0]["content"]
+    message = {"role": "assistant", "content": f"answer to {content}"}
+    choice = {"index": 0, "finish_reason": "stop", "message": message}
+    return Reply(
+        json={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            **fields,
+            "choices": [choice],
+        }
+    )
+
+
 class Threads:
     """A thread-style chat API: POST /threads → id; POST /threads/{id}/messages; DELETE /threads/{id}."""
 

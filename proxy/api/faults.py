@@ -67,7 +67,6 @@ async def set_faults(request: Request) -> JSONResponse:
         given = FaultsSet.model_validate(data)
     except ValidationError as exc:
         raise_first(exc)
-        raise
     test_id = _test_id(request)
     rt.faults.set_rules(connection_id, given.faults, test_id)
     answer = {"connection": connection_id, "testId": test_id, "faults": [r.model_dump() for r in given.faults]}

@@ -13,8 +13,8 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.api.common import record_mode_header, runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
-from proxy.engine import CallResult, CutReply
 from proxy.errors import InvalidField
+from proxy.results import CallResult, CutReply
 from proxy.settings import MASK
 from proxy.streaming import Relay
 from proxy.transports import BodyTooLarge

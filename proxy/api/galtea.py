@@ -20,8 +20,8 @@ from proxy.api.common import (
 )
 from proxy.api.openapi import ApiRoute
 from proxy.connection import CompiledConnection, public_fields
-from proxy.engine import CallContext, CallLabel, CallResult
 from proxy.models import ConnectionSpec
+from proxy.results import CallContext, CallLabel, CallResult
 from proxy.settings import DEFAULT_TEST_INPUT, LATEST_SDK_VERSION, MINIMUM_SDK_VERSION
 
 

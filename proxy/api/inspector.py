@@ -18,11 +18,11 @@ from proxy.api.common import runtime
 from proxy.api.guard import CSRF_FIELD, BrowserKeys
 from proxy.api.openapi import HTML, ApiRoute
 from proxy.connection import CompiledConnection, public_fields
-from proxy.engine import CallContext, CallLabel
 from proxy.errors import ProxyError
 from proxy.explain import explain
 from proxy.jsonpath_budget import JsonPathStopped, StepBudget
 from proxy.models import ConnectionType
+from proxy.results import CallContext, CallLabel
 from proxy.settings import DEFAULT_TEST_INPUT
 
 RECENT_SESSIONS = 200
@@ -247,47 +247,34 @@ async def test_from_form(request: Request) -> HTMLResponse:
     return page(request, "connection.html", explanation=explanation, **shown)
 
 
-TEST_FORM = {
-    "type": "object",
-    "properties": {
-        "input": {"type": "string", "description": "JSON; a sample input when empty"},
-        "context": {"type": "string", "description": "a JSON object"},
-        "dry_run": {"type": "string", "description": "any value: render only, send nothing"},
-    },
-}
-EDIT_FORM = {
-    "type": "object",
-    "properties": {
-        "input_template": {"type": "string", "description": "the input template (Jinja2)"},
-        "output_mapping": {"type": "string", "description": "a JSON object of key → JSONPath"},
-        "preview_input": {"type": "string", "description": "JSON input to render the template with (preview only)"},
-    },
-}
+def text_form(**fields: str) -> dict[str, Any]:
+    """The OpenAPI schema of a form of text fields, each with its description."""
+    return {"type": "object", "properties": {k: {"type": "string", "description": d} for k, d in fields.items()}}
+
+
+TEST_FORM = text_form(
+    input="JSON; a sample input when empty",
+    context="a JSON object",
+    dry_run="any value: render only, send nothing",
+)
+EDIT_FORM = text_form(
+    input_template="the input template (Jinja2)",
+    output_mapping="a JSON object of key → JSONPath",
+    preview_input="JSON input to render the template with (preview only)",
+)
 FORM = "application/x-www-form-urlencoded"
+
+
+def form_route(path: str, endpoint: Any, form: dict[str, Any]) -> ApiRoute:
+    """A page's form posted to `path`, answered with a page."""
+    return ApiRoute(path, endpoint, methods=["POST"], body=form, body_media=FORM, response=HTML, media="text/html")
+
 
 ROUTES = [
     ApiRoute("/", overview, methods=["GET"], response=HTML, media="text/html"),
     ApiRoute("/inspector/sessions/{id}", session_page, methods=["GET"], response=HTML, media="text/html"),
     ApiRoute("/inspector/connections/{id}", connection_page, methods=["GET"], response=HTML, media="text/html"),
-    ApiRoute(
-        "/inspector/connections/{id}/test",
-        test_from_form,
-        methods=["POST"],
-        body=TEST_FORM,
-        body_media=FORM,
-        response=HTML,
-        media="text/html",
-    ),
-    *(
-        ApiRoute(
-            f"/inspector/connections/{{id}}/{name}",
-            endpoint,
-            methods=["POST"],
-            body=EDIT_FORM,
-            body_media=FORM,
-            response=HTML,
-            media="text/html",
-        )
-        for name, endpoint in (("preview", preview_edit), ("save", save_edit))
-    ),
+    form_route("/inspector/connections/{id}/test", test_from_form, TEST_FORM),
+    form_route("/inspector/connections/{id}/preview", preview_edit, EDIT_FORM),
+    form_route("/inspector/connections/{id}/save", save_edit, EDIT_FORM),
 ]

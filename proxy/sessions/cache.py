@@ -10,7 +10,9 @@ fresh opening would replay what the session itself recorded, or replay its casse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,17 @@ class Active:
     @property
     def busy(self) -> bool:
         return self.users > 0 or self.lock.locked()
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """The session's lock, its caller counted as a user from before it waits for the lock until done, so the
+        session is never evicted in between."""
+        self.users += 1
+        try:
+            async with self.lock:
+                yield
+        finally:
+            self.users -= 1
 
 
 class SessionCache:

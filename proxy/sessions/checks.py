@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+from proxy.entities import now_iso
 from proxy.errors import InvalidField, NotFound
 from proxy.models import ConnectionType
 from proxy.schemas import SessionCreate, SessionStatus
-from proxy.sessions.entities import PENDING, Session, context_object, now_iso
+from proxy.sessions.entities import PENDING, Session, context_object
 from proxy.versions import Version, VersionRegistry
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import jsonbounds
-from proxy.engine import CallContext, CallLabel
 from proxy.record_mode import RecordMode
+from proxy.results import CallContext, CallLabel
 from proxy.sessions.cache import Active
 
 

@@ -4,14 +4,12 @@ shows them and as their rows store them."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
 
 from proxy.auth import new_w3c_trace_id
-from proxy.results import new_call_id
 from proxy.schemas import SessionStatus
 
 PENDING, COMPLETED, FAILED = SessionStatus.PENDING.value, SessionStatus.COMPLETED.value, SessionStatus.FAILED.value
@@ -29,28 +27,6 @@ def encode(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:
         return _encode(value)
-
-
-def cheap_id() -> str:
-    """A 32-hex-digit id, like `uuid4().hex`, as call ids are made (a random prefix and a counter): no
-    system call per id, and ids that grow within a run go at the end of their table's unique index instead
-    of at a random page of it."""
-    return new_call_id()
-
-
-_second: int = -1
-_second_text = ""
-
-
-def now_iso() -> str:
-    """Now in UTC to the millisecond (`2024-05-01T12:00:00.123Z`); the date part is formatted once a second."""
-    global _second, _second_text
-    now = time.time()
-    second = int(now)
-    if second != _second:
-        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = second
-    return f"{_second_text}.{int((now - second) * 1000):03d}Z"
 
 
 @dataclass

@@ -17,11 +17,13 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from proxy.engine import CallResult, Engine
+from proxy.engine import Engine
+from proxy.entities import now_iso
 from proxy.errors import Conflict, InvalidField, NotFound
 from proxy.mapping import output_text
 from proxy.models import ConnectionType
 from proxy.record_mode import RecordMode
+from proxy.results import CallResult, new_call_id
 from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions import tables
 from proxy.sessions.cache import Active, SessionCache
@@ -36,10 +38,8 @@ from proxy.sessions.entities import (
     LifecycleCall,
     Session,
     Turn,
-    cheap_id,
     context_object,
     encode,
-    now_iso,
 )
 from proxy.sessions.lifecycle import absorb_mapped_keys, apply_turn_result
 from proxy.sessions.tables import ListQuery, Rows
@@ -230,20 +230,16 @@ class SessionService:
         active = await self._active(session_id)
         session = active.session
         fields = SessionFinish.parse(data)
-        active.users += 1
-        try:
-            async with active.lock:
-                if session.status == PENDING:
-                    if fields.error:
-                        session.status, session.error = FAILED, fields.error
-                    else:
-                        session.status = COMPLETED
-                        session.stopping_reason = fields.stopping_reason or DEFAULT_STOPPING_REASON
-                await self._finalize(active)
-                await self._save(active)
-                await self.library.flush(self._name(active))
-        finally:
-            active.users -= 1
+        async with active.hold():
+            if session.status == PENDING:
+                if fields.error:
+                    session.status, session.error = FAILED, fields.error
+                else:
+                    session.status = COMPLETED
+                    session.stopping_reason = fields.stopping_reason or DEFAULT_STOPPING_REASON
+            await self._finalize(active)
+            await self._save(active)
+            await self.library.flush(self._name(active))
         return session
 
     # -- turns -------------------------------------------------------------------------------
@@ -255,53 +251,45 @@ class SessionService:
         session = active.session
         request = TurnRequest.parse(data)
         turn_input, turn_context = request.input, request.context
-        active.users += 1  # held in memory until the turn is done
-        try:
-            async with active.lock:
-                if session.status != PENDING:
-                    raise Conflict(f"Session {session_id} is {session.status}: it takes no more turns")
-                version = self.versions.get(session.version_id)
-                conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
-                if conversation is None:
-                    raise InvalidField("versionId", f"version {version.name!r} has no CONVERSATION connection")
-                turn = Turn(cheap_id(), session.id, active.turn_count, now_iso(), turn_input)
-                if not session.initialized:
-                    init_error = await self._initialize(active, version, turn_input, turn_context, mode)
-                    if init_error is not None:
-                        turn.status, turn.error = FAILED, init_error
-                        session.status, session.error = FAILED, init_error
-                        return await self._finish_turn(active, turn, mode)
-                ctx = call_context(active, turn.id, turn_input, turn_context, "turn", mode)
-                result = await self.engine.call(conversation, ctx)
-                apply_turn_result(session, turn, result)
-                return await self._finish_turn(active, turn, mode)
-        finally:
-            active.users -= 1
+        async with active.hold():  # held in memory until the turn is done
+            if session.status != PENDING:
+                raise Conflict(f"Session {session_id} is {session.status}: it takes no more turns")
+            version = self.versions.get(session.version_id)
+            conversation = self.versions.connection(version, ConnectionType.CONVERSATION)
+            if conversation is None:
+                raise InvalidField("versionId", f"version {version.name!r} has no CONVERSATION connection")
+            turn = Turn(new_call_id(), session.id, active.turn_count, now_iso(), turn_input)
+            if not session.initialized:
+                init_error = await self._initialize(active, version, turn_input, turn_context, mode)
+                if init_error is not None:
+                    turn.status, turn.error = FAILED, init_error
+                    session.status, session.error = FAILED, init_error
+                    return await self._finish_turn(active, turn, mode)
+            ctx = call_context(active, turn.id, turn_input, turn_context, "turn", mode)
+            result = await self.engine.call(conversation, ctx)
+            apply_turn_result(session, turn, result)
+            return await self._finish_turn(active, turn, mode)
 
     async def log_turn(self, data: dict[str, Any]) -> TurnDone:
         """POST /inferenceResults: a turn the client ran itself (a finished session takes them too)."""
         fields = InferenceResultCreate.parse(data)
         active = await self._active(fields.session_id)
-        active.users += 1
-        try:
-            async with active.lock:
-                turn = Turn(
-                    id=cheap_id(),
-                    session_id=active.session.id,
-                    index=active.turn_count,
-                    created_at=now_iso(),
-                    input=fields.input,
-                    actual_output=_text_or_none(fields.actual_output),
-                    retrieval_context=_text_or_none(fields.retrieval_context),
-                    traces=list(fields.traces or []),
-                    latency=fields.latency,
-                    status=fields.status.value if fields.status else GENERATED,
-                    error=fields.error,
-                    extra={to_camel(k): v for k, v in (fields.model_extra or {}).items()},
-                )
-                return await self._done(active, turn)
-        finally:
-            active.users -= 1
+        async with active.hold():
+            turn = Turn(
+                id=new_call_id(),
+                session_id=active.session.id,
+                index=active.turn_count,
+                created_at=now_iso(),
+                input=fields.input,
+                actual_output=_text_or_none(fields.actual_output),
+                retrieval_context=_text_or_none(fields.retrieval_context),
+                traces=list(fields.traces or []),
+                latency=fields.latency,
+                status=fields.status.value if fields.status else GENERATED,
+                error=fields.error,
+                extra={to_camel(k): v for k, v in (fields.model_extra or {}).items()},
+            )
+            return await self._done(active, turn)
 
     # -- lifecycle internals -----------------------------------------------------------------
 
@@ -319,7 +307,7 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.INITIALIZATION)
         if conn is None:
             return None
-        ctx = call_context(active, cheap_id(), turn_input, turn_context, "initialization", mode)
+        ctx = call_context(active, new_call_id(), turn_input, turn_context, "initialization", mode)
         result = await self.engine.call(conn, ctx)
         self._record_call(session, ConnectionType.INITIALIZATION.value, result)
         if not result.ok:
@@ -336,7 +324,7 @@ class SessionService:
         conn = self.versions.connection(version, ConnectionType.FINALIZATION)
         if conn is None:
             return
-        ctx = call_context(active, cheap_id(), None, None, "finalization", mode)
+        ctx = call_context(active, new_call_id(), None, None, "finalization", mode)
         result = await self.engine.call(conn, ctx)
         self._record_call(session, ConnectionType.FINALIZATION.value, result)
 
@@ -358,7 +346,7 @@ class SessionService:
         return TurnDone(turn, active.session, answer)
 
     def _record_call(self, session: Session, phase: str, result: CallResult) -> None:
-        call = LifecycleCall(cheap_id(), session.id, phase, now_iso(), result.to_json())
+        call = LifecycleCall(new_call_id(), session.id, phase, now_iso(), result.to_json())
         row = tables.call_row(call.id, session.id, phase, call.created_at, encode(call.__dict__))
         self.store.enqueue(tables.put, self.store.db.conn, Rows(calls=[row]))
 

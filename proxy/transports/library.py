@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections import Counter
@@ -45,7 +44,6 @@ from proxy.transports.parse_cache import ParseCache
 from proxy.transports.usage import create_usage_table, note_use
 
 log = logging.getLogger("proxy.cassettes")
-DIFFERING_BODY_PATH = re.compile(r"body (\$[^:]*):")
 
 
 class CassetteLibrary:
@@ -285,15 +283,15 @@ class CassetteLibrary:
             return CassetteMiss(f"{head} (the cassette {where}: {cassette.path})")
         nearest = max(cassette.interactions, key=lambda i: similarity(self.rules, i.recorded_request(), request))
         recorded = nearest.recorded_request()
-        difference = describe_difference(self.rules, recorded, request)
-        found = DIFFERING_BODY_PATH.match(difference)
+        found = describe_difference(self.rules, recorded, request)
+        difference = found.message if found else "identical, but every recording of it was already played"
         details = {
             "cassette": cassette.name,
             "method": recorded.method,
             "uri": recorded.uri,
             "body": recorded.body.decode("utf-8", errors="replace"),
             "difference": difference,
-            "path": found.group(1) if found else None,
+            "path": found.path if found else None,
         }
         message = f"{head}; nearest recorded: {recorded.method} {recorded.uri}, differing at {difference}"
         return CassetteMiss(message, details)

@@ -9,6 +9,7 @@ part when named in `match_headers`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -22,6 +23,7 @@ from proxy.url_secrets import is_credential_param
 
 ABSENT = object()
 URLS_KEPT = 4096
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,35 @@ class MatchRules:
         return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def first_difference(recorded: Any, now: Any, path: str = "$") -> str | None:
-    """The first place two JSON documents differ, as `$.a[1].b: "x" recorded, "y" now`."""
+@dataclass(frozen=True)
+class Difference:
+    """Where a request first differs from a recorded one: `part` is `method`, `url`, `body` or `header <name>`;
+    `path` the JSONPath of the place inside a JSON body (None elsewhere); `recorded` and `now` show each side."""
+
+    recorded: str
+    now: str
+    path: str | None = None
+    part: str = "body"
+
+    @property
+    def message(self) -> str:
+        """`body $.a[1].b: "x" recorded, "y" now`."""
+        where = f"{self.part} {self.path}" if self.path else self.part
+        return f"{where}: {self.recorded} recorded, {self.now} now"
+
+
+def first_difference(recorded: Any, now: Any, path: str = "$") -> Difference | None:
+    """The first place two JSON documents differ."""
     if type(recorded) is not type(now):
-        return f"{path}: {_show(recorded)} recorded, {_show(now)} now"
+        return Difference(_show(recorded), _show(now), path)
     if isinstance(recorded, dict):
         for key in list(recorded) + [k for k in now if k not in recorded]:
+            step = _member(path, key)
             if key not in now:
-                return f"{path}.{key}: {_show(recorded[key])} recorded, absent now"
+                return Difference(_show(recorded[key]), "absent", step)
             if key not in recorded:
-                return f"{path}.{key}: absent recorded, {_show(now[key])} now"
-            found = first_difference(recorded[key], now[key], f"{path}.{key}")
+                return Difference("absent", _show(now[key]), step)
+            found = first_difference(recorded[key], now[key], step)
             if found:
                 return found
         return None
@@ -117,9 +137,17 @@ def first_difference(recorded: Any, now: Any, path: str = "$") -> str | None:
             if found:
                 return found
         if len(recorded) != len(now):
-            return f"{path}: {len(recorded)} items recorded, {len(now)} now"
+            return Difference(f"{len(recorded)} items", str(len(now)), path)
         return None
-    return None if recorded == now else f"{path}: {_show(recorded)} recorded, {_show(now)} now"
+    return None if recorded == now else Difference(_show(recorded), _show(now), path)
+
+
+def _member(path: str, key: str) -> str:
+    """`$.a`, or `$['a.b']` for a key that is no plain name, so the path reads back as the same JSONPath."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}"
+    quote = '"' if "'" in key else "'"
+    return f"{path}[{quote}{key}{quote}]"
 
 
 def _show(value: Any) -> str:
@@ -127,24 +155,25 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def describe_difference(rules: MatchRules, recorded: RecordedRequest, now: RecordedRequest) -> str:
-    """Where a request differs from the nearest recorded one (method, URL, then body)."""
+def describe_difference(rules: MatchRules, recorded: RecordedRequest, now: RecordedRequest) -> Difference | None:
+    """Where a request differs from the nearest recorded one (method, URL, body, then the matched headers);
+    None when it does not."""
     if recorded.method.upper() != now.method.upper():
-        return f"method: {recorded.method} recorded, {now.method} now"
+        return Difference(recorded.method, now.method, part="method")
     if rules.url(recorded.uri) != rules.url(now.uri):
-        return f"url: {recorded.uri} recorded, {now.uri} now"
+        return Difference(recorded.uri, now.uri, part="url")
     a, b = rules.parsed_body(recorded.body), rules.parsed_body(now.body)
     if a is not ABSENT and b is not ABSENT:
         diff = first_difference(a, b)
         if diff:
-            return f"body {diff}"
+            return diff
     if rules.body(recorded.body) != rules.body(now.body):
         before, after = recorded.body.decode(errors="replace"), now.body.decode(errors="replace")
-        return f"body: {_show(before)} recorded, {_show(after)} now"
+        return Difference(_show(before), _show(after))
     for name in sorted(rules.match_headers):
         if recorded.headers.get(name) != now.headers.get(name):
-            return f"header {name}: {recorded.headers.get(name)!r} recorded, {now.headers.get(name)!r} now"
-    return "identical, but every recording of it was already played"
+            return Difference(repr(recorded.headers.get(name)), repr(now.headers.get(name)), part=f"header {name}")
+    return None
 
 
 def similarity(rules: MatchRules, recorded: RecordedRequest, now: RecordedRequest) -> tuple[int, int]:

@@ -12,9 +12,10 @@ import httpx
 
 from proxy.auth import build_headers
 from proxy.connection import compile_connection, connection_secrets
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import parse_spec
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 
 TEMPLATE = (
     '{"model": "m", "messages": [{% for t in past_turns %}{"role": "user", "content": "{{ t.input }}"},'

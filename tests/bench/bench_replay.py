@@ -17,10 +17,11 @@ import httpx
 import vcr
 
 from proxy.connection import compile_connection
-from proxy.engine import CallContext, Engine
+from proxy.engine import Engine
 from proxy.models import parse_spec
 from proxy.record_mode import RecordMode
 from proxy.redaction import Redactor
+from proxy.results import CallContext
 from proxy.store import Store
 from proxy.transports.cassette import Cassette, load_interactions, make_interaction
 from proxy.transports.cassette_files import write_cassette
