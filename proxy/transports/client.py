@@ -37,6 +37,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.transports.eager_body import REQUEST_CLASS
+
 DEFAULT_MAX_CONNECTIONS_PER_ORIGIN = 100  # httpx's own default cap; further requests wait for a free one
 DEFAULT_KEEPALIVE_TIMEOUT_S = 30.0  # an idle connection is closed after this, never reused forever
 # httpx inflates each piece whole, and deflate packs up to ~1,000:1: a compressed body is read in small
@@ -89,6 +91,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
                 skip_auto_headers=AIOHTTP_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),
+                request_class=REQUEST_CLASS,  # the body goes out with the head, at once (see eager_body)
             )
         return session
 
