@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.bench.bench_stream import MITMDUMP, stream_once
+from tests.bench.bench_stream import MITMDUMP, stream_config, stream_once
 from tests.bench.harness import app_process, free_port, process, serve_command
 
 CONCURRENT, CHUNKS, FIRST_MS, GAP_MS = 16, 20, 50, 2
@@ -74,14 +74,7 @@ def run() -> list[str]:
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(app_process("streams", "/v1/stream"))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        config = tmp / "proxy.yaml"
-        config.write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: llm, product_id: p, type: CONVERSATION, url: '{upstream}/v1', auth_type: BEARER,\n"
-            '      auth_token: tok-bench-Secret-4242, input_template: \'{"m": "{{ input }}"}\',\n'
-            "      output_mapping: {output: $.text}}\n"
-        )
+        config = stream_config(tmp, upstream)
         forward_path = "/forward/llm" + STREAM_PATH
         targets = [Target("upstream direct", upstream, STREAM_PATH)]
         if MITMDUMP.exists():
