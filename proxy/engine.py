@@ -162,12 +162,6 @@ class Engine:
             headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "x-api-key")}
         headers.update(added)
         result.injected_headers = list(added)
-        result.request = RenderedRequest(
-            method,
-            self.redactor.redact(url),
-            with_masked_names(masked_headers(headers), self.redactor),
-            text_preview(body, self.redactor),
-        )
         try:
             request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
         except (httpx.InvalidURL, ValueError) as exc:
@@ -177,6 +171,13 @@ class Engine:
                 await self._send(target, request, result, relay=True)
             except Exception as exc:
                 _internal_failure(result, exc, self.redactor)
+        # Masked for the exchange once the request is on its way: requests that arrive together leave sooner.
+        result.request = RenderedRequest(
+            method,
+            self.redactor.redact(url),
+            with_masked_names(masked_headers(headers), self.redactor),
+            text_preview(body, self.redactor),
+        )
         self._observe(label or CallLabel("forward"), target.subject, result)
         return result
 
