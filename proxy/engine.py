@@ -156,12 +156,6 @@ class Engine:
             headers = {k: v for k, v in headers.items() if k.lower() not in AUTH_OVERRIDE_HEADERS}
         headers.update(added)
         result.injected_headers = list(added)
-        result.request = RenderedRequest(
-            method,
-            self.redactor.redact(url),
-            with_masked_names(masked_headers(headers), self.redactor),
-            text_preview(body, self.redactor),
-        )
         try:
             request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
         except (httpx.InvalidURL, ValueError) as exc:
@@ -173,6 +167,13 @@ class Engine:
                 _internal_failure(result, exc, self.redactor)
             if result.reply is not None and result.reply.relay is not None:
                 result.reply.relay.tap.text_path = target.stream_text_path
+        # Masked for the exchange once the request is on its way: requests that arrive together leave sooner.
+        result.request = RenderedRequest(
+            method,
+            self.redactor.redact(url),
+            with_masked_names(masked_headers(headers), self.redactor),
+            text_preview(body, self.redactor),
+        )
         self._observe(label or CallLabel("forward"), target.subject, result)
         return result
 

@@ -38,6 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.settings import DEFAULT_KEEPALIVE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS_PER_ORIGIN
+from proxy.transports.eager_body import REQUEST_CLASS
 
 # httpx inflates each piece whole, and deflate packs up to ~1,000:1: a compressed body is read in small
 # pieces so that one piece never inflates past a few MB before the caller's cap can refuse it.
@@ -89,6 +90,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
                 skip_auto_headers=AIOHTTP_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),
+                request_class=REQUEST_CLASS,  # the body goes out with the head, at once (see eager_body)
             )
         return session
 

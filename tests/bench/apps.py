@@ -62,7 +62,8 @@ passthrough = _passthrough()
 
 
 def _streams() -> Starlette:
-    """An upstream that streams OpenAI-shaped chunks: `?chunks=N&gap_ms=G` (G ms between chunks)."""
+    """An upstream that streams OpenAI-shaped chunks: `?chunks=N&gap_ms=G&first_ms=F` (its head at once, the
+    first chunk after F ms, G ms between chunks), as a model's answer does: head, think, then tokens."""
     import asyncio
     import json
 
@@ -72,9 +73,12 @@ def _streams() -> Starlette:
         await request.body()
         count = int(request.query_params.get("chunks", "50"))
         gap = float(request.query_params.get("gap_ms", "0")) / 1000
+        first = float(request.query_params.get("first_ms", "0")) / 1000
 
         async def chunks():  # type: ignore[no-untyped-def]
             for index in range(count):
+                if not index and first:
+                    await asyncio.sleep(first)
                 if index and gap:
                     await asyncio.sleep(gap)
                 delta = {"choices": [{"index": 0, "delta": {"content": f"word{index} "}}]}

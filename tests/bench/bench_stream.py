@@ -81,6 +81,19 @@ async def load(base: str, path: str) -> tuple[float, float]:
     return totals[0] / seconds, totals[1] / seconds
 
 
+def stream_config(folder: Path, upstream: str) -> Path:
+    """A config whose connection `llm` is the streaming upstream, with a token the forward route adds and masks."""
+    config = folder / "proxy.yaml"
+    config.write_text(
+        "settings: {allow_http: true}\n"
+        "connections:\n"
+        f"  - {{name: llm, product_id: p, type: CONVERSATION, url: '{upstream}/v1', auth_type: BEARER,\n"
+        '      auth_token: tok-bench-Secret-4242, input_template: \'{"m": "{{ input }}"}\',\n'
+        "      output_mapping: {output: $.text}}\n"
+    )
+    return config
+
+
 def pcts(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -90,14 +103,7 @@ def run() -> list[str]:
     lines = []
     with app_process("streams", "/v1/stream") as upstream, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        config = tmp / "proxy.yaml"
-        config.write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: llm, product_id: p, type: CONVERSATION, url: '{upstream}/v1', auth_type: BEARER,\n"
-            '      auth_token: tok-bench-Secret-4242, input_template: \'{"m": "{{ input }}"}\',\n'
-            "      output_mapping: {output: $.text}}\n"
-        )
+        config = stream_config(tmp, upstream)
         direct = asyncio.run(ttfb(upstream, STREAM_PATH))
         path = "/forward/llm" + STREAM_PATH
         args, base = serve_command(config, tmp / "live", "off")
