@@ -111,6 +111,13 @@ DEFAULT_MAX_FLOW_VIEWERS = 32  # live-update streams at once; a newer one ends t
 FLOW_BATCH_ROWS = 256  # flows queued that are written at once, without waiting for the delay
 FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is written
 
+# MCP over the forward route. A session id is an opaque token the server hands out; the spec bounds its
+# characters, not its length: 256 holds a UUID, a JWT-sized id would be refused (400) rather than stored.
+MAX_MCP_SESSION_ID_CHARS = 256
+# Sessions a replay has handed out and still serves (each holds its play-back positions and maybe an open GET
+# stream); the oldest is forgotten beyond this, its GET stream ended.
+MAX_MCP_REPLAY_SESSIONS = 1024
+
 # PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
 # core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
 # nanoseconds). They make the key: changed, no stored secret opens.
