@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -61,13 +60,23 @@ def test_mcp_session_recorded_then_replayed_by_a_new_process_without_the_server(
     # The server is gone: a new process replays the session from the cassette alone.
     config_file = write_config(tmp_path / "config.yaml", server, auth_type="BEARER", auth_token=TOKEN)
     with proxy_serving(
-        "--config", str(config_file), "--cassettes", str(cassettes), "--data-dir", str(tmp_path / "b"),
-        "--record-mode", "none", "--allow-http",
+        "--config",
+        str(config_file),
+        "--cassettes",
+        str(cassettes),
+        "--data-dir",
+        str(tmp_path / "b"),
+        "--record-mode",
+        "none",
+        "--allow-http",
     ) as replaying:
         replayed = asyncio.run(session_results(f"{replaying.url}/forward/tools{MCP_PATH}"))
     assert replayed == direct
     text = (cassettes / "connections" / "tools.yaml").read_text()
     assert TOKEN not in text and LEAKED not in text
-    methods = [json.loads(i["request"]["body"]).get("method") if i["request"]["body"] else None for i in interactions(cassettes)]
+    methods = [
+        json.loads(i["request"]["body"]).get("method") if i["request"]["body"] else None
+        for i in interactions(cassettes)
+    ]
     assert methods[:2] == ["initialize", "notifications/initialized"]
     assert "tools/call" in methods

@@ -11,6 +11,7 @@ GET is an empty event stream held open until the client leaves or deletes the se
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,9 @@ from proxy.transports.streams import is_event_stream
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
+
+
+MAX_SHOWN_PARAMS = 500  # characters of the nearest recorded params a miss message quotes
 
 
 class McpHeaderRefused(InvalidField):
@@ -116,10 +120,25 @@ async def mcp_forward(
     extensions = {MATCH_BODY_EXTENSION: parsed.match_body} if parsed.match_body is not None else {}
     label = CallLabel(parsed.name() or "forward")
     result = await rt.engine.forward(target, request.method, url, headers, body, handle, label, extensions)
+    if result.outcome == "miss":
+        _explain_miss(result)
     if result.outcome != "hit" or result.reply is None or (result.attempts and result.attempts[-1].cut):
         return _response(result)
     answered = sessions.start() if parsed.is_initialize else session_id
     return _replayed(result, parsed, answered)
+
+
+def _explain_miss(result: CallResult) -> None:
+    """A miss names the nearest recorded call as MCP does: its method, tool and params (without its ids)."""
+    nearest = result.attempts[-1].nearest if result.attempts else None
+    if not nearest or not result.error:
+        return
+    recorded = parse_request(str(nearest.get("body") or "").encode())
+    if not recorded.messages:
+        return
+    params = [m.get("params") for m in recorded.messages if "method" in m]
+    shown = json.dumps(params[0] if len(params) == 1 else params, separators=(",", ":"), ensure_ascii=False)
+    result.error = f"{result.error}; nearest recorded MCP call: {recorded.name()} {shown[:MAX_SHOWN_PARAMS]}"
 
 
 def _replayed(result: CallResult, parsed: McpRequest, session_id: str | None) -> Response:
