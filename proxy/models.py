@@ -75,12 +75,20 @@ class AuthType(CaseInsensitiveEnum):
     BASIC = "BASIC"
 
 
-class Protocol(CaseInsensitiveEnum):
+class LowercaseEnum(CaseInsensitiveEnum):
+    """Values written in lower case (`json`, `mcp`), accepted in any."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> LowercaseEnum | None:
+        return next((m for m in cls if isinstance(value, str) and m.value == value.lower()), None)
+
+
+class Protocol(LowercaseEnum):
     """What the forward route speaks to the connection: plain HTTP, or MCP's streamable HTTP transport (JSON-RPC
     ids and session ids rewritten on replay, see proxy/mcp.py)."""
 
-    HTTP = "HTTP"
-    MCP = "MCP"
+    HTTP = "http"
+    MCP = "mcp"
 
 
 class BackoffStrategy(CaseInsensitiveEnum):
@@ -89,15 +97,11 @@ class BackoffStrategy(CaseInsensitiveEnum):
     EXPONENTIAL = "EXPONENTIAL"
 
 
-class ResponseMode(CaseInsensitiveEnum):
+class ResponseMode(LowercaseEnum):
     """How a reply is read: one JSON document, or server-sent events whose text pieces are joined."""
 
     JSON = "json"
     SSE = "sse"
-
-    @classmethod
-    def _missing_(cls, value: object) -> ResponseMode | None:
-        return next((m for m in cls if isinstance(value, str) and m.value == value.lower()), None)
 
 
 class ApiModel(BaseModel):
