@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -26,7 +27,14 @@ ANNOUNCED = re.compile(r"mcp listening on (http://\S+)")
 WEATHER = {"paris": "sunny, 21 C", "oslo": "snow, -3 C"}
 
 
-def build_server(token: str | None = None, leaked_key: str | None = None) -> FastMCP:
+@dataclass
+class Drift:
+    """A server that changes while it runs (in the test's own process)."""
+
+    numbers: bool = False
+
+
+def build_server(token: str | None = None, leaked_key: str | None = None, drift: Drift | None = None) -> FastMCP:
     auth: Any = None
     if token is not None:
         from fastmcp.server.auth import StaticTokenVerifier
@@ -35,8 +43,10 @@ def build_server(token: str | None = None, leaked_key: str | None = None) -> Fas
     server: FastMCP = FastMCP("weather", auth=auth)
 
     @server.tool
-    def get_weather(city: str) -> str:
-        """Today's weather in a city."""
+    def get_weather(city: str) -> str | int:
+        """Today's weather in a city (with `drift.numbers`, its temperature: another result shape)."""
+        if drift is not None and drift.numbers:
+            return len(city)
         found = WEATHER.get(city.lower(), "unknown")
         return f"{city}: {found}" + (f" (api key {leaked_key})" if leaked_key else "")
 
@@ -60,8 +70,8 @@ def build_server(token: str | None = None, leaked_key: str | None = None) -> Fas
     return server
 
 
-def app(token: str | None = None, leaked_key: str | None = None) -> Any:
-    return build_server(token, leaked_key).http_app(path=MCP_PATH)
+def app(token: str | None = None, leaked_key: str | None = None, drift: Drift | None = None) -> Any:
+    return build_server(token, leaked_key, drift).http_app(path=MCP_PATH)
 
 
 async def _serve(token: str | None, leaked_key: str | None) -> None:
