@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.bench import (
     bench_engine,
     bench_load,
+    bench_mcp,
     bench_replay,
     bench_run,
     bench_store,
@@ -22,6 +23,7 @@ BENCHES = (
     bench_turn,
     bench_load,
     bench_stream,
+    bench_mcp,
     bench_suite,
 )
 for bench in (*BENCHES, bench_store):
