@@ -17,9 +17,9 @@ import pytest
 
 from proxy.config import Config
 from tests.conftest import RunningProxy, running_proxy
+from tests.helpers import wait_flows
 from tests.mcp_server import MCP_PATH, app, session_results
 from tests.servers import serve_in_thread
-from tests.test_flows import wait_flows
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-06-18"

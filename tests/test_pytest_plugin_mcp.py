@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_pytest
 from tests.mcp_server import app as mcp_app
 from tests.servers import serve_in_thread
 from tests.streams import WORDS, StreamingUpstream
-from tests.test_pytest_plugin import run_pytest
 
 pytestmark = pytest.mark.e2e
 
