@@ -100,7 +100,20 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
-# -- for tests: the server as a process of its own, and one client session's results ------------------------
+# -- for tests: the proxy's connection to it, the server as a process of its own, one client session -------
+
+
+def mcp_connection(url: str, **fields: Any) -> dict[str, Any]:
+    """A config connection `tools` to the MCP server at `url`, marked `protocol: mcp` (no auth unless `fields`)."""
+    return {
+        "name": "tools",
+        "product_id": "p",
+        "type": "CONVERSATION",
+        "url": url,
+        "auth_type": "NONE",
+        "protocol": "mcp",
+        **fields,
+    }
 
 
 @contextlib.contextmanager

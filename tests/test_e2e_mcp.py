@@ -14,24 +14,12 @@ import yaml
 from proxy.config import Config
 from proxy.settings import MASK
 from tests.conftest import running_proxy
-from tests.mcp_server import MCP_PATH, mcp_server_process, session_results
+from tests.mcp_server import MCP_PATH, mcp_connection, mcp_server_process, session_results
 from tests.servers import proxy_serving
 
 pytestmark = pytest.mark.e2e
 TOKEN = "mcp-server-token-5f1e2d3c4b5a"
 LEAKED = "sk-weather-4242424242424242"
-
-
-def mcp_connection(url: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "name": "tools",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": url,
-        "auth_type": "NONE",
-        "protocol": "mcp",
-        **fields,
-    }
 
 
 def write_config(path: Path, url: str, **fields: Any) -> Path:

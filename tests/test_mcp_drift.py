@@ -13,7 +13,7 @@ import yaml
 from proxy.config import Config
 from tests.conftest import running_proxy
 from tests.helpers import proxy_cli
-from tests.mcp_server import MCP_PATH, Drift, app, session_results
+from tests.mcp_server import MCP_PATH, Drift, app, mcp_connection, session_results
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.e2e
@@ -21,15 +21,7 @@ TOKEN = "mcp-drift-token-0a9b8c7d6e5f"
 
 
 def connection(url: str) -> dict[str, object]:
-    return {
-        "name": "tools",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": url,
-        "auth_type": "BEARER",
-        "auth_token": TOKEN,
-        "protocol": "mcp",
-    }
+    return mcp_connection(url, auth_type="BEARER", auth_token=TOKEN)
 
 
 def drift(tmp_path: Path, url: str, *args: str) -> tuple[int, str]:

@@ -18,7 +18,7 @@ import pytest
 from proxy.config import Config
 from tests.conftest import RunningProxy, running_proxy
 from tests.helpers import wait_flows
-from tests.mcp_server import MCP_PATH, app, session_results
+from tests.mcp_server import MCP_PATH, app, mcp_connection, session_results
 from tests.servers import serve_in_thread
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -31,20 +31,9 @@ def mcp_url() -> Iterator[str]:
         yield url
 
 
-def connection(url: str) -> dict[str, Any]:
-    return {
-        "name": "tools",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": url,
-        "auth_type": "NONE",
-        "protocol": "mcp",
-    }
-
-
 @contextlib.contextmanager
 def proxy_for(tmp_path: Path, url: str, mode: str, **settings: Any) -> Iterator[RunningProxy]:
-    config = Config(connections=[connection(url)])
+    config = Config(connections=[mcp_connection(url)])
     with running_proxy(
         tmp_path / mode, config, cassettes_dir=tmp_path / "cassettes", record_mode=mode, **settings
     ) as p:
