@@ -198,6 +198,24 @@ def test_a_cross_origin_page_cannot_open_the_stream_delete_a_session_or_post(
     assert refused.status_code == 403
 
 
+def test_a_listed_page_reads_the_session_id_and_an_unlisted_one_cannot_preflight(tmp_path: Path, mcp_url: str) -> None:
+    page = "http://localhost:3000"
+    with (
+        proxy_for(tmp_path, mcp_url, "once", cors_origins=(page,)) as proxy,
+        httpx.Client(base_url=proxy.url) as client,
+    ):
+        path = f"/forward/tools{MCP_PATH}"
+        session = RawSession(client, path)
+        client.headers["Origin"] = page
+        started = session.start(1)
+        assert started.headers["access-control-allow-origin"] == page
+        assert "Mcp-Session-Id" in started.headers["access-control-expose-headers"]
+        preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "mcp-session-id"}
+        assert client.options(path, headers=preflight).status_code == 204
+        refused = client.options(path, headers={**preflight, "Origin": "https://evil.example"})
+        assert refused.status_code == 403
+
+
 @pytest.mark.parametrize(
     "header,value,field",
     [
