@@ -28,6 +28,7 @@ import httpx
 from proxy.auth import build_headers, new_w3c_trace_id
 from proxy.cassette_names import file_name
 from proxy.json_shapes import Difference, body_differences
+from proxy.mcp_drift import check_mcp_cassette, is_mcp_cassette
 from proxy.origins import Origin, describe, fixed_origin, url_origin
 from proxy.request_building import build_request, parsed_url
 from proxy.results import CallContext
@@ -266,6 +267,8 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
 async def check_cassette(runtime: Runtime, root: Path, path: Path) -> tuple[list[Checked], list[Interaction]]:
     name = name_of(root, path)
     interactions = await asyncio.to_thread(load_interactions, path, runtime.library.cache)
+    if is_mcp_cassette(interactions):  # re-sent within live MCP sessions, with fresh ids
+        return await check_mcp_cassette(runtime, name, interactions), interactions
     checked = [await check_interaction(runtime, name, i, item) for i, item in enumerate(interactions)]
     return checked, interactions
 

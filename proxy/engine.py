@@ -141,9 +141,11 @@ class Engine:
         body: bytes,
         handle: CassetteRef | None,
         label: CallLabel | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> CallResult:
         """The raw reverse proxy: the client's request as it is, plus the connection's auth and custom
-        headers, retries, rate limit and record/replay. No templating, no output mapping."""
+        headers, retries, rate limit and record/replay. No templating, no output mapping. `extensions`: more
+        for the transport (the body an MCP message is matched by)."""
         result = CallResult()
         headers = {**client_headers}
         plan = target.header_plan(self.send_traceparent and target.traceparent)
@@ -157,7 +159,8 @@ class Engine:
         headers.update(added)
         result.injected_headers = list(added)
         try:
-            request = build_request(method, url, headers, body, target.timeout_s, self._extensions(target, handle))
+            more = {**self._extensions(target, handle), **(extensions or {})}
+            request = build_request(method, url, headers, body, target.timeout_s, more)
         except (httpx.InvalidURL, ValueError) as exc:
             result.error = self.redactor.redact(f"the forwarded URL is not usable ({exc}): {url}")
         else:

@@ -75,21 +75,33 @@ class AuthType(CaseInsensitiveEnum):
     BASIC = "BASIC"
 
 
+class LowercaseEnum(CaseInsensitiveEnum):
+    """Values written in lower case (`json`, `mcp`), accepted in any."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> LowercaseEnum | None:
+        return next((m for m in cls if isinstance(value, str) and m.value == value.lower()), None)
+
+
+class Protocol(LowercaseEnum):
+    """What the forward route speaks to the connection: plain HTTP, or MCP's streamable HTTP transport (JSON-RPC
+    ids and session ids rewritten on replay, see proxy/mcp.py)."""
+
+    HTTP = "http"
+    MCP = "mcp"
+
+
 class BackoffStrategy(CaseInsensitiveEnum):
     FIXED = "FIXED"
     LINEAR = "LINEAR"
     EXPONENTIAL = "EXPONENTIAL"
 
 
-class ResponseMode(CaseInsensitiveEnum):
+class ResponseMode(LowercaseEnum):
     """How a reply is read: one JSON document, or server-sent events whose text pieces are joined."""
 
     JSON = "json"
     SSE = "sse"
-
-    @classmethod
-    def _missing_(cls, value: object) -> ResponseMode | None:
-        return next((m for m in cls if isinstance(value, str) and m.value == value.lower()), None)
 
 
 class ApiModel(BaseModel):
@@ -142,6 +154,7 @@ class ConnectionSpec(ApiModel):
     faults: list[FaultRule] = Field(default_factory=list, max_length=MAX_FAULT_RULES)
     response_mode: ResponseMode = ResponseMode.JSON
     stream_text_path: str = Field(default=DEFAULT_STREAM_TEXT_PATH, min_length=1, max_length=1000)
+    protocol: Protocol = Protocol.HTTP
 
     @field_validator("retryable_status_codes")
     @classmethod
@@ -167,6 +180,7 @@ NULLABLE_TO_DEFAULT = {
     "faults",
     "response_mode",
     "stream_text_path",
+    "protocol",
     "http_method",
     "auth_type",
 }
@@ -249,7 +263,7 @@ def check_connection(spec: ConnectionSpec, allow_http: bool) -> None:
             if not getattr(spec, name):
                 raise InvalidField(name, "is required when authType is BASIC")
     mapping = spec.output_mapping or {}
-    if spec.type is ConnectionType.CONVERSATION:
+    if spec.type is ConnectionType.CONVERSATION and spec.protocol is not Protocol.MCP:  # MCP: forward route only
         if not spec.input_template or not re.search(r"\{\{-?\s*input\b", spec.input_template):
             raise InvalidField(
                 "inputTemplate", "a CONVERSATION connection needs a template with an {{ input… }} placeholder"

@@ -145,6 +145,13 @@ FLOW_BATCH_DELAY_S = 0.05  # the longest a flow waits in the queue before it is 
 # but its flow is truncated here, so one stream cannot make the log hold as much as the 10 MB body cap.
 DEFAULT_FLOW_BODY_MAX_BYTES = 1024 * 1024
 
+# MCP over the forward route. A session id is an opaque token the server hands out; the spec bounds its
+# characters, not its length: 256 holds a UUID, a JWT-sized id would be refused (400) rather than stored.
+MAX_MCP_SESSION_ID_CHARS = 256
+# Sessions a replay has handed out and still serves (each holds its play-back positions and maybe an open GET
+# stream); the oldest is forgotten beyond this, its GET stream ended.
+MAX_MCP_REPLAY_SESSIONS = 1024
+
 # PROXY_SECRET_KEY as a passphrase is stretched with scrypt: 32 MB and ~65 ms of a free core (0.2 s with every
 # core busy), once per start-up or command, and as much for every guess at a stolen database (one SHA-256 cost
 # nanoseconds). They make the key: changed, no stored secret opens.

@@ -4,6 +4,7 @@
 connection (no product, template or mapping) and without a credential of its own: the client's credential
 (`Authorization`, `X-Api-Key`, `Api-Key`) goes upstream as the client sent it, on live calls only, and is masked
 in recordings, flows and logs like any secret. Recordings go to `connections/<name>.yaml`, as a connection's do.
+`tools=mcp+http://127.0.0.1:8000` marks an MCP server (the connection field `protocol: mcp`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from proxy.errors import InvalidField
-from proxy.models import check_url
+from proxy.models import Protocol, check_url
 from proxy.origins import Origin, url_origin
 from proxy.redaction import Redactor
 from proxy.settings import MAX_CLIENT_SECRETS, MIN_SECRET_LEN
@@ -27,6 +28,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 # Headers that carry a client's own credential to the upstream.
 CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 SCHEME_WORDS = frozenset({"bearer", "basic", "token"})
+MCP_SCHEME_PREFIX = "mcp+"  # `mcp+https://…`: the upstream speaks MCP's streamable HTTP transport
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ForwardUpstream:
     url: str  # the base URL as given
     origin: Origin
     target: ForwardTarget
+    protocol: Protocol = Protocol.HTTP
 
     @property
     def path(self) -> str:
@@ -54,6 +57,8 @@ def forward_upstream(name: str, url: str, http_allowed: bool) -> ForwardUpstream
     """A forward-only upstream, validated: a plain name, and an absolute http(s) URL with no query (plain http
     only for a loopback host or with http allowed)."""
     field = f"upstream {name}"
+    protocol = Protocol.MCP if url.lower().startswith(MCP_SCHEME_PREFIX) else Protocol.HTTP
+    url = url[len(MCP_SCHEME_PREFIX) :] if protocol is Protocol.MCP else url
     if not NAME.match(name):
         raise InvalidField(field, "a name is letters, digits, '.', '_' or '-' (at most 100), starting with one")
     try:
@@ -67,7 +72,8 @@ def forward_upstream(name: str, url: str, http_allowed: bool) -> ForwardUpstream
         raise InvalidField(field, f"{url!r}: a base URL has no query or fragment")
     check_url(url, http_allowed or is_loopback_host(origin.host))
     subject = CallSubject(f"upstream:{name}", name, "CLIENT", "FORWARD")
-    return ForwardUpstream(name, url, origin, ForwardTarget(f"upstream:{name}", subject, traceparent=False, adds=False))
+    target = ForwardTarget(f"upstream:{name}", subject, traceparent=False, adds=False)
+    return ForwardUpstream(name, url, origin, target, protocol)
 
 
 class ClientSecrets:

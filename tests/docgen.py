@@ -208,6 +208,8 @@ CONNECTION = {
     "response_mode": "`json`, or `sse` for a server-sent-events reply whose pieces are joined before mapping.",
     "stream_text_path": "JSONPath applied to each event's JSON `data`; the strings found are joined: with `sse`, "
     "the text mapped; in any mode, the text a stream relayed by the forward route shows in its flow.",
+    "protocol": "`mcp`: the forward route speaks MCP's streamable HTTP transport, recorded and replayed with the "
+    "client's JSON-RPC ids and session ids ([MCP](mcp.md)); such a connection serves the forward route only.",
     "faults": "[Fault rules](#fault-rules): answers, delays and cut bodies injected on purpose, above the "
     "cassette, so never recorded.",
 }
@@ -335,6 +337,9 @@ LIMITS = {
     "FLOW_BATCH_ROWS": "flows queued that the flow log writes at once, in one commit, without waiting",
     "FLOW_BATCH_DELAY_S": "the longest a flow waits in the flow log's queue before it is written, seconds",
     "DEFAULT_FLOW_BODY_MAX_BYTES": "`flow_body_max_bytes`: of a relayed stream, the body bytes its flow keeps",
+    "MAX_MCP_SESSION_ID_CHARS": "an `Mcp-Session-Id` header's length at most (longer: 400), visible ASCII only",
+    "MAX_MCP_REPLAY_SESSIONS": "MCP sessions a replay serves at once (each with its play-back positions); the "
+    "oldest is forgotten beyond this",
     "PASSPHRASE_SCRYPT_N": "scrypt's cost (N) for a `PROXY_SECRET_KEY` passphrase; with R and P, part of the key",
     "PASSPHRASE_SCRYPT_R": "scrypt's block size (r) for a `PROXY_SECRET_KEY` passphrase",
     "PASSPHRASE_SCRYPT_P": "scrypt's parallelism (p) for a `PROXY_SECRET_KEY` passphrase",

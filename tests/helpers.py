@@ -5,9 +5,11 @@ Fixtures live in conftest.py; the servers the tests talk to in servers.py, upstr
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +207,31 @@ def compiled_connection(*, allow_http: bool = False, **fields: Any) -> CompiledC
         **fields,
     }
     return compile_connection("ec_1", parse_spec(data), "2026-01-01T00:00:00Z", allow_http=allow_http)
+
+
+# -- a user's suite under the pytest plugin; the flow log ----------------------------------------------
+
+RUN_TIMEOUT_S = 180
+# Other plugins of this venv, off to save start-up time; `proxy` still loads from its entry point.
+QUIET_PLUGINS = [f"-p no:{name}" for name in ("cacheprovider", "schemathesis", "hypothesispytest", "asyncio", "anyio")]
+
+
+def run_pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "--strict-markers", "-rA", *args],
+        cwd=project,
+        env={**os.environ, "CHAT_MESSAGE": "hello", "EXTRA": "first", **env},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+
+def wait_flows(client: httpx.Client, count: int, **params: str) -> list[dict[str, Any]]:
+    """The HAR entries of the flows `params` select, once there are `count` (flows are written just after)."""
+    deadline = time.monotonic() + 10
+    while True:
+        entries: list[dict[str, Any]] = client.get("/flows.har", params=params).json()["log"]["entries"]
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)

@@ -20,7 +20,7 @@ import pytest
 from proxy.flow_export import curl_command, curl_variables
 from proxy.settings import MASK
 from tests.conftest import TEST_PASSWORD, TEST_TOKEN, RunningProxy, chat_connection, csrf_token, running_proxy
-from tests.helpers import launch, post, submit_form
+from tests.helpers import launch, post, submit_form, wait_flows
 from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.e2e
@@ -37,16 +37,6 @@ HAR_RESPONSE_FIELDS = {
     "headersSize",
     "bodySize",
 }
-
-
-def wait_flows(client: httpx.Client, count: int, **params: str) -> list[dict[str, Any]]:
-    """The HAR entries of the flows `params` select, once there are `count` (flows are written just after)."""
-    deadline = time.monotonic() + 10
-    while True:
-        entries: list[dict[str, Any]] = client.get("/flows.har", params=params).json()["log"]["entries"]
-        if len(entries) >= count or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -181,7 +181,7 @@ def test_an_allowed_origin_gets_cors_answers(client: httpx.Client, upstream_url:
     created = client.post("/endpointConnections", json=chat_connection(upstream_url), headers={"Origin": APP})
     assert created.status_code == 201
     assert created.headers["access-control-allow-origin"] == APP and created.headers["vary"] == "Origin"
-    assert created.headers["access-control-expose-headers"] == "X-Proxy-Cassette"
+    assert created.headers["access-control-expose-headers"] == "X-Proxy-Cassette, Mcp-Session-Id"
     # Its refusals carry the CORS headers too, so the app can read why.
     refused = client.post("/endpointConnections", content=b"{}", headers={"Origin": APP, "Content-Type": "text/plain"})
     assert refused.status_code == 415 and refused.headers["access-control-allow-origin"] == APP

@@ -14,15 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import QUIET_PLUGINS, RUN_TIMEOUT_S, run_pytest
 from tests.servers import serve_in_thread
 from tests.streams import WORDS, StreamingUpstream
 from tests.upstream import Reply, Upstream, chat_completion
 
 pytestmark = pytest.mark.e2e
-RUN_TIMEOUT_S = 180
-# Other plugins of this venv, off to save start-up time; `proxy` still loads from its entry point.
-QUIET_PLUGINS = [f"-p no:{name}" for name in ("cacheprovider", "schemathesis", "hypothesispytest", "asyncio", "anyio")]
-
 OPENAI_TEST = "test_app/test_openai_sdk_through_the_forward_route"
 TESTS = """
 import os
@@ -83,17 +80,6 @@ def fake_upstream() -> Upstream:
     upstream.handle("/v1/chat/completions", chat_completion)
     upstream.script("/bot", Reply(json={"reply": "pong"}))
     return upstream
-
-
-def run_pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", *QUIET_PLUGINS, "--strict-markers", "-rA", *args],
-        cwd=project,
-        env={**os.environ, "CHAT_MESSAGE": "hello", "EXTRA": "first", **env},
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.api.common import record_mode_header, runtime
 from proxy.api.openapi import ANY_BYTES, ApiRoute
 from proxy.errors import InvalidField
+from proxy.models import Protocol
 from proxy.results import CallResult, CutReply
 from proxy.settings import MASK
 from proxy.streaming import Relay
@@ -68,17 +69,21 @@ async def forward(request: Request) -> Response:
     upstream = rt.upstreams.get(name)
     if upstream is not None:  # forward-only: the client's own credential goes up, masked like any secret
         rt.client_secrets.note(name, headers)
-        target, base_url = upstream.target, upstream.origin.base_url()
+        target, base_url, protocol = upstream.target, upstream.origin.base_url(), upstream.protocol
     else:
         conn = rt.connections.resolve(name)
         if conn.origin is None:  # a host the template decides is known only per call: nothing to render it with
             raise InvalidField(
                 "url", f"the forward route needs a connection whose URL has a fixed origin, not {conn.shown_url}"
             )
-        name, target, base_url = conn.name, conn.target, conn.origin.base_url()
+        name, target, base_url, protocol = conn.name, conn.target, conn.origin.base_url(), conn.spec.protocol
     raw_query = request.scope["query_string"]  # as sent: building request.url would parse the whole URL again
     query = f"?{raw_query.decode('latin-1')}" if raw_query else ""
     url = f"{base_url}/{request.path_params['path']}{query}"
+    if protocol is Protocol.MCP:
+        from proxy.api.mcp_forward import mcp_forward  # it builds its answers with this module's
+
+        return await mcp_forward(request, rt, name, target, url, headers, mode)
     handle = rt.library.server_handle("connections", name, "forward", rt.library.mode_for(name))
     handle = handle.for_call(mode)
     result = await rt.engine.forward(target, request.method, url, headers, await request.body(), handle)

@@ -18,6 +18,8 @@ from proxy.errors import CallFailure
 ATTEMPT_TIMEOUT_EXTENSION = "proxy.attempt_timeout"  # request: the caller's AttemptTimeout, if it times attempts
 CASSETTE_EXTENSION = "proxy.cassette"  # request: an opaque cassette handle, or None for plain live calls
 PER_RUN_EXTENSION = "proxy.per_run"  # request: {name: value} of ids that differ every run (never matched)
+# request: the body as matched and recorded, when it differs from the one sent (an MCP message without its ids)
+MATCH_BODY_EXTENSION = "proxy.match_body"
 OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live | injected
 RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"  # response: the latency a recording measured
 REPLAYED_EXTENSION = "proxy.replayed"  # response: True when played back, so no wait before a retry is real

@@ -20,6 +20,7 @@ from proxy.redaction import Redactor
 from proxy.settings import MASK, MAX_UPSTREAM_BODY_BYTES, OFF_LOOP_REPLY_BYTES
 from proxy.transports import (
     CASSETTE_EXTENSION,
+    MATCH_BODY_EXTENSION,
     OUTCOME_EXTENSION,
     PARSED_BODY_EXTENSION,
     PER_RUN_EXTENSION,
@@ -58,11 +59,12 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if handle is None or not (handle.replays or handle.records):  # mode off
             return _tag(await self.live.handle_async_request(request), "live")
         cassette, handle = await self.library.opened(handle)
-        body = await request.aread()
+        sent = await request.aread()
+        body = request.extensions.get(MATCH_BODY_EXTENSION, sent)
         per_run = request.extensions.get(PER_RUN_EXTENSION) or {}
         uri, text = _redacted_uri_and_body(request, body, per_run, self.redactor)
         if handle.replays:
-            hit = handle.next_hit(cassette, self._key(request, uri, text, body is text))
+            hit = handle.next_hit(cassette, self._key(request, uri, text, body is text and body is sent))
             if hit is not None:
                 try:
                     return await self._replay(hit)

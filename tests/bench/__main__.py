@@ -15,6 +15,7 @@ BENCHES = (
     "turn",
     "load",
     "stream",
+    "mcp",
     "ttfb",
     "suite",
     "store",
