@@ -62,7 +62,7 @@ docs: $(RUNTIME)
 
 # Schemathesis against /openapi.json with enough examples for 1,000+ requests (make test runs a few per route).
 fuzz: $(DEV)
-	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/test_fuzz_api.py -s
+	PROXY_FUZZ_EXAMPLES=60 PROXY_FUZZ_MIN_REQUESTS=1000 $(BIN)/pytest tests/server/test_fuzz_api.py -s
 
 # The load benchmark compares against mitmproxy (its own venv: its pins would fight ours) driven by wrk.
 # The suite benchmark runs pytest-recording and cassetter beside the plugin in a venv of their own: both claim

@@ -9,16 +9,17 @@ ProxyError                      base; never escapes as a 500
 │   └── UnknownField    422     a key no field takes (names the nearest known key)
 └── ConfigError         -       the config file is unusable (CLI exits with the message)
 
-CallFailure                     an upstream call that cannot complete (raised by a transport: proxy.transports)
+CallFailure                     an upstream call that cannot complete (raised by a transport: proxy.engine.transports)
 ├── CassetteMiss                no recording answers and the mode forbids calling live
 ├── BodyTooLarge                an upstream body over the cap
 ├── BodyCut                     a body that broke off (also an httpx.ReadError, as a transport's own would be)
-└── SearchFailed                a connector's answer is no search answer (proxy.connector_search)
+└── SearchFailed                a connector's answer is no search answer (proxy.connectors.search)
 
 Refusals raised below the API, each turned into an InvalidField (or a call's error) where it is caught, and
-ValueErrors so that pydantic validators can raise them: TemplateRefused (proxy.templating), JsonRefused
-(proxy.jsonbounds), JsonPathRefused (proxy.mapping), DatasetError (proxy.dataset, the CLI's exit 2); and
-BudgetExceeded (proxy.template_limits), which proxy.templating turns into a TemplateRefused.
+ValueErrors so that pydantic validators can raise them: TemplateRefused (proxy.templating.environment), JsonRefused
+(proxy.security.jsonbounds), JsonPathRefused (proxy.connections.mapping), DatasetError (proxy.sessions.dataset,
+the CLI's exit 2); and BudgetExceeded (proxy.templating.budget), which proxy.templating.environment turns into a
+TemplateRefused.
 
 Before any route runs, the request guard answers 403 (foreign Host or Origin, cross-site fetch, no CSRF
 token) and 415 (a write that is not JSON) itself, and the API-key middleware 401 to a missing or wrong

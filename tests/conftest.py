@@ -11,10 +11,10 @@ import httpx
 import pytest
 from galtea import Galtea
 
-from proxy.app import create_app
-from proxy.config import Config
-from proxy.runtime import Runtime
-from proxy.settings import Settings
+from proxy.config.file import Config
+from proxy.config.settings import Settings
+from proxy.server.app import create_app
+from proxy.server.runtime import Runtime
 from tests.servers import serve_in_thread
 from tests.upstream import Upstream, serve_upstream
 

@@ -3,10 +3,10 @@
 - docs/cli.md: every command's `--help`, each between `<!-- generated: proxy X --help -->` and
   `<!-- end generated: proxy X --help -->`; a command with no block yet gets a new section at the end.
 - docs/configuration.md: the tables of settings, connection, end-rule and connector fields (from the
-  `Settings` dataclass and the pydantic models) and of defaults and limits (from proxy/settings.py).
+  `Settings` dataclass and the pydantic models) and of defaults and limits (from proxy/config/settings.py).
 
 Run `make docs` (that is, `python -m tests.docgen`) after changing a command, an option, a field or a
-limit, and commit the result: tests/test_docs.py fails while a committed file differs from what this writes.
+limit, and commit the result: tests/docs/test_docs.py fails while a committed file differs from what this writes.
 The prose around the blocks is written by hand; so are the short descriptions below, keyed by field name
 (a field without one is listed with an empty description, and named on stderr).
 """
@@ -33,13 +33,13 @@ import click
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from proxy import settings as limits
-from proxy.cli import main
-from proxy.connector import Connector
-from proxy.connector_input import ConnectorIn, OAuthIn, ServiceAuthIn
-from proxy.faults import FaultMatch, FaultRule
-from proxy.models import BodyMatch, ConnectionSpec, EndRule
-from proxy.settings import Settings
+from proxy.cli.main import main
+from proxy.config import settings as limits
+from proxy.config.settings import Settings
+from proxy.connections.fault_rules import FaultMatch, FaultRule
+from proxy.connections.spec import BodyMatch, ConnectionSpec, EndRule
+from proxy.connectors.connector import Connector
+from proxy.connectors.input import ConnectorIn, OAuthIn, ServiceAuthIn
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -489,7 +489,7 @@ def limit_rows() -> list[list[str]]:
         shown = value_text(value)
         if name.endswith("_BYTES") and isinstance(value, int) and value % (1024 * 1024) == 0:
             shown += f" ({value // (1024 * 1024)} MiB)"
-        rows.append([f"`{name}`", shown, describe(LIMITS, name, "proxy/settings.py")])
+        rows.append([f"`{name}`", shown, describe(LIMITS, name, "proxy/config/settings.py")])
     return rows
 
 

@@ -3,7 +3,7 @@
 `revealed` decodes a masked text the way a reader would (JSON unescaping with the json module, again for each
 document nested in a string down to the depth the proxy masks, percent decoding with urllib, HTML entities, base64 at
 every alignment, UTF-16 either way round) and says in which of those readings the secret can still be read. It shares
-no code with proxy.redaction (or proxy.encoded_forms) on purpose.
+no code with proxy.security.redaction (or proxy.security.encoded_forms) on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from proxy.settings import MASK_NESTED_JSON_DEPTH
+from proxy.config.settings import MASK_NESTED_JSON_DEPTH
 
 _JSON_ESCAPE = re.compile(
     r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[\"\\/bfnrt]"

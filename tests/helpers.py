@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 from click.testing import CliRunner
 
-from proxy.cli import main
-from proxy.config import Config
-from proxy.connection import CompiledConnection, compile_connection
-from proxy.models import parse_spec
+from proxy.cli.main import main
+from proxy.config.file import Config
+from proxy.connections.compiled import CompiledConnection, compile_connection
+from proxy.connections.spec import parse_spec
 from tests.conftest import TEST_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.cassettes.handles import CassetteHandle
+from proxy.config.settings import DEFAULT_SESSION_CACHE_SIZE
 from proxy.sessions.entities import PENDING, Session
-from proxy.settings import DEFAULT_SESSION_CACHE_SIZE
-from proxy.transports.handles import CassetteHandle
 
 
 @dataclass

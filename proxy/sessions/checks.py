@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from proxy.entities import now_iso
+from proxy.connections.spec import ConnectionType
+from proxy.connections.versions import Version, VersionRegistry
 from proxy.errors import InvalidField, NotFound
-from proxy.models import ConnectionType
-from proxy.schemas import SessionCreate, SessionStatus
+from proxy.server.api.schemas import SessionCreate, SessionStatus
 from proxy.sessions.entities import PENDING, Session, context_object
-from proxy.versions import Version, VersionRegistry
+from proxy.storage.entity_tables import now_iso
 
 
 def new_session(fields: SessionCreate, versions: VersionRegistry) -> Session:

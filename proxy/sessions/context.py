@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy import jsonbounds
-from proxy.record_mode import RecordMode
-from proxy.results import CallContext, CallLabel
+from proxy.config.record_mode import RecordMode
+from proxy.engine.results import CallContext, CallLabel
+from proxy.security import jsonbounds
 from proxy.sessions.cache import Active
 
 

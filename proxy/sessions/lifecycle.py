@@ -3,8 +3,8 @@ session, a failure that fails it, and the mapped keys that become the session's 
 
 from __future__ import annotations
 
-from proxy.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
-from proxy.results import CallResult
+from proxy.connections.mapping import OUTPUT, RETRIEVAL_CONTEXT, SESSION_ID, SPECIAL_KEYS, TRACES, output_text
+from proxy.engine.results import CallResult
 from proxy.sessions.entities import COMPLETED, FAILED, GENERATED, SKIPPED, Session, Turn
 
 

@@ -17,14 +17,16 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from proxy.engine import Engine
-from proxy.entities import now_iso
+from proxy.cassettes.library import CassetteLibrary
+from proxy.config.record_mode import RecordMode
+from proxy.config.settings import DEFAULT_SESSION_CACHE_SIZE
+from proxy.connections.mapping import output_text
+from proxy.connections.spec import ConnectionType
+from proxy.connections.versions import Version, VersionRegistry
+from proxy.engine.call import Engine
+from proxy.engine.results import CallResult, new_call_id
 from proxy.errors import Conflict, InvalidField, NotFound
-from proxy.mapping import output_text
-from proxy.models import ConnectionType
-from proxy.record_mode import RecordMode
-from proxy.results import CallResult, new_call_id
-from proxy.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
+from proxy.server.api.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions import tables
 from proxy.sessions.cache import Active, SessionCache
 from proxy.sessions.checks import new_session
@@ -43,10 +45,8 @@ from proxy.sessions.entities import (
 )
 from proxy.sessions.lifecycle import absorb_mapped_keys, apply_turn_result
 from proxy.sessions.tables import ListQuery, Rows
-from proxy.settings import DEFAULT_SESSION_CACHE_SIZE
-from proxy.store import Store
-from proxy.transports.library import CassetteLibrary
-from proxy.versions import Version, VersionRegistry
+from proxy.storage.entity_tables import now_iso
+from proxy.storage.store import Store
 
 
 @dataclass

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import httpx
 
-from proxy.auth import build_headers
-from proxy.connection import compile_connection, connection_secrets
-from proxy.engine import Engine
-from proxy.models import parse_spec
-from proxy.redaction import Redactor
-from proxy.results import CallContext
+from proxy.connections.compiled import compile_connection, connection_secrets
+from proxy.connections.headers import build_headers
+from proxy.connections.spec import parse_spec
+from proxy.engine.call import Engine
+from proxy.engine.results import CallContext
+from proxy.security.redaction import Redactor
 
 TEMPLATE = (
     '{"model": "m", "messages": [{% for t in past_turns %}{"role": "user", "content": "{{ t.input }}"},'

@@ -16,21 +16,21 @@ from pathlib import Path
 import httpx
 import vcr
 
-from proxy.connection import compile_connection
-from proxy.engine import Engine
-from proxy.models import parse_spec
-from proxy.record_mode import RecordMode
-from proxy.redaction import Redactor
-from proxy.results import CallContext
-from proxy.store import Store
-from proxy.transports.cassette import Cassette, load_interactions, make_interaction
-from proxy.transports.cassette_files import write_cassette
-from proxy.transports.library import CassetteLibrary
-from proxy.transports.live import PacedTransport
-from proxy.transports.matching import MatchRules
-from proxy.transports.parse_cache import ParseCache
-from proxy.transports.record_replay import RecordReplayTransport
-from proxy.vault import Vault, load_fernet
+from proxy.cassettes.cassette import Cassette, load_interactions, make_interaction
+from proxy.cassettes.files import write_cassette
+from proxy.cassettes.library import CassetteLibrary
+from proxy.cassettes.matching import MatchRules
+from proxy.cassettes.parse_cache import ParseCache
+from proxy.cassettes.record_replay import RecordReplayTransport
+from proxy.config.record_mode import RecordMode
+from proxy.connections.compiled import compile_connection
+from proxy.connections.spec import parse_spec
+from proxy.engine.call import Engine
+from proxy.engine.results import CallContext
+from proxy.engine.transports.live import PacedTransport
+from proxy.security.redaction import Redactor
+from proxy.security.vault import Vault, load_fernet
+from proxy.storage.store import Store
 
 URL = "https://upstream.bench/chat"
 SIZES = (100, 10_000, 100_000)

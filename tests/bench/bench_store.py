@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import sqlite_utils
 
-from proxy.runtime import Runtime
+from proxy.config.settings import Settings
+from proxy.server.runtime import Runtime
 from proxy.sessions import tables
-from proxy.settings import Settings
 from tests.bench.bench_load import cpu_seconds, load_config
 from tests.bench.harness import free_port, process, record_sessions, serve_command, upstream_process
 from tests.bench.rawhttp import RawConnection

@@ -134,7 +134,10 @@ def pytest_seconds(project: Path, args: list[str], off: tuple[str, ...], env: di
 def baseline_plugin(folder: Path, ref: str) -> str:
     """The plugin module as it was at `ref`, importable as `proxy_baseline_plugin` (a PYTHONPATH entry)."""
     source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{ref}:proxy/pytest_plugin.py"], capture_output=True, text=True, check=True
+        ["git", "-C", str(REPO), "show", f"{ref}:proxy/pytest_plugin/hooks.py"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "proxy_baseline_plugin.py").write_text(source)

@@ -1,0 +1,138 @@
+"""Drift for an MCP cassette: its interactions re-sent in order within fresh live sessions (each recorded
+`initialize` opens one, and one is opened first if the cassette starts without it), each request with a fresh
+JSON-RPC id and the live session's id; answers compared by the shape of their JSON-RPC messages, whether they came
+as JSON or as server-sent events. What drifted is re-recorded with its request as recorded, so replays still match.
+"""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from proxy.cassettes.cassette import Interaction
+from proxy.cassettes.json_shapes import shape_differences
+from proxy.engine.mcp import ID_PLACEHOLDER, PROGRESS_PLACEHOLDER, SESSION_HEADER, parse_request
+from proxy.engine.transports.streams import is_event_stream
+from proxy.security import jsonbounds
+
+if TYPE_CHECKING:
+    from proxy.cli.drift import Checked
+    from proxy.server.runtime import Runtime
+
+# What opens a live session when a cassette's first call is not `initialize` (a recording started mid-session).
+OPENING = {
+    "jsonrpc": "2.0",
+    "id": ID_PLACEHOLDER,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "proxy-drift", "version": "1"},
+    },
+}
+
+
+def is_mcp_cassette(interactions: list[Interaction]) -> bool:
+    """Recorded through an MCP connection: its requests carry the id placeholder the recording put in."""
+    for interaction in interactions:
+        parsed = parse_request(_bytes(interaction.request.get("body")))
+        if any(message.get("id") == ID_PLACEHOLDER for message in parsed.messages):
+            return True
+    return False
+
+
+async def check_mcp_cassette(runtime: Runtime, name: str, interactions: list[Interaction]) -> list[Checked]:
+    from proxy.cli.drift import check_interaction
+
+    session = _Session()
+    tap = _SessionTap(runtime.engine.transport)
+    runtime.engine.transport = tap  # the live session id, which the recorded answer holds masked only
+    try:
+        checked = []
+        for index, interaction in enumerate(interactions):
+            opening = "initialize" in parse_request(_bytes(interaction.request.get("body"))).methods
+            if not opening and session.id is None:
+                await check_interaction(runtime, name, -1, session.request(_opening(interaction)))
+                session.id = tap.session_id
+            sent = await check_interaction(runtime, name, index, session.request(interaction))
+            if opening:
+                session.id = tap.session_id
+            if sent.live is not None:
+                found = message_differences(interaction, sent.live)
+                sent.differences = [d for d in sent.differences if d.path == "status"] + found
+                # The request stays as recorded (what replays match); the answer is the live one.
+                sent.live = Interaction(interaction.request, sent.live.response, sent.live.proxy)
+            checked.append(sent)
+        return checked
+    finally:
+        runtime.engine.transport = tap.inner
+
+
+class _SessionTap(httpx.AsyncBaseTransport):
+    """The transport drift sends through, noting the session id each live answer carries."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.session_id: str | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        self.session_id = response.headers.get(SESSION_HEADER)
+        return response
+
+
+def _opening(before: Interaction) -> Interaction:
+    """An `initialize` sent as the recorded request `before` is (its URL and headers)."""
+    return Interaction({**deepcopy(before.request), "body": json.dumps(OPENING)}, before.response, {})
+
+
+class _Session:
+    """The live session the calls go in, and the next JSON-RPC id."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.next_id = 0
+
+    def request(self, interaction: Interaction) -> Interaction:
+        """The recorded request with a fresh id (and progress token), in this live session."""
+        self.next_id += 1
+        request = deepcopy(interaction.request)
+        body = _bytes(request.get("body")).decode("utf-8", "surrogateescape")
+        for placeholder in (ID_PLACEHOLDER, PROGRESS_PLACEHOLDER):
+            body = body.replace(json.dumps(placeholder), str(self.next_id))
+        request["body"] = body
+        headers = {k: v for k, v in request["headers"].items() if k.lower() != SESSION_HEADER.lower()}
+        request["headers"] = {**headers, SESSION_HEADER: [self.id]} if self.id else headers
+        return Interaction(request, interaction.response, interaction.proxy)
+
+
+def message_differences(recorded: Interaction, live: Interaction) -> list[Any]:
+    """The shape differences of the JSON-RPC messages two answers carry (JSON or server-sent events)."""
+    return shape_differences(_messages(recorded.response), _messages(live.response))
+
+
+def _messages(response: dict[str, Any]) -> list[Any]:
+    body = _bytes(response["body"].get("string"))
+    headers = {k.lower(): (v[0] if isinstance(v, list) and v else str(v)) for k, v in response["headers"].items()}
+    if is_event_stream(headers):
+        lines = body.decode("utf-8", "replace").splitlines()
+        found = [_json(line[5:].strip()) for line in lines if line.startswith("data:")]
+        return [item for item in found if item is not None]
+    document = _json(body.decode("utf-8", "replace")) if body.strip() else None
+    return [] if document is None else document if isinstance(document, list) else [document]
+
+
+def _json(text: str) -> Any:
+    try:
+        return jsonbounds.loads(text.encode())
+    except ValueError:
+        return None
+
+
+def _bytes(body: Any) -> bytes:
+    if body is None:
+        return b""
+    return body.encode() if isinstance(body, str) else bytes(body)
