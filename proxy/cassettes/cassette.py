@@ -25,6 +25,7 @@ from vcr.serializers import compat, yamlserializer
 
 from proxy.cassettes.matching import MatchRules, RecordedRequest
 from proxy.config.settings import CASSETTE_MAX_BYTES, CASSETTE_MAX_INTERACTIONS
+from proxy.engine.transports import WIRE_HEADERS
 
 if TYPE_CHECKING:  # for annotations only: the parse cache builds on this module
     from proxy.cassettes.parse_cache import ParseCache
@@ -32,8 +33,6 @@ if TYPE_CHECKING:  # for annotations only: the parse cache builds on this module
 # The parser vcrpy loads cassettes with (its major version is pinned in pyproject.toml): what the checks before a
 # load see is what the load will read.
 _Loader = yamlserializer._CassetteLoader
-# Hop-by-hop and encoding headers describe the wire, not the content we store (bodies are stored decoded).
-WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
 
 # A recorded answer ready to replay: status, headers, body bytes, the response extensions (see record_replay).

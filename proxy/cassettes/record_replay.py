@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from proxy.cassettes.cassette import WIRE_HEADERS, Cassette, Interaction, PreparedReply, make_interaction
+from proxy.cassettes.cassette import Cassette, Interaction, PreparedReply, make_interaction
 from proxy.cassettes.handles import CassetteHandle
 from proxy.cassettes.library import CassetteLibrary
 from proxy.cassettes.matching import ABSENT, RecordedRequest
@@ -31,6 +31,7 @@ from proxy.engine.transports import (
     REPLAYED_EXTENSION,
     REPLY_MEMO_EXTENSION,
     STREAM_EXTENSION,
+    WIRE_HEADERS,
     CassetteRefused,
     read_capped,
     waited_ms,

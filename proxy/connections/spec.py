@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from proxy.config.known_keys import check_model_keys
@@ -296,3 +296,27 @@ def check_url(url: str, http_allowed: bool) -> None:
             "url",
             "must be https; set acknowledgedInsecureHttp: true or run the server with --allow-http to use http",
         )
+
+
+def _blank_is_absent(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# An id or a short text where an empty string means "not given", as in the Galtea API.
+Text = Annotated[str | None, BeforeValidator(_blank_is_absent)]
+RequiredText = Annotated[str, BeforeValidator(_blank_is_absent)]
+
+
+class RequestModel(ApiModel):
+    """A request body."""
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise_first(exc)
+
+    def given(self) -> set[str]:
+        """The fields the request named (even as null): PATCH changes only those."""
+        return self.model_fields_set

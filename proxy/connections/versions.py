@@ -6,15 +6,33 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from proxy.connections.compiled import CompiledConnection
 from proxy.connections.registry import ConnectionRegistry, new_id
-from proxy.connections.spec import ConnectionType, normalise_keys
+from proxy.connections.spec import ConnectionType, RequestModel, RequiredText, Text, normalise_keys
 from proxy.errors import InvalidField
-from proxy.server.api.schemas import VersionCreate
 from proxy.storage.entity_tables import EntityKind, EntityTable, now_iso
 from proxy.storage.store import Store
+
+
+class VersionCreate(RequestModel):
+    """Connections by id (or by name); the config file's `conversation`/`initialization`/`finalization`
+    shorthands take names. Other Galtea version fields (description, systemPrompt…) are kept and read back."""
+
+    model_config = ConfigDict(extra="allow")
+
+    product_id: RequiredText
+    name: Text = Field(default=None, description="default v<number>")
+    conversation_endpoint_connection_id: Text = Field(default=None, description="required")
+    initialization_endpoint_connection_id: Text = None
+    finalization_endpoint_connection_id: Text = None
+    endpoint_connection_id: Text = Field(default=None, description="older name of the conversation slot")
+    conversation: Text = None
+    initialization: Text = None
+    finalization: Text = None
+
 
 # API field → (config shorthand, connection type the slot takes)
 SLOTS = {

@@ -7,8 +7,8 @@ import os
 from proxy.connections.spec import ConnectionType
 from proxy.connections.versions import Version, VersionRegistry
 from proxy.errors import InvalidField, NotFound
-from proxy.server.api.schemas import SessionCreate, SessionStatus
 from proxy.sessions.entities import PENDING, Session, context_object
+from proxy.sessions.requests import SessionCreate, SessionStatus
 from proxy.storage.entity_tables import now_iso
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from proxy.connections.headers import new_w3c_trace_id
-from proxy.server.api.schemas import SessionStatus
+from proxy.sessions.requests import SessionStatus
 
 PENDING, COMPLETED, FAILED = SessionStatus.PENDING.value, SessionStatus.COMPLETED.value, SessionStatus.FAILED.value
 GENERATED, SKIPPED = "GENERATED", "SKIPPED"  # turn statuses besides FAILED

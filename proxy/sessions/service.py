@@ -26,7 +26,6 @@ from proxy.connections.versions import Version, VersionRegistry
 from proxy.engine.call import Engine
 from proxy.engine.results import CallResult, new_call_id
 from proxy.errors import Conflict, InvalidField, NotFound
-from proxy.server.api.schemas import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions import tables
 from proxy.sessions.cache import Active, SessionCache
 from proxy.sessions.checks import new_session
@@ -44,6 +43,7 @@ from proxy.sessions.entities import (
     encode,
 )
 from proxy.sessions.lifecycle import absorb_mapped_keys, apply_turn_result
+from proxy.sessions.requests import InferenceResultCreate, SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 from proxy.sessions.tables import ListQuery, Rows
 from proxy.storage.entity_tables import now_iso
 from proxy.storage.store import Store

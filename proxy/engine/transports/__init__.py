@@ -32,6 +32,8 @@ REDACTED_EXTENSION = "proxy.redacted"  # response: its body's secrets are masked
 # response: a dict kept with a recorded answer, the same on every replay of it, where a caller may keep what it
 # worked out from the (unchanging) body, so that it is not worked out again
 REPLY_MEMO_EXTENSION = "proxy.reply_memo"
+# Hop-by-hop and encoding headers describe the wire, not the content a cassette stores (bodies are stored decoded).
+WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length", "connection", "keep-alive"})
 
 
 class CassetteMiss(CallFailure):

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from proxy.cassettes.cassette import WIRE_HEADERS
 from proxy.config.settings import MAX_UPSTREAM_BODY_BYTES
 from proxy.connections.fault_rules import FaultPlan, FaultRule, current_test_id
 from proxy.engine.transports import (
@@ -18,6 +17,7 @@ from proxy.engine.transports import (
     OUTCOME_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
     REPLAYED_EXTENSION,
+    WIRE_HEADERS,
     BodyCut,
     read_capped,
 )

@@ -9,7 +9,8 @@ from proxy.errors import NotFound
 from proxy.server.api.common import query_list, read_json_object, runtime
 from proxy.server.api.listing import filter_by, json_array_response, json_text_response, list_query
 from proxy.server.api.openapi import ApiRoute
-from proxy.server.api.schemas import InferenceResult, InferenceResultCreate
+from proxy.server.api.schemas import InferenceResult
+from proxy.sessions.requests import InferenceResultCreate
 
 
 async def list_inference_results(request: Request) -> Response:

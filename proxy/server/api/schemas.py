@@ -1,164 +1,23 @@
-"""The HTTP API's request and response bodies as pydantic models: one source for validation and for
-the schemas /openapi.json publishes.
+"""The HTTP API's response bodies as pydantic models (and the connection routes' request shapes): one source for
+validation and for the schemas /openapi.json publishes.
 
-Request models validate what a route takes (camelCase keys, snake_case accepted too, enum values in any
-case) and `parse` turns the first failure into `InvalidField` (422) naming the field. Response models
-describe what a route answers; the entities still build their answers themselves (`to_api`, the cheap
-path a replayed turn takes), and the tests check every answer against its model.
+Request models live with the domain that takes them (`RequestModel` in proxy.connections.spec, a session's and a
+turn's in proxy.sessions.requests, a version's in proxy.connections.versions): they validate what a route takes
+(camelCase keys, snake_case accepted too, enum values in any case) and `parse` turns the first failure into
+`InvalidField` (422) naming the field. Response models describe what a route answers; the entities still build
+their answers themselves (`to_api`, the cheap path a replayed turn takes), and the tests check every answer
+against its model.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    create_model,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.alias_generators import to_camel
 
-from proxy.connections.spec import ApiModel, CaseInsensitiveEnum, ConnectionSpec, raise_first
-
-
-class SessionStatus(CaseInsensitiveEnum):
-    PENDING = "PENDING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-
-
-class TurnStatus(CaseInsensitiveEnum):
-    PENDING = "PENDING"
-    GENERATED = "GENERATED"
-    FAILED = "FAILED"
-    SKIPPED = "SKIPPED"
-
-
-def _blank_is_absent(value: Any) -> Any:
-    return None if value == "" else value
-
-
-# An id or a short text where an empty string means "not given", as in the Galtea API.
-Text = Annotated[str | None, BeforeValidator(_blank_is_absent)]
-RequiredText = Annotated[str, BeforeValidator(_blank_is_absent)]
-
-
-class RequestModel(ApiModel):
-    """A request body."""
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> Self:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise_first(exc)
-
-    def given(self) -> set[str]:
-        """The fields the request named (even as null): PATCH changes only those."""
-        return self.model_fields_set
-
-
-def _text_or_object(value: Any) -> Any:
-    if value is None or isinstance(value, str | dict):
-        return value
-    raise ValueError("must be a string or an object")
-
-
-# -- requests ----------------------------------------------------------------------------------
-
-
-class SessionCreate(RequestModel):
-    version_id: Text = None
-    product_id: Text = Field(default=None, description="instead of versionId: that product's latest version")
-    custom_id: Text = None
-    test_case_id: Text = Field(default=None, description="refused when isProduction is true")
-    test_id: Text = None
-    dataset_id: Text = Field(default=None, description="alias of testId")
-    run_id: Text = Field(default=None, description="refused on a production session")
-    is_production: StrictBool | None = Field(
-        default=None, description="absent or null: true without a testCaseId, false with one"
-    )
-    context: str | dict[str, Any] | None = Field(
-        default=None, description='refused with testCaseId; plain text is stored as {"value": "<text>"}'
-    )
-    metadata: dict[str, Any] | None = None
-    status: SessionStatus | None = Field(default=None, description="default PENDING; case-insensitive")
-
-    _context = field_validator("context", mode="before")(_text_or_object)
-
-
-class SessionUpdate(RequestModel):
-    custom_id: Text = None
-    context: str | dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-    status: SessionStatus | None = None
-    stopping_reason: Text = None
-    error: Text = None
-
-    _context = field_validator("context", mode="before")(_text_or_object)
-
-
-class SessionFinish(RequestModel):
-    stopping_reason: Text = Field(default=None, description="→ COMPLETED")
-    error: Text = Field(default=None, description="→ FAILED")
-
-
-class TurnRequest(RequestModel):
-    input: dict[str, Any] | str = Field(description='an object such as {"user_message": "Hi"}, or a string')
-    context: dict[str, Any] | None = Field(default=None, description="merged over the session's context")
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _input(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError('is required: an object such as {"user_message": "Hi"}, or a string')
-        if not isinstance(value, dict | str):
-            raise ValueError("must be an object or a string")
-        return value
-
-
-class InferenceResultCreate(RequestModel):
-    """A turn the client ran itself. Other fields (token counts, costs…) are kept and read back."""
-
-    model_config = ConfigDict(extra="allow")
-
-    session_id: RequiredText
-    input: Any = None
-    actual_output: Any = None
-    retrieval_context: Any = None
-    latency: float | None = None
-    status: TurnStatus | None = Field(default=None, description="default GENERATED")
-    error: Text = None
-    traces: list[dict[str, Any]] | None = None
-
-    @field_validator("latency", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError("must be a number")
-        return value
-
-
-class VersionCreate(RequestModel):
-    """Connections by id (or by name); the config file's `conversation`/`initialization`/`finalization`
-    shorthands take names. Other Galtea version fields (description, systemPrompt…) are kept and read back."""
-
-    model_config = ConfigDict(extra="allow")
-
-    product_id: RequiredText
-    name: Text = Field(default=None, description="default v<number>")
-    conversation_endpoint_connection_id: Text = Field(default=None, description="required")
-    initialization_endpoint_connection_id: Text = None
-    finalization_endpoint_connection_id: Text = None
-    endpoint_connection_id: Text = Field(default=None, description="older name of the conversation slot")
-    conversation: Text = None
-    initialization: Text = None
-    finalization: Text = None
+from proxy.connections.spec import ConnectionSpec, RequestModel
+from proxy.sessions.requests import SessionStatus, TurnStatus
 
 
 def _all_optional(model: type[BaseModel], name: str, **extra_fields: Any) -> type[RequestModel]:

@@ -9,15 +9,8 @@ from proxy.errors import NotFound
 from proxy.server.api.common import json_response, query_list, read_json_object, record_mode_header, runtime
 from proxy.server.api.listing import filter_by, json_text_response, list_query
 from proxy.server.api.openapi import ApiRoute
-from proxy.server.api.schemas import (
-    Deleted,
-    Session,
-    SessionCreate,
-    SessionFinish,
-    SessionUpdate,
-    TurnRequest,
-    TurnResult,
-)
+from proxy.server.api.schemas import Deleted, Session, TurnResult
+from proxy.sessions.requests import SessionCreate, SessionFinish, SessionUpdate, TurnRequest
 
 # query parameter → column
 SESSION_FILTERS = {

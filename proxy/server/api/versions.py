@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from proxy.connections.versions import VersionCreate
 from proxy.server.api.common import (
     created_between,
     ids_or_404,
@@ -16,7 +17,7 @@ from proxy.server.api.common import (
     runtime,
 )
 from proxy.server.api.openapi import ApiRoute
-from proxy.server.api.schemas import Version, VersionCreate
+from proxy.server.api.schemas import Version
 
 
 async def create_version(request: Request) -> JSONResponse:
