@@ -1,6 +1,7 @@
 """The transport seam: every upstream call goes through one httpx transport that is live, recording
 or replaying per cassette. Nothing above it branches on the mode or imports cassette code: what a caller
-passes down and reads back are the extensions and exceptions named here."""
+passes down and reads back are the extensions and exceptions named here (the cassettes package builds the
+record/replay transport on them; the server stacks the layers). Imports from connections and below."""
 
 from __future__ import annotations
 
