@@ -40,6 +40,7 @@ from proxy.engine.results import (
     http_error_text,
     new_call_id,
 )
+from proxy.engine.stream_tap import StreamTap
 from proxy.engine.streaming import Relay, events_of, read_timed
 from proxy.engine.transports import (
     ATTEMPT_TIMEOUT_EXTENSION,
@@ -59,7 +60,6 @@ from proxy.engine.transports import (
 )
 from proxy.engine.transports.client import AiohttpTransport
 from proxy.engine.transports.streams import StreamTiming, is_event_stream, is_streamed
-from proxy.flows.stream_tap import StreamTap
 from proxy.security.head_masking import masked_head, with_masked_names
 from proxy.security.redaction import Redactor
 from proxy.templating.environment import TemplateRefused

@@ -21,7 +21,7 @@ from proxy.security.redaction import Redactor
 from proxy.security.stream_masking import StreamMasker
 
 if TYPE_CHECKING:
-    from proxy.flows.stream_tap import StreamTap
+    from proxy.engine.stream_tap import StreamTap
 
 DONE = "[DONE]"
 _LINE = re.compile(r"([^\r\n]*)(\r\n|\r(?=[^\n])|\n)")  # a lone \r at the end may be half of a \r\n
