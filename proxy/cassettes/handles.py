@@ -39,6 +39,10 @@ class CassetteHandle:
             self.mode is RecordMode.ONCE and not self.existed
         )
 
+    def from_the_start(self) -> CassetteHandle:
+        """This opening with play-back positions of its own, from the start (an MCP session's)."""
+        return replace(self, positions={})
+
     def for_call(self, mode: RecordMode | None) -> CassetteHandle:
         """This opening under another mode for one call (`X-Proxy-Record-Mode`): the same cassette, play-back
         positions and `once` decision. A per-call `all` records without clearing a cassette other calls share."""

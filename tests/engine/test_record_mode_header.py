@@ -125,7 +125,7 @@ def test_a_foreign_page_cannot_force_a_re_record(client: httpx.Client, upstream:
     assert allowed.status_code == 204 and allowed.headers["access-control-allow-headers"] == "x-proxy-record-mode"
     answered = client.post("/forward/chat/v1/chat", json={"q": 1}, headers={HEADER: "off", "Origin": APP})
     assert answered.status_code == 200 and answered.headers["X-Proxy-Cassette"] == "live"
-    assert answered.headers["access-control-expose-headers"] == "X-Proxy-Cassette"
+    assert answered.headers["access-control-expose-headers"] == "X-Proxy-Cassette, Mcp-Session-Id"
 
 
 def test_in_once_a_cassette_one_route_started_recording_records_the_other_route_too(

@@ -14,15 +14,14 @@ import asyncio
 import json
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.cassettes.handles import CassetteHandle
 from proxy.config.record_mode import RecordMode
 from proxy.config.settings import MAX_MCP_REPLAY_SESSIONS
 from proxy.connections.targets import ForwardTarget
@@ -52,13 +51,23 @@ class ReplaySession:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class SessionHandle(Protocol):
+    """What this route needs of a cassette opening (the library's handle: the API imports no cassette code)."""
+
+    name: str
+
+    def from_the_start(self) -> SessionHandle: ...
+
+    def for_call(self, mode: RecordMode | None) -> SessionHandle: ...
+
+
 class McpSessions:
     """The server's MCP sessions: those a replay answered, and each session's own cassette handle (its
     play-back positions), the newest MAX_MCP_REPLAY_SESSIONS of each."""
 
     def __init__(self) -> None:
         self.replayed: OrderedDict[str, ReplaySession] = OrderedDict()
-        self._handles: OrderedDict[tuple[str, str], tuple[CassetteHandle, CassetteHandle]] = OrderedDict()
+        self._handles: OrderedDict[tuple[str, str], tuple[SessionHandle, SessionHandle]] = OrderedDict()
 
     def start(self) -> str:
         session_id = uuid.uuid4().hex
@@ -68,7 +77,7 @@ class McpSessions:
             oldest.ended.set()
         return session_id
 
-    def handle(self, server: CassetteHandle, session_id: str | None) -> CassetteHandle:
+    def handle(self, server: SessionHandle, session_id: str | None) -> SessionHandle:
         """The session's own opening of the server's cassette handle: the same cassette and mode, positions
         from the start. A new server handle (a test's own folder, another mode) starts every session afresh."""
         slot = (server.name, session_id or "")
@@ -76,7 +85,7 @@ class McpSessions:
         if kept is not None and kept[0] is server:
             self._handles.move_to_end(slot)
             return kept[1]
-        own = replace(server, positions={})
+        own = server.from_the_start()
         self._handles[slot] = (server, own)
         while len(self._handles) > MAX_MCP_REPLAY_SESSIONS:
             self._handles.popitem(last=False)
