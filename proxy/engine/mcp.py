@@ -2,8 +2,9 @@
 session ids differ every run.
 
 A request is matched and recorded without its JSON-RPC `id` and `_meta.progressToken` (each replaced by a
-placeholder, so a request still reads as one and a notification as one); a replayed answer carries the current
-request's id and progress token again, in a JSON body and in each server-sent event.
+placeholder, so a request still reads as one and a notification as one) and without the W3C trace context an
+instrumented client puts in `_meta` (new every run); a replayed answer carries the current request's id and
+progress token again, in a JSON body and in each server-sent event.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ SESSION_ID = re.compile(r"[\x21-\x7e]+")
 PROTOCOL_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # What names a call in the flow log beside its method: the tool, prompt or resource it is about.
 SUBJECT_PARAMS = ("name", "uri")
+# `_meta` keys an OpenTelemetry-instrumented client (the mcp SDK, once a tracer is set up) fills anew per request:
+# left out of what is matched and recorded, as the id is, or every replay with tracing on would miss.
+PER_RUN_META_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 SSE_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -78,13 +82,20 @@ def parse_request(body: bytes) -> McpRequest:
             copy["id"] = ID_PLACEHOLDER
         params = copy.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(params, dict) and isinstance(meta, dict) and "progressToken" in meta:
-            found.progress_tokens.append(meta["progressToken"])
-            copy["params"] = {**params, "_meta": {**meta, "progressToken": PROGRESS_PLACEHOLDER}}
+        if isinstance(params, dict) and isinstance(meta, dict):
+            kept_meta = {key: value for key, value in meta.items() if key not in PER_RUN_META_KEYS}
+            if "progressToken" in kept_meta:
+                found.progress_tokens.append(kept_meta["progressToken"])
+                kept_meta["progressToken"] = PROGRESS_PLACEHOLDER
+            copy["params"] = {**params, "_meta": kept_meta} if kept_meta else _without(params, "_meta")
         normal.append(copy)
     kept = normal if isinstance(document, list) else normal[0]
     found.match_body = json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode()
     return found
+
+
+def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != key}
 
 
 def check_headers(headers: Any) -> str | None:

@@ -26,6 +26,25 @@ def test_a_request_is_matched_without_its_id_and_progress_token() -> None:
     assert parse_request(b"[1, 2]").match_body is None
 
 
+def test_a_request_is_matched_without_the_trace_context_a_traced_client_adds() -> None:
+    """With an OpenTelemetry tracer set up, the mcp SDK puts a new `traceparent` in every request's `_meta`: a
+    replay would miss every call. Matched without it, as without the id; the rest of `_meta` still counts."""
+    plain = parse_request(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}')
+    traced = parse_request(
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+        b'"_meta":{"traceparent":"00-66ecd26b57ba657251cfd0493682e490-9507ce91a236c630-03","tracestate":"a=1"}}}'
+    )
+    assert traced.match_body == plain.match_body and b"traceparent" not in (traced.match_body or b"")
+    progress = parse_request(
+        b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"f",'
+        b'"_meta":{"progressToken":9,"traceparent":"00-aa24a9ce595c144aa05af9ab5e22bcc8-9b0a610fcc9422e8-03"}}}'
+    )
+    assert json.loads(progress.match_body or b"")["params"]["_meta"] == {"progressToken": "<progressToken>"}
+    assert progress.progress_tokens == [9]
+    other_meta = parse_request(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"f","_meta":{"x":1}}}')
+    assert json.loads(other_meta.match_body or b"")["params"]["_meta"] == {"x": 1}
+
+
 def test_a_batch_answer_gets_the_current_ids_in_order() -> None:
     request = parse_request(
         json.dumps([{"jsonrpc": "2.0", "id": 10, "method": "a"}, {"jsonrpc": "2.0", "id": 11, "method": "b"}]).encode()
