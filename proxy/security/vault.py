@@ -25,11 +25,21 @@ KEY_FILE_NAME = "secret.key"
 SALT_FILE_NAME = "secret.salt"  # beside the database: PROXY_SECRET_KEY as a passphrase is derived with it
 
 
+def configured_secret_key() -> str | None:
+    """PROXY_SECRET_KEY (a Fernet key or a passphrase), the one place the server reads it; None when unset."""
+    return os.environ.get(SECRET_KEY_ENV) or None
+
+
+def has_key(data_dir: Path) -> bool:
+    """Whether `data_dir`'s secrets can be opened: a key in the environment or the data dir's key file."""
+    return configured_secret_key() is not None or (data_dir / KEY_FILE_NAME).exists()
+
+
 def load_vault(data_dir: Path) -> Vault:
     """The vault for `data_dir`'s secrets. With a passphrase, it also opens secrets sealed by earlier versions,
     whose key was the passphrase's bare SHA-256, so that they can be sealed again (see `Vault.reseal`)."""
     current = load_fernet(data_dir)
-    passphrase = os.environ.get(SECRET_KEY_ENV)
+    passphrase = configured_secret_key()
     if passphrase and not is_fernet_key(passphrase):
         return Vault(current, retired=[Fernet(unsalted_sha256_key(passphrase))])
     return Vault(current)
@@ -38,7 +48,7 @@ def load_vault(data_dir: Path) -> Vault:
 def load_fernet(data_dir: Path) -> Fernet:
     """The current key: PROXY_SECRET_KEY as a Fernet key, or derived from it as a passphrase with scrypt and
     `<data_dir>/secret.salt`; else `<data_dir>/secret.key`. Either file is created once, 0600."""
-    env_key = os.environ.get(SECRET_KEY_ENV)
+    env_key = configured_secret_key()
     if env_key and is_fernet_key(env_key):
         return Fernet(env_key.encode())
     make_private_dir(data_dir)

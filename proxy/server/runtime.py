@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from proxy.engine.upstreams import ClientSecrets, ForwardUpstream, forward_upstr
 from proxy.errors import ConfigError, InvalidField, ProxyError, UnknownField
 from proxy.flows.log import FlowLog
 from proxy.security.redaction import Redactor
-from proxy.security.vault import KEY_FILE_NAME, SECRET_KEY_ENV, load_vault
+from proxy.security.vault import KEY_FILE_NAME, SECRET_KEY_ENV, has_key, load_vault
 from proxy.sessions import SessionService
 from proxy.storage.entity_tables import read_live, stored_secrets
 from proxy.storage.store import DB_FILE_NAME, Store
@@ -236,6 +235,6 @@ def known_connection_urls(settings: Settings, config: Config) -> dict[str, str]:
 def _existing_store(data_dir: Path) -> Store:
     """The store of a data dir that holds a database, refused when its key is neither there nor in the
     environment: a new key would open none of its secrets."""
-    if not (os.environ.get(SECRET_KEY_ENV) or (data_dir / KEY_FILE_NAME).exists()):
+    if not has_key(data_dir):
         raise ConfigError(f"{data_dir} holds a database but no {KEY_FILE_NAME}: set {SECRET_KEY_ENV} to read it")
     return Store(data_dir, load_vault(data_dir))
