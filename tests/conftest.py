@@ -16,6 +16,7 @@ from proxy.config.settings import Settings
 from proxy.server.app import create_app
 from proxy.server.runtime import Runtime
 from tests.servers import serve_in_thread
+from tests.streams import Streaming, StreamingUpstream
 from tests.upstream import Upstream, serve_upstream
 
 TEST_TOKEN = "tok-Sup3rSecret-4242"
@@ -45,6 +46,14 @@ def attacker() -> Iterator[tuple[Upstream, str]]:
     """A listener on another port: another origin than the stored connection's."""
     with serve_upstream() as served:
         yield served
+
+
+@pytest.fixture
+def streaming() -> Iterator[Streaming]:
+    """A fresh `StreamingUpstream` on its own loopback port: (upstream, base URL)."""
+    upstream = StreamingUpstream()
+    with serve_in_thread(upstream.app) as url:
+        yield upstream, url
 
 
 @dataclass

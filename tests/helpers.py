@@ -119,6 +119,13 @@ def thread_version(client: httpx.Client, base: str, name: str = "v-threads") -> 
 # -- a configured chat connection, recorded and replayed -----------------------------------------------
 
 
+def bearer_conversation(name: str, url: str, **fields: Any) -> dict[str, Any]:
+    """A CONVERSATION connection `name` of product `p` to `url`, TEST_TOKEN its bearer token, with `fields` over
+    it: as a config file writes it."""
+    data = {"name": name, "product_id": "p", "type": "CONVERSATION", "url": url}
+    return {**data, "auth_type": "BEARER", "auth_token": TEST_TOKEN, **fields}
+
+
 def chat_config(upstream_url: str, **connection: Any) -> Config:
     """One CONVERSATION connection `chat` to {upstream}/chat and a version `v1` using it."""
     return Config(**chat_config_data(upstream_url, **connection))
@@ -126,18 +133,24 @@ def chat_config(upstream_url: str, **connection: Any) -> Config:
 
 def chat_config_data(upstream_url: str, **connection: Any) -> dict[str, Any]:
     """`chat_config` as the `connections` and `versions` of a config file."""
-    data = {
-        "name": "chat",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": f"{upstream_url}/chat",
-        "auth_type": "BEARER",
-        "auth_token": TEST_TOKEN,
-        "input_template": '{"message": "{{ input.user_message }}", "history": {{ past_turns | length }}}',
-        "output_mapping": {"output": "$.reply"},
-    }
+    data = bearer_conversation(
+        "chat",
+        f"{upstream_url}/chat",
+        input_template='{"message": "{{ input.user_message }}", "history": {{ past_turns | length }}}',
+        output_mapping={"output": "$.reply"},
+    )
     data.update(connection)
     return {"connections": [data], "versions": [{"name": "v1", "product_id": "p", "conversation": "chat"}]}
+
+
+def llm_config(url: str, **connection: Any) -> Config:
+    """One connection `llm` to a streaming upstream at `url` (see `tests.streams`), for the forward route."""
+    fields = {
+        "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
+        "output_mapping": {"output": "$.text"},
+        **connection,
+    }
+    return Config(connections=[bearer_conversation("llm", f"{url}/v1", **fields)])
 
 
 def version_id(client: httpx.Client) -> str:

@@ -120,3 +120,7 @@ class StreamingUpstream:
                 yield chunk
 
         return StreamingResponse(body(), media_type="text/event-stream")
+
+
+# What the `streaming` fixture gives a test: the upstream and its base URL.
+Streaming = tuple[StreamingUpstream, str]

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import app_process, free_port, process, record_sessions, serve_command, upstream_process
+from tests.bench.harness import (
+    app_process,
+    free_port,
+    process,
+    record_sessions,
+    serve_command,
+    upstream_process,
+    write_config,
+)
 from tests.bench.rawhttp import RawConnection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,15 +99,9 @@ async def replay_sessions(
 
 
 def load_config(folder: Path, upstream: str) -> Path:
-    config = folder / "load.yaml"
-    config.write_text(
-        "settings: {allow_http: true}\n"
-        "connections:\n"
-        f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: NONE,\n"
-        '      input_template: \'{"message": "{{ input.user_message }}"}\', output_mapping: {output: $.reply}}\n'
-        "versions:\n  - {name: v1, product_id: p, conversation: bench}\n"
-    )
-    return config
+    template = '{"message": "{{ input.user_message }}"}'
+    fields = {"auth_type": "NONE", "input_template": template, "output_mapping": {"output": "$.reply"}}
+    return write_config(folder / "load.yaml", "bench", f"{upstream}/chat", version=True, **fields)
 
 
 def forward_route(upstream: str, config: Path, folder: Path, body: str, bare: float) -> list[str]:

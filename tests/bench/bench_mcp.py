@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.bench.harness import process, serve_command
+from tests.bench.harness import process, serve_command, write_config
 from tests.mcp_server import MCP_PATH, mcp_server_process
 
 CALLS = 500
@@ -80,12 +80,7 @@ def pcts(samples: list[float]) -> tuple[float, float]:
 def run() -> list[str]:
     with mcp_server_process() as server, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        config = tmp / "proxy.yaml"
-        config.write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: tools, product_id: p, type: CONVERSATION, url: '{server}', auth_type: NONE, protocol: mcp}}\n"
-        )
+        config = write_config(tmp / "proxy.yaml", "tools", server, auth_type="NONE", protocol="mcp")
         direct = asyncio.run(call_latencies(server, MCP_PATH, CALLS))
         path = "/forward/tools" + MCP_PATH
         args, base = serve_command(config, tmp / "mcp", "once")

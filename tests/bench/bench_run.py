@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.harness import upstream_process
+from tests.bench.harness import upstream_process, write_config
 
 CASES, TURNS = 1000, 3
 
@@ -44,14 +44,10 @@ def timed_run(cwd: Path, mode: str) -> tuple[float, str]:
 def run() -> list[str]:
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        (cwd / "bench.yaml").write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: NONE,\n"
-            '      input_template: \'{"message": "{{ input.user_message }}", "n": {{ past_turns | length }}}\',\n'
-            "      output_mapping: {output: $.reply, retrieval_context: $.docs}}\n"
-            "versions:\n  - {name: v1, product_id: p, conversation: bench}\n"
-        )
+        template = '{"message": "{{ input.user_message }}", "n": {{ past_turns | length }}}'
+        mapping = {"output": "$.reply", "retrieval_context": "$.docs"}
+        fields = {"auth_type": "NONE", "input_template": template, "output_mapping": mapping}
+        write_config(cwd / "bench.yaml", "bench", f"{upstream}/chat", version=True, **fields)
         with open(cwd / "dataset.jsonl", "w") as f:
             for n in range(CASES):
                 turns = [{"user_message": f"case {n} turn {t}"} for t in range(TURNS)]

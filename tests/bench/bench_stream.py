@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.bench.harness import app_process, free_port, process, serve_command
+from tests.bench.harness import app_process, free_port, process, serve_command, write_config
 
 MITMDUMP = Path(__file__).resolve().parents[2] / ".venv-mitm" / "bin" / "mitmdump"
 TTFB_REQUESTS = 300
@@ -83,15 +83,9 @@ async def load(base: str, path: str) -> tuple[float, float]:
 
 def stream_config(folder: Path, upstream: str) -> Path:
     """A config whose connection `llm` is the streaming upstream, with a token the forward route adds and masks."""
-    config = folder / "proxy.yaml"
-    config.write_text(
-        "settings: {allow_http: true}\n"
-        "connections:\n"
-        f"  - {{name: llm, product_id: p, type: CONVERSATION, url: '{upstream}/v1', auth_type: BEARER,\n"
-        '      auth_token: tok-bench-Secret-4242, input_template: \'{"m": "{{ input }}"}\',\n'
-        "      output_mapping: {output: $.text}}\n"
-    )
-    return config
+    auth = {"auth_type": "BEARER", "auth_token": "tok-bench-Secret-4242"}
+    fields = {**auth, "input_template": '{"m": "{{ input }}"}', "output_mapping": {"output": "$.text"}}
+    return write_config(folder / "proxy.yaml", "llm", f"{upstream}/v1", **fields)
 
 
 def pcts(samples: list[float]) -> tuple[float, float]:

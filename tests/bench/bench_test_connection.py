@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.bench.harness import drive, process, serve_command, upstream_process
+from tests.bench.harness import drive, process, serve_command, upstream_process, write_config
 
 CONCURRENCY = 16
 REQUESTS = 3000
@@ -17,14 +17,11 @@ REQUESTS = 3000
 
 def run() -> list[str]:
     with upstream_process() as upstream, tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.yaml"
-        config.write_text(
-            "settings: {allow_http: true}\n"
-            "connections:\n"
-            f"  - {{name: bench, product_id: p, type: CONVERSATION, url: '{upstream}/chat', auth_type: BEARER,\n"
-            '      auth_token: bench-token, input_template: \'{"message": "{{ input.user_message }}"}\',\n'
-            "      output_mapping: {output: $.reply, retrieval_context: $.docs}}\n"
-        )
+        auth = {"auth_type": "BEARER", "auth_token": "bench-token"}
+        template = '{"message": "{{ input.user_message }}"}'
+        mapping = {"output": "$.reply", "retrieval_context": "$.docs"}
+        fields = {**auth, "input_template": template, "output_mapping": mapping}
+        config = write_config(Path(tmp) / "bench.yaml", "bench", f"{upstream}/chat", **fields)
         args, proxy_url = serve_command(config, Path(tmp), "off")  # live: the proxy's own overhead
         with process(args, f"{proxy_url}/healthz"):
             conn_id = httpx.get(f"{proxy_url}/endpointConnections").json()[0]["id"]

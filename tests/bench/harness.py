@@ -14,8 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 from tests.servers import wait_answering
 
@@ -122,6 +124,17 @@ def serve_command(config: Path, folder: Path, record_mode: str) -> tuple[list[st
         record_mode,
     ]
     return args, f"http://127.0.0.1:{port}"
+
+
+def write_config(path: Path, name: str, url: str, *, version: bool = False, **fields: Any) -> Path:
+    """A config file at `path` with plain HTTP allowed and one CONVERSATION connection `name` of product `p` to
+    `url` with `fields`; with `version`, a version `v1` of it."""
+    connection = {"name": name, "product_id": "p", "type": "CONVERSATION", "url": url, **fields}
+    data: dict[str, Any] = {"settings": {"allow_http": True}, "connections": [connection]}
+    if version:
+        data["versions"] = [{"name": "v1", "product_id": "p", "conversation": name}]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def record_sessions(folder: Path, config: Path, cases: int, turns: int) -> None:

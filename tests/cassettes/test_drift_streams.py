@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,17 @@ from proxy.cassettes.json_shapes import Difference
 from proxy.cassettes.stream_shapes import stream_differences
 from proxy.config.file import load_config
 from tests.conftest import TEST_TOKEN, NoNetwork, running_proxy
-from tests.servers import serve_in_thread
-from tests.streams import WORDS, StreamingUpstream, anthropic_events, openai_chunk, openai_events
+from tests.streams import WORDS, Streaming, StreamingUpstream, anthropic_events, openai_chunk, openai_events
 
 pytestmark = pytest.mark.e2e
 CASSETTE = Path("cas") / "connections" / "llm.yaml"
 
 
 @pytest.fixture
-def streaming(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StreamingUpstream, str]]:
+def streaming(streaming: Streaming, monkeypatch: pytest.MonkeyPatch) -> Streaming:
+    """The streaming upstream, with the token the config names (`${CHAT_TOKEN}`) set."""
     monkeypatch.setenv("CHAT_TOKEN", TEST_TOKEN)
-    upstream = StreamingUpstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
+    return streaming
 
 
 def write_config(tmp_path: Path, url: str, timeout: float = 10.0) -> Path:
@@ -48,9 +45,7 @@ def write_config(tmp_path: Path, url: str, timeout: float = 10.0) -> Path:
     return config
 
 
-def recorded(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str], call: Any, timeout: float = 10.0
-) -> tuple[StreamingUpstream, Path]:
+def recorded(tmp_path: Path, streaming: Streaming, call: Any, timeout: float = 10.0) -> tuple[StreamingUpstream, Path]:
     """`call(base_url)` made through the forward route of a recording server; the upstream and the config."""
     upstream, url = streaming
     config = write_config(tmp_path, url, timeout)
@@ -100,7 +95,7 @@ def openai_parts_events(words: list[str]) -> list[bytes]:
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
-def test_an_openai_stream_is_compared_event_by_event(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+def test_an_openai_stream_is_compared_event_by_event(tmp_path: Path, streaming: Streaming) -> None:
     upstream, config = recorded(tmp_path, streaming, openai_call)
 
     plan = upstream.reset(gap=0.005)
@@ -126,9 +121,7 @@ def test_an_openai_stream_is_compared_event_by_event(tmp_path: Path, streaming: 
     ]
 
 
-def test_an_openai_stream_without_its_end_or_far_longer_drifts(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_an_openai_stream_without_its_end_or_far_longer_drifts(tmp_path: Path, streaming: Streaming) -> None:
     upstream, config = recorded(tmp_path, streaming, openai_call)
 
     upstream.reset(gap=0.005, chunks=openai_events(WORDS)[:-1])  # no `data: [DONE]`
@@ -141,7 +134,7 @@ def test_an_openai_stream_without_its_end_or_far_longer_drifts(
 
 
 def test_an_anthropic_event_stream_drifts_on_a_renamed_event_and_a_missing_end(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, config = recorded(tmp_path, streaming, anthropic_call)
     assert drift(tmp_path, config).exit_code == 0
@@ -159,7 +152,7 @@ def test_an_anthropic_event_stream_drifts_on_a_renamed_event_and_a_missing_end(
     ]
 
 
-def test_update_rerecords_the_stream_with_its_timing(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+def test_update_rerecords_the_stream_with_its_timing(tmp_path: Path, streaming: Streaming) -> None:
     upstream, config = recorded(tmp_path, streaming, openai_call)
     (before,) = interactions(tmp_path)
     before_body = json.loads(before["request"]["body"])
@@ -199,9 +192,7 @@ def test_update_rerecords_the_stream_with_its_timing(tmp_path: Path, streaming: 
     assert pieces[0][0] >= 0.15, pieces[0][0]
 
 
-def test_a_stream_longer_than_the_timeout_is_reported_not_waited_for(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_a_stream_longer_than_the_timeout_is_reported_not_waited_for(tmp_path: Path, streaming: Streaming) -> None:
     upstream, config = recorded(tmp_path, streaming, openai_call, timeout=0.5)
 
     upstream.reset(gap=0.5)  # ~4.5 s of stream

@@ -171,29 +171,15 @@ def test_unreachable_upstream_is_a_clean_failure_that_says_why(galtea: Galtea, u
 
 
 def test_hostile_input_arrives_exactly(proxy_server: RunningProxy, upstream: Upstream, upstream_url: str) -> None:
-    import httpx
-
     hostile = 'quote " newline \n backslash \\ unicode é🚀 {{ 7*7 }}'
     with httpx.Client(base_url=proxy_server.url) as client:
-        created = client.post(
-            "/endpointConnections",
-            json={
-                "name": "h",
-                "productId": "p",
-                "url": f"{upstream_url}/chat",
-                "type": "CONVERSATION",
-                "authType": "NONE",
-                "inputTemplate": '{"m": "{{ input.user_message }}"}',
-                "outputMapping": {"output": "$.reply"},
-                "acknowledgedInsecureHttp": True,
-            },
-        ).json()
+        created = client.post("/endpointConnections", json=chat_connection(upstream_url)).json()
         upstream.script("/chat", Reply(json={"reply": "ok"}))
         body = client.post(
             "/endpointConnections/testConnection", json={"id": created["id"], "input": {"user_message": hostile}}
         ).json()
     assert body["success"]
-    assert json.loads(upstream.requests_to("/chat")[-1].body) == {"m": hostile}
+    assert json.loads(upstream.requests_to("/chat")[-1].body) == {"message": hostile}
 
 
 def test_traceparent_can_be_turned_off_per_connection(

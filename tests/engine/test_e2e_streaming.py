@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +19,10 @@ from click.testing import CliRunner
 from proxy.cli.main import main
 from proxy.config.file import Config
 from tests.conftest import TEST_TOKEN, NoNetwork, running_proxy
-from tests.servers import serve_in_thread
-from tests.streams import USAGE, WORDS, StreamingUpstream, openai_chunk, secret_echo_chunks
+from tests.helpers import bearer_conversation, llm_config
+from tests.streams import USAGE, WORDS, Streaming, openai_chunk, secret_echo_chunks
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def streaming() -> Iterator[tuple[StreamingUpstream, str]]:
-    upstream = StreamingUpstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
-
-
-def forward_config(url: str, **connection: Any) -> Config:
-    data = {
-        "name": "llm",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": f"{url}/v1",
-        "auth_type": "BEARER",
-        "auth_token": TEST_TOKEN,
-        "input_template": '{"messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
-        "output_mapping": {"output": "$.text"},
-        **connection,
-    }
-    return Config(connections=[data])
 
 
 def openai_stream(base_url: str) -> list[tuple[float, str | None, Any]]:
@@ -65,13 +42,11 @@ def cassette_interactions(path: Path) -> list[dict[str, Any]]:
     return list(yaml.safe_load(path.read_text())["interactions"])
 
 
-def test_openai_stream_is_relayed_as_it_arrives_recorded_and_replayed(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_openai_stream_is_relayed_as_it_arrives_recorded_and_replayed(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     cassettes = tmp_path / "cassettes"
     plan = upstream.reset(first_delay=0.4, gap=0.15)
-    with running_proxy(tmp_path / "a", forward_config(url), cassettes_dir=cassettes) as proxy:
+    with running_proxy(tmp_path / "a", llm_config(url), cassettes_dir=cassettes) as proxy:
         started = time.perf_counter()
         live = openai_stream(proxy.url)
     last_sent = plan.sent_at[-1] - started
@@ -104,7 +79,7 @@ def test_openai_stream_is_relayed_as_it_arrives_recorded_and_replayed(
     ):
         with running_proxy(
             tmp_path / f"b-{latency}-{speed}",
-            forward_config(url),
+            llm_config(url),
             offline,
             cassettes_dir=cassettes,
             record_mode="none",
@@ -120,7 +95,7 @@ def test_openai_stream_is_relayed_as_it_arrives_recorded_and_replayed(
     assert offline.calls == 0
 
 
-def test_anthropic_event_stream_works_the_same(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+def test_anthropic_event_stream_works_the_same(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     cassettes = tmp_path / "cassettes"
 
@@ -134,25 +109,23 @@ def test_anthropic_event_stream_works_the_same(tmp_path: Path, streaming: tuple[
         return pieces
 
     upstream.reset(gap=0.02)
-    with running_proxy(tmp_path / "a", forward_config(url), cassettes_dir=cassettes) as proxy:
+    with running_proxy(tmp_path / "a", llm_config(url), cassettes_dir=cassettes) as proxy:
         live = text_deltas(proxy.url)
     assert live == WORDS
     (interaction,) = cassette_interactions(cassettes / "connections" / "llm.yaml")
     assert len(interaction["proxy"]["stream"]["chunks"]) == len(WORDS) + 5  # start, block start/stop, delta, stop
 
     with running_proxy(
-        tmp_path / "b", forward_config(url), NoNetwork(), cassettes_dir=cassettes, record_mode="none"
+        tmp_path / "b", llm_config(url), NoNetwork(), cassettes_dir=cassettes, record_mode="none"
     ) as proxy:
         assert text_deltas(proxy.url) == WORDS
 
 
-def test_a_stream_cut_mid_body_reaches_the_client_cut_and_is_not_recorded(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_a_stream_cut_mid_body_reaches_the_client_cut_and_is_not_recorded(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(cut_after=3)
     cassettes = tmp_path / "cassettes"
-    with running_proxy(tmp_path / "a", forward_config(url, retry_enabled=True), cassettes_dir=cassettes) as proxy:
+    with running_proxy(tmp_path / "a", llm_config(url, retry_enabled=True), cassettes_dir=cassettes) as proxy:
         received = b""
         with pytest.raises(httpx.RemoteProtocolError):  # an unfinished chunked body, never a clean end
             with httpx.stream("POST", f"{proxy.url}/forward/llm/v1/chat/completions", json={}) as response:
@@ -168,12 +141,12 @@ def test_a_stream_cut_mid_body_reaches_the_client_cut_and_is_not_recorded(
 
 
 def test_a_secret_split_across_two_chunks_never_reaches_the_client_or_the_cassette(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(chunks=secret_echo_chunks(TEST_TOKEN), gap=0.05)
     cassettes = tmp_path / "cassettes"
-    with running_proxy(tmp_path / "a", forward_config(url), cassettes_dir=cassettes) as proxy:
+    with running_proxy(tmp_path / "a", llm_config(url), cassettes_dir=cassettes) as proxy:
         with httpx.stream("POST", f"{proxy.url}/forward/llm/v1/chat/completions", json={}) as response:
             chunks = list(response.iter_raw())
     body = b"".join(chunks)
@@ -188,19 +161,14 @@ def test_a_secret_split_across_two_chunks_never_reaches_the_client_or_the_casset
 # -- a streaming endpoint connection ------------------------------------------------------------------
 
 
-def sse_config(url: str, **connection: Any) -> Config:
-    conversation = {
-        "name": "chat",
-        "product_id": "p",
-        "type": "CONVERSATION",
-        "url": f"{url}/v1/chat/completions",
-        "auth_type": "BEARER",
-        "auth_token": TEST_TOKEN,
-        "input_template": '{"stream": true, "messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
-        "response_mode": "sse",
-        "output_mapping": {"output": "$.text", "tokens": "$.last.usage.total_tokens"},
-        **connection,
-    }
+def sse_config(url: str) -> Config:
+    conversation = bearer_conversation(
+        "chat",
+        f"{url}/v1/chat/completions",
+        input_template='{"stream": true, "messages": [{"role": "user", "content": "{{ input.user_message }}"}]}',
+        response_mode="sse",
+        output_mapping={"output": "$.text", "tokens": "$.last.usage.total_tokens"},
+    )
     final = {
         "name": "final",
         "product_id": "p",
@@ -223,7 +191,7 @@ def run_turn(client: httpx.Client, test_case: str) -> tuple[dict[str, Any], dict
 
 
 def test_streaming_connection_joins_the_text_and_reports_time_to_first_token(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(first_delay=0.3, gap=0.02)
@@ -255,7 +223,7 @@ def test_streaming_connection_joins_the_text_and_reports_time_to_first_token(
 
 
 def test_streaming_connection_cut_mid_stream_fails_the_turn_records_nothing_and_still_finalizes(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(cut_after=4)
@@ -291,7 +259,7 @@ def test_streaming_connection_refuses_a_bad_response_mode(tmp_path: Path) -> Non
     assert good.json()["responseMode"] == "sse" and good.json()["streamTextPath"] == "$.t"
 
 
-def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(first_delay=0.1, gap=0.01)
     config = sse_config(url)
@@ -336,7 +304,7 @@ def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: tupl
 
 
 def test_a_stream_whose_reader_hangs_up_at_its_last_event_is_still_recorded(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     """The OpenAI SDK stops reading at `data: [DONE]` and closes the response. When the upstream ends its body a
     moment later, the client's hang-up cancelled the relay mid-read and the whole stream went unrecorded (about one
@@ -344,7 +312,7 @@ def test_a_stream_whose_reader_hangs_up_at_its_last_event_is_still_recorded(
     upstream, url = streaming
     events = [f"data: {json.dumps(openai_chunk(word))}\n\n".encode() for word in WORDS] + [b"data: [DONE]\n\n"]
     upstream.reset(gap=0.1, chunks=[*events, b""])  # the body's end comes 0.1 s after [DONE]
-    with running_proxy(tmp_path, forward_config(url)) as proxy:
+    with running_proxy(tmp_path, llm_config(url)) as proxy:
         with httpx.Client(timeout=10) as client:
             with client.stream("POST", f"{proxy.url}/forward/llm/v1/chat/completions", json={"stream": True}) as r:
                 assert r.headers["x-proxy-cassette"] == "recorded"

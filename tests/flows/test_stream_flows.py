@@ -10,7 +10,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,11 @@ from haralyzer import HarParser
 from proxy.config.file import Config
 from proxy.config.settings import MASK
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
-from tests.engine.test_e2e_streaming import forward_config as llm_config
-from tests.helpers import launch
-from tests.servers import serve_in_thread
-from tests.streams import USAGE, WORDS, StreamingUpstream, anthropic_events, openai_events, secret_echo_chunks
+from tests.helpers import launch, llm_config
+from tests.streams import USAGE, WORDS, Streaming, anthropic_events, openai_events, secret_echo_chunks
 
 pytestmark = pytest.mark.e2e
 OVER = ("complete", "cut")
-
-
-@pytest.fixture
-def streaming() -> Iterator[tuple[StreamingUpstream, str]]:
-    upstream = StreamingUpstream()
-    with serve_in_thread(upstream.app) as url:
-        yield upstream, url
 
 
 def flows_over(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
@@ -89,7 +79,7 @@ def three_ways(
 
 
 def test_openai_stream_flow_is_written_at_its_end_live_recorded_and_replayed(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(first_delay=0.1, gap=0.03)
@@ -121,9 +111,7 @@ def test_openai_stream_flow_is_written_at_its_end_live_recorded_and_replayed(
         assert entry["timings"]["receive"] == pytest.approx(stream["durationMs"] - stream["timeToFirstByteMs"], 1e-3)
 
 
-def test_anthropic_event_stream_flow_keeps_its_named_events_and_text(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_anthropic_event_stream_flow_keeps_its_named_events_and_text(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(gap=0.01)
     config = llm_config(url, stream_text_path="$.delta.text")
@@ -137,9 +125,7 @@ def test_anthropic_event_stream_flow_keeps_its_named_events_and_text(
         assert stream["events"][-1]["event"] == "message_stop" and flow["stream"] == "complete"
 
 
-def test_the_live_list_shows_a_stream_streaming_then_the_same_row_over(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_the_live_list_shows_a_stream_streaming_then_the_same_row_over(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(first_delay=0.3, gap=0.05)
     with running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy:
@@ -162,7 +148,7 @@ def test_the_live_list_shows_a_stream_streaming_then_the_same_row_over(
 
 
 def test_a_client_that_hangs_up_mid_stream_leaves_a_cut_flow_with_the_bytes_relayed(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(gap=0.2)
@@ -181,9 +167,7 @@ def test_a_client_that_hangs_up_mid_stream_leaves_a_cut_flow_with_the_bytes_rela
     assert flow["data"]["exchange"]["response"]["body"].encode().startswith(received)  # kept as relayed
 
 
-def test_an_upstream_that_breaks_its_stream_leaves_a_cut_flow(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_an_upstream_that_breaks_its_stream_leaves_a_cut_flow(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(cut_after=3, gap=0.01)
     with running_proxy(tmp_path, llm_config(url), record_mode="off") as proxy:
@@ -199,9 +183,7 @@ def test_an_upstream_that_breaks_its_stream_leaves_a_cut_flow(
     assert len(stream["events"]) == 3
 
 
-def test_the_body_a_stream_flow_keeps_is_capped_and_marked_truncated(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_the_body_a_stream_flow_keeps_is_capped_and_marked_truncated(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(gap=0.0)
     whole = b"".join(openai_events(WORDS))
@@ -222,7 +204,7 @@ def test_the_body_a_stream_flow_keeps_is_capped_and_marked_truncated(
 
 
 def test_a_secret_echoed_across_two_chunks_is_masked_in_the_flow_and_its_har(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
+    tmp_path: Path, streaming: Streaming
 ) -> None:
     upstream, url = streaming
     upstream.reset(chunks=secret_echo_chunks(TEST_TOKEN), gap=0.05)
@@ -241,9 +223,7 @@ def test_a_secret_echoed_across_two_chunks_is_masked_in_the_flow_and_its_har(
     assert f"your key is {MASK} ok" in json.loads(har)["log"]["entries"][0]["response"]["content"]["text"]
 
 
-def test_the_har_export_loads_in_haralyzer_and_has_the_har_1_2_fields(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_the_har_export_loads_in_haralyzer_and_has_the_har_1_2_fields(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(gap=0.01)
     cassettes = tmp_path / "cassettes"
@@ -276,7 +256,7 @@ def test_the_har_export_loads_in_haralyzer_and_has_the_har_1_2_fields(
         assert entry["time"] == pytest.approx(timings["send"] + timings["wait"] + timings["receive"], abs=0.01)
 
 
-def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: tuple[StreamingUpstream, str]) -> None:
+def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: Streaming) -> None:
     """The live list shows the stream `streaming…`, then fills the same row in; its page shows the stream."""
     from playwright.sync_api import sync_playwright
 
@@ -312,9 +292,7 @@ def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: tuple[Stre
         browser.close()
 
 
-def test_a_flow_log_from_before_streams_were_tracked_gets_its_column(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_a_flow_log_from_before_streams_were_tracked_gets_its_column(tmp_path: Path, streaming: Streaming) -> None:
     upstream, url = streaming
     upstream.reset(gap=0.0)
     data_dir = tmp_path / "data"
@@ -338,9 +316,7 @@ def test_a_flow_log_from_before_streams_were_tracked_gets_its_column(
     assert "http://old/" in listed and 'data-stream="complete"' in listed
 
 
-def test_a_streamed_har_entry_is_served_back_by_chromiums_har_router(
-    tmp_path: Path, streaming: tuple[StreamingUpstream, str]
-) -> None:
+def test_a_streamed_har_entry_is_served_back_by_chromiums_har_router(tmp_path: Path, streaming: Streaming) -> None:
     """Playwright's HAR router (`route_from_har`) answers Chromium's requests from the export: the stream's body."""
     from playwright.sync_api import sync_playwright
 

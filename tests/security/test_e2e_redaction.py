@@ -9,9 +9,11 @@ verify` must report one planted in a cassette.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +28,7 @@ from proxy.cassettes.matching import MatchRules
 from proxy.config.file import load_config
 from proxy.config.settings import MASK
 from proxy.security.log_scrubbing import install_log_redaction
-from tests.conftest import NoNetwork, chat_connection, running_proxy
+from tests.conftest import NoNetwork, RunningProxy, chat_connection, running_proxy
 from tests.encodings import ECHOES, json_u_escaped, revealed
 from tests.helpers import chat_config_data, invoke, post, run_session
 from tests.upstream import Received, Reply, Upstream
@@ -39,6 +41,26 @@ def canary(encoding: str, kind: str = "stored") -> str:
     return f'cAnary/{encoding}+{kind} "q" \\ end'
 
 
+@contextlib.contextmanager
+def proxy_logging_everything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[RunningProxy, httpx.Client]]:
+    """A proxy in `tmp_path` and a client of it, every log line captured, redacted as `proxy serve` has them."""
+    caplog.set_level(logging.DEBUG)
+    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        uninstall = install_log_redaction(proxy.runtime.redactor)
+        try:
+            yield proxy, client
+        finally:
+            uninstall()
+
+
+def stored_files(tmp_path: Path) -> dict[str, bytes]:
+    """Every file the proxy wrote under `tmp_path`'s data and cassette folders, by its path from `tmp_path`."""
+    folders = (tmp_path / "data", tmp_path / "cassettes")
+    return {f"file {p.relative_to(tmp_path)}": p.read_bytes() for f in folders for p in f.rglob("*") if p.is_file()}
+
+
 def test_an_echoed_token_is_masked_in_every_encoding_everywhere(
     tmp_path: Path,
     upstream: Upstream,
@@ -47,48 +69,40 @@ def test_an_echoed_token_is_masked_in_every_encoding_everywhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.DEBUG)
     seen: dict[str, str | bytes] = {}
-    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
-        uninstall = install_log_redaction(proxy.runtime.redactor)  # as `proxy serve` does
-        try:
-            for encoding in ECHOES:
-                url = f"{upstream_url}/echo-auth/{encoding}"
-                conn = post(
-                    client,
-                    "/endpointConnections",
-                    chat_connection(upstream_url, name=f"echo-{encoding}", url=url, authToken=canary(encoding)),
-                )
-                version = post(
-                    client,
-                    "/versions",
-                    {"productId": "prod-1", "name": f"v-{encoding}", "conversationEndpointConnectionId": conn["id"]},
-                )
-                session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": f"tc-{encoding}"})
-                turn = client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})
-                assert turn.status_code == 201 and MASK in turn.text  # the echo came back, masked
-                seen[f"turn answer ({encoding})"] = turn.text
-                tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
-                seen[f"testConnection ({encoding})"] = tested.text
-                throwaway = canary(encoding, "throwaway")
-                fields = chat_connection(upstream_url, name=f"try-{encoding}", url=url, authToken=throwaway)
-                tried = client.post("/endpointConnections/testConnection", json=fields)
-                assert tried.status_code == 200 and MASK in tried.text
-                seen[f"throwaway testConnection ({encoding})"] = tried.text
-                assert not proxy.runtime.redactor.knows(throwaway)  # gone once the call is over
-                seen[f"inspector session ({encoding})"] = client.get(f"/inspector/sessions/{session['id']}").text
-                seen[f"inspector connection ({encoding})"] = client.get(f"/inspector/connections/{conn['id']}").text
-            seen["inspector overview"] = client.get("/").text
-            seen["inference results"] = client.get("/inferenceResults").text
-        finally:
-            uninstall()
+    with proxy_logging_everything(tmp_path, caplog) as (proxy, client):
+        for encoding in ECHOES:
+            url = f"{upstream_url}/echo-auth/{encoding}"
+            conn = post(
+                client,
+                "/endpointConnections",
+                chat_connection(upstream_url, name=f"echo-{encoding}", url=url, authToken=canary(encoding)),
+            )
+            version = post(
+                client,
+                "/versions",
+                {"productId": "prod-1", "name": f"v-{encoding}", "conversationEndpointConnectionId": conn["id"]},
+            )
+            session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": f"tc-{encoding}"})
+            turn = client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})
+            assert turn.status_code == 201 and MASK in turn.text  # the echo came back, masked
+            seen[f"turn answer ({encoding})"] = turn.text
+            tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
+            seen[f"testConnection ({encoding})"] = tested.text
+            throwaway = canary(encoding, "throwaway")
+            fields = chat_connection(upstream_url, name=f"try-{encoding}", url=url, authToken=throwaway)
+            tried = client.post("/endpointConnections/testConnection", json=fields)
+            assert tried.status_code == 200 and MASK in tried.text
+            seen[f"throwaway testConnection ({encoding})"] = tried.text
+            assert not proxy.runtime.redactor.knows(throwaway)  # gone once the call is over
+            seen[f"inspector session ({encoding})"] = client.get(f"/inspector/sessions/{session['id']}").text
+            seen[f"inspector connection ({encoding})"] = client.get(f"/inspector/connections/{conn['id']}").text
+        seen["inspector overview"] = client.get("/").text
+        seen["inference results"] = client.get("/inferenceResults").text
     received = {r.headers["authorization"] for r in upstream.received}
     assert f"Bearer {canary('json-escaped')}" in received  # the real token went to the upstream
     seen["log output"] = caplog.text
-    for folder in (tmp_path / "data", tmp_path / "cassettes"):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                seen[f"file {path.relative_to(tmp_path)}"] = path.read_bytes()
+    seen.update(stored_files(tmp_path))
     assert any(name.endswith(".yaml") for name in seen)
     dirs = ["--data-dir", str(tmp_path / "data"), "--cassettes", str(tmp_path / "cassettes")]
     for encoding in ECHOES:
@@ -199,41 +213,33 @@ def test_a_key_in_the_connection_url_reaches_the_upstream_and_nothing_else(
     that echoes the URL it was called with. The key may reach that upstream and be read nowhere else: not in
     any API answer, page, flow, HAR, cassette, database byte or log line; replay still works offline."""
     monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.DEBUG)
     upstream.handle(GEMINI_PATH, echo_url)
     seen: dict[str, str | bytes] = {}
-    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
-        uninstall = install_log_redaction(proxy.runtime.redactor)  # as `proxy serve` does
-        try:
-            created = client.post("/endpointConnections", json=gemini_connection(upstream_url))
-            assert created.status_code == 201, created.text
-            seen["create answer"] = created.text
-            conn = created.json()
-            version = post(client, "/versions", {"productId": "prod-1", "conversationEndpointConnectionId": conn["id"]})
-            session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": "tc-gemini"})
-            turn = client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})
-            assert turn.status_code == 201 and turn.json()["actualOutput"] == f"called {GEMINI_PATH}?key={MASK}"
-            seen["turn answer"] = turn.text
-            tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
-            assert tested.status_code == 200 and tested.json()["success"], tested.text
-            seen["testConnection"] = tested.text
-            seen["list"] = client.get("/endpointConnections").text
-            seen["get by id"] = client.get(f"/endpointConnections/{conn['id']}").text
-            seen["HAR"] = wait_har(client, 2)
-            seen["flows page"] = client.get("/flows").text
-            seen["inspector overview"] = client.get("/").text
-            seen["inspector connection"] = client.get(f"/inspector/connections/{conn['id']}").text
-            seen["inspector session"] = client.get(f"/inspector/sessions/{session['id']}").text
-            seen["inference results"] = client.get("/inferenceResults").text
-        finally:
-            uninstall()
+    with proxy_logging_everything(tmp_path, caplog) as (proxy, client):
+        created = client.post("/endpointConnections", json=gemini_connection(upstream_url))
+        assert created.status_code == 201, created.text
+        seen["create answer"] = created.text
+        conn = created.json()
+        version = post(client, "/versions", {"productId": "prod-1", "conversationEndpointConnectionId": conn["id"]})
+        session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": "tc-gemini"})
+        turn = client.post(f"/sessions/{session['id']}/turns", json={"input": {"user_message": "hi"}})
+        assert turn.status_code == 201 and turn.json()["actualOutput"] == f"called {GEMINI_PATH}?key={MASK}"
+        seen["turn answer"] = turn.text
+        tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
+        assert tested.status_code == 200 and tested.json()["success"], tested.text
+        seen["testConnection"] = tested.text
+        seen["list"] = client.get("/endpointConnections").text
+        seen["get by id"] = client.get(f"/endpointConnections/{conn['id']}").text
+        seen["HAR"] = wait_har(client, 2)
+        seen["flows page"] = client.get("/flows").text
+        seen["inspector overview"] = client.get("/").text
+        seen["inspector connection"] = client.get(f"/inspector/connections/{conn['id']}").text
+        seen["inspector session"] = client.get(f"/inspector/sessions/{session['id']}").text
+        seen["inference results"] = client.get("/inferenceResults").text
     assert {r.query for r in upstream.requests_to(GEMINI_PATH)} == {f"key={URL_KEY}"}  # the live calls had it
     assert conn["url"] == f"{upstream_url}{GEMINI_PATH}?key={MASK}"
     seen["log output"] = caplog.text
-    for folder in (tmp_path / "data", tmp_path / "cassettes"):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                seen[f"file {path.relative_to(tmp_path)}"] = path.read_bytes()
+    seen.update(stored_files(tmp_path))
     assert "file data/proxy.db" in seen and any(name.endswith("tc-gemini.yaml") for name in seen)
 
     offline = NoNetwork()
@@ -349,7 +355,6 @@ def test_a_token_echoed_in_a_json_document_inside_a_json_string_is_read_nowhere(
     with the mask in the token's place, and no reading of the token is left in them, the cassette files, the flow
     log (its HAR export and the SQLite files) or the log. `proxy cassettes verify` finds the token in a cassette
     that holds that reply (exit 1)."""
-    caplog.set_level(logging.DEBUG)
     token = "tok-Nested-Sup3rSecret-4242"  # no backslash: decoded once, the reply still reads `\\u0074…`, not it
 
     def whole(received: Received) -> Reply:
@@ -359,40 +364,33 @@ def test_a_token_echoed_in_a_json_document_inside_a_json_string_is_read_nowhere(
     upstream.handle("/stream", lambda received: Reply(json=inner_doc(token), trickle=0.005, chunks=9))
     masked = {"inner_doc": json.dumps({"k": MASK}, ensure_ascii=False)}
     seen: dict[str, str | bytes] = {}
-    with running_proxy(tmp_path) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
-        uninstall = install_log_redaction(proxy.runtime.redactor)  # as `proxy serve` does
-        try:
-            fields = {"url": f"{upstream_url}/whole", "authToken": token, "outputMapping": {"output": "$.inner_doc"}}
-            conn = post(client, "/endpointConnections", chat_connection(upstream_url, name="nested", **fields))
-            version = post(
-                client,
-                "/versions",
-                {"productId": "prod-1", "name": "v-nested", "conversationEndpointConnectionId": conn["id"]},
-            )
-            session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": "tc-nested"})
-            turn = post(client, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hi"}})
-            assert turn["actualOutput"] == masked["inner_doc"]
-            seen["turn answer"] = json.dumps(turn)
-            tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
-            assert tested.json()["extractedOutput"] == {"output": masked["inner_doc"]}, tested.text
-            seen["testConnection"] = tested.text
-            streaming = {"name": "nested-stream", "url": f"{upstream_url}/stream", "authToken": token}
-            post(client, "/endpointConnections", chat_connection(upstream_url, **streaming))
-            with client.stream("POST", "/forward/nested-stream/stream", json={}) as streamed:
-                assert "content-length" not in streamed.headers  # relayed as it arrives, masked on the way
-                relayed = streamed.read()
-            assert json.loads(relayed) == masked
-            seen["forward stream"] = relayed
-            seen["flow log (HAR)"] = client.get("/flows.har").text
-        finally:
-            uninstall()
+    with proxy_logging_everything(tmp_path, caplog) as (_, client):
+        fields = {"url": f"{upstream_url}/whole", "authToken": token, "outputMapping": {"output": "$.inner_doc"}}
+        conn = post(client, "/endpointConnections", chat_connection(upstream_url, name="nested", **fields))
+        version = post(
+            client,
+            "/versions",
+            {"productId": "prod-1", "name": "v-nested", "conversationEndpointConnectionId": conn["id"]},
+        )
+        session = post(client, "/sessions", {"versionId": version["id"], "testCaseId": "tc-nested"})
+        turn = post(client, f"/sessions/{session['id']}/turns", {"input": {"user_message": "hi"}})
+        assert turn["actualOutput"] == masked["inner_doc"]
+        seen["turn answer"] = json.dumps(turn)
+        tested = client.post("/endpointConnections/testConnection", json={"id": conn["id"]})
+        assert tested.json()["extractedOutput"] == {"output": masked["inner_doc"]}, tested.text
+        seen["testConnection"] = tested.text
+        streaming = {"name": "nested-stream", "url": f"{upstream_url}/stream", "authToken": token}
+        post(client, "/endpointConnections", chat_connection(upstream_url, **streaming))
+        with client.stream("POST", "/forward/nested-stream/stream", json={}) as streamed:
+            assert "content-length" not in streamed.headers  # relayed as it arrives, masked on the way
+            relayed = streamed.read()
+        assert json.loads(relayed) == masked
+        seen["forward stream"] = relayed
+        seen["flow log (HAR)"] = client.get("/flows.har").text
     assert [r.path for r in upstream.received] == ["/whole", "/whole", "/stream"]
     assert upstream.received[0].headers["authorization"] == f"Bearer {token}"  # the real token went up
     seen["log output"] = caplog.text
-    for folder in (tmp_path / "data", tmp_path / "cassettes"):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                seen[f"file {path.relative_to(tmp_path)}"] = path.read_bytes()
+    seen.update(stored_files(tmp_path))
     assert sum(name.endswith(".yaml") for name in seen) == 3 and any(name.endswith("proxy.db") for name in seen)
     assert {where: readings for where, text in seen.items() if (readings := revealed(token, text))} == {}
 

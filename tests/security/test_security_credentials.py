@@ -21,6 +21,14 @@ pytestmark = pytest.mark.e2e
 API_KEY = "proxy-own-key-0123456789"
 
 
+@pytest.fixture
+def searched_attacker(upstream: Upstream, attacker: tuple[Upstream, str]) -> tuple[Upstream, str]:
+    """The attacker's (listener, base URL), it and the upstream both answering a connector's search with none."""
+    upstream.handle("/search", lambda r: Reply(json={"results": []}))
+    attacker[0].handle("/", lambda r: Reply(json={"results": []}))
+    return attacker
+
+
 def _all_text(listener: Upstream) -> str:
     return " ".join(f"{r.path} {r.headers} {r.body!r}" for r in listener.received)
 
@@ -81,11 +89,9 @@ def test_patch_moving_a_connection_to_another_origin_keeps_nothing_stored(
 
 
 def test_connector_patch_to_another_origin_never_sends_the_stored_token(
-    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, searched_attacker: tuple[Upstream, str]
 ) -> None:
-    listener, evil = attacker
-    upstream.handle("/search", lambda r: Reply(json={"results": []}))
-    listener.handle("/", lambda r: Reply(json={"results": []}))
+    listener, evil = searched_attacker
     with httpx.Client(base_url=proxy_server.url) as client:
         body = {
             "name": "docs",
@@ -303,12 +309,10 @@ def test_a_url_moved_to_another_origin_with_its_key_masked_carries_no_key(
 
 
 def test_a_connector_url_key_is_masked_and_never_follows_the_url_to_another_origin(
-    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, attacker: tuple[Upstream, str]
+    proxy_server: RunningProxy, upstream: Upstream, upstream_url: str, searched_attacker: tuple[Upstream, str]
 ) -> None:
     """The attack: reading a connector's URL key back, or moving its URL (key masked) to another origin."""
-    listener, evil = attacker
-    upstream.handle("/search", lambda r: Reply(json={"results": []}))
-    listener.handle("/", lambda r: Reply(json={"results": []}))
+    listener, evil = searched_attacker
     with httpx.Client(base_url=proxy_server.url) as client:
         created = client.post("/v1/connectors", json={"name": "docs", "url": f"{upstream_url}/search?key={URL_KEY}"})
         assert created.status_code == 200, created.text

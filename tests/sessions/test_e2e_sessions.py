@@ -13,7 +13,7 @@ import pytest
 from galtea import Galtea
 
 from proxy.config.file import Config
-from tests.conftest import RunningProxy, running_proxy
+from tests.conftest import RunningProxy, chat_connection, running_proxy
 from tests.helpers import conversation_version, post, thread_connections, thread_version
 from tests.upstream import Received, Reply, Threads, Upstream
 
@@ -244,19 +244,9 @@ def test_session_rules(api: httpx.Client, upstream_url: str) -> None:
 
 
 def test_version_rules(api: httpx.Client, upstream_url: str) -> None:
+    threads = upstream_url + "/threads/{{ session_id }}"  # a URL only an INITIALIZATION's session_id completes
     conv = post(
-        api,
-        "/endpointConnections",
-        {
-            "name": "needs-init",
-            "productId": "p",
-            "type": "CONVERSATION",
-            "authType": "NONE",
-            "url": upstream_url + "/threads/{{ session_id }}",
-            "inputTemplate": '{"m": "{{ input.m }}"}',
-            "outputMapping": {"output": "$.a"},
-            "acknowledgedInsecureHttp": True,
-        },
+        api, "/endpointConnections", chat_connection(upstream_url, name="needs-init", productId="p", url=threads)
     )
     missing_init = api.post("/versions", json={"productId": "p", "conversationEndpointConnectionId": conv["id"]})
     assert missing_init.status_code == 422

@@ -56,14 +56,14 @@ def earlier_connection(
     return (conn_id, seq, product, name, CREATED, deleted_at, json.dumps(everything), secrets)
 
 
-def earlier_connector(vault: Vault, name: str, **fields: Any) -> dict[str, Any]:
+def earlier_connector(vault: Vault, name: str, url: str, created_at: str, **fields: Any) -> dict[str, Any]:
     """A connector document as the earlier registry wrote it (`faults` absent: older rows lack it)."""
     sealed = fields.pop("secrets", None)
     return {
         "id": name,
         "name": name,
-        "url": fields.pop("url"),
-        "created_at": fields.pop("created_at", CREATED),
+        "url": url,
+        "created_at": created_at,
         "updated_at": CREATED,
         "description": None,
         "excludes": [],
@@ -98,31 +98,29 @@ def write_earlier_data_dir(data_dir: Path, upstream_url: str) -> None:
         "extra": {"description": "the first one"},
     }
     oauth = {"authorize_url": "https://a/x", "token_url": "t", "scope": None}
+    search = f"{upstream_url}/search"
+    sealed_client_id = vault.encrypt(json.dumps({"client_id": CLIENT_ID}))
     connectors = [
         earlier_connector(
             vault,
             "wiki",
-            url=f"{upstream_url}/search",
-            created_at="2026-01-01T00:00:01.000Z",
+            search,
+            "2026-01-01T00:00:01.000Z",
             service_auth_type="bearer",
             secrets={"token": SEARCH_TOKEN},
         ),
         earlier_connector(
             vault,
             "kb",
-            url=f"{upstream_url}/search",
-            created_at="2026-01-01T00:00:02.000Z",
+            search,
+            "2026-01-01T00:00:02.000Z",
             oauth={**oauth, "client_id": None},
             secrets={"client_secret": OAUTH_SECRET},
-            sealed_client_id=vault.encrypt(json.dumps({"client_id": CLIENT_ID})),
+            sealed_client_id=sealed_client_id,
             faults=[],
         ),
         earlier_connector(
-            vault,
-            "old",
-            url=f"{upstream_url}/search",
-            created_at="2026-01-01T00:00:03.000Z",
-            oauth={**oauth, "client_id": PLAIN_CLIENT_ID},
+            vault, "old", search, "2026-01-01T00:00:03.000Z", oauth={**oauth, "client_id": PLAIN_CLIENT_ID}
         ),
     ]
     with closing(sqlite3.connect(data_dir / "proxy.db")) as db, db:
