@@ -6,6 +6,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 async def chat(request: Request) -> JSONResponse:
@@ -94,3 +95,38 @@ streams = _streams()
 
 # The generated test suite's upstream (bench_suite): a JSON route and a streamed one.
 suite = Starlette(routes=[*upstream.routes, *streams.routes])
+
+
+def _bare_relay() -> ASGIApp:
+    """The floor under the forward route: uvicorn and one aiohttp session relaying a stream piece by piece, plain
+    ASGI with nothing else (no guard, no engine, no masking, no flow log, no recording)."""
+    import os
+
+    import aiohttp
+
+    target = os.environ.get("RELAY_TARGET", "http://127.0.0.1:9")
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if not sessions:  # aiohttp binds a session to the running loop
+            sessions.append(aiohttp.ClientSession(auto_decompress=False))
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        query = scope["query_string"].decode("latin-1")
+        url = target + scope["path"] + (f"?{query}" if query else "")
+        headers = {"content-type": "application/json"}
+        async with sessions[0].request(scope["method"], url, data=body, headers=headers) as answer:
+            head = [(b"content-type", answer.headers.get("content-type", "").encode("latin-1"))]
+            await send({"type": "http.response.start", "status": answer.status, "headers": head})
+            async for piece in answer.content.iter_any():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+bare_relay = _bare_relay()

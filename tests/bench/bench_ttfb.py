@@ -1,7 +1,8 @@
 """Time to first byte of streams under load, in one run: CONCURRENT streams at once of CHUNKS chunks each, the
 upstream sending its head at once and the first chunk after FIRST_MS (as a model does: head, think, tokens),
-against the upstream direct, mitmproxy in reverse mode (streaming), and the forward route live (record mode
-off), recording (`all`: every stream tapped and written to its cassette) and replaying.
+against the upstream direct, mitmproxy in reverse mode (streaming), a bare relay (uvicorn and aiohttp with nothing
+else: the floor under the forward route on this machine), and the forward route live (record mode off), recording
+(`all`: every stream tapped and written to its cassette) and replaying.
 
 Every server is up for the whole run and the targets take turns round by round, so a noisy neighbour on this
 shared machine weighs on all of them alike. A sample is the time from sending the request to reading the first
@@ -84,6 +85,8 @@ def run() -> list[str]:
                 process([*args, "--set", "stream_large_bodies=1"], f"http://127.0.0.1:{port}/v1/stream")
             )
             targets.append(Target("mitmproxy reverse, streaming", f"http://127.0.0.1:{port}", STREAM_PATH))
+        relay = stack.enter_context(app_process("bare_relay", "/v1/stream", {"RELAY_TARGET": upstream}))
+        targets.append(Target("bare relay (uvicorn+aiohttp)", relay, STREAM_PATH))
         for label, folder, mode in (("/forward live (off)", "live", "off"), ("/forward recording (all)", "rec", "all")):
             args, base = serve_command(config, tmp / folder, mode)
             stack.enter_context(process(args, f"{base}/healthz"))
@@ -114,7 +117,7 @@ def report(targets: list[Target]) -> list[str]:
         f"Streams: time to first byte, {CONCURRENT} concurrent streams of {CHUNKS} chunks, the first at {FIRST_MS} ms"
         f" ({ROUNDS} rounds, {ROUNDS * CONCURRENT} streams per target)"
     ]
-    mitm_added = None
+    mitm_added = floor_added = None
     for target in targets:
         p50, p90 = target.pcts()
         line = f"  {target.label:<30} p50 {p50:6.2f} ms   p90 {p90:6.2f} ms"
@@ -122,6 +125,8 @@ def report(targets: list[Target]) -> list[str]:
             line += f"   added p50 {p50 - direct50:+5.2f} ms   p90 {p90 - direct90:+5.2f} ms"
         if target.label.startswith("mitmproxy"):
             mitm_added = p50 - direct50
+        if target.label.startswith("bare relay"):
+            floor_added = p50 - direct50
         lines.append(line)
     live = next((t for t in targets if t.label.startswith("/forward live")), None)
     if live is not None:
@@ -129,6 +134,8 @@ def report(targets: list[Target]) -> list[str]:
         verdict = f"  /forward live added p50 {live50:+.2f} ms: target < {TARGET_ADDED_MS:g} ms"
         if mitm_added is not None:
             verdict += f" and < mitmproxy's {mitm_added:+.2f} ms"
+        if floor_added is not None:
+            verdict += f" (the bare relay's floor {floor_added:+.2f} ms, so our own {live50 - floor_added:+.2f} ms)"
         met = live50 < TARGET_ADDED_MS and (mitm_added is None or live50 < mitm_added)
         lines.append(verdict + (": met" if met else ": NOT met"))
     return lines
