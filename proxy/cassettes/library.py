@@ -75,7 +75,7 @@ class CassetteLibrary:
         self.scope: str | None = None  # see set_scope
         self._existed_at_first_opening: dict[str, bool] = {}  # server handles' cassettes, for `once`
         self._reset_this_run: set[str] = set()
-        self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
+        self._pending_reset: set[str] = set()  # `all`: cleared at its first recording in this server run
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
         self.connection_modes: dict[str, RecordMode] = {}  # per-connection overrides from the config file
         self._flush_task: asyncio.Task[None] | None = None
@@ -200,11 +200,6 @@ class CassetteLibrary:
             if loading is None:
                 loading = self._loading[name] = asyncio.ensure_future(self._load(name))
             cassette = await asyncio.shield(loading)
-        if name in self._pending_reset:
-            self._pending_reset.discard(name)
-            cassette.clear()
-            seq = await self.store.write(self.journal.append, name, "reset", "", self.journal_path(name))
-            cassette.journal_seq = max(cassette.journal_seq, seq)
         return cassette
 
     async def _load(self, name: str) -> Cassette:
@@ -251,6 +246,8 @@ class CassetteLibrary:
 
     async def record(self, handle: CassetteHandle, cassette: Cassette, interaction: Interaction) -> None:
         """Append, and commit to the journal before the caller answers anyone."""
+        if cassette.name in self._pending_reset:
+            await self._reset(cassette)
         interaction.proxy.setdefault("id", uuid.uuid4().hex)
         interaction.proxy.setdefault("session_key", handle.session_key)
         key = self.rules.key(interaction.recorded_request())
@@ -263,6 +260,14 @@ class CassetteLibrary:
             cassette.serialize([interaction]),
             self.journal_path(cassette.name),
         )
+        cassette.journal_seq = max(cassette.journal_seq, seq)
+
+    async def _reset(self, cassette: Cassette) -> None:
+        """`all` starts a cassette afresh at its first new recording, not at its opening: a run stopped before it
+        recorded anything (Ctrl-C, the upstream down) leaves the old recordings as they were."""
+        self._pending_reset.discard(cassette.name)
+        cassette.clear()
+        seq = await self.store.write(self.journal.append, cassette.name, "reset", "", self.journal_path(cassette.name))
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
     def miss(self, cassette: Cassette, request: RecordedRequest, handle: CassetteHandle | None = None) -> CassetteMiss:

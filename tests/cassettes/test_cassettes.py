@@ -84,6 +84,22 @@ async def test_all_mode_reset_is_journaled_too(tmp_path: Path, store: Store) -> 
     assert bodies(tmp_path / "c" / "sessions" / "tc.yaml") == [b'{"n": 7}']
 
 
+async def test_all_mode_keeps_the_old_recordings_until_it_records_a_new_one(tmp_path: Path, store: Store) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(3))
+    await library.flush()
+    path = tmp_path / "c" / "sessions" / "tc.yaml"
+    interrupted = CassetteLibrary(tmp_path / "c", store)
+    await record(interrupted, "tc", range(0), RecordMode.ALL)  # opened, then stopped before its first answer
+    await interrupted.close()
+    CassetteLibrary(tmp_path / "c", store).recover()
+    assert bodies(path) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    rerecorded = CassetteLibrary(tmp_path / "c", store)
+    await record(rerecorded, "tc", range(5, 7), RecordMode.ALL)
+    await rerecorded.close()
+    assert bodies(path) == [b'{"n": 5}', b'{"n": 6}']
+
+
 def test_temp_files_from_an_interrupted_write_are_removed(tmp_path: Path, store: Store) -> None:
     leftover = tmp_path / "c" / "sessions" / f".tc.yaml{TEMP_MARKER}123"
     leftover.parent.mkdir(parents=True)
