@@ -245,30 +245,28 @@ class CassetteLibrary:
     # -- recording ---------------------------------------------------------------------------
 
     async def record(self, handle: CassetteHandle, cassette: Cassette, interaction: Interaction) -> None:
-        """Append, and commit to the journal before the caller answers anyone."""
-        if cassette.name in self._pending_reset:
-            await self._reset(cassette)
+        """Append, and commit to the journal before the caller answers anyone. Nothing is awaited before the
+        append: a stream's end records from a task its client's hang-up may cancel at the first await."""
+        # `all` starts a cassette afresh at its first new recording, not at its opening: a run stopped before it
+        # recorded anything (Ctrl-C, the upstream down) leaves the old recordings as they were.
+        reset = cassette.name in self._pending_reset
+        if reset:
+            self._pending_reset.discard(cassette.name)
+            cassette.clear()
         interaction.proxy.setdefault("id", uuid.uuid4().hex)
         interaction.proxy.setdefault("session_key", handle.session_key)
         key = self.rules.key(interaction.recorded_request())
         cassette.played.add(cassette.add(interaction))  # what a run records it has used
         handle.skip_own_recording(cassette, key)
-        seq = await self.store.write(
-            self.journal.append,
-            cassette.name,
-            "interaction",
-            cassette.serialize([interaction]),
-            self.journal_path(cassette.name),
-        )
+        text = cassette.serialize([interaction])
+        seq = await self.store.write(self._journal_rows, cassette.name, reset, text, self.journal_path(cassette.name))
         cassette.journal_seq = max(cassette.journal_seq, seq)
 
-    async def _reset(self, cassette: Cassette) -> None:
-        """`all` starts a cassette afresh at its first new recording, not at its opening: a run stopped before it
-        recorded anything (Ctrl-C, the upstream down) leaves the old recordings as they were."""
-        self._pending_reset.discard(cassette.name)
-        cassette.clear()
-        seq = await self.store.write(self.journal.append, cassette.name, "reset", "", self.journal_path(cassette.name))
-        cassette.journal_seq = max(cassette.journal_seq, seq)
+    def _journal_rows(self, name: str, reset: bool, text: str, path: str) -> int:
+        """The recorded interaction's journal row, after the `reset` row when it starts the cassette afresh."""
+        if reset:
+            self.journal.append(name, "reset", "", path)
+        return self.journal.append(name, "interaction", text, path)
 
     def miss(self, cassette: Cassette, request: RecordedRequest, handle: CassetteHandle | None = None) -> CassetteMiss:
         """The cassette, the nearest recorded request and where they differ (also as data, for the

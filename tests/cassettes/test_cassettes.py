@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import sqlite3
@@ -98,6 +100,25 @@ async def test_all_mode_keeps_the_old_recordings_until_it_records_a_new_one(tmp_
     await record(rerecorded, "tc", range(5, 7), RecordMode.ALL)
     await rerecorded.close()
     assert bodies(path) == [b'{"n": 5}', b'{"n": 6}']
+
+
+async def test_all_mode_keeps_a_recording_whose_caller_is_cancelled_while_it_is_journaled(
+    tmp_path: Path, store: Store
+) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(2))
+    await library.flush()
+    rerecording = CassetteLibrary(tmp_path / "c", store)
+    handle = rerecording.open("sessions", "tc", RecordMode.ALL)
+    cassette = await rerecording.cassette(handle.name)
+    # A stream's end records from a task the client's hang-up cancels: here at its first await.
+    task = asyncio.ensure_future(rerecording.record(handle, cassette, interaction(9)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await rerecording.close()
+    assert bodies(tmp_path / "c" / "sessions" / "tc.yaml") == [b'{"n": 9}']
 
 
 def test_temp_files_from_an_interrupted_write_are_removed(tmp_path: Path, store: Store) -> None:
