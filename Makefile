@@ -30,7 +30,7 @@ $(DEV): $(RUNTIME)
 # and the server, which Ctrl-C kills (make then reports `Interrupt`) while the server shuts down cleanly.
 run: export PROXY_MAKE_RUN = 1
 run: $(RUNTIME)
-	test -d $(DATA_DIR)/cassettes || (mkdir -p $(DATA_DIR) && cp -R cassettes $(DATA_DIR)/cassettes)
+	test -d $(DATA_DIR)/cassettes || (mkdir -p -m 700 $(DATA_DIR) && cp -R cassettes $(DATA_DIR)/cassettes)
 	$(BIN)/proxy serve --config examples/demo.yaml --port $(PORT) --data-dir $(DATA_DIR) --cassettes $(DATA_DIR)/cassettes
 
 lint: $(DEV)

@@ -75,7 +75,7 @@ class CassetteLibrary:
         self.scope: str | None = None  # see set_scope
         self._existed_at_first_opening: dict[str, bool] = {}  # server handles' cassettes, for `once`
         self._reset_this_run: set[str] = set()
-        self._pending_reset: set[str] = set()  # `all`: cleared at the first opening of this server run
+        self._pending_reset: set[str] = set()  # `all`: cleared at its first recording in this server run
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-cassettes")
         self.connection_modes: dict[str, RecordMode] = {}  # per-connection overrides from the config file
         self._flush_task: asyncio.Task[None] | None = None
@@ -200,11 +200,6 @@ class CassetteLibrary:
             if loading is None:
                 loading = self._loading[name] = asyncio.ensure_future(self._load(name))
             cassette = await asyncio.shield(loading)
-        if name in self._pending_reset:
-            self._pending_reset.discard(name)
-            cassette.clear()
-            seq = await self.store.write(self.journal.append, name, "reset", "", self.journal_path(name))
-            cassette.journal_seq = max(cassette.journal_seq, seq)
         return cassette
 
     async def _load(self, name: str) -> Cassette:
@@ -250,20 +245,28 @@ class CassetteLibrary:
     # -- recording ---------------------------------------------------------------------------
 
     async def record(self, handle: CassetteHandle, cassette: Cassette, interaction: Interaction) -> None:
-        """Append, and commit to the journal before the caller answers anyone."""
+        """Append, and commit to the journal before the caller answers anyone. Nothing is awaited before the
+        append: a stream's end records from a task its client's hang-up may cancel at the first await."""
+        # `all` starts a cassette afresh at its first new recording, not at its opening: a run stopped before it
+        # recorded anything (Ctrl-C, the upstream down) leaves the old recordings as they were.
+        reset = cassette.name in self._pending_reset
+        if reset:
+            self._pending_reset.discard(cassette.name)
+            cassette.clear()
         interaction.proxy.setdefault("id", uuid.uuid4().hex)
         interaction.proxy.setdefault("session_key", handle.session_key)
         key = self.rules.key(interaction.recorded_request())
         cassette.played.add(cassette.add(interaction))  # what a run records it has used
         handle.skip_own_recording(cassette, key)
-        seq = await self.store.write(
-            self.journal.append,
-            cassette.name,
-            "interaction",
-            cassette.serialize([interaction]),
-            self.journal_path(cassette.name),
-        )
+        text = cassette.serialize([interaction])
+        seq = await self.store.write(self._journal_rows, cassette.name, reset, text, self.journal_path(cassette.name))
         cassette.journal_seq = max(cassette.journal_seq, seq)
+
+    def _journal_rows(self, name: str, reset: bool, text: str, path: str) -> int:
+        """The recorded interaction's journal row, after the `reset` row when it starts the cassette afresh."""
+        if reset:
+            self.journal.append(name, "reset", "", path)
+        return self.journal.append(name, "interaction", text, path)
 
     def miss(self, cassette: Cassette, request: RecordedRequest, handle: CassetteHandle | None = None) -> CassetteMiss:
         """The cassette, the nearest recorded request and where they differ (also as data, for the

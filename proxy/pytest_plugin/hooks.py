@@ -214,13 +214,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     except BaseException as exc:
         misses = state.take_misses()
         if misses:
-            raise pytest.fail.Exception(_miss_report(state, misses), pytrace=False) from exc
+            raise pytest.fail.Exception(_miss_report(state, misses), pytrace=False) from _innermost(exc)
         raise
     misses = state.take_misses()
     if misses:
         pytest.fail(_miss_report(state, misses), pytrace=False)
     _check_unplayed(item, state)
     return outcome
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The error inside an exception group (an async client's task group): pytest prints a failure caused by a
+    group with the failure's own message twice."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class ProxyUnplayedWarning(UserWarning):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import sqlite3
@@ -82,6 +84,41 @@ async def test_all_mode_reset_is_journaled_too(tmp_path: Path, store: Store) -> 
     await record(fresh, "tc", range(7, 8), RecordMode.ALL)  # crash before any flush
     CassetteLibrary(tmp_path / "c", store).recover()
     assert bodies(tmp_path / "c" / "sessions" / "tc.yaml") == [b'{"n": 7}']
+
+
+async def test_all_mode_keeps_the_old_recordings_until_it_records_a_new_one(tmp_path: Path, store: Store) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(3))
+    await library.flush()
+    path = tmp_path / "c" / "sessions" / "tc.yaml"
+    interrupted = CassetteLibrary(tmp_path / "c", store)
+    await record(interrupted, "tc", range(0), RecordMode.ALL)  # opened, then stopped before its first answer
+    await interrupted.close()
+    CassetteLibrary(tmp_path / "c", store).recover()
+    assert bodies(path) == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    rerecorded = CassetteLibrary(tmp_path / "c", store)
+    await record(rerecorded, "tc", range(5, 7), RecordMode.ALL)
+    await rerecorded.close()
+    assert bodies(path) == [b'{"n": 5}', b'{"n": 6}']
+
+
+async def test_all_mode_keeps_a_recording_whose_caller_is_cancelled_while_it_is_journaled(
+    tmp_path: Path, store: Store
+) -> None:
+    library = CassetteLibrary(tmp_path / "c", store)
+    await record(library, "tc", range(2))
+    await library.flush()
+    rerecording = CassetteLibrary(tmp_path / "c", store)
+    handle = rerecording.open("sessions", "tc", RecordMode.ALL)
+    cassette = await rerecording.cassette(handle.name)
+    # A stream's end records from a task the client's hang-up cancels: here at its first await.
+    task = asyncio.ensure_future(rerecording.record(handle, cassette, interaction(9)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await rerecording.close()
+    assert bodies(tmp_path / "c" / "sessions" / "tc.yaml") == [b'{"n": 9}']
 
 
 def test_temp_files_from_an_interrupted_write_are_removed(tmp_path: Path, store: Store) -> None:
