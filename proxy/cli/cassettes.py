@@ -96,9 +96,22 @@ def cassettes_show(name: str, cassettes: Path | None, config_path: Path | None) 
 @click.option(
     "--update", is_flag=True, help="Re-record the interactions that drifted (each cassette written atomically)."
 )
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="NAME=URL",
+    help="A forward-only upstream, as the pytest plugin's --proxy-upstream (mcp+URL for an MCP server): its "
+    "cassettes (connections/NAME) are re-sent to URL's origin. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (JSON) instead of text.")
 def cassettes_drift(
-    names: tuple[str, ...], config_path: Path | None, update: bool, as_json: bool, **flags: Any
+    names: tuple[str, ...],
+    config_path: Path | None,
+    update: bool,
+    upstreams: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
 ) -> None:
     """Re-send recorded requests live and report where the answers drifted from the recordings.
 
@@ -110,6 +123,11 @@ def cassettes_drift(
     event: the first event whose name or data shape differs (`event #0 $.choices[0].delta.content: string →
     array`), how the stream ends (`data: [DONE]`, `message_stop`), and its event count when far off.
 
+    Cassettes the pytest plugin recorded through a forward-only upstream need that upstream again:
+    `--upstream openai=https://api.openai.com/v1`, as given to the plugin. It holds no credential (the client sent
+    its own, masked in the cassette): the request is re-sent without the masked headers, and an answer of 401 or
+    403 is reported, not taken for drift. A recording on another origin than URL's is never sent.
+
     Exit status: 0 when nothing drifted (with --update: once what drifted is re-recorded), 1 when an
     interaction drifted or could not be re-sent, a cassette is unknown or refused, or the config file is unusable.
     """
@@ -117,8 +135,16 @@ def cassettes_drift(
 
     from proxy.cassettes.inventory import cassette_files, find
     from proxy.cli.drift import drift, report_lines, summary
+    from proxy.engine.upstreams import parse_assignment
 
     runtime = load_runtime(config_path, flags)
+    for text in upstreams:  # validated as the pytest plugin validates its --proxy-upstream
+        try:
+            runtime.add_upstream(*parse_assignment(text, "upstream"))
+        except InvalidField as exc:
+            runtime.store.close()
+            shown = exc.message if exc.field.startswith("upstream") else f"{text!r}: {exc.message}"
+            raise click.BadParameter(shown, param_hint="--upstream") from None
     root = runtime.settings.cassettes_dir
     paths = []
     for name in names:

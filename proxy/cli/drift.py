@@ -7,11 +7,13 @@ twice.
 A recorded request is sent again as it was recorded, with the credentials its owner holds now in place of the
 masked ones. A cassette is a file anyone can commit, so nothing in it chooses a credential: the owner of a
 `connections/<name>` or `connectors/<name>` cassette is the connection or connector the server names that file
-after; of a `sessions/` cassette, the connection(s) whose URL has the recorded request's origin. A request is
+after, or the forward-only upstream of that name given to the command (`--upstream NAME=URL`, as the pytest
+plugin's); of a `sessions/` cassette, the connection(s) whose URL has the recorded request's origin. A request is
 re-sent only to its owner's origin (scheme, host, port, compared as the credential-origin rule compares them);
 any other is reported not checked and never sent. A credential the owner's URL holds in its query string
 (`?key=…`) is put back where the recording masked it; any other secret masked inside a recorded URL or body
-cannot be.
+cannot be. A forward-only upstream holds no credential (the client sent its own, masked in the recording): the
+request goes without the headers the recording masked, and the report says so.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from proxy.server.runtime import Runtime
 
 # Set by the client library for each request, never worth re-sending as recorded.
 RESENT_WITHOUT = frozenset({"host", "content-length", "transfer-encoding", "connection", "traceparent"})
+# What an upstream answers a request without its credential: not drift, so never re-recorded.
+REFUSED = frozenset({401, 403})
 PER_RUN_TOKEN = re.compile("<({})>".format("|".join(CallContext().per_run_values())))
 
 
@@ -62,6 +66,7 @@ class Checked:
     error: str | None = None
     live: Interaction | None = None  # the live answer, recorded as the cassette would hold it
     updated: bool = False
+    note: str | None = None  # how it was sent, when not as recorded
 
     @property
     def outcome(self) -> str:
@@ -76,6 +81,7 @@ class Checked:
             "outcome": self.outcome,
             "differences": [d.to_json() for d in self.differences],
             "error": self.error,
+            "note": self.note,
             "updated": self.updated,
         }
 
@@ -116,7 +122,7 @@ def answer_differences(recorded: Interaction, status: int, content_type: str, bo
 class Owner:
     """A stored connection or connector whose credentials a recorded request may be re-sent with."""
 
-    kind: str  # "connection" or "connector"
+    kind: str  # "connection", "connector" or "upstream"
     name: str
     url: str  # as stored: a connection's is a template
     origin: Origin | None  # None: its template decides it, so no recording is known to be on it
@@ -145,13 +151,22 @@ def connector_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
     ]
 
 
+def upstream_owners(runtime: Runtime, cassette_stem: str) -> list[Owner]:
+    """The forward-only upstreams given to the command whose `connections/` cassette file is `cassette_stem`."""
+    return [
+        Owner("upstream", up.name, up.url, up.origin, up.target)
+        for up in runtime.upstreams.values()
+        if file_name(up.name) == cassette_stem
+    ]
+
+
 def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
     """Whose credentials the request to `uri` of `cassette` (its name in the folder) is re-sent with, or why it is
     not re-sent. Only where the file is chooses, never what it holds (such as its session key)."""
     parts = PurePath(cassette).parts  # [<a test's folder>/…]<kind>/<stem>
     folder, stem = parts[-2:] if len(parts) >= 2 else ("", "")
     if folder == "connections":
-        candidates = connection_owners(runtime, stem)
+        candidates = connection_owners(runtime, stem) + upstream_owners(runtime, stem)
     elif folder == "connectors":
         candidates = connector_owners(runtime, stem)
     elif folder == "sessions":
@@ -159,7 +174,8 @@ def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
     else:
         return "not checked: only cassettes in a connections/, connectors/ or sessions/ folder are re-sent"
     if not candidates:
-        return f"not checked: no stored {folder.removesuffix('s')} owns this cassette (none is named after it)"
+        nor = ", nor an --upstream NAME=URL" if folder == "connections" else ""
+        return f"not checked: no stored {folder.removesuffix('s')} owns this cassette (none is named after it{nor})"
     try:
         origin = url_origin(parsed_url(uri))  # parsed as the request will be: its origin is where it goes
     except (httpx.InvalidURL, ValueError):
@@ -174,8 +190,9 @@ def owner_for(runtime: Runtime, cassette: str, uri: str) -> Owner | str:
     if any((o.target.credentials, dict(o.target.headers)) != (first.credentials, dict(first.headers)) for o in there):
         assert origin is not None
         names = " and ".join([", ".join(repr(o.name) for o in there[:-1]), repr(there[-1].name)])
+        kinds = " and ".join(sorted({f"{owner.kind}s" for owner in there}))
         return (
-            f"not checked: {there[0].kind}s {names} send their calls to {origin.base_url()} with different "
+            f"not checked: {kinds} {names} send their calls to {origin.base_url()} with different "
             "credentials, and nothing but the cassette says whose recording it is"
         )
     # The same credentials whichever: the one whose URL the request is under gives its timeout and rate limit.
@@ -192,20 +209,38 @@ def fresh_ids(text: str) -> str:
     return PER_RUN_TOKEN.sub(lambda _: uuid.uuid4().hex, text)
 
 
+def recorded_headers(interaction: Interaction) -> dict[str, str]:
+    """The recorded request's headers, each with its (first) value."""
+    return {
+        name: str(values[0] if isinstance(values, list) and values else values)
+        for name, values in interaction.request["headers"].items()
+    }
+
+
+def masked_header_names(interaction: Interaction) -> list[str]:
+    """The recorded request's headers whose value the recording masked: never re-sent as they are."""
+    return [name for name, value in recorded_headers(interaction).items() if MASK in value]
+
+
 def resend_request(target: ForwardTarget, interaction: Interaction, uri: str) -> httpx.Request:
     recorded = interaction.request
-    headers = {}
-    for name, values in recorded["headers"].items():
-        value = values[0] if isinstance(values, list) and values else str(values)
-        if name.lower() not in RESENT_WITHOUT and MASK not in value:
-            headers[name] = value
-    added = build_headers(
-        target.credentials,
-        target.headers,
-        session_id=None,
-        inference_id=uuid.uuid4().hex,
-        w3c_trace_id=new_w3c_trace_id(),
-        send_traceparent=False,
+    headers = {
+        name: value
+        for name, value in recorded_headers(interaction).items()
+        if name.lower() not in RESENT_WITHOUT and MASK not in value
+    }
+    # A forward-only upstream's request goes as recorded: it adds no credential and no per-call header.
+    added = (
+        build_headers(
+            target.credentials,
+            target.headers,
+            session_id=None,
+            inference_id=uuid.uuid4().hex,
+            w3c_trace_id=new_w3c_trace_id(),
+            send_traceparent=False,
+        )
+        if target.adds
+        else {}
     )
     replaced = {name.lower() for name in added}
     headers = {k: v for k, v in headers.items() if k.lower() not in replaced} | added
@@ -228,6 +263,12 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
         checked.error = owner
         return checked
     target = owner.target
+    left_out = masked_header_names(interaction) if owner.kind == "upstream" else []
+    if left_out:
+        checked.note = (
+            f"sent without {', '.join(left_out)}: the recording masked the client's credential, and a forward-only "
+            "upstream holds none"
+        )
     redact = runtime.redactor.redact
     timing = StreamTiming()  # a stream is read to its end, each chunk timed, so that --update keeps its timing
     try:
@@ -250,6 +291,12 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
         return checked
     except (httpx.HTTPError, ValueError) as exc:
         checked.error = redact(f"could not be sent: {type(exc).__name__}: {exc}")
+        return checked
+    if left_out and response.status_code in REFUSED:  # the missing credential's doing, not drift: kept as recorded
+        checked.error = (
+            f"the upstream refused it (HTTP {response.status_code}) without the credential the recording masked; "
+            "a stored connection of this name holds one"
+        )
         return checked
     masked = runtime.redactor.redact_bytes(content)
     content_type = response.headers.get("content-type", "")
@@ -315,14 +362,14 @@ def report_lines(checked: list[Checked]) -> list[str]:
     lines = []
     for item in checked:
         head = f"{item.cassette} #{item.index} {item.method} {item.uri}"
-        if item.outcome == "unchanged":
-            lines.append(f"ok       {head}")
-            continue
-        label = "ERROR" if item.error else "UPDATED" if item.updated else "DRIFT"
+        labels = {"unchanged": "ok", "error": "ERROR", "drifted": "UPDATED" if item.updated else "DRIFT"}
+        label = labels[item.outcome]
         lines.append(f"{label:<8} {head}")
         lines += [f"         {d.text()}" for d in item.differences]
         if item.error:
             lines.append(f"         {item.error}")
+        if item.note:
+            lines.append(f"         {item.note}")
     counts = summary(checked)
     tail = f", {counts['updated']} re-recorded" if counts["updated"] else ""
     lines.append(

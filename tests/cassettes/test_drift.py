@@ -262,7 +262,9 @@ def test_the_cassette_file_not_its_session_key_chooses_the_connection(
     result = drift(tmp_path, config, "--json")
     assert outcomes(result) == {
         "connections/chat #0": None,
-        "connections/nobody #0": "not checked: no stored connection owns this cassette (none is named after it)",
+        "connections/nobody #0": (
+            "not checked: no stored connection owns this cassette (none is named after it, nor an --upstream NAME=URL)"
+        ),
     }, result.stdout + result.stderr
     assert [r.headers["authorization"] for r in upstream.received] == [f"Bearer {TEST_TOKEN}"]
     assert [r.path for r in upstream.received] == ["/chat"]
