@@ -295,7 +295,7 @@ async def check_interaction(runtime: Runtime, name: str, index: int, interaction
     if left_out and response.status_code in REFUSED:  # the missing credential's doing, not drift: kept as recorded
         checked.error = (
             f"the upstream refused it (HTTP {response.status_code}) without the credential the recording masked; "
-            "a stored connection of this name holds one"
+            "a stored connection of this name, holding one, can check it"
         )
         return checked
     masked = runtime.redactor.redact_bytes(content)
