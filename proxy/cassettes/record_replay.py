@@ -28,6 +28,7 @@ from proxy.engine.transports import (
     PER_RUN_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
     REDACTED_EXTENSION,
+    REPLAY_PACE_EXTENSION,
     REPLAYED_EXTENSION,
     REPLY_MEMO_EXTENSION,
     STREAM_EXTENSION,
@@ -149,7 +150,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if prepared is None:
             prepared = interaction.prepared = _prepared(interaction, latency_ms)
         status, headers, content, extensions = prepared
-        return httpx.Response(status, headers=headers, content=content, extensions={**extensions})
+        paced = {REPLAY_PACE_EXTENSION: pace} if pace and latency_ms else {}
+        return httpx.Response(status, headers=headers, content=content, extensions={**extensions, **paced})
 
     async def _replay_stream(
         self, interaction: Interaction, timing: StreamTiming, pace: float | None
@@ -166,6 +168,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             STREAM_EXTENSION: timing,
             REDACTED_EXTENSION: True,
         }
+        if pace:
+            extensions[REPLAY_PACE_EXTENSION] = pace
         message = recorded["status"].get("message")
         if message:
             extensions["reason_phrase"] = message.encode()

@@ -50,6 +50,7 @@ from proxy.engine.transports import (
     PER_RUN_EXTENSION,
     RATE_LIMIT_EXTENSION,
     RECORDED_LATENCY_EXTENSION,
+    REPLAY_PACE_EXTENSION,
     REPLAYED_EXTENSION,
     AttemptTimeout,
     BodyCut,
@@ -313,6 +314,7 @@ class Engine:
                 reply.events = events_of(reply.text.encode(), timing)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))
+        attempt.replay_pace = response.extensions.get(REPLAY_PACE_EXTENSION)
         attempt.first_byte_ms = None if recorded_latency is not None else first_byte_ms
         return attempt, reply, False
 
@@ -332,6 +334,7 @@ class Engine:
         outcome = response.extensions.get(OUTCOME_EXTENSION, "live")
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))
+        attempt.replay_pace = response.extensions.get(REPLAY_PACE_EXTENSION)
         attempt.first_byte_ms = None if recorded_latency is not None else latency
         return attempt, reply
 

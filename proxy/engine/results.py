@@ -87,7 +87,8 @@ class Attempt:
     cut: CutReply | None = None  # the answer whose body broke off, as far as it came
     first_byte_ms: float | None = None  # until the response headers arrived
     nearest: dict[str, Any] | None = None  # on a cassette miss: the nearest recording and where it differs
-    replayed: bool = False  # the transport played the answer back (REPLAYED_EXTENSION)
+    replayed: bool = False  # the transport played the answer back (REPLAYED_EXTENSION): latency_ms is the recorded
+    replay_pace: float | None = None  # a replay paced at the recorded timing: the speed it was divided by
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +98,8 @@ class Attempt:
             "waitedMs": round(self.waited_ms, 3),
             "error": self.error,
             "cassette": self.outcome,
+            "replayed": self.replayed,
+            "replayPace": self.replay_pace,
         }
 
 

@@ -78,6 +78,8 @@ class StreamTap:
         if self.kept and not self.truncated:
             parser.end(self.kept[-1][0])
         out["events"] = [event.to_json() for event in parser.events]
+        if parser.done_ms is not None:
+            out["doneOffsetMs"] = parser.done_ms
         if self.text_path is not None:
             try:
                 text = sse_reply(parser.events, self.text_path, StepBudget.for_size(self.kept_size)).document["text"]

@@ -52,6 +52,7 @@ class SseParser:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.done = False
+        self.done_ms: float | None = None  # when `data: [DONE]` arrived: it ends the stream but is no event
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
         self._data: list[str] = []
@@ -85,7 +86,7 @@ class SseParser:
                 data = "\n".join(self._data)
                 self._data = []
                 if data.strip() == DONE:
-                    self.done = True
+                    self.done, self.done_ms = True, offset_ms
                 else:
                     self.events.append(Event(offset_ms, data, self._name))
             self._name = ""  # a name belongs to the one event it is in, dispatched or not

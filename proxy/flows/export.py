@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from proxy import __version__
 from proxy.config.settings import MASK
 from proxy.connections.headers import INFERENCE_ID_HEADER, TRACEPARENT_HEADER
+from proxy.flows.timing import flow_latency, recorded_latency_ms
 
 # Per-hop headers curl sets itself; Accept-Encoding would make curl print a compressed body.
 CURL_SKIPPED = frozenset({"host", "content-length", "connection", "accept-encoding", "transfer-encoding"})
@@ -171,17 +172,23 @@ def har_entry(flow: dict[str, Any]) -> dict[str, Any]:
     latency = float(flow.get("latency_ms") or 0.0)
     ttfb = flow.get("ttfb_ms")
     wait = float(ttfb) if ttfb is not None else latency
-    return {
+    comment = f"flow {flow['id']}: {flow.get('kind')} of {flow.get('connection')}, cassette {flow.get('outcome')}"
+    said = flow_latency(flow)
+    entry: dict[str, Any] = {
         "startedDateTime": flow["at"],
         "time": latency,
         "request": har_request,
         "response": har_response,
         "cache": {},
         "timings": {"send": 0, "wait": round(wait, 3), "receive": round(max(latency - wait, 0.0), 3)},
-        "comment": f"flow {flow['id']}: {flow.get('kind')} of {flow.get('connection')}, cassette {flow.get('outcome')}",
+        "comment": f"{comment}; time: {said}" if said else comment,
         "_flowId": flow["id"],
         "_cassette": flow.get("outcome"),
     }
+    recorded = recorded_latency_ms(flow)
+    if recorded is not None:  # `time` may be the replay's own (a relayed stream's): what the recording took
+        entry["_recordedTimeMs"] = recorded
+    return entry
 
 
 def har(flows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -269,6 +269,11 @@ def test_a_forward_flow_says_what_the_forward_route_did_never_mapping_words(
         entries = wait_flows(client, 2, connection="chat")
         pages = {entry["_cassette"]: client.get(f"/flows/{entry['_flowId']}").text for entry in entries}
     assert set(pages) == {"recorded", "hit"}
+    # A replayed answer (not a stream) shows the latency its recording measured, and says so.
+    (hit,) = [entry for entry in entries if entry["_cassette"] == "hit"]
+    said = f"recorded: {hit['_recordedTimeMs']:.1f} ms (replayed at once)"
+    assert hit["time"] == hit["_recordedTimeMs"] and f'id="latency">{said}<' in pages["hit"]
+    assert "recorded:" not in pages["recorded"]
     for outcome, page in pages.items():
         assert "Output mapping" not in page and 'id="mapping"' not in page, outcome
         assert "not run" not in page and "ended the conversation" not in page, outcome

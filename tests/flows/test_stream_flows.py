@@ -20,7 +20,7 @@ import pytest
 from haralyzer import HarParser
 
 from proxy.config.file import Config
-from proxy.config.settings import MASK
+from proxy.config.settings import MASK, ReplayLatency
 from tests.conftest import TEST_TOKEN, NoNetwork, RunningProxy, running_proxy
 from tests.helpers import launch, llm_config
 from tests.streams import USAGE, WORDS, Streaming, anthropic_events, openai_events, secret_echo_chunks
@@ -45,6 +45,17 @@ def flows_over(proxy: RunningProxy, count: int) -> list[dict[str, Any]]:
         time.sleep(0.02)
 
 
+def har_entry(har: dict[str, Any]) -> dict[str, Any]:
+    (entry,) = har["log"]["entries"]
+    return entry
+
+
+def offsets_in_order(stream: dict[str, Any]) -> bool:
+    """Each event, then `data: [DONE]`, in the order they came, within the stream's duration."""
+    offsets = [e["offsetMs"] for e in stream["events"]] + [stream["doneOffsetMs"]]
+    return offsets == sorted(offsets) and offsets[-1] <= stream["durationMs"]
+
+
 def openai_text(base_url: str) -> str:
     client = openai.OpenAI(base_url=f"{base_url}/forward/llm/v1", api_key="unused", max_retries=0)
     with client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True) as s:
@@ -62,19 +73,30 @@ def anthropic_text(base_url: str) -> str:
 
 
 def three_ways(
-    tmp_path: Path, config: Config, read: Any, flows_expected: int = 1
-) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
-    """The stream read live, recorded, then replayed offline: (mode, text read, flow, HAR of the flow) each."""
+    tmp_path: Path, config: Config, read: Any, flows_expected: int = 1, paced: bool = False
+) -> list[tuple[str, str, dict[str, Any], dict[str, Any], str]]:
+    """The stream read live, recorded, then replayed offline (and, `paced`, replayed again at the recorded pace):
+    (mode, text read, flow, HAR of the flow, its page) each."""
     cassettes = tmp_path / "cassettes"
     out = []
-    for mode, transport in (("off", None), ("once", None), ("none", NoNetwork())):
+    runs: list[tuple[str, str, Any, dict[str, Any]]] = [
+        ("off", "off", None, {}),
+        ("once", "once", None, {}),
+        ("none", "none", NoNetwork(), {}),
+    ]
+    if paced:
+        runs.append(("paced", "none", NoNetwork(), {"replay_latency": ReplayLatency.RECORDED}))
+    for name, mode, transport, settings in runs:
         with (
-            running_proxy(tmp_path / mode, config, transport, cassettes_dir=cassettes, record_mode=mode) as proxy,
+            running_proxy(
+                tmp_path / name, config, transport, cassettes_dir=cassettes, record_mode=mode, **settings
+            ) as proxy,
             httpx.Client(base_url=proxy.url) as client,
         ):
             text = read(proxy.url)
             (flow,) = flows_over(proxy, flows_expected)
-            out.append((mode, text, flow, client.get(f"/flows/{flow['id']}.har").json()))
+            har = client.get(f"/flows/{flow['id']}.har").json()
+            out.append((name, text, flow, har, client.get(f"/flows/{flow['id']}").text))
     return out
 
 
@@ -84,9 +106,9 @@ def test_openai_stream_flow_is_written_at_its_end_live_recorded_and_replayed(
     upstream, url = streaming
     upstream.reset(first_delay=0.1, gap=0.03)
     whole = b"".join(openai_events(WORDS))
-    for mode, text, flow, har in three_ways(tmp_path, llm_config(url), openai_text):
+    for mode, text, flow, har, page in three_ways(tmp_path, llm_config(url), openai_text, paced=True):
         assert text == "".join(WORDS)
-        assert flow["outcome"] == {"off": "live", "once": "recorded", "none": "hit"}[mode]
+        assert flow["outcome"] == {"off": "live", "once": "recorded", "none": "hit", "paced": "hit"}[mode]
         assert flow["stream"] == "complete"
         stream = flow["data"]["exchange"]["stream"]
         body = flow["data"]["exchange"]["response"]["body"]
@@ -95,13 +117,33 @@ def test_openai_stream_flow_is_written_at_its_end_live_recorded_and_replayed(
         assert sum(size for _, size in stream["chunks"]) == len(whole) and not stream["truncated"]
         assert 1 < len(stream["chunks"]) <= len(WORDS) + 2
         assert [e["data"] for e in stream["events"]][-1]["usage"] == USAGE  # [DONE] ends it, no event
+        # ... but the page shows it after the events, so the events and the stream's end add up
+        assert offsets_in_order(stream) and 'id="stream-done"' in page and "<code>[DONE]</code>" in page
+        assert f'id="stream-event-count">{len(WORDS) + 1}, then <code>data: [DONE]</code>' in page
         assert stream["text"] == "".join(WORDS)  # the connection's stream_text_path, by default OpenAI's
         offsets = [e["offsetMs"] for e in stream["events"]]
         assert offsets == sorted(offsets) and offsets[-1] <= stream["durationMs"]
         assert flow["latency_ms"] == stream["durationMs"] and flow["ttfb_ms"] == stream["timeToFirstByteMs"]
-        if mode != "none":  # the upstream's pace: the whole stream lasts its delays, the head comes at once
+        if mode != "none":  # the upstream's pace (or the recording's): the stream lasts its delays
             assert stream["durationMs"] >= 100 + 30 * (len(WORDS) + 1)
             assert stream["durationMs"] - stream["timeToFirstByteMs"] >= 30 * (len(WORDS) + 1)
+        (attempt,) = flow["data"]["exchange"]["attempts"]
+        duration = f"{stream['durationMs']:.1f} ms"
+        if mode in ("off", "once"):  # timed here: no label needed, none given
+            assert not attempt["replayed"] and attempt["replayPace"] is None and "_recordedTimeMs" not in har_entry(har)
+            assert f'id="latency">{duration}<' in page and "recorded:" not in page and "replayed in" not in page
+            assert f'class="latency">{attempt["latencyMs"]:.1f} ms to its head<' in page  # timed to its head only
+        else:  # the page's latency is the replay's own, its attempt's the recording's: each says so
+            recorded = attempt["latencyMs"]
+            assert attempt["replayed"] and recorded >= 100 + 30 * (len(WORDS) + 1)
+            assert attempt["replayPace"] == (1.0 if mode == "paced" else None)
+            pace = "at the recorded pace" if mode == "paced" else "at once"
+            said = f"replayed in {duration}, {pace} (recorded: {recorded:.1f} ms)"
+            assert f'id="latency">{said}<' in page
+            assert f'class="latency">recorded: {recorded:.1f} ms<' in page
+            assert har_entry(har)["_recordedTimeMs"] == recorded and har_entry(har)["comment"].endswith(f"time: {said}")
+            if mode == "none":
+                assert stream["durationMs"] < recorded
         (entry,) = har["log"]["entries"]
         content = entry["response"]["content"]
         assert content["text"] == whole.decode() and content["size"] == len(whole)
@@ -115,7 +157,7 @@ def test_anthropic_event_stream_flow_keeps_its_named_events_and_text(tmp_path: P
     upstream, url = streaming
     upstream.reset(gap=0.01)
     config = llm_config(url, stream_text_path="$.delta.text")
-    for mode, text, flow, _ in three_ways(tmp_path, config, anthropic_text):
+    for mode, text, flow, _, _ in three_ways(tmp_path, config, anthropic_text):
         assert text == "".join(WORDS)
         stream = flow["data"]["exchange"]["stream"]
         assert stream["text"] == "".join(WORDS), mode
@@ -283,7 +325,8 @@ def test_a_streamed_flow_in_a_real_browser(tmp_path: Path, streaming: Streaming)
         assert page.inner_text("#stream-bytes") == str(whole)
         assert page.inner_text("#stream-text") == "".join(WORDS)
         events = page.locator("#stream-events tr")
-        assert events.count() == 1 + len(WORDS) + 1  # the heading, the words, the usage
+        assert events.count() == 1 + len(WORDS) + 1 + 1  # the heading, the words, the usage, the end
+        assert events.last.inner_text().endswith("[DONE] the end of the stream, no event")
         assert " ms" in events.nth(1).inner_text() and "Once" in events.nth(1).inner_text()
         assert "Output mapping" not in page.content()
         folder = Path(os.environ.get("PROXY_SCREENSHOT_DIR", str(tmp_path)))

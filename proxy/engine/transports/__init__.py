@@ -24,6 +24,8 @@ MATCH_BODY_EXTENSION = "proxy.match_body"
 OUTCOME_EXTENSION = "proxy.outcome"  # response: hit | recorded | live | injected
 RECORDED_LATENCY_EXTENSION = "proxy.recorded_latency_ms"  # response: the latency a recording measured
 REPLAYED_EXTENSION = "proxy.replayed"  # response: True when played back, so no wait before a retry is real
+# response: a replay paced at the recorded timing: the speed its delays were divided by (absent: played at once)
+REPLAY_PACE_EXTENSION = "proxy.replay_pace"
 # request: the JSON document the body holds, as the caller parsed it (read only), so no transport parses it again
 PARSED_BODY_EXTENSION = "proxy.parsed_body"
 RATE_LIMIT_EXTENSION = "proxy.rate_limit"  # request: (connection id, calls per minute), paced by live.py

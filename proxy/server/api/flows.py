@@ -17,6 +17,7 @@ from proxy.config.settings import FLOW_EVENTS_HEARTBEAT_S, FLOW_EVENTS_MAX_S, FL
 from proxy.errors import BadRequest, NotFound
 from proxy.flows.export import HAR_SCHEMA, curl_command, curl_variables, har, per_run_headers
 from proxy.flows.log import OUTCOMES, STATUS_CLASSES, FlowFilter
+from proxy.flows.timing import attempt_latency, flow_latency
 from proxy.server.api.common import query_int, runtime
 from proxy.server.api.inspector import PAGE_HEADERS, page
 from proxy.server.api.openapi import HTML, ApiRoute
@@ -175,6 +176,8 @@ async def flow_page(request: Request) -> HTMLResponse:
         request,
         "flow.html",
         flow=flow,
+        latency=flow_latency(flow),
+        attempt_latency=attempt_latency,
         exchange=flow["data"]["exchange"],
         stream=flow["data"]["exchange"].get("stream"),
         mapping=mapping_rows(flow),

@@ -82,9 +82,13 @@ class Attempt(Answer):
     model_config = ConfigDict(extra="allow")
     attempt: int
     status: int | None
-    latency_ms: float
+    latency_ms: float = Field(description="replayed: the latency the recording measured, not the replay's own")
     error: str | None
     cassette: str | None
+    replayed: bool = Field(default=False, description="played back from the cassette")
+    replay_pace: float | None = Field(
+        default=None, description="a replay paced at the recorded timing: the speed its delays were divided by"
+    )
 
 
 class UpstreamReply(Answer):
@@ -104,6 +108,9 @@ class Stream(Answer):
     time_to_first_byte_ms: float
     chunks: list[list[float]] = Field(description="[offset_ms, bytes] per chunk, offsets from sending the request")
     events: list[StreamEvent]
+    done_offset_ms: float | None = Field(
+        default=None, description="a relayed stream that ended with `data: [DONE]` (no event): when it arrived"
+    )
 
 
 class Exchange(Answer):
