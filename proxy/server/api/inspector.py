@@ -55,7 +55,7 @@ def _as_json_scalar(value: Any) -> Any:
 templates = Environment(
     loader=PackageLoader("proxy.server.api", "templates"),
     autoescape=select_autoescape(["html"]),
-    finalize=_as_json_scalar
+    finalize=_as_json_scalar,
 )
 templates.globals.update(pretty=_pretty, short=_short)
 
