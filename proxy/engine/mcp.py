@@ -42,6 +42,7 @@ class McpRequest:
     ids: list[Any] = field(default_factory=list)  # the requests' ids, in order
     progress_tokens: list[Any] = field(default_factory=list)
     match_body: bytes | None = None  # None: not JSON-RPC, matched as sent
+    batch: bool = False  # the messages came as a JSON array (answered as one)
 
     @property
     def methods(self) -> list[str]:
@@ -73,7 +74,7 @@ def parse_request(body: bytes) -> McpRequest:
     batch = [item for item in items if isinstance(item, dict) and item.get("jsonrpc") == "2.0"]
     if not batch or len(batch) != len(items):
         return McpRequest()
-    found = McpRequest(messages=batch)
+    found = McpRequest(messages=batch, batch=isinstance(document, list))
     normal = []
     for message in batch:
         copy = dict(message)

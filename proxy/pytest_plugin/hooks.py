@@ -214,7 +214,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     except BaseException as exc:
         misses = state.take_misses()
         if misses:
-            raise pytest.fail.Exception(_miss_report(state, misses), pytrace=False) from _innermost(exc)
+            cause = _innermost(exc)
+            raise pytest.fail.Exception(_miss_report(state, misses, told=str(cause)), pytrace=False) from cause
         raise
     misses = state.take_misses()
     if misses:
@@ -319,11 +320,16 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         state.mode = state.scope = state.test_id = None
 
 
-def _miss_report(state: _PluginState, misses: list[str]) -> str:
+def _miss_report(state: _PluginState, misses: list[str], told: str = "") -> str:
+    """The test's misses and how to record them. Those the client's own error (`told`, printed just above) quotes
+    already, as an MCP client does the proxy's JSON-RPC error, are counted, not repeated."""
     server = state.server
     mode = state.mode or (server.record_mode if server else "?")
-    lines = [f"proxy: {len(misses)} replay {'miss' if len(misses) == 1 else 'misses'} (record mode {mode}):"]
-    lines += [f"  {message}" for message in misses]
+    untold = [message for message in misses if message not in told]
+    above = f", {len(misses) - len(untold)} told above" if len(untold) < len(misses) else ""
+    head = f"proxy: {len(misses)} replay {'miss' if len(misses) == 1 else 'misses'} (record mode {mode}){above}"
+    lines = [f"{head}:" if untold else head]
+    lines += [f"  {message}" for message in untold]
     # new_episodes records what is missing whether the test's cassette exists or not; `once` would not add to one.
     lines.append(
         f"record them with --proxy-record-mode new_episodes (all: record the test afresh), or mark the test "

@@ -160,7 +160,11 @@ def test_a_changed_tool_argument_misses_naming_the_nearest_call_and_the_json_pat
         session.start(1)
         missed = session.post(rpc("tools/call", {"name": "get_weather", "arguments": {"city": "Rome"}}, 2))
     assert missed.status_code == 404 and missed.headers["x-proxy-cassette"] == "miss"
-    message = missed.json()["message"]
+    assert missed.headers["content-type"] == "application/json"
+    answer = missed.json()
+    assert answer["id"] == 2 and answer["error"]["code"] == -32001
+    assert answer["error"]["data"] == {"outcome": "miss", "differingAt": "$.params.arguments.city"}
+    message = answer["error"]["message"]
     assert '$.params.arguments.city: "Oslo" recorded, "Rome" now' in message
     nearest = 'nearest recorded MCP call: tools/call get_weather {"name":"get_weather","arguments":{"city":"Oslo"}}'
     assert nearest in message

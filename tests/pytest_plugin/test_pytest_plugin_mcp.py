@@ -88,5 +88,7 @@ def test_an_agent_test_replays_its_model_and_its_mcp_tools_per_test(tmp_path: Pa
     replayed = run_pytest(project, OPENAI_API_KEY="unused", EXPECTED=expected)
     assert "1 failed, 1 passed" in replayed.stdout, replayed.stdout + replayed.stderr
     assert "PASSED test_agent.py::test_oslo" in replayed.stdout
-    # Told once, after the client's own error (the mcp SDK's exception group, which pytest would repeat it after).
+    # Told once, by the mcp SDK's own error (the proxy's JSON-RPC error), which the plugin's report counts, not repeats.
     assert replayed.stdout.count("differing at body $.params.arguments.days") == 1, replayed.stdout
+    assert "nearest recorded MCP call: tools/call forecast" in replayed.stdout
+    assert "proxy: 1 replay miss (record mode none), 1 told above\nrecord them with" in replayed.stdout

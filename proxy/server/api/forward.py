@@ -53,6 +53,7 @@ SAFETY_HEADERS = {
 _SAFETY_NAMES = frozenset(name.lower() for name in SAFETY_HEADERS)
 HEADER_MASK = "********"
 MISS_STATUS = 404  # not retried by HTTP clients, unlike 5xx/429
+NO_REPLY = "no reply from the upstream"  # a failure that left no reason (there always is one)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # How a relayed stream can break off: the upstream cut it, it ran past the attempt's timeout or the body cap.
 STREAM_CUTS = (httpx.TransportError, TimeoutError, BodyTooLarge)
@@ -135,14 +136,20 @@ def _response(result: CallResult) -> Response:
         return CutResponse(cut, outcome)
     reply = result.reply
     if reply is None:
-        status = MISS_STATUS if outcome == "miss" else 502
-        body = {"message": result.error or "no reply from the upstream"}
+        body = {"message": result.error or NO_REPLY}
         headers = answer_headers({}, outcome)
-        return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+        return Response(
+            json.dumps(body), status_code=failure_status(outcome), media_type="application/json", headers=headers
+        )
     headers = answer_headers(reply.headers, outcome)
     if reply.relay is not None:
         return RelayedStream(reply.relay, reply.status, headers)
     return WholeAnswer(reply.text.encode(), reply.status, headers)
+
+
+def failure_status(outcome: str) -> int:
+    """The status of an answer the proxy gives itself, no reply having come: a miss, or the upstream's failure."""
+    return MISS_STATUS if outcome == "miss" else 502
 
 
 class WholeAnswer(Response):

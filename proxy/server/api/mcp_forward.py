@@ -6,6 +6,10 @@ rewritten with the current ones, and `initialize` answered with a session id of 
 positions are per session, so each session replays from the start. GET (the server's own stream) and DELETE (end
 of session) are relayed live, never recorded; for a session a replay answered, or in a mode that only replays,
 GET is an empty event stream held open until the client leaves or deletes the session, and DELETE answers 200.
+
+A JSON-RPC request the proxy answers itself (a replay miss, a cassette it cannot use, no answer from the upstream)
+gets a JSON-RPC error, with the status and `X-Proxy-Cassette` header any forward answer would have: an MCP client
+shows its message, where it would show only the status ("Session terminated") for another body.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
@@ -31,13 +35,26 @@ from proxy.engine.results import CallLabel
 from proxy.engine.transports import MATCH_BODY_EXTENSION
 from proxy.engine.transports.streams import is_event_stream
 from proxy.errors import InvalidField
-from proxy.server.api.forward import SAFETY_HEADERS, RelayedStream, WholeAnswer, _response, answer_headers
+from proxy.server.api.forward import (
+    NO_REPLY,
+    SAFETY_HEADERS,
+    RelayedStream,
+    WholeAnswer,
+    _response,
+    answer_headers,
+    failure_status,
+)
 
 if TYPE_CHECKING:
     from proxy.server.runtime import Runtime
 
 
 MAX_SHOWN_PARAMS = 500  # characters of the nearest recorded params a miss message quotes
+# JSON-RPC error codes for a request the proxy answers itself, in the range the spec leaves to servers.
+CASSETTE_MISS_CODE = -32001  # replay: no recording matches the request
+CASSETTE_ERROR_CODE = -32002  # the cassette cannot be used (unreadable, refused)
+NO_UPSTREAM_ANSWER_CODE = -32003  # unreachable, timed out, over the body cap, a credential unset, …
+ERROR_CODES = {"miss": CASSETTE_MISS_CODE, "error": CASSETTE_ERROR_CODE}
 
 
 class McpHeaderRefused(InvalidField):
@@ -130,17 +147,26 @@ async def mcp_forward(
     label = CallLabel(parsed.name() or "forward")
     result = await rt.engine.forward(target, request.method, url, headers, body, handle, label, extensions)
     if result.outcome == "miss":
-        _explain_miss(result)
-    if result.outcome != "hit" or result.reply is None or (result.attempts and result.attempts[-1].cut):
+        _explain_miss(result, parsed)
+    cut = bool(result.attempts and result.attempts[-1].cut)
+    if result.reply is None and not cut and parsed.ids:
+        return _json_rpc_errors(result, parsed)
+    if result.outcome != "hit" or result.reply is None or cut:
         return _response(result)
     answered = sessions.start() if parsed.is_initialize else session_id
     return _replayed(result, parsed, answered)
 
 
-def _explain_miss(result: CallResult) -> None:
-    """A miss names the nearest recorded call as MCP does: its method, tool and params (without its ids)."""
+def _explain_miss(result: CallResult, parsed: McpRequest) -> None:
+    """A miss names the call as MCP does (every call goes to the same URL), then the nearest recorded one: its
+    method, tool and params (without its ids)."""
+    if not result.error:
+        return
+    missed = parsed.name()
+    if missed:
+        result.error = f"{result.error}; missed MCP call: {missed}"
     nearest = result.attempts[-1].nearest if result.attempts else None
-    if not nearest or not result.error:
+    if not nearest:
         return
     recorded = parse_request(str(nearest.get("body") or "").encode())
     if not recorded.messages:
@@ -148,6 +174,26 @@ def _explain_miss(result: CallResult) -> None:
     params = [m.get("params") for m in recorded.messages if "method" in m]
     shown = json.dumps(params[0] if len(params) == 1 else params, separators=(",", ":"), ensure_ascii=False)
     result.error = f"{result.error}; nearest recorded MCP call: {recorded.name()} {shown[:MAX_SHOWN_PARAMS]}"
+
+
+def _json_rpc_errors(result: CallResult, parsed: McpRequest) -> Response:
+    """The JSON-RPC error of each request the POST carried (a batch gets one per request), at the status and with
+    the header `_response` would answer: its message the (masked) reason, its data the cassette outcome and, on a
+    miss, the JSONPath where the nearest recording differs."""
+    outcome = result.outcome or "live"
+    data: dict[str, Any] = {"outcome": outcome}
+    nearest = result.attempts[-1].nearest if result.attempts else None
+    if nearest and nearest.get("path"):
+        data["differingAt"] = nearest["path"]
+    error = {
+        "code": ERROR_CODES.get(outcome, NO_UPSTREAM_ANSWER_CODE),
+        "message": result.error or NO_REPLY,
+        "data": data,
+    }
+    answers = [{"jsonrpc": "2.0", "id": request_id, "error": error} for request_id in parsed.ids]
+    body = json.dumps(answers if parsed.batch else answers[0], separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {"Content-Type": "application/json", **answer_headers({}, outcome)}
+    return WholeAnswer(body, failure_status(outcome), headers)
 
 
 def _replayed(result: CallResult, parsed: McpRequest, session_id: str | None) -> Response:
