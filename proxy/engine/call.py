@@ -57,6 +57,7 @@ from proxy.engine.transports import (
     BodyTooLarge,
     CassetteMiss,
     CassetteRefused,
+    CredentialUnset,
     read_capped,
 )
 from proxy.engine.transports.client import AiohttpTransport
@@ -286,6 +287,8 @@ class Engine:
             attempt.outcome = "miss"
             attempt.nearest = exc.nearest
             return attempt, None, False
+        except CredentialUnset as exc:  # a replay-only config about to go live: the user's to fix, never retried
+            return self._failed(number, started, timeout, str(exc)), None, False
         except BodyTooLarge:
             message = f"the upstream body is larger than the {self.max_body_bytes} byte cap"
             return self._failed(number, started, timeout, message), None, False

@@ -447,6 +447,8 @@ def test_ci_replays_with_the_credential_variable_unset_and_a_live_call_names_it(
         assert "config connections[0].auth_token: environment variable OPENAI_API_KEY is not set: replaying" in (
             unset.stdout
         )
+        # Told as the user's to fix, not as a failure inside the proxy with a traceback in the log.
+        assert "failed inside the proxy" not in unset.stdout + unset.stderr
         assert upstream.received == []  # nothing went out, with or without a credential
 
         placeholder = run_pytest(project, "-k", "replays", OPENAI_API_KEY="x")
