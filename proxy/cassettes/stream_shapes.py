@@ -11,7 +11,7 @@ from typing import Any
 
 from proxy.cassettes.json_shapes import Difference, shape_differences
 from proxy.config.settings import DRIFT_EVENT_COUNT_RATIO, DRIFT_EVENT_COUNT_SLACK
-from proxy.engine.streaming import DONE, SseParser
+from proxy.engine.streaming import DONE, parse_events
 
 NO_END = "none"  # how a stream that ends on nothing named is shown
 
@@ -30,9 +30,7 @@ class StreamShape:
 
 
 def stream_shape(body: bytes) -> StreamShape:
-    parser = SseParser()
-    parser.feed(body, 0.0)
-    parser.end(0.0)
+    parser = parse_events([(0.0, body)], 0.0)
     events = parser.events
     return StreamShape([e.name for e in events], [e.parsed() for e in events], parser.done)
 

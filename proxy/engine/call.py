@@ -314,7 +314,7 @@ class Engine:
         if timing is not None:
             reply.timing = timing
             if is_event_stream(reply.headers):
-                reply.events = events_of(reply.text.encode(), timing)
+                reply.sse = events_of(reply.text.encode(), timing)
         attempt = Attempt(number, reply.status, latency, outcome=outcome, waited_ms=timeout.waited_ms)
         attempt.replayed = bool(response.extensions.get(REPLAYED_EXTENSION))
         attempt.replay_pace = response.extensions.get(REPLAY_PACE_EXTENSION)

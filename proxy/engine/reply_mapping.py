@@ -99,9 +99,9 @@ def _sse_document(
     conn: CompiledConnection, reply: UpstreamReply, result: CallResult, redactor: Redactor, budget: StepBudget
 ) -> dict[str, Any] | None:
     """`response_mode: sse`: the events' text pieces joined, what the output mapping runs over."""
-    if reply.events is None:
-        reply.events = events_of(reply.text.encode(), reply.timing or StreamTiming())
-    if not reply.events:
+    if reply.sse is None:
+        reply.sse = events_of(reply.text.encode(), reply.timing or StreamTiming())
+    if not reply.sse.events:
         preview = reply.text[:ERROR_BODY_PREVIEW_CHARS]
         result.error = redactor.redact(
             f"the connection reads server-sent events (responseMode sse), but the reply holds none: {preview}"
@@ -109,7 +109,7 @@ def _sse_document(
         return None
     assert conn.stream_text_path is not None
     try:
-        sse = sse_reply(reply.events, conn.stream_text_path, budget)
+        sse = sse_reply(reply.sse.events, conn.stream_text_path, budget)
     except JsonPathStopped as exc:
         source = conn.spec.stream_text_path
         raise JsonPathStopped(f"the stream text path stopped: the JSONPath {source} {exc}") from None

@@ -12,7 +12,7 @@ from typing import Any
 from proxy.config.settings import ERROR_BODY_PREVIEW_CHARS
 from proxy.connections.headers import new_w3c_trace_id
 from proxy.connections.mapping import OUTPUT, output_text
-from proxy.engine.streaming import Event, Relay, stream_json
+from proxy.engine.streaming import Relay, SseParser, stream_json
 from proxy.engine.transports.streams import StreamTiming
 from proxy.templating.environment import as_template_input
 
@@ -113,7 +113,7 @@ class UpstreamReply:
     is_json: bool = False
     json_refused: str | None = None  # JSON over a bound (nesting, number length): why it was not parsed
     timing: StreamTiming | None = None  # a streamed reply's chunk timing
-    events: list[Event] | None = None  # a server-sent event stream's events
+    sse: SseParser | None = None  # a server-sent event stream, parsed: its events and its `data: [DONE]`
     relay: Relay | None = None  # the forward route: a stream still on its way, relayed to the client
     size: int = 0  # body bytes as received
 
@@ -129,7 +129,7 @@ class UpstreamReply:
             return self.relay.stream_json()
         if self.timing is None:
             return None
-        return stream_json(self.timing, self.events or [])
+        return stream_json(self.timing, self.sse)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from jsonpath_ng import JSONPath
 
 from proxy.config.settings import DEFAULT_FLOW_BODY_MAX_BYTES
 from proxy.connections.jsonpath_budget import JsonPathStopped, StepBudget
-from proxy.engine.streaming import SseParser, sse_reply
+from proxy.engine.streaming import parse_events, sse_reply
 
 log = logging.getLogger("proxy")
 STREAMING, COMPLETE, CUT = "streaming", "complete", "cut"
@@ -72,14 +72,8 @@ class StreamTap:
         out: dict[str, Any] = {"outcome": self.outcome, "bytes": self.relayed_bytes, "truncated": self.truncated}
         if not event_stream:
             return out
-        parser = SseParser()
-        for offset, piece in self.kept:
-            parser.feed(piece, offset)
-        if self.kept and not self.truncated:
-            parser.end(self.kept[-1][0])
-        out["events"] = [event.to_json() for event in parser.events]
-        if parser.done_ms is not None:
-            out["doneOffsetMs"] = parser.done_ms
+        parser = parse_events(self.kept, self.kept[-1][0] if self.kept and not self.truncated else None)
+        out.update(parser.to_json())
         if self.text_path is not None:
             try:
                 text = sse_reply(parser.events, self.text_path, StepBudget.for_size(self.kept_size)).document["text"]

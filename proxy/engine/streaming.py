@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,15 +98,29 @@ class SseParser:
         elif name == "event":
             self._name = value
 
+    def to_json(self) -> dict[str, Any]:
+        """The events part of a stream's JSON: each event, then when `data: [DONE]` came, if it did."""
+        out: dict[str, Any] = {"events": [event.to_json() for event in self.events]}
+        if self.done_ms is not None:
+            out["doneOffsetMs"] = self.done_ms
+        return out
 
-def events_of(body: bytes, timing: StreamTiming) -> list[Event]:
-    """The events of a whole (masked) body, each at the offset of the recorded chunk that completed it."""
+
+def parse_events(pieces: Iterable[tuple[float, bytes]], end_ms: float | None) -> SseParser:
+    """A stream's events from its (offset, bytes) pieces, relayed or read whole. `end_ms`, when the stream came
+    to its end: a last event without its closing blank line still counts, at that offset."""
     parser = SseParser()
-    offset = timing.ttfb_ms
-    for offset, piece in timing.pieces(body):
+    for offset, piece in pieces:
         parser.feed(piece, offset)
-    parser.end(offset)
-    return parser.events
+    if end_ms is not None:
+        parser.end(end_ms)
+    return parser
+
+
+def events_of(body: bytes, timing: StreamTiming) -> SseParser:
+    """The events of a whole (masked) body, each at the offset of the recorded chunk that completed it."""
+    pieces = timing.pieces(body)
+    return parse_events(pieces, pieces[-1][0] if pieces else timing.ttfb_ms)
 
 
 @dataclass
@@ -134,12 +148,13 @@ def sse_reply(events: list[Event], text_path: JSONPath, budget: StepBudget | Non
     return SseReply({"text": "".join(pieces), "events": parsed, "last": last}, first_token)
 
 
-def stream_json(timing: StreamTiming, events: list[Event]) -> dict[str, Any]:
-    """The `stream` part of an exchange."""
+def stream_json(timing: StreamTiming, sse: SseParser | None) -> dict[str, Any]:
+    """The `stream` part of an exchange read whole: as a relayed stream's (`StreamTap.summary`), its events end
+    with when `data: [DONE]` came."""
     return {
         "timeToFirstByteMs": timing.ttfb_ms,
         "chunks": [[offset, int(size)] for offset, size in timing.chunks],
-        "events": [event.to_json() for event in events],
+        **(sse or SseParser()).to_json(),
     }
 
 

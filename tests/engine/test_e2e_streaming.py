@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from proxy.cli.main import main
 from proxy.config.file import Config
 from tests.conftest import TEST_TOKEN, NoNetwork, running_proxy
-from tests.helpers import bearer_conversation, llm_config
+from tests.helpers import bearer_conversation, llm_config, wait_flows
 from tests.streams import USAGE, WORDS, Streaming, openai_chunk, secret_echo_chunks
 
 pytestmark = pytest.mark.e2e
@@ -200,6 +200,8 @@ def test_streaming_connection_joins_the_text_and_reports_time_to_first_token(
         with httpx.Client(base_url=proxy.url) as client:
             turn, _ = run_turn(client, "tc-1")
             session = client.get(f"/sessions/{turn['sessionId']}").json()
+            (flow,) = [e for e in wait_flows(client, 2, session=turn["sessionId"]) if "turn of chat" in e["comment"]]
+            flow_page = client.get(f"/flows/{flow['_flowId']}").text
     assert turn["status"] == "GENERATED", turn["error"]
     assert turn["actualOutput"] == "".join(WORDS)
     assert turn["exchange"]["extracted"]["tokens"] == USAGE["total_tokens"]  # mapped over the final event
@@ -210,6 +212,9 @@ def test_streaming_connection_joins_the_text_and_reports_time_to_first_token(
     assert stream["events"][0]["data"] == openai_chunk(WORDS[0])
     assert len(stream["events"]) == len(WORDS) + 1  # [DONE] ends the stream and is no event
     assert stream["events"][0]["offsetMs"] == turn["timeToFirstTokenMs"]
+    # [DONE] is kept as a relayed stream's is: when it came, after the last event, and the terminator row shown.
+    assert stream["events"][-1]["offsetMs"] <= stream["doneOffsetMs"] == stream["chunks"][-1][0]
+    assert 'id="stream-done"' in flow_page and "<code>[DONE]</code>" in flow_page
 
     with running_proxy(
         tmp_path / "b", sse_config(url), NoNetwork(), cassettes_dir=cassettes, record_mode="none"
@@ -301,6 +306,7 @@ def test_check_run_and_inspector_show_the_stream(tmp_path: Path, streaming: Stre
         page = client.get(f"/inspector/sessions/{turn_api['sessionId']}").text
     assert f"{len(WORDS) + 2} chunks</h3>" in page and "Stream · first byte at" in page
     assert "chat.completion.chunk" in page
+    assert page.count('class="stream-done"') == 1 and "<code>[DONE]</code>" in page  # the turn's terminator row
 
 
 def test_a_stream_whose_reader_hangs_up_at_its_last_event_is_still_recorded(

@@ -109,7 +109,7 @@ class Stream(Answer):
     chunks: list[list[float]] = Field(description="[offset_ms, bytes] per chunk, offsets from sending the request")
     events: list[StreamEvent]
     done_offset_ms: float | None = Field(
-        default=None, description="a relayed stream that ended with `data: [DONE]` (no event): when it arrived"
+        default=None, description="a stream that ended with `data: [DONE]` (no event): when it arrived"
     )
 
 
