@@ -2,10 +2,12 @@
 `initialize` opens one, and one is opened first if the cassette starts without it), each request with a fresh
 JSON-RPC id and the live session's id; answers compared by the shape of their JSON-RPC messages, whether they came
 as JSON or as server-sent events. What drifted is re-recorded with its request as recorded, so replays still match.
+Each live session is ended with a `DELETE` once its calls are done (or one failed), so drift leaves none open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,9 @@ OPENING = {
     },
 }
 
+# What a body-less `DELETE` ending a session leaves out of the requests its calls were sent as.
+ENDING_WITHOUT = frozenset({"content-type", SESSION_HEADER.lower()})
+
 
 def is_mcp_cassette(interactions: list[Interaction]) -> bool:
     """Recorded through an MCP connection: its requests carry the id placeholder the recording put in."""
@@ -54,6 +59,9 @@ async def check_mcp_cassette(runtime: Runtime, name: str, interactions: list[Int
         checked = []
         for index, interaction in enumerate(interactions):
             opening = "initialize" in parse_request(_bytes(interaction.request.get("body"))).methods
+            if opening:
+                await _end(runtime, name, session, tap.inner)  # the calls of the session before are done
+                tap.session_id = None
             if not opening and session.id is None:
                 await check_interaction(runtime, name, -1, session.request(_opening(interaction)))
                 session.id = tap.session_id
@@ -68,7 +76,34 @@ async def check_mcp_cassette(runtime: Runtime, name: str, interactions: list[Int
             checked.append(sent)
         return checked
     finally:
-        runtime.engine.transport = tap.inner
+        try:
+            await _end(runtime, name, session, tap.inner)
+        finally:
+            runtime.engine.transport = tap.inner
+
+
+async def _end(runtime: Runtime, name: str, session: _Session, transport: httpx.AsyncBaseTransport) -> None:
+    """`DELETE` the live session, if one is open, at the URL its calls went to. Best effort: a server may refuse
+    it (`405`, as the MCP spec allows) or be gone, and neither is the cassette's drift."""
+    from proxy.cli.drift import fresh_ids, owner_for, resend_request
+
+    sent, session_id = session.sent, session.id
+    session.sent, session.id = None, None
+    if sent is None or session_id is None:
+        return
+    uri = fresh_ids(str(sent.request["uri"]))
+    owner = owner_for(runtime, name, uri)
+    if isinstance(owner, str):
+        return
+    kept = {k: v for k, v in sent.request["headers"].items() if k.lower() not in ENDING_WITHOUT}
+    request = {**sent.request, "method": "DELETE", "body": "", "headers": {**kept, SESSION_HEADER: [session_id]}}
+    ending = resend_request(owner.target, Interaction(request, sent.response, {}), uri)
+    try:
+        async with asyncio.timeout(owner.target.timeout_s):
+            response = await transport.handle_async_request(ending)
+            await response.aclose()
+    except (TimeoutError, httpx.HTTPError, ValueError):
+        return  # the session expires on the server's side instead
 
 
 class _SessionTap(httpx.AsyncBaseTransport):
@@ -90,10 +125,11 @@ def _opening(before: Interaction) -> Interaction:
 
 
 class _Session:
-    """The live session the calls go in, and the next JSON-RPC id."""
+    """The live session the calls go in, the last request sent in it, and the next JSON-RPC id."""
 
     def __init__(self) -> None:
         self.id: str | None = None
+        self.sent: Interaction | None = None
         self.next_id = 0
 
     def request(self, interaction: Interaction) -> Interaction:
@@ -106,7 +142,8 @@ class _Session:
         request["body"] = body
         headers = {k: v for k, v in request["headers"].items() if k.lower() != SESSION_HEADER.lower()}
         request["headers"] = {**headers, SESSION_HEADER: [self.id]} if self.id else headers
-        return Interaction(request, interaction.response, interaction.proxy)
+        self.sent = Interaction(request, interaction.response, interaction.proxy)
+        return self.sent
 
 
 def message_differences(recorded: Interaction, live: Interaction) -> list[Any]:
