@@ -16,8 +16,8 @@ from proxy.cassettes.words import counted, noun
 from proxy.cli.cassettes import cassettes
 from proxy.cli.options import build_settings, common_options, load_runtime, read_config, replay_options, shown_default
 from proxy.config.settings import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
+from proxy.config.web_access import normalize_host_name, normalize_origin
 from proxy.errors import ConfigError
-from proxy.server.api.guard import normalize_host_name, normalize_origin
 
 
 def _checked(normalize: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], Any]:

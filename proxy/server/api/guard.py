@@ -3,7 +3,8 @@
 Before any route runs, the guard refuses
 - a `Host` that is not this server's address (DNS rebinding: a page whose name now resolves to 127.0.0.1
   would read the answers as its own), 403;
-- an `Origin` other than the server's own, unless listed with `--cors-origin` (then CORS answers), 403;
+- an `Origin` other than the server's own, unless listed (`--cors-origin`, `settings.cors_origins`: then CORS
+  answers), 403;
 - a cross-site or same-site request (`Sec-Fetch-Site`) from no listed origin, but a top-level navigation
   to an inspector page, 403;
 - a state-changing API call whose body is not JSON (a form or `text/plain` post needs no CORS preflight), 415;
@@ -19,11 +20,12 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.config.settings import CORS_MAX_AGE_S, MAX_API_BODY_BYTES, Settings
+from proxy.config.web_access import is_ip, normalize_host_name, normalize_origin
 from proxy.errors import ConfigError
 from proxy.server.api.middleware import send_json, too_large_message
 
@@ -38,7 +40,6 @@ EXPOSE_HEADERS = b"X-Proxy-Cassette, Mcp-Session-Id"  # an MCP client in a liste
 ALWAYS_ALLOWED_HOSTS = frozenset({"localhost"})
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
-HOST_NAME = re.compile(r"[a-z0-9._-]+|\[?[0-9a-f:.]+\]?")
 HEADER_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 FRAME_DESTINATIONS = frozenset({"iframe", "frame", "embed", "object", "fencedframe"})
 
@@ -46,39 +47,6 @@ FRAME_DESTINATIONS = frozenset({"iframe", "frame", "embed", "object", "fencedfra
 def is_inspector_path(path: str) -> bool:
     """The inspector's HTML pages and forms (the login form included), the flow log and its exports."""
     return path in ("/", "/flows") or path.startswith(("/inspector/", "/flows/", "/flows."))
-
-
-def normalize_origin(value: str) -> str:
-    """`scheme://host[:port]` as a browser writes it in `Origin`; ValueError says what is wrong."""
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid origin (scheme://host[:port])") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an origin: write it as http(s)://host[:port], e.g. http://localhost:3000")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
-        raise ValueError(f"{value!r}: an origin is scheme://host[:port] alone, with no path, query or user")
-    scheme, host = parts.scheme.lower(), parts.hostname.rstrip(".")
-    host = f"[{host}]" if ":" in host else host
-    default = 443 if scheme == "https" else 80
-    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
-
-
-def normalize_host_name(value: str) -> str:
-    """A name for `--allowed-host`: no scheme, no port; ValueError says what is wrong."""
-    name = value.strip().lower().rstrip(".")
-    if not HOST_NAME.fullmatch(name) or (":" in name and not _is_ip(name.strip("[]"))):
-        raise ValueError(f"{value!r} is not a host name: give the name alone, without scheme or port")
-    return name.strip("[]")
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 class BrowserKeys:
@@ -126,7 +94,7 @@ class GuardPolicy:
             return True
         server = scope.get("server")
         arrived = str(server[0]) if server else ""
-        return self.listen_any and _is_ip(arrived) and ipaddress.ip_address(arrived) == address
+        return self.listen_any and is_ip(arrived) and ipaddress.ip_address(arrived) == address
 
 
 class RequestGuard:
