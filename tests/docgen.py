@@ -133,8 +133,11 @@ SETTINGS = {
     "api_key": "Require `Authorization: Bearer <key>` on every route but `/healthz`; `PROXY_API_KEY` sets it too.",
     "replay_latency": "`none`: replayed answers come at once; `recorded`: each replay sleeps its recorded latency.",
     "replay_speed": "With `replay_latency: recorded`, divide the recorded waits by this factor.",
-    "allowed_hosts": "Extra `Host` names the server answers (DNS rebinding protection refuses the others).",
-    "cors_origins": "Web origins allowed to call the API from a browser (CORS); others are refused.",
+    "allowed_hosts": "Extra `Host` names the server answers (DNS rebinding protection refuses the others): names "
+    "alone, without scheme or port (`[proxy.internal]`). `--allowed-host` given replaces this list.",
+    "cors_origins": "Web origins allowed to call the API from a browser (CORS); others are refused. Each is "
+    '`http(s)://host[:port]` alone (`["http://localhost:5173"]`): `*`, `null` or a path is refused, naming the '
+    "item. `--cors-origin` given replaces this list.",
     "fault_seed": "Seed for the generators of [fault rules](#fault-rules) with a `probability`, so a run repeats "
     "(a rule's own `seed` wins); unset, each server run draws differently. Config file only.",
     "cassette_max_age": "A cassette whose newest recording is older than this (`30d`, `12h`, `90m`) is expired "
@@ -383,6 +386,8 @@ def type_text(annotation: Any, plural: bool = False) -> str:
     if origin is list:
         (item,) = typing.get_args(annotation)
         return f"list of {type_text(item, plural=True)}"
+    if origin is tuple:  # `tuple[str, ...]`: the file writes it as a YAML list
+        return f"list of {type_text(typing.get_args(annotation)[0], plural=True)}"
     if origin is dict:
         return f"object of {type_text(typing.get_args(annotation)[1], plural=True)}"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):

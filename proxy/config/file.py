@@ -6,6 +6,7 @@ never has to be written into the file, and a value with YAML-special characters 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from proxy.config.expiry import OnExpired, parse_max_age
 from proxy.config.known_keys import check_keys
 from proxy.config.record_mode import RecordMode
 from proxy.config.settings import ReplayLatency, Settings
+from proxy.config.web_access import normalize_host_name, normalize_origin
 from proxy.errors import ConfigError, InvalidField, UnknownField
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -41,6 +43,11 @@ CLIENT_LIMITS: dict[str, tuple[type, str]] = {
 TEXT_SETTINGS = ("host", "api_key")
 PATH_SETTINGS = ("data_dir", "cassettes_dir", "cassettes")
 FLAG_SETTINGS = ("allow_http", "traceparent")
+# Lists checked one by one with their flag's own parser (`--allowed-host`, `--cors-origin`).
+LIST_SETTINGS: dict[str, Callable[[str], str]] = {
+    "allowed_hosts": normalize_host_name,
+    "cors_origins": normalize_origin,
+}
 FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -137,6 +144,8 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
             _convert(settings, key, lambda v, where: Path(_text(v, where)))
         for key in FLAG_SETTINGS:
             _convert(settings, key, _flag)
+        for key, normalize in LIST_SETTINGS.items():
+            _convert(settings, key, functools.partial(_text_list, normalize=normalize))
     except InvalidField as exc:
         raise ConfigError(f"config {exc.message}") from None
     _number(settings, "port", int, lambda n: 0 <= n <= 65535, "a port number (0-65535)")
@@ -164,6 +173,19 @@ def _text(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidField(where, f"{value!r} is not text")
     return str(value)
+
+
+def _text_list(value: Any, where: str, normalize: Callable[[str], str]) -> tuple[str, ...]:
+    """A list of text, each item as its flag takes it: a bad one is named by its place (`settings.cors_origins[0]`)."""
+    if not isinstance(value, list):
+        raise InvalidField(where, f"{value!r} is not a list (write [{value!r}] for one)")
+    items = []
+    for i, item in enumerate(value):
+        try:
+            items.append(normalize(_text(item, f"{where}[{i}]")))
+        except ValueError as exc:
+            raise InvalidField(f"{where}[{i}]", str(exc)) from None
+    return tuple(items)
 
 
 def _flag(value: Any, where: str) -> bool:

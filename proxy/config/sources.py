@@ -12,8 +12,6 @@ from proxy.config.settings import Settings
 
 # The settings an environment variable gives, as its flag would: the one place each variable is read.
 ENVIRONMENT = {"api_key": "PROXY_API_KEY"}
-# Settings only a flag gives (the file's keys are accepted, but a Host or an origin is checked as a flag).
-FLAG_ONLY = frozenset({"allowed_hosts", "cors_origins"})
 SETTING_NAMES = frozenset(f.name for f in fields(Settings))
 
 
@@ -24,8 +22,10 @@ def merge_settings(
     defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
     """One `Settings` from its sources, each already checked and typed where it was read: `file`, the config file's
-    `settings` as `load_config` left them; `flags`, by setting name, those given (None or empty text: not given);
-    `env`, the environment; `defaults`, where a caller's differ from `Settings`' own (the pytest plugin's)."""
+    `settings` as `load_config` left them; `flags`, by setting name, those given (None, empty text or an empty list:
+    not given); `env`, the environment; `defaults`, where a caller's differ from `Settings`' own (the pytest plugin's).
+    A list a flag gives replaces the file's (`--cors-origin` given: the file's `cors_origins` do not count), as
+    any other flag does its setting."""
     merged = {k: v for k, v in (defaults or {}).items() if _given(v)}
     merged.update(_from_file(file))
     merged.update({name: env[variable] for name, variable in ENVIRONMENT.items() if _given(env.get(variable))})
@@ -37,11 +37,11 @@ def merge_settings(
 
 
 def _from_file(file: Mapping[str, Any]) -> dict[str, Any]:
-    values = {k: v for k, v in file.items() if k in SETTING_NAMES and k not in FLAG_ONLY and _given(v)}
+    values = {k: v for k, v in file.items() if k in SETTING_NAMES and _given(v)}
     if _given(file.get("cassettes")):  # the key's other spelling, the flag's (--cassettes)
         values["cassettes_dir"] = file["cassettes"]
     return values
 
 
 def _given(value: Any) -> bool:
-    return value is not None and value != ""
+    return value is not None and value != "" and not (isinstance(value, tuple | list) and not value)

@@ -264,3 +264,50 @@ def test_bad_settings_are_refused_where_the_file_is_read(tmp_path: Path, setting
     with pytest.raises(ConfigError) as raised:
         load_config(write(tmp_path, f"settings: {settings}"))
     assert raised.value.message == message
+
+
+def test_the_files_hosts_and_origins_are_read_as_their_flags_read_them(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "settings:\n  allowed_hosts: [Proxy.Internal., '[::1]']\n"
+        "  cors_origins: ['HTTP://LocalHost:5173/', 'https://app.example:443', '${APP_ORIGIN}']\n",
+    )
+    settings = load_config(path, env={"APP_ORIGIN": "http://10.0.0.2:8080"}).settings
+    assert settings["allowed_hosts"] == ("proxy.internal", "::1")
+    assert settings["cors_origins"] == ("http://localhost:5173", "https://app.example", "http://10.0.0.2:8080")
+    merged = merge_settings(settings, {}, {})
+    assert (merged.allowed_hosts, merged.cors_origins) == (settings["allowed_hosts"], settings["cors_origins"])
+
+
+@pytest.mark.parametrize(
+    ("line", "place", "reason"),
+    [
+        ("cors_origins: ['*']", "settings.cors_origins[0]", "'*' is not an origin"),
+        ("cors_origins: [http://localhost:5173, 'null']", "settings.cors_origins[1]", "'null' is not an origin"),
+        ("cors_origins: ['http://localhost:5173/app']", "settings.cors_origins[0]", "with no path, query or user"),
+        ("cors_origins: ['ftp://files.example']", "settings.cors_origins[0]", "write it as http(s)://host[:port]"),
+        ("cors_origins: ['http://localhost:99999']", "settings.cors_origins[0]", "is not a valid origin"),
+        ("cors_origins: [{a: 1}]", "settings.cors_origins[0]", "is not text"),
+        ("cors_origins: http://localhost:5173", "settings.cors_origins", "is not a list"),
+        ("allowed_hosts: ['http://proxy.internal']", "settings.allowed_hosts[0]", "without scheme or port"),
+        ("allowed_hosts: ['proxy.internal:8787']", "settings.allowed_hosts[0]", "is not a host name"),
+    ],
+)
+def test_a_bad_host_or_origin_in_the_file_is_refused_naming_its_place(
+    tmp_path: Path, line: str, place: str, reason: str
+) -> None:
+    path = write(tmp_path, f"settings:\n  {line}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert refused.value.message.startswith(f"config {place}: ") and reason in refused.value.message
+
+
+def test_a_flag_list_replaces_the_files_and_an_empty_one_keeps_it(tmp_path: Path) -> None:
+    """click gives a repeatable option left out as an empty tuple: that is no flag, so the file's list stands."""
+    config = load_config(
+        write(tmp_path, "settings: {cors_origins: ['http://localhost:5173'], allowed_hosts: [proxy.internal]}\n")
+    )
+    unflagged = build_settings(config, allowed_hosts=(), cors_origins=())
+    assert (unflagged.cors_origins, unflagged.allowed_hosts) == (("http://localhost:5173",), ("proxy.internal",))
+    flagged = build_settings(config, allowed_hosts=(), cors_origins=("http://localhost:3000",))
+    assert (flagged.cors_origins, flagged.allowed_hosts) == (("http://localhost:3000",), ("proxy.internal",))
