@@ -294,9 +294,15 @@ class FlowLog:
         while self._queue or self._updates or self._flushing is not None:
             if self._flushing is None:
                 self._flush()
-            assert self._flushing is not None
+            flushing = self._flushing
+            assert flushing is not None
+            if flushing.done():
+                # Its done-callback (`_flushed`, which clears it) runs on the next turn of the loop: awaiting a
+                # finished task does not yield, so without this the loop would spin here and never get there.
+                await asyncio.sleep(0)
+                continue
             # Shielded: a reader that goes away must not take the batch with it.
-            await asyncio.shield(self._flushing)
+            await asyncio.shield(flushing)
 
     async def close(self) -> None:
         await self.settled()
