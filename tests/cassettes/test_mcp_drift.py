@@ -105,10 +105,11 @@ def test_drift_resends_an_mcp_session_live_and_compares_message_shapes(tmp_path:
         code, same = drift(tmp_path, url)
         assert code == 0, same
         assert "7 interactions: 0 drifted, 7 unchanged, 0 not checked" in same
-        # The one live session drift opened is deleted once its calls are done, and nothing is sent in it after.
-        [opened] = seen.opened()
-        assert seen.ended() == [(opened, 200)]
-        assert seen.drift()[-1][:2] == ("DELETE", opened)
+        # Every live session drift opened is deleted once its calls are done, and nothing is sent after. (Usually
+        # one; a recording whose requests reached the cassette out of order gets a made-up `initialize` first.)
+        opened = seen.opened()
+        assert opened and seen.ended() == [(session, 200) for session in opened]
+        assert seen.drift()[-1][:2] == ("DELETE", opened[-1])
 
         cassette = tmp_path / "cas" / "connections" / "tools.yaml"
         before = yaml.safe_load(cassette.read_text())["interactions"]
