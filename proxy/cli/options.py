@@ -110,3 +110,19 @@ def load_runtime(config_path: Path | None, flags: dict[str, Any]) -> Any:
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
     return runtime
+
+
+def data_dir_option(what_for: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--data-dir` for a cassettes command, saying what it reads there."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        **shown_default(DEFAULT_DATA_DIR),
+        help=f"Data folder: {what_for}",
+    )
+
+
+def cassette_root(cassettes: Path | None, config_path: Path | None) -> Path:
+    """The cassette folder a cassettes command works on: the flag, else the config file's, else the default."""
+    config = read_config(config_path)
+    return build_settings(config, cassettes=cassettes).cassettes_dir
