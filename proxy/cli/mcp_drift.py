@@ -17,6 +17,7 @@ import httpx
 from proxy.cassettes.cassette import Interaction
 from proxy.cassettes.json_shapes import shape_differences
 from proxy.engine.mcp import ID_PLACEHOLDER, PROGRESS_PLACEHOLDER, SESSION_HEADER, parse_request
+from proxy.engine.streaming import parse_events
 from proxy.engine.transports.streams import is_event_stream
 from proxy.security import jsonbounds
 
@@ -154,10 +155,9 @@ def message_differences(recorded: Interaction, live: Interaction) -> list[Any]:
 def _messages(response: dict[str, Any]) -> list[Any]:
     body = _bytes(response["body"].get("string"))
     headers = {k.lower(): (v[0] if isinstance(v, list) and v else str(v)) for k, v in response["headers"].items()}
-    if is_event_stream(headers):
-        lines = body.decode("utf-8", "replace").splitlines()
-        found = [_json(line[5:].strip()) for line in lines if line.startswith("data:")]
-        return [item for item in found if item is not None]
+    if is_event_stream(headers):  # the parser every stream goes through (multi-line `data:` fields, `\r\n`)
+        found = [event.parsed() for event in parse_events([(0.0, body)], 0.0).events]
+        return [item for item in found if not isinstance(item, str)]
     document = _json(body.decode("utf-8", "replace")) if body.strip() else None
     return [] if document is None else document if isinstance(document, list) else [document]
 
