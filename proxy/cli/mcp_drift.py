@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from proxy.cassettes.cassette import Interaction
-from proxy.cassettes.json_shapes import shape_differences
+from proxy.cassettes.json_shapes import json_or_none, shape_differences
 from proxy.engine.mcp import ID_PLACEHOLDER, PROGRESS_PLACEHOLDER, SESSION_HEADER, parse_request
 from proxy.engine.streaming import parse_events
 from proxy.engine.transports.streams import is_event_stream
-from proxy.security import jsonbounds
 
 if TYPE_CHECKING:
     from proxy.cli.drift import Checked
@@ -158,15 +157,8 @@ def _messages(response: dict[str, Any]) -> list[Any]:
     if is_event_stream(headers):  # the parser every stream goes through (multi-line `data:` fields, `\r\n`)
         found = [event.parsed() for event in parse_events([(0.0, body)], 0.0).events]
         return [item for item in found if not isinstance(item, str)]
-    document = _json(body.decode("utf-8", "replace")) if body.strip() else None
+    _, document = json_or_none(body)
     return [] if document is None else document if isinstance(document, list) else [document]
-
-
-def _json(text: str) -> Any:
-    try:
-        return jsonbounds.loads(text.encode())
-    except ValueError:
-        return None
 
 
 def _bytes(body: Any) -> bytes:
